@@ -1,0 +1,125 @@
+"""`python -m hsfm_core …`: the command lines other tools script against (DESIGN §4).
+
+Bad input ends with a one-line `error: …` on stderr and exit status 2; the store or workspace
+being written is left as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from hsfm_core.errors import InputError
+
+EXIT_BAD_INPUT = 2
+
+
+def _add_extract(sub) -> None:
+    p = sub.add_parser("extract", help="encode a dataset's images into a feature store",
+                       description="Images → feature store. With --merge, join the shard stores given as arguments.")
+    p.add_argument("--data", help="dataset folder")
+    p.add_argument("--format", choices=("waterbirds", "celeba", "csv"), help="dataset format")
+    p.add_argument("--csv", help="metadata CSV (default: DATA/metadata.csv) for waterbirds and csv formats")
+    p.add_argument("--model", help="open_clip model name, local-dir:PATH, or resnet50")
+    p.add_argument("--pretrained", help="open_clip pretrained tag or checkpoint file; for resnet50 the ERM checkpoint")
+    p.add_argument("--out", required=True, help="feature store (workspace) directory to write")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda[:N]")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--num-workers", type=int, default=0, help="image decoding processes (spawned); 0 = in-process")
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored feature precision")
+    p.add_argument("--shard", help="i/n: extract only block i (0-based) of n, for splitting across machines")
+    p.add_argument("--merge", nargs="+", metavar="SHARD", help="merge these shard stores into --out instead of extracting")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store (runs/ and cache/ are kept)")
+    p.add_argument("--target", default="Blond_Hair", help="CelebA target attribute (class)")
+    p.add_argument("--attribute", default="Male", help="CelebA spurious attribute")
+    p.add_argument("--images", help="CelebA image folder relative to DATA (default: auto-detect img_align_celeba)")
+    p.add_argument("--class-names", nargs=2, metavar=("NAME0", "NAME1"), help="csv format: names of classes 0 and 1")
+    p.add_argument("--attribute-names", nargs=2, metavar=("NAME0", "NAME1"), help="csv format: names of attributes 0 and 1")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_extract)
+
+
+def _run_extract(args) -> int:
+    from hsfm_core.features.extract import extract, merge_shards, parse_shard
+
+    if args.merge:
+        if args.data or args.model or args.shard:
+            raise InputError("--merge takes only shard stores and --out (no --data, --model or --shard)")
+        store = merge_shards(args.merge, args.out, overwrite=args.overwrite)
+        print(json.dumps(_store_summary(store)))
+        return 0
+    for flag in ("data", "format", "model"):
+        if not getattr(args, flag):
+            raise InputError(f"extract needs --{flag}")
+    if args.batch_size < 1 or args.num_workers < 0:
+        raise InputError("--batch-size must be ≥ 1 and --num-workers ≥ 0")
+    shard = parse_shard(args.shard)
+
+    from hsfm_core.data import read_dataset
+    from hsfm_core.features.encoders import load_encoder, resolve_device
+
+    options = {}
+    if args.format == "celeba":
+        options = {"target": args.target, "attribute": args.attribute, "images": args.images}
+    elif args.format == "csv":
+        options = {k: v for k, v in (("class_names", args.class_names), ("attribute_names", args.attribute_names)) if v}
+    table = read_dataset(args.format, args.data, args.csv, **options)
+    device = resolve_device(args.device)
+    encoder = load_encoder(args.model, args.pretrained, device)
+    store = extract(table, encoder, args.out, device=device, batch_size=args.batch_size,
+                    num_workers=args.num_workers, shard=shard, dtype=args.dtype,
+                    overwrite=args.overwrite, progress=not args.quiet)
+    print(json.dumps(_store_summary(store)))
+    return 0
+
+
+def _add_import(sub) -> None:
+    p = sub.add_parser("import", help="import a reference-HSFM or DFR feature cache into a store")
+    p.add_argument("--from", dest="source", required=True, choices=("reference", "dfr"))
+    p.add_argument("--path", required=True, help="reference: folder with {train,val,test}_features.pt; dfr: the .npz")
+    p.add_argument("--out", required=True, help="feature store (workspace) directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store (runs/ and cache/ are kept)")
+    p.add_argument("--class-names", nargs=2, metavar=("NAME0", "NAME1"), default=None)
+    p.add_argument("--attribute-names", nargs=2, metavar=("NAME0", "NAME1"), default=None)
+    p.set_defaults(func=_run_import)
+
+
+def _run_import(args) -> int:
+    from hsfm_core.features.importers import import_dfr, import_reference
+
+    names = {k: v for k, v in (("class_names", args.class_names), ("attribute_names", args.attribute_names)) if v}
+    importer = import_reference if args.source == "reference" else import_dfr
+    store = importer(args.path, args.out, overwrite=args.overwrite, **names)
+    print(json.dumps(_store_summary(store)))
+    return 0
+
+
+def _store_summary(store) -> dict:
+    from hsfm_core.runs import list_runs
+
+    m = store.manifest
+    return {"store": str(Path(store.path).resolve()), "rows": m["n_rows"], "dim": m["dim"], "dtype": m["dtype"],
+            "splits": m["splits"], "group_counts": m["group_counts"], "backbone": m["backbone"]["id"],
+            "content_hash": m["content_hash"], "runs": [r["run_id"] for r in list_runs(store.path)]}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m hsfm_core", description="HSFM Studio command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_extract(sub)
+    _add_import(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130

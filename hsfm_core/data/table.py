@@ -1,0 +1,204 @@
+"""The one table every dataset reader returns, and the checks every reader shares.
+
+A `DatasetTable` holds one row per image with the columns
+
+    row_id     int64  position in the table (and later in the feature store)
+    sample_id  str    the dataset's own id for the image (img_id, file name, id column)
+    split      str    "train" | "val" | "test"
+    y          int64  class label (0/1)
+    a          int64  spurious attribute (0/1)
+    g          int64  group = n_attributes * y + a   (= 2y + a for binary attributes)
+    image_path str    path relative to `image_root`, with "/" separators
+
+plus the class and attribute names. Readers validate as they parse, so a bad file fails with
+the file, line, column and value named, before any image is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from hsfm_core.errors import InputError
+
+SPLITS = ("train", "val", "test")
+COLUMNS = ("row_id", "sample_id", "split", "y", "a", "g", "image_path")
+MAX_LISTED = 5  # how many offending items an error message lists
+
+
+@dataclass(frozen=True)
+class DatasetTable:
+    frame: pd.DataFrame
+    class_names: tuple[str, ...]
+    attribute_names: tuple[str, ...]
+    image_root: Path
+    format: str
+    source: Path
+    options: dict = field(default_factory=dict)  # reader options worth recording (target, attribute)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.frame)
+
+    def split_counts(self) -> dict[str, int]:
+        counts = self.frame["split"].value_counts()
+        return {s: int(counts.get(s, 0)) for s in SPLITS}
+
+    def group_counts(self) -> dict[str, list[int]]:
+        n_groups = len(self.class_names) * len(self.attribute_names)
+        return group_counts(self.frame, n_groups)
+
+
+def group_counts(frame: pd.DataFrame, n_groups: int) -> dict[str, list[int]]:
+    """{split: [count of group 0, 1, ...]} for the splits present in `frame`."""
+    out = {}
+    for split in SPLITS:
+        g = frame.loc[frame["split"] == split, "g"].to_numpy()
+        if len(g):
+            out[split] = np.bincount(g, minlength=n_groups).tolist()
+    return out
+
+
+def listed(items: Sequence[str]) -> str:
+    """'a, b, c, … (n more)': the first few offending items of an error message."""
+    items = list(items)
+    shown = ", ".join(items[:MAX_LISTED])
+    more = len(items) - MAX_LISTED
+    return shown + (f", … ({more} more)" if more > 0 else "")
+
+
+def read_csv_strings(path: Path, what: str) -> pd.DataFrame:
+    """Read a CSV with every cell as a string, so that validation sees the raw values."""
+    if not path.is_file():
+        raise InputError(f"{what} not found: {path}")
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot parse as CSV ({exc})") from None
+
+
+def require_columns(frame: pd.DataFrame, required: Iterable[str], source: Path) -> None:
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise InputError(
+            f"{source}: missing column {', '.join(repr(c) for c in missing)} "
+            f"(expected columns {', '.join(required)}; found {', '.join(map(str, frame.columns))})"
+        )
+
+
+def coded_column(
+    frame: pd.DataFrame,
+    column: str,
+    codes: dict[str, int],
+    source: Path,
+    first_data_line: int,
+) -> np.ndarray:
+    """Map the raw strings of `column` through `codes`; name the first line with any other value."""
+    raw = frame[column].astype(str).str.strip()
+    mapped = raw.map(codes)
+    bad = mapped.isna().to_numpy()
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        allowed = ", ".join(dict.fromkeys(codes))
+        raise InputError(
+            f"{source} line {i + first_data_line}: column {column!r} has value {raw.iloc[i]!r}; "
+            f"expected one of {allowed} ({int(bad.sum())} bad row(s) in all)"
+        )
+    return mapped.to_numpy(dtype=np.int64)
+
+
+def safe_relative_paths(
+    paths: Sequence[str], image_root: Path, source: Path, first_data_line: int
+) -> list[str]:
+    """Normalise image paths and refuse any that leave `image_root` (absolute or `..`)."""
+    out = []
+    for i, raw in enumerate(paths):
+        p = str(raw).strip().replace("\\", "/")
+        norm = posixpath.normpath(p) if p else ""
+        if not p or p.startswith("/") or norm == ".." or norm.startswith("../") or (len(p) > 1 and p[1] == ":"):
+            what = "is empty" if not p else f"{raw!r} escapes the dataset root {image_root}"
+            raise InputError(f"{source} line {i + first_data_line}: image path {what}; paths must be relative and stay inside it")
+        out.append(norm)
+    return out
+
+
+def check_splits_nonempty(splits: np.ndarray, source: Path, required: Sequence[str] = SPLITS) -> None:
+    present = set(np.unique(splits).tolist())
+    empty = [s for s in required if s not in present]
+    if empty:
+        raise InputError(f"{source}: split {', '.join(empty)} has no rows; every dataset needs rows in {', '.join(required)}")
+
+
+def make_table(
+    *,
+    sample_id: Sequence[str],
+    split: np.ndarray,
+    y: np.ndarray,
+    a: np.ndarray,
+    image_path: Sequence[str],
+    class_names: Sequence[str],
+    attribute_names: Sequence[str],
+    image_root: Path,
+    fmt: str,
+    source: Path,
+    options: dict | None = None,
+) -> DatasetTable:
+    check_splits_nonempty(np.asarray(split), source)
+    n_attr = len(attribute_names)
+    frame = pd.DataFrame(
+        {
+            "row_id": np.arange(len(y), dtype=np.int64),
+            "sample_id": pd.Series(list(map(str, sample_id)), dtype=str),
+            "split": pd.Series(np.asarray(split), dtype=str),
+            "y": np.asarray(y, dtype=np.int64),
+            "a": np.asarray(a, dtype=np.int64),
+            "g": n_attr * np.asarray(y, dtype=np.int64) + np.asarray(a, dtype=np.int64),
+            "image_path": pd.Series(list(image_path), dtype=str),
+        }
+    )
+    return DatasetTable(
+        frame=frame,
+        class_names=tuple(class_names),
+        attribute_names=tuple(attribute_names),
+        image_root=Path(image_root),
+        format=fmt,
+        source=Path(source),
+        options=dict(options or {}),
+    )
+
+
+def check_images(table: DatasetTable, verify_headers: bool = True) -> None:
+    """Every image must exist as a file under the root and (optionally) open as an image.
+
+    Header verification reads a few bytes per file with PIL (no decoding), which catches
+    files that are not images at all; files that open but fail to decode are caught during
+    extraction and reported the same way.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    root = table.image_root
+    missing, unreadable = [], []
+    for rel in table.frame["image_path"]:
+        path = os.path.join(root, rel)
+        if not os.path.isfile(path):
+            missing.append(rel)
+            continue
+        if verify_headers:
+            try:
+                with Image.open(path) as im:
+                    im.size  # noqa: B018  (the header is parsed by open)
+            except (UnidentifiedImageError, OSError):
+                unreadable.append(rel)
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} image file(s) missing under {root}: {listed(missing)}")
+    if unreadable:
+        problems.append(f"{len(unreadable)} image file(s) unreadable: {listed(unreadable)}")
+    if problems:
+        raise InputError(f"{table.source}: " + "; ".join(problems))
