@@ -14,7 +14,7 @@ def predict(features: np.ndarray, weight: torch.Tensor, bias: torch.Tensor) -> n
     out = np.empty(len(features), dtype=np.int64)
     with torch.inference_mode():
         for start in range(0, len(features), CHUNK_ROWS):
-            x = torch.from_numpy(np.asarray(features[start : start + CHUNK_ROWS], dtype=np.float32))
+            x = torch.from_numpy(np.array(features[start : start + CHUNK_ROWS], dtype=np.float32))  # a copy: memmaps are read-only
             out[start : start + len(x)] = (x @ w.T + b).argmax(dim=1).numpy()
     return out
 

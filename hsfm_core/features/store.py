@@ -250,8 +250,8 @@ class StoreWriter:
         n_rows, dim = self.features.shape
         if len(meta) != n_rows:
             raise ValueError(f"meta has {len(meta)} rows, features {n_rows}")
-        if not np.isfinite(self.features).all():
-            bad = np.flatnonzero(~np.isfinite(self.features).all(axis=1))
+        bad = _nonfinite_rows(self.features)
+        if len(bad):
             raise InputError(f"{len(bad)} feature row(s) are not finite (NaN/inf), first rows {bad[:5].tolist()}")
         self.features.flush()
         meta = meta.loc[:, list(COLUMNS)].reset_index(drop=True)
@@ -310,6 +310,12 @@ def write_store(path: str | os.PathLike, features: np.ndarray, meta: pd.DataFram
         for name, data in (extra_files or {}).items():
             writer.add_file(name, data)
         return writer.commit(meta, manifest)
+
+
+def _nonfinite_rows(features: np.ndarray) -> np.ndarray:
+    bad = [start + np.flatnonzero(~np.isfinite(features[start : start + _HASH_CHUNK_ROWS]).all(axis=1))
+           for start in range(0, len(features), _HASH_CHUNK_ROWS)]
+    return np.concatenate(bad) if bad else np.empty(0, dtype=np.int64)
 
 
 def _fsync_dir_files(directory: Path) -> None:

@@ -1,0 +1,48 @@
+"""HSFM Studio — Home. `streamlit run app.py [-- --workspace DIR]` (or HSFM_WORKSPACE=DIR).
+
+For now: open a workspace and show what it holds. The demo workspace, the run picker and the
+analysis pages come with later issues.
+"""
+
+import sys
+
+import streamlit as st
+
+from hsfm_core.errors import InputError
+from hsfm_core.features import FeatureStore
+from hsfm_core.workspace import group_count_table, workspace_from_args
+
+st.set_page_config(page_title="HSFM Studio", layout="wide")
+st.title("HSFM Studio")
+st.caption("Hard-Set-Guided Feature-Space Meta-Learning: see what edited features encode, "
+           "compare groups before and after, retrain the head live.")
+
+
+@st.cache_resource(show_spinner="Opening the feature store…")
+def open_store(path: str) -> FeatureStore:
+    return FeatureStore.open(path)
+
+
+workspace = workspace_from_args(sys.argv[1:])
+if workspace is None:
+    st.info("No workspace given. Start with `streamlit run app.py -- --workspace DIR` or set "
+            "`HSFM_WORKSPACE`, after `python -m hsfm_core extract …` or `python -m hsfm_core import …`.")
+    st.stop()
+
+try:
+    store = open_store(str(workspace))
+except InputError as exc:
+    st.error(str(exc))
+    st.stop()
+
+m = store.manifest
+st.subheader(f"Workspace `{workspace}`")
+cols = st.columns(4)
+cols[0].metric("Rows", f"{m['n_rows']:,}")
+cols[1].metric("Feature dimension", m["dim"])
+cols[2].metric("Backbone", m["backbone"]["kind"])
+cols[3].metric("CLIP joint space", "yes" if m["clip_space"] else "no")
+st.write(f"Classes: {', '.join(store.class_names)} · attributes: {', '.join(store.attribute_names)} · "
+         f"backbone id `{m['backbone']['id']}`")
+st.markdown("**Group counts per split**")
+st.dataframe(group_count_table(store))
