@@ -101,7 +101,11 @@ def _as_numpy(obj: object, key: str, path: Path) -> np.ndarray:
         found = ", ".join(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
         raise InputError(f"{path}: missing key {key!r} (found {found})")
     value = obj[key]
-    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray) and value.dtype != object:
+        return value
+    raise InputError(f"{path}: {key!r} must be a tensor, got {type(value).__name__}")
 
 
 def import_reference(path: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False,

@@ -1,0 +1,139 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hsfm_core.cli import main
+from hsfm_core.errors import InputError
+from hsfm_core.features import FeatureStore
+from hsfm_core.features.importers import import_dfr, import_reference
+from hsfm_core.heads import predict
+from hsfm_core.metrics import group_metrics
+from hsfm_core.runs import list_runs
+
+D = 16
+
+
+def split_arrays(n, seed):
+    rng = np.random.default_rng(seed)
+    y, a = rng.integers(0, 2, n), rng.integers(0, 2, n)
+    x = (rng.normal(size=(n, D)) + y[:, None]).astype(np.float32)
+    return x, y, a
+
+
+def write_reference(folder, splits=("val", "test")):
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {}
+    for i, split in enumerate(splits):
+        x, y, a = split_arrays(30 + i, i)
+        data[split] = (x, y, a)
+        torch.save({"features": torch.from_numpy(x), "labels": torch.from_numpy(y),
+                    "envs": torch.from_numpy(2 * y + a)}, folder / f"{split}_features.pt")
+    return data
+
+
+def test_reference_import_without_train_and_with_best_run(tmp_path):
+    data = write_reference(tmp_path / "ref")
+    torch.manual_seed(0)
+    theta = {"weight": torch.randn(2, D), "bias": torch.randn(2)}
+    torch.save({"theta": theta, "support_emb": torch.randn(4, D), "support_init": torch.randn(4, D),
+                "support_labels": torch.tensor([0, 0, 1, 1]), "init_indices": torch.tensor([5, 9, 2, 7]),
+                "epoch": 12, "val_wga": torch.tensor(0.875), "val_avg": 0.91}, tmp_path / "ref" / "hsfm_best.pt")
+    assert main(["import", "--from", "reference", "--path", str(tmp_path / "ref"), "--out", str(tmp_path / "ws"),
+                 "--class-names", "landbird", "waterbird"]) == 0
+    store = FeatureStore.open(tmp_path / "ws")
+    assert store.splits == ("val", "test") and not store.has_split("train")
+    np.testing.assert_array_equal(store.select("test").features, data["test"][0])
+    np.testing.assert_array_equal(store.select("val").a, data["val"][2])
+    assert store.class_names == ["landbird", "waterbird"] and store.manifest["clip_space"] is False
+
+    (run,) = list_runs(tmp_path / "ws")
+    assert run["run_id"] == "hsfm-reference" and run["status"] == "done" and run["method"] == "hsfm"
+    assert run["config"]["reference_saved"] == {"epoch": 12, "val_wga": 0.875, "val_avg": 0.91}
+    assert run["config"]["store_hash"] == store.content_hash
+    from safetensors.torch import load_file
+    head = load_file(run["path"] / "head.safetensors")
+    torch.testing.assert_close(head["weight"], theta["weight"])
+    support = load_file(run["path"] / "support.safetensors")
+    assert support["indices"].tolist() == [5, 9, 2, 7] and support["after"].shape == (4, D)
+    metrics = json.loads((run["path"] / "metrics.json").read_text())
+    x, y, a = data["test"]
+    expected = group_metrics(predict(x, theta["weight"], theta["bias"]), y, 2 * y + a, 4)
+    assert metrics["test"] == expected
+    assert metrics["test"]["avg_adjusted"] is None  # no train split, no train proportions
+
+
+def test_reference_bad_inputs(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="none of train_features.pt"):
+        import_reference(tmp_path / "empty", tmp_path / "ws")
+    write_reference(tmp_path / "ref")
+    bad = torch.load(tmp_path / "ref" / "val_features.pt", weights_only=True)
+    bad["envs"][4] = 2 * bad["labels"][4] + 5
+    torch.save(bad, tmp_path / "ref" / "val_features.pt")
+    with pytest.raises(InputError, match=r"val_features.pt: row 4: attribute value"):
+        import_reference(tmp_path / "ref", tmp_path / "ws")
+    torch.save({"features": torch.zeros(3, D), "labels": torch.zeros(3)}, tmp_path / "ref" / "val_features.pt")
+    with pytest.raises(InputError, match=r"val_features.pt: missing key 'envs'"):
+        import_reference(tmp_path / "ref", tmp_path / "ws")
+    assert not (tmp_path / "ws" / "manifest.json").exists()
+
+
+class NotATensor:
+    """Stands for arbitrary pickled code: weights_only loading must refuse it."""
+
+
+def test_reference_pickled_object_is_not_loaded(tmp_path):
+    (tmp_path / "ref").mkdir()
+    torch.save({"features": NotATensor()}, tmp_path / "ref" / "val_features.pt")
+    with pytest.raises(InputError, match="cannot read as a weights-only torch file"):
+        import_reference(tmp_path / "ref", tmp_path / "ws")
+
+
+def write_dfr(path, splits=("train", "val", "test")):
+    arrays = {}
+    for i, split in enumerate(splits):
+        x, y, a = split_arrays(20 + i, 10 + i)
+        arrays |= {f"embeddings_{split}": x, f"y_{split}": y, f"g_{split}": 2 * y + a, f"p_{split}": a}
+    np.savez(path, **arrays)
+    return arrays
+
+
+def test_dfr_import(tmp_path):
+    arrays = write_dfr(tmp_path / "dfr.npz")
+    store = import_dfr(tmp_path / "dfr.npz", tmp_path / "ws")
+    assert store.manifest["splits"] == {"train": 20, "val": 21, "test": 22}
+    np.testing.assert_array_equal(store.select("val").features, arrays["embeddings_val"])
+    np.testing.assert_array_equal(store.select("test").g, arrays["g_test"])
+    assert store.meta["image_path"].eq("").all()
+
+
+def test_dfr_bad_inputs(tmp_path):
+    arrays = write_dfr(tmp_path / "dfr.npz")
+    arrays["g_val"][3] = (arrays["g_val"][3] + 1) % 4
+    np.savez(tmp_path / "bad_g.npz", **arrays)
+    with pytest.raises(InputError, match=r"\[val\]: row 3: group \d is not 2·label \+ attribute"):
+        import_dfr(tmp_path / "bad_g.npz", tmp_path / "ws")
+    arrays = write_dfr(tmp_path / "dfr.npz")
+    del arrays["p_test"]
+    np.savez(tmp_path / "no_p.npz", **arrays)
+    with pytest.raises(InputError, match=r"split 'test' has .* but lacks p_test"):
+        import_dfr(tmp_path / "no_p.npz", tmp_path / "ws")
+    arrays = write_dfr(tmp_path / "dfr.npz")
+    arrays["embeddings_train"][2, 0] = np.inf
+    np.savez(tmp_path / "inf.npz", **arrays)
+    with pytest.raises(InputError, match=r"\[train\]: row 2: features contain NaN or inf"):
+        import_dfr(tmp_path / "inf.npz", tmp_path / "ws")
+    arrays = write_dfr(tmp_path / "dfr.npz")
+    arrays["y_val"] = np.array([{"x": 1}] * 21, dtype=object)
+    np.savez(tmp_path / "obj.npz", **arrays)
+    with pytest.raises(InputError, match="pickle"):
+        import_dfr(tmp_path / "obj.npz", tmp_path / "ws")
+    assert not (tmp_path / "ws" / "manifest.json").exists()
+
+
+def test_import_never_replaces_a_store_silently(tmp_path):
+    write_dfr(tmp_path / "dfr.npz")
+    import_dfr(tmp_path / "dfr.npz", tmp_path / "ws")
+    assert main(["import", "--from", "dfr", "--path", str(tmp_path / "dfr.npz"), "--out", str(tmp_path / "ws")]) == 2
