@@ -1,0 +1,103 @@
+"""Opening a 200k × 512 float16 store and selecting one split: time and resident memory.
+
+    python -m benchmarks.bench_store_open [--rows 200000] [--dim 512]
+
+Writes a CelebA-sized store of random features once (cached under /tmp), then measures in a
+fresh child process: `FeatureStore.open` + `select("train")` (a memory-mapped view), and
+separately materialising that split as an in-memory array. RSS is read from /proc before and
+after, so the interpreter's import baseline is reported apart from what opening costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CACHE = Path(os.environ.get("HSFM_BENCH_DIR", "/tmp/hsfm-bench"))
+
+
+def rss_mb() -> tuple[float, float]:
+    status = {l.split(":")[0]: int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(("VmRSS", "VmHWM"))}
+    return status["VmRSS"] / 1024, status["VmHWM"] / 1024
+
+
+def build(path: Path, rows: int, dim: int) -> None:
+    import numpy as np
+    import pandas as pd
+
+    from hsfm_core.features import StoreWriter
+
+    # CelebA proportions: train 162,770 / val 19,867 / test 19,962
+    n_train, n_val = round(rows * 0.8015), round(rows * 0.0978)
+    split = np.array(["train"] * n_train + ["val"] * n_val + ["test"] * (rows - n_train - n_val))
+    rng = np.random.default_rng(0)
+    y, a = rng.integers(0, 2, rows), rng.integers(0, 2, rows)
+    meta = pd.DataFrame({"row_id": np.arange(rows), "sample_id": [f"{i + 1:06d}.jpg" for i in range(rows)],
+                         "split": split, "y": y, "a": a, "g": 2 * y + a,
+                         "image_path": [f"{i + 1:06d}.jpg" for i in range(rows)]})
+    manifest = {"dataset": {"format": "celeba", "source": "synthetic", "options": {}}, "image_root": "/data",
+                "class_names": ["not Blond_Hair", "Blond_Hair"], "attribute_names": ["not Male", "Male"],
+                "backbone": {"kind": "imported", "model": None, "pretrained": None, "id": "bench"},
+                "clip_space": False, "text_encoder": None, "shard": None}
+    with StoreWriter(path, rows, dim, "float16", overwrite=True) as w:
+        for start in range(0, rows, 20000):
+            n = min(20000, rows - start)
+            w.features[start : start + n] = rng.normal(size=(n, dim)).astype(np.float16)
+        w.commit(meta, manifest)
+
+
+def child(path: str) -> None:
+    import numpy as np  # noqa: F401  (imports are part of the baseline, not of opening)
+    import pandas  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
+
+    from hsfm_core.features import FeatureStore
+
+    base_rss, _ = rss_mb()
+    t0 = time.perf_counter()
+    store = FeatureStore.open(path)
+    sel = store.select("train")
+    t_open = time.perf_counter() - t0
+    rss_open, hwm_open = rss_mb()
+    t1 = time.perf_counter()
+    dense = np.array(sel.features)
+    t_dense = time.perf_counter() - t1
+    rss_dense, hwm_dense = rss_mb()
+    print(json.dumps({"rows": store.manifest["n_rows"], "dim": store.dim, "dtype": store.manifest["dtype"],
+                      "train_rows": len(sel.rows), "open_select_s": t_open, "import_baseline_rss_mb": base_rss,
+                      "rss_after_open_select_mb": rss_open, "peak_rss_after_open_select_mb": hwm_open,
+                      "materialise_train_s": t_dense, "train_array_mb": dense.nbytes / 2**20,
+                      "rss_after_materialise_mb": rss_dense, "peak_rss_mb": hwm_dense}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--child")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    if args.child:
+        return child(args.child)
+    path = CACHE / f"store-{args.rows}x{args.dim}-f16"
+    if not (path / "manifest.json").is_file():
+        t0 = time.perf_counter()
+        build(path, args.rows, args.dim)
+        print(f"built {path} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    for _ in range(args.repeats):  # page cache warm after the first: report every run
+        out = subprocess.run([sys.executable, "-m", "benchmarks.bench_store_open", "--child", str(path)],
+                             capture_output=True, text=True, check=True).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        print(f"open+select train: {r['open_select_s']:.3f} s, RSS {r['rss_after_open_select_mb']:.0f} MB "
+              f"(imports alone {r['import_baseline_rss_mb']:.0f} MB); materialise {r['train_rows']} × {r['dim']} "
+              f"{r['dtype']}: {r['materialise_train_s']:.3f} s, peak RSS {r['peak_rss_mb']:.0f} MB")
+        print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()
