@@ -96,6 +96,124 @@ def _run_import(args) -> int:
     return 0
 
 
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train ERM, DFR or HSFM heads on a workspace (one run per seed)")
+    p.add_argument("--workspace", required=True)
+    p.add_argument("--method", required=True, choices=("erm", "dfr", "hsfm"))
+    p.add_argument("--preset", default="waterbirds", help="HSFM preset: waterbirds, celeba, metashift, dominoes")
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override settings, e.g. T=10 eta=0.5 (HSFM), C=0.5 (ERM probe), n_refits=10 (DFR)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda[:N]")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_train)
+
+
+def _pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
+def _run_train(args) -> int:
+    from tqdm.auto import tqdm
+
+    from hsfm_core.train import summarize, train
+
+    bar = None
+
+    def progress(epoch, epochs, entries):
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=epochs, unit="epoch", desc=f"{args.method} ×{len(entries)} seed(s)", disable=args.quiet)
+        bar.set_postfix(val_wga=_pct(sum(e["val_wga"] for e in entries) / len(entries)))
+        bar.update(1)
+
+    try:
+        runs = train(args.workspace, args.method, preset=args.preset, overrides=args.overrides, seeds=args.seeds,
+                     device=args.device, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    for r in runs:
+        test = r.metrics.get("test") or r.metrics["val"]
+        split = "test" if "test" in r.metrics else "val"
+        print(f"{r.run_id}  seed {r.seed}  {split} WGA {_pct(test['wga'])}  adjusted avg {_pct(test['avg_adjusted'])}  "
+              f"plain avg {_pct(test['avg_plain'])}")
+    split = "test" if "test" in runs[0].metrics else "val"
+    summary = summarize(runs, split)
+    if len(runs) > 1:
+        print(f"{len(runs)} seeds, {split}: " + ", ".join(
+            f"{k} {_pct(v['mean'])} ± {_pct(v['std'])}" for k, v in summary.items()) + " (mean ± sample std)")
+    print(json.dumps({"runs": [r.run_id for r in runs], "split": split, "summary": summary}))
+    return 0
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="per-group table of a run on val and test")
+    p.add_argument("--workspace", required=True)
+    p.add_argument("--run", required=True)
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args) -> int:
+    from hsfm_core.features import FeatureStore
+    from hsfm_core.heads import evaluate_head
+    from hsfm_core.runs import find_run, load_head
+    from hsfm_core.workspace import group_names
+
+    store = FeatureStore.open(args.workspace)
+    run = find_run(args.workspace, args.run)
+    head = load_head(run)
+    metrics = evaluate_head(store, head["weight"], head["bias"])
+    if args.json:
+        print(json.dumps(metrics))
+        return 0
+    if run["config"].get("store_hash") not in (None, store.content_hash):
+        print(f"warning: run {args.run} was trained on a store with a different content hash", file=sys.stderr)
+    names = group_names(store)
+    print(f"run {run['run_id']} ({run['method']}, status {run['status']})")
+    for split, m in metrics.items():
+        print(f"\n{split}: accuracy per group (%), Wilson 95% interval")
+        print(f"  {'g':>2}  {'group':<40} {'n':>7} {'acc':>6}  {'95% CI':>13}")
+        for g, name in enumerate(names):
+            lo, hi = m["group_ci"][g]
+            ci = "—" if lo is None else f"{_pct(lo)}–{_pct(hi)}"
+            flag = "  ← worst" if g == m["worst_group"] else ""
+            print(f"  {g:>2}  {name:<40} {m['group_n'][g]:>7} {_pct(m['group_acc'][g]):>6}  {ci:>13}{flag}")
+        print(f"  worst-group {_pct(m['wga'])} · plain average {_pct(m['avg_plain'])} · adjusted average "
+              f"(train group weights) {_pct(m['avg_adjusted'])} · mean over groups {_pct(m['mean_group'])}")
+    return 0
+
+
+def _add_runs(sub) -> None:
+    p = sub.add_parser("runs", help="list a workspace's runs with their test WGA and adjusted average")
+    p.add_argument("--workspace", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_run_runs)
+
+
+def _run_runs(args) -> int:
+    from hsfm_core.runs import list_runs
+
+    rows = []
+    for r in list_runs(args.workspace):
+        test = (r["metrics"] or {}).get("test") or {}
+        val = (r["metrics"] or {}).get("val") or {}
+        rows.append({"run_id": r["run_id"], "method": r["method"], "status": r["status"],
+                     "seed": r["config"].get("seed"), "test_wga": test.get("wga"),
+                     "test_avg_adjusted": test.get("avg_adjusted"), "val_wga": val.get("wga")})
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'run':<44} {'method':<6} {'status':<9} {'seed':>4} {'test WGA':>9} {'test adj. avg':>13} {'val WGA':>8}")
+    for r in rows:
+        print(f"{r['run_id']:<44} {r['method'] or '?':<6} {r['status']:<9} {str(r['seed']):>4} "
+              f"{_pct(r['test_wga']):>9} {_pct(r['test_avg_adjusted']):>13} {_pct(r['val_wga']):>8}")
+    if not rows:
+        print("(no runs yet: python -m hsfm_core train --workspace … --method erm|dfr|hsfm)")
+    return 0
+
+
 def _store_summary(store) -> dict:
     from hsfm_core.runs import list_runs
 
@@ -110,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_extract(sub)
     _add_import(sub)
+    _add_train(sub)
+    _add_eval(sub)
+    _add_runs(sub)
     return parser
 
 

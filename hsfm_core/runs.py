@@ -3,12 +3,13 @@
     config.json         method, hyper-parameters, seed, device, store content hash, code version
     head.safetensors    weight, bias (final head); init.weight, init.bias (θ₀) when known
     support.safetensors before, after, indices, labels (HSFM only)
-    history.jsonl       one JSON line per epoch
+    history.jsonl       one JSON line per epoch, appended while training
     metrics.json        {split: group metrics} for val and test
     status              queued | running | done | failed | cancelled
+    error.txt           why a run failed (failed runs only)
 
-A finished run is assembled in a hidden folder under `runs/` and renamed into place, so a run
-directory that exists is complete; existing runs are never overwritten.
+Every file is written atomically (temporary file + rename) except `history.jsonl`, which is
+appended one whole line at a time. Existing runs are never overwritten.
 """
 
 from __future__ import annotations
@@ -17,69 +18,154 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save
 
 from hsfm_core import __version__
 from hsfm_core.errors import InputError
+from hsfm_core.fsutil import write_bytes_atomic, write_json_atomic, write_text_atomic
 
 RUNS_DIR = "runs"
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 def new_run_id(method: str) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"{method}-{stamp}-{uuid.uuid4().hex[:6]}"
+    return f"{method}-{stamp}-{uuid.uuid4().hex[:4]}"
 
 
-def write_finished_run(
-    workspace: str | os.PathLike,
-    run_id: str,
-    config: dict,
-    head: dict[str, torch.Tensor],
-    metrics: dict,
-    support: dict[str, torch.Tensor] | None = None,
-    history: list[dict] | None = None,
-) -> Path:
-    """Write a complete run in one atomic step and return its directory."""
+def code_version() -> str:
+    """hsfm_core's version, plus the git commit when running from a checkout."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+g{sha}" if sha else __version__
+
+
+def _tensor_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    return save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
+
+
+def _run_dir(workspace: str | os.PathLike, run_id: str) -> Path:
     if not _RUN_ID.match(run_id):
         raise InputError(f"run id {run_id!r}: use letters, digits, '.', '_' and '-' only")
-    runs = Path(workspace) / RUNS_DIR
-    target = runs / run_id
+    return Path(workspace) / RUNS_DIR / run_id
+
+
+class RunWriter:
+    """A live run: created with its config and status `running`, history appended per epoch,
+    then `finish` (head, metrics, support → `done`) or `fail` (→ `failed`, error.txt)."""
+
+    def __init__(self, workspace: str | os.PathLike, run_id: str, config: dict):
+        self.path = _run_dir(workspace, run_id)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir()
+        except FileExistsError:
+            raise InputError(f"{self.path} already exists; runs are never overwritten") from None
+        self.run_id = run_id
+        write_json_atomic(self.path / "config.json", {**config, "run_id": run_id, "started_at": now()})
+        (self.path / "history.jsonl").touch()
+        self.set_status("running")
+
+    def set_status(self, status: str) -> None:
+        assert status in STATUSES, status
+        write_text_atomic(self.path / "status", status + "\n")
+
+    def status(self) -> str:
+        return (self.path / "status").read_text().strip()
+
+    def update_config(self, **fields) -> None:
+        config = json.loads((self.path / "config.json").read_text())
+        write_json_atomic(self.path / "config.json", {**config, **fields})
+
+    def append_history(self, entry: dict) -> None:
+        with open(self.path / "history.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry) + "\n")
+            fh.flush()
+
+    def finish(self, head: dict[str, torch.Tensor], metrics: dict,
+               support: dict[str, torch.Tensor] | None = None) -> Path:
+        write_bytes_atomic(self.path / "head.safetensors", _tensor_bytes(head))
+        if support is not None:
+            write_bytes_atomic(self.path / "support.safetensors", _tensor_bytes(support))
+        write_json_atomic(self.path / "metrics.json", metrics)
+        self.update_config(finished_at=now())
+        self.set_status("done")
+        return self.path
+
+    def fail(self, message: str) -> None:
+        write_text_atomic(self.path / "error.txt", message.rstrip() + "\n")
+        self.set_status("failed")
+
+    def discard(self) -> None:
+        """Remove the run entirely (bad input found after it was created: nothing worth keeping)."""
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def write_finished_run(workspace: str | os.PathLike, run_id: str, config: dict, head: dict[str, torch.Tensor],
+                       metrics: dict, support: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write a complete run (an import) in a hidden folder and rename it into place in one step."""
+    target = _run_dir(workspace, run_id)
     if target.exists():
         raise InputError(f"{target} already exists; runs are never overwritten")
-    tmp = runs / f".incoming-{run_id}-{uuid.uuid4().hex[:6]}"
+    tmp = target.parent / f".incoming-{run_id}-{uuid.uuid4().hex[:6]}"
     tmp.mkdir(parents=True)
     try:
-        config = {**config, "run_id": run_id, "hsfm_core_version": __version__,
-                  "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        save_file({k: v.detach().float().contiguous().cpu() for k, v in head.items()}, tmp / "head.safetensors")
+        (tmp / "config.json").write_text(json.dumps({**config, "run_id": run_id, "finished_at": now()}, indent=2))
+        (tmp / "head.safetensors").write_bytes(_tensor_bytes(head))
         if support is not None:
-            save_file({k: v.detach().contiguous().cpu() for k, v in support.items()}, tmp / "support.safetensors")
-        (tmp / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history or []))
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            (tmp / "support.safetensors").write_bytes(_tensor_bytes(support))
+        (tmp / "history.jsonl").touch()
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (tmp / "status").write_text("done\n")
-        os.rename(tmp, target)  # fails rather than merging if target appeared meanwhile
+        os.rename(tmp, target)  # fails rather than merging if the target appeared meanwhile
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
 
 
+def read_run(path: Path) -> dict:
+    """One run's id, status, method, config and (when present) metrics."""
+    config = json.loads((path / "config.json").read_text())
+    status = (path / "status").read_text().strip() if (path / "status").is_file() else "unknown"
+    metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").is_file() else None
+    return {"run_id": path.name, "path": path, "status": status, "method": config.get("method"),
+            "config": config, "metrics": metrics}
+
+
 def list_runs(workspace: str | os.PathLike) -> list[dict]:
-    """Every run of a workspace: id, status, method and config, oldest first."""
+    """Every run of a workspace, in run-id order (ids start with method and UTC time)."""
     runs = Path(workspace) / RUNS_DIR
-    out = []
-    for d in sorted(runs.iterdir()) if runs.is_dir() else []:
-        if d.name.startswith(".") or not (d / "config.json").is_file():
-            continue
-        config = json.loads((d / "config.json").read_text())
-        status = (d / "status").read_text().strip() if (d / "status").is_file() else "unknown"
-        out.append({"run_id": d.name, "path": d, "status": status, "method": config.get("method"), "config": config})
-    return out
+    if not runs.is_dir():
+        return []
+    return [read_run(d) for d in sorted(runs.iterdir())
+            if not d.name.startswith(".") and (d / "config.json").is_file()]
+
+
+def find_run(workspace: str | os.PathLike, run_id: str) -> dict:
+    path = _run_dir(workspace, run_id)
+    if not (path / "config.json").is_file():
+        known = ", ".join(r["run_id"] for r in list_runs(workspace)) or "none"
+        raise InputError(f"no run {run_id!r} in {Path(workspace) / RUNS_DIR} (runs: {known})")
+    return read_run(path)
+
+
+def load_head(run: dict) -> dict[str, torch.Tensor]:
+    path = run["path"] / "head.safetensors"
+    if not path.is_file():
+        raise InputError(f"run {run['run_id']} has no head.safetensors (status {run['status']})")
+    return load_file(path)

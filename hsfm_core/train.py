@@ -1,0 +1,182 @@
+"""Train a head on a workspace and record it as runs: the I/O around `hsfm.fit_hsfm` and the baselines.
+
+`train(workspace, method, …)` checks everything a user can get wrong before any run directory
+exists, then writes one run per seed (DESIGN §3/§4). HSFM seeds are trained together in one
+batched call; ERM and DFR are fitted per seed.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from hsfm_core.baselines import DFR, DFR_C_GRID, ERMProbe
+from hsfm_core.config import hsfm_config, parse_overrides
+from hsfm_core.errors import InputError
+from hsfm_core.features import FeatureStore
+from hsfm_core.features.encoders import resolve_device
+from hsfm_core.heads import evaluate_head
+from hsfm_core.hsfm import fit_hsfm
+from hsfm_core.runs import RunWriter, code_version, new_run_id
+
+METHODS = ("erm", "dfr", "hsfm")
+ERM_SETTINGS = {"C": float, "max_iter": int}
+DFR_SETTINGS = {"n_refits": int}
+
+
+@dataclass
+class TrainedRun:
+    run_id: str
+    path: Path
+    seed: int
+    metrics: dict
+
+
+def _require_split(store: FeatureStore, split: str, why: str) -> None:
+    if not store.has_split(split):
+        raise InputError(f"{store.path}: the store has no {split} split ({why}); it has "
+                         f"{', '.join(store.splits) or 'no splits'}")
+
+
+def initial_head(store: FeatureStore, probe_settings: dict | None = None) -> tuple[dict, dict]:
+    """θ₀ and how it was obtained: the extraction checkpoint's fc, else the ERM probe on train."""
+    saved = store.init_head()
+    if saved is not None:
+        return {"weight": saved["weight"], "bias": saved["bias"]}, {"source": "checkpoint fc (init_head.safetensors)"}
+    _require_split(store, "train", "the ERM probe is fitted on train features")
+    settings = {"C": 1.0, "max_iter": 1000, **(probe_settings or {})}
+    train = store.select("train")
+    probe = ERMProbe(**settings).fit(train.features, train.y)
+    return ({"weight": probe.head_.weight, "bias": probe.head_.bias},
+            {"source": "erm probe: L2 logistic regression on train (lbfgs)", **settings})
+
+
+def _check_store(store: FeatureStore) -> None:
+    if store.manifest.get("shard"):
+        raise InputError(f"{store.path} is one shard of an extraction; merge the shards first (extract --merge)")
+    if len(store.class_names) != 2:
+        raise InputError(f"{store.path}: training supports 2 classes, the store has {len(store.class_names)}")
+
+
+def train(
+    workspace: str | os.PathLike,
+    method: str,
+    *,
+    preset: str = "waterbirds",
+    overrides: Sequence[str] = (),
+    seeds: Sequence[int] = (0,),
+    device: str = "auto",
+    progress: Callable[[int, int, list[dict]], None] | None = None,
+) -> list[TrainedRun]:
+    """Fit `method` for each seed and write one finished run per seed.
+
+    `progress(epoch, epochs, entries)` is called after each HSFM epoch (one entry per seed).
+    """
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    seeds = list(dict.fromkeys(int(s) for s in seeds))
+    if not seeds:
+        raise InputError("give at least one seed")
+    store = FeatureStore.open(workspace)
+    _check_store(store)
+    _require_split(store, "val", "every method selects or fits on val")
+    torch_device = resolve_device(device) if method == "hsfm" else torch.device("cpu")
+
+    if method == "hsfm":
+        config = hsfm_config(preset, overrides)
+        hyper = config.to_dict()
+        _require_split(store, "train", "HSFM draws its support set from train")
+    elif method == "erm":
+        hyper = {"C": 1.0, "max_iter": 1000, **parse_overrides(overrides, ERM_SETTINGS)}
+    else:
+        hyper = {"c_grid": list(DFR_C_GRID), "n_refits": 20, "scaler_fit_on": "val",
+                 **parse_overrides(overrides, DFR_SETTINGS)}
+
+    init, init_info = (None, None)
+    if method in ("erm", "hsfm"):
+        init, init_info = initial_head(store, hyper if method == "erm" else None)
+    val = store.select("val")
+    if init is not None and tuple(init["weight"].shape) != (2, store.dim):
+        raise InputError(f"the initial head is {tuple(init['weight'].shape)} but the features are {store.dim}-d")
+
+    base_id = new_run_id(method)
+    common = {"method": method, "preset": preset if method == "hsfm" else None, "hyperparameters": hyper,
+              "seeds_in_call": seeds, "device": str(torch_device), "workspace": str(Path(workspace).resolve()),
+              "store_hash": store.content_hash, "code_version": code_version(), "init_head": init_info}
+    writers = [RunWriter(workspace, f"{base_id}-s{seed}", {**common, "seed": seed}) for seed in seeds]
+    out = []
+    try:
+        if method == "hsfm":
+            fitted = _run_hsfm(store, val, init, config, seeds, torch_device, writers, progress)
+        else:
+            fitted = _run_baseline(method, store, val, init, hyper, seeds)
+        for seed, writer, (head, support, facts) in zip(seeds, writers, fitted):
+            metrics = evaluate_head(store, head["weight"], head["bias"])
+            writer.update_config(fitted=facts)
+            writer.finish(head, metrics, support)
+            out.append(TrainedRun(writer.run_id, writer.path, seed, metrics))
+    except InputError:
+        for w in writers:  # bad input found inside the fit: leave nothing behind
+            w.discard()
+        raise
+    except BaseException as exc:
+        for w in writers:
+            if w.status() != "done":
+                w.fail(f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
+        raise
+    return out
+
+
+def _run_hsfm(store, val, init, config, seeds, device, writers, progress):
+    """→ [(head, support, facts)] per seed."""
+    train_split = store.select("train")
+
+    def on_epoch(epoch: int, entries: list[dict]) -> None:
+        for writer, entry in zip(writers, entries):
+            writer.append_history(entry)
+        if progress is not None:
+            progress(epoch, config.epochs, entries)
+
+    results = fit_hsfm(train_split.features, train_split.y, val.features, val.y, val.g, init["weight"], init["bias"],
+                       config, seeds=seeds, device=device, n_groups=store.n_groups, progress=on_epoch)
+    return [(
+        {"weight": r.weight, "bias": r.bias, "init.weight": r.init_weight, "init.bias": r.init_bias},
+        {"before": r.H_before, "after": r.H_after, "labels": r.support_labels,
+         # store row ids, so that the app finds each support example's image
+         "indices": torch.as_tensor(train_split.rows[r.support_indices.numpy()])},
+        {"best_epoch": r.best_epoch, "best_val_wga": r.history[r.best_epoch - 1]["val_wga"]},
+    ) for r in results]
+
+
+def _run_baseline(method, store, val, init, hyper, seeds):
+    """→ [(head, None, facts)] per seed. ERM is deterministic; DFR's seed drives its subsampling."""
+    fitted = []
+    for seed in seeds:
+        if method == "erm":
+            head = {"weight": init["weight"], "bias": init["bias"],  # ERM is θ₀ itself
+                    "init.weight": init["weight"].clone(), "init.bias": init["bias"].clone()}
+            facts = {}
+        else:
+            dfr = DFR(c_grid=hyper["c_grid"], n_refits=hyper["n_refits"], seed=seed, n_groups=store.n_groups)
+            dfr.fit(np.asarray(val.features), val.y, val.g)
+            head = {"weight": dfr.head_.weight, "bias": dfr.head_.bias}
+            facts = {"selected_C": dfr.best_C_, "tuning_wga": {str(c): v for c, v in dfr.tuning_scores_.items()}}
+        fitted.append((head, None, facts))
+    return fitted
+
+
+def summarize(runs: list[TrainedRun], split: str = "test") -> dict:
+    """Mean ± sample std over seeds of WGA and the averages, for the CLI."""
+    out = {}
+    for key in ("wga", "avg_adjusted", "avg_plain", "mean_group"):
+        values = [r.metrics[split][key] for r in runs if split in r.metrics and r.metrics[split][key] is not None]
+        if values:
+            out[key] = {"mean": float(np.mean(values)),
+                        "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, "n": len(values)}
+    return out
