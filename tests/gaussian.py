@@ -1,0 +1,42 @@
+"""A generated spurious-correlation problem: a weak core direction (the class) and a strong
+spurious one (the attribute), 95% correlated in train and balanced in val/test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from hsfm_core.features import write_store
+
+MANIFEST = {"dataset": {"format": "synthetic", "source": "gaussian", "options": {}}, "image_root": None,
+            "class_names": ["landbird", "waterbird"], "attribute_names": ["land", "water"],
+            "backbone": {"kind": "imported", "model": None, "pretrained": None, "id": "gaussian"},
+            "clip_space": False, "text_encoder": None, "shard": None}
+
+
+def gaussian_split(n: int, d: int, correlation: float, seed: int, core: float = 1.0, spurious: float = 3.0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    a = np.where(rng.random(n) < correlation, y, 1 - y)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    x[:, 0] += core * (2 * y - 1)
+    x[:, 1] += spurious * (2 * a - 1)
+    return x, y, a
+
+
+def gaussian_problem(d: int = 64, sizes=(2000, 1000, 3000), seed: int = 0) -> dict:
+    """{split: (x, y, a)} for train (95% correlated), val and test (balanced)."""
+    correlations = {"train": 0.95, "val": 0.5, "test": 0.5}
+    return {split: gaussian_split(n, d, correlations[split], seed + i)
+            for i, (split, n) in enumerate(zip(("train", "val", "test"), sizes))}
+
+
+def gaussian_workspace(path, d: int = 16, sizes=(600, 300, 300), seed: int = 0, splits=("train", "val", "test")):
+    problem = gaussian_problem(d, sizes, seed)
+    x = np.concatenate([problem[s][0] for s in splits])
+    y = np.concatenate([problem[s][1] for s in splits])
+    a = np.concatenate([problem[s][2] for s in splits])
+    split = np.concatenate([[s] * len(problem[s][0]) for s in splits])
+    meta = pd.DataFrame({"row_id": np.arange(len(x)), "sample_id": [str(i) for i in range(len(x))], "split": split,
+                         "y": y, "a": a, "g": 2 * y + a, "image_path": ""})
+    return write_store(path, x, meta, MANIFEST)

@@ -1,0 +1,186 @@
+import numpy as np
+import pytest
+import torch
+
+from hsfm_core.baselines import DFR, ERMProbe, LinearHead
+from hsfm_core.config import HSFMConfig, hsfm_config
+from hsfm_core.errors import InputError
+from hsfm_core.hsfm import (_unroll_in_span, _unroll_in_weights, fit_hsfm, hard_set, linear_logits,
+                            sample_support, unrolled_outer_loss)
+from hsfm_core.metrics import group_metrics
+from tests.gaussian import gaussian_problem
+
+torch.set_default_dtype(torch.float32)
+
+
+def reference_outer_loss(H, Y, W, b, Qx, Qy, steps, lr):
+    """An independent numpy float64 version of DESIGN §1 step 3.2 for one seed: T plain GD steps on
+    mean CE(H, θ') from θ, then mean CE(Q, θ'_T)."""
+    def softmax(z):
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+    m = len(H)
+    onehot = np.eye(2)[Y]
+    for _ in range(steps):
+        r = softmax(H @ W.T + b) - onehot
+        W, b = W - lr * r.T @ H / m, b - lr * r.sum(0) / m
+    p = softmax(Qx @ W.T + b)
+    return -np.log(p[np.arange(len(Qy)), Qy]).mean()
+
+
+@pytest.mark.parametrize("unroll", [_unroll_in_weights, _unroll_in_span])
+def test_hypergradient_matches_central_finite_differences(unroll, monkeypatch):
+    rng = np.random.default_rng(0)
+    m, d, steps, lr = 6, 4, 4, 0.7
+    H = rng.normal(size=(m, d))
+    Y = np.array([0, 0, 0, 1, 1, 1])
+    W, b = rng.normal(size=(2, d)) * 0.3, rng.normal(size=2) * 0.1
+    Qx, Qy = rng.normal(size=(10, d)), rng.integers(0, 2, 10)
+
+    import hsfm_core.hsfm as hsfm_module
+    monkeypatch.setattr(hsfm_module, "_unroll_in_span", unroll)
+    monkeypatch.setattr(hsfm_module, "_unroll_in_weights", unroll)
+    Ht = torch.tensor(H[None], requires_grad=True)
+    onehot = torch.nn.functional.one_hot(torch.tensor(Y), 2).double()
+    loss = unrolled_outer_loss(Ht, onehot, torch.tensor(W[None]), torch.tensor(b[None]), torch.tensor(Qx[None]),
+                               torch.tensor(Qy[None]), steps, lr)
+    assert loss.item() == pytest.approx(reference_outer_loss(H, Y, W, b, Qx, Qy, steps, lr), rel=1e-12)
+    (dH,) = torch.autograd.grad(loss.sum(), Ht)
+
+    eps = 1e-6
+    numeric = np.zeros_like(H)
+    for i in range(m):
+        for j in range(d):
+            Hp, Hm = H.copy(), H.copy()
+            Hp[i, j] += eps
+            Hm[i, j] -= eps
+            numeric[i, j] = (reference_outer_loss(Hp, Y, W, b, Qx, Qy, steps, lr)
+                             - reference_outer_loss(Hm, Y, W, b, Qx, Qy, steps, lr)) / (2 * eps)
+    np.testing.assert_allclose(dH[0].numpy(), numeric, rtol=1e-6, atol=1e-9)
+    assert np.abs(numeric).max() > 1e-3  # the check is not vacuous
+
+
+def test_the_two_unrolls_are_the_same_steps():
+    torch.manual_seed(0)
+    H = torch.randn(3, 8, 16, dtype=torch.float64, requires_grad=True)
+    onehot = torch.nn.functional.one_hot(torch.arange(2).repeat_interleave(4), 2).double()
+    W, b = torch.randn(3, 2, 16, dtype=torch.float64) * 0.1, torch.randn(3, 2, dtype=torch.float64)
+    w1, b1 = _unroll_in_weights(H, onehot, W, b, 7, 0.3)
+    w2, b2 = _unroll_in_span(H, onehot, W, b, 7, 0.3)
+    torch.testing.assert_close(w1, w2, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(b1, b2, rtol=1e-10, atol=1e-12)
+    g1 = torch.autograd.grad(w1.square().sum() + b1.sum(), H)[0]
+    g2 = torch.autograd.grad(w2.square().sum() + b2.sum(), H)[0]
+    torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-12)
+
+
+def test_support_sampling_follows_the_reference_rule():
+    labels = torch.tensor(np.random.default_rng(3).integers(0, 2, 200))
+    n, seed = 7, 11
+    g = torch.Generator()
+    g.manual_seed(seed)
+    expected = []
+    for c in (0, 1):  # class 0 then class 1, one generator
+        class_rows = torch.nonzero(labels == c).flatten()
+        expected.append(class_rows[torch.randperm(len(class_rows), generator=g)[:n]])
+    picked = sample_support(labels, n, seed)
+    assert picked.tolist() == torch.cat(expected).tolist()
+    assert labels[picked].tolist() == [0] * n + [1] * n
+    assert sample_support(labels, n, seed + 1).tolist() != picked.tolist()
+    with pytest.raises(InputError, match="class 1 has"):
+        sample_support(torch.tensor([0] * 10 + [1] * 3), 5, 0)
+
+
+def test_hard_set_is_the_highest_loss_rows_of_each_class():
+    rng = np.random.default_rng(0)
+    labels = torch.tensor(rng.integers(0, 2, 50))
+    logits = torch.tensor(rng.normal(size=(2, 50, 2)), dtype=torch.float32)  # two seeds
+    picked = hard_set(logits, labels, k=5)
+    for s in range(2):
+        ce = torch.nn.functional.cross_entropy(logits[s], labels, reduction="none").numpy()
+        for c in (0, 1):
+            rows = np.flatnonzero(labels.numpy() == c)
+            top = set(rows[np.argsort(-ce[rows])[:5]].tolist())
+            chosen = {int(i) for i in picked[s] if labels[i] == c}
+            assert chosen == top
+    assert hard_set(logits, labels, k=10_000).shape[1] == 50  # capped at the class sizes
+
+
+def _small_problem(d=16):
+    p = gaussian_problem(d, (400, 300, 300))
+    (xt, yt, _), (xv, yv, av) = p["train"], p["val"]
+    init = ERMProbe().fit(xt, yt).head_
+    return xt, yt, xv, yv, 2 * yv + av, init
+
+
+def test_ties_in_model_selection_go_to_the_later_epoch():
+    xt, yt, xv, yv, gv, init = _small_problem()
+    # a head learning rate this small never changes a prediction: every epoch ties
+    config = HSFMConfig(n_support=4, inner_steps=2, inner_lr=1e-12, outer_steps=1, hard_per_class=8, epochs=5)
+    (result,) = fit_hsfm(xt, yt, xv, yv, gv, init.weight, init.bias, config)
+    assert len({h["val_wga"] for h in result.history}) == 1
+    assert result.best_epoch == 5
+
+
+def test_same_seed_is_bit_identical_on_cpu_and_seeds_batch_like_single_runs():
+    xt, yt, xv, yv, gv, init = _small_problem()
+    config = hsfm_config("waterbirds", ["E=6", "alpha=1e-3", "n=8"])
+    a = fit_hsfm(xt, yt, xv, yv, gv, init.weight, init.bias, config, seeds=[0, 1])
+    b = fit_hsfm(xt, yt, xv, yv, gv, init.weight, init.bias, config, seeds=[0, 1])
+    for ra, rb in zip(a, b):
+        assert torch.equal(ra.weight, rb.weight) and torch.equal(ra.H_after, rb.H_after)
+        assert [h["val_wga"] for h in ra.history] == [h["val_wga"] for h in rb.history]
+    (alone,) = fit_hsfm(xt, yt, xv, yv, gv, init.weight, init.bias, config, seeds=[1])
+    assert alone.support_indices.tolist() == a[1].support_indices.tolist()
+    torch.testing.assert_close(alone.H_after, a[1].H_after, rtol=1e-4, atol=1e-4)
+    assert [h["val_wga"] for h in alone.history] == pytest.approx([h["val_wga"] for h in a[1].history], abs=2e-3)
+    assert not torch.equal(a[0].H_after, a[0].H_before)  # the edits are real
+
+
+def test_hsfm_and_dfr_beat_erm_on_a_gaussian_spurious_problem():
+    p = gaussian_problem(64, (4000, 1200, 4000))
+    (xt, yt, _), (xv, yv, av), (xs, ys, as_) = p["train"], p["val"], p["test"]
+    erm = ERMProbe().fit(xt, yt).head_
+    dfr = DFR(seed=0).fit(xv, yv, 2 * yv + av).head_
+    config = hsfm_config("waterbirds", ["alpha=1e-3"])  # Gaussian features need a larger head step than ResNet's
+    (r,) = fit_hsfm(xt, yt, xv, yv, 2 * yv + av, erm.weight, erm.bias, config)
+
+    def test_wga(head):
+        return group_metrics(head.predict(xs), ys, 2 * ys + as_, 4)["wga"]
+
+    wga_erm, wga_dfr, wga_hsfm = test_wga(erm), test_wga(dfr), test_wga(LinearHead(r.weight, r.bias))
+    assert wga_dfr >= wga_erm + 0.10, (wga_erm, wga_dfr)
+    assert wga_hsfm >= wga_erm + 0.10, (wga_erm, wga_hsfm)
+
+
+def test_bad_inputs_are_clear_errors():
+    xt, yt, xv, yv, gv, init = _small_problem()
+    config = HSFMConfig(n_support=4, epochs=1, outer_steps=1, inner_steps=1)
+    with pytest.raises(InputError, match=r"initial head has weight \(2, 8\).*16-d"):
+        fit_hsfm(xt, yt, xv, yv, gv, init.weight[:, :8], init.bias, config)
+    with pytest.raises(InputError, match=r"the val split has classes \[0\]"):
+        keep = yv == 0
+        fit_hsfm(xt, yt, xv[keep], yv[keep], gv[keep], init.weight, init.bias, config)
+    bad = xv.copy()
+    bad[[3, 7], 2] = np.nan
+    with pytest.raises(InputError, match=r"validation features contain NaN or inf \(2 row\(s\), first \[3, 7\]\)"):
+        fit_hsfm(xt, yt, bad, yv, gv, init.weight, init.bias, config)
+    with pytest.raises(InputError, match="unknown preset 'imagenet'"):
+        hsfm_config("imagenet")
+    with pytest.raises(InputError, match="unknown key 'lr'"):
+        hsfm_config("waterbirds", ["lr=0.1"])
+    with pytest.raises(InputError, match="epochs must be ≥ 1"):
+        hsfm_config("waterbirds", ["E=0"])
+    assert hsfm_config("celeba", ["T=3", "eta=0.5"]) == HSFMConfig(1024, 3, 5e-5, 0.5, 5, 256, 20)
+
+
+def test_linear_logits_layouts_agree():
+    x = torch.randn(5, 16)
+    w, b = torch.randn(3, 2, 16), torch.randn(3, 2)
+    shared = linear_logits(x, w, b)
+    batched = linear_logits(x.expand(3, -1, -1), w, b)
+    expected = torch.einsum("rd,scd->src", x, w) + b[:, None]
+    torch.testing.assert_close(shared, expected)
+    torch.testing.assert_close(batched, expected)
