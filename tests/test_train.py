@@ -1,0 +1,165 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hsfm_core.cli import main
+from hsfm_core.errors import InputError
+from hsfm_core.features import FeatureStore
+from hsfm_core.features.store import INIT_HEAD
+from hsfm_core.runs import list_runs
+from hsfm_core.train import train
+from tests.gaussian import gaussian_workspace
+
+FAST = ["E=3", "K_H=2", "T=3", "n=6", "K_hard=16", "alpha=1e-3"]
+
+
+def cli(*args) -> int:
+    return main([str(a) for a in args])
+
+
+def test_hsfm_run_directory(tmp_path, capsys):
+    store = gaussian_workspace(tmp_path / "ws")
+    assert cli("train", "--workspace", tmp_path / "ws", "--method", "hsfm", "--set", *FAST,
+               "--seeds", 0, 1, "--quiet") == 0
+    out = capsys.readouterr().out
+    assert "2 seeds, test: wga" in out and "±" in out
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert len(summary["runs"]) == 2 and summary["summary"]["wga"]["n"] == 2
+
+    runs = list_runs(tmp_path / "ws")
+    assert [r["config"]["seed"] for r in runs] == [0, 1] and {r["status"] for r in runs} == {"done"}
+    run = runs[0]
+    config = run["config"]
+    assert config["method"] == "hsfm" and config["preset"] == "waterbirds" and config["device"] == "cpu"
+    assert config["hyperparameters"]["epochs"] == 3 and config["hyperparameters"]["inner_lr"] == 1e-3
+    assert config["store_hash"] == store.content_hash and config["code_version"].startswith("0.1.0")
+    assert config["init_head"]["source"].startswith("erm probe") and 1 <= config["fitted"]["best_epoch"] <= 3
+
+    head = load_file(run["path"] / "head.safetensors")
+    assert set(head) == {"weight", "bias", "init.weight", "init.bias"} and head["weight"].shape == (2, 16)
+    support = load_file(run["path"] / "support.safetensors")
+    assert set(support) == {"before", "after", "indices", "labels"}
+    assert support["before"].shape == support["after"].shape == (12, 16)
+    rows = support["indices"].numpy()
+    assert (store.meta["split"].to_numpy()[rows] == "train").all()
+    assert store.meta["y"].to_numpy()[rows].tolist() == support["labels"].tolist() == [0] * 6 + [1] * 6
+    np.testing.assert_array_equal(support["before"].numpy(), store.features[rows])
+
+    history = [json.loads(line) for line in (run["path"] / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2, 3] and "outer_loss" in history[0] and "val_wga" in history[0]
+    metrics = json.loads((run["path"] / "metrics.json").read_text())
+    assert set(metrics) == {"val", "test"}
+    assert set(metrics["test"]) == {"group_acc", "group_n", "group_ci", "wga", "worst_group", "avg_plain",
+                                    "avg_adjusted", "mean_group"}
+    assert metrics["val"]["wga"] == pytest.approx(history[config["fitted"]["best_epoch"] - 1]["val_wga"])
+
+
+def test_erm_and_dfr_runs_and_listing(tmp_path, capsys):
+    gaussian_workspace(tmp_path / "ws")
+    assert cli("train", "--workspace", tmp_path / "ws", "--method", "erm", "--quiet") == 0
+    assert cli("train", "--workspace", tmp_path / "ws", "--method", "dfr", "--set", "n_refits=3", "--seeds", 0, 1,
+               "--quiet") == 0
+    runs = {r["run_id"]: r for r in list_runs(tmp_path / "ws")}
+    erm = next(r for r in runs.values() if r["method"] == "erm")
+    head = load_file(erm["path"] / "head.safetensors")
+    assert torch.equal(head["weight"], head["init.weight"])
+    dfr = [r for r in runs.values() if r["method"] == "dfr"]
+    assert len(dfr) == 2 and all(r["config"]["hyperparameters"]["scaler_fit_on"] == "val" for r in dfr)
+    assert all(r["config"]["fitted"]["selected_C"] in (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01) for r in dfr)
+    capsys.readouterr()
+    assert cli("runs", "--workspace", tmp_path / "ws") == 0
+    listing = capsys.readouterr().out
+    assert "test WGA" in listing and all(run_id in listing for run_id in runs)
+    assert cli("eval", "--workspace", tmp_path / "ws", "--run", erm["run_id"]) == 0
+    table = capsys.readouterr().out
+    assert "← worst" in table and "adjusted average (train group weights)" in table and "landbird · water" in table
+
+
+def test_store_without_train_split(tmp_path):
+    gaussian_workspace(tmp_path / "ws", splits=("val", "test"))
+    for method in ("hsfm", "erm"):
+        with pytest.raises(InputError, match="has no train split"):
+            train(tmp_path / "ws", method)
+    runs = train(tmp_path / "ws", "dfr", overrides=["n_refits=2"])
+    assert runs[0].metrics["test"]["avg_adjusted"] is None  # no train proportions to weight by
+    assert len(list_runs(tmp_path / "ws")) == 1
+
+
+def _no_runs(ws) -> bool:
+    return not list_runs(ws) and not any((ws / "runs").glob(".incoming-*")) if (ws / "runs").exists() else True
+
+
+def test_bad_input_leaves_no_run(tmp_path, capsys):
+    ws = tmp_path / "ws"
+    store = gaussian_workspace(ws)
+    assert cli("train", "--workspace", ws, "--method", "hsfm", "--set", "eta=fast") == 2
+    assert "eta=fast" in capsys.readouterr().err
+    assert cli("train", "--workspace", ws, "--method", "hsfm", "--preset", "imagenet") == 2
+    assert cli("train", "--workspace", ws, "--method", "dfr", "--set", "E=3") == 2
+    assert _no_runs(ws)
+
+    # NaN / inf features (a store edited by hand): found in the fit, the runs it started are removed
+    features = np.load(ws / "features.npy", mmap_mode="r+")
+    val_row = int(store.rows("val")[4])
+    features[val_row, 3] = np.inf
+    features.flush()
+    del features
+    with pytest.raises(InputError, match="validation features contain NaN or inf"):
+        train(ws, "hsfm", overrides=FAST)
+    assert _no_runs(ws)
+
+
+def test_init_head_dimension_mismatch_and_one_class_split(tmp_path):
+    from safetensors.torch import save_file
+
+    ws = tmp_path / "ws"
+    gaussian_workspace(ws)
+    manifest = json.loads((ws / "manifest.json").read_text())
+    save_file({"weight": torch.zeros(2, 8), "bias": torch.zeros(2)}, ws / INIT_HEAD)
+    (ws / "manifest.json").write_text(json.dumps({**manifest, "init_head": INIT_HEAD}))
+    with pytest.raises(InputError, match=r"initial head is \(2, 8\) but the features are 16-d"):
+        train(ws, "hsfm", overrides=FAST)
+    assert _no_runs(ws)
+
+    ws2 = tmp_path / "ws2"
+    store = gaussian_workspace(ws2)
+    meta = store.meta.copy()
+    meta.loc[meta["split"] == "val", "y"] = 0
+    meta["g"] = 2 * meta["y"] + meta["a"]
+    from hsfm_core.features import write_store
+    write_store(ws2, np.asarray(store.features), meta, {k: store.manifest[k] for k in (
+        "dataset", "image_root", "class_names", "attribute_names", "backbone", "clip_space", "text_encoder",
+        "shard")}, overwrite=True)
+    for method in ("hsfm", "dfr"):
+        with pytest.raises(InputError, match=r"(val|validation) split has classes \[0\]"):
+            train(ws2, method, overrides=FAST if method == "hsfm" else ())
+    assert _no_runs(ws2)
+
+
+def test_crash_marks_the_run_failed(tmp_path, monkeypatch):
+    ws = tmp_path / "ws"
+    gaussian_workspace(ws)
+    train(ws, "erm")
+    import hsfm_core.train as train_module
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(train_module, "fit_hsfm", crash)
+    with pytest.raises(RuntimeError):
+        train(ws, "hsfm", overrides=FAST)
+    runs = {r["method"]: r for r in list_runs(ws)}
+    assert runs["hsfm"]["status"] == "failed" and "out of memory" in (runs["hsfm"]["path"] / "error.txt").read_text()
+    assert runs["erm"]["status"] == "done"  # earlier runs untouched
+
+
+def test_shard_store_cannot_train(tmp_path):
+    store = gaussian_workspace(tmp_path / "ws")
+    manifest = json.loads((tmp_path / "ws" / "manifest.json").read_text())
+    manifest["shard"] = {"index": 0, "count": 2}
+    (tmp_path / "ws" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="one shard"):
+        train(store.path, "erm")
