@@ -5,8 +5,10 @@ import torch
 from hsfm_core.baselines import DFR, ERMProbe, LinearHead
 from hsfm_core.config import HSFMConfig, hsfm_config
 from hsfm_core.errors import InputError
-from hsfm_core.hsfm import (_unroll_in_span, _unroll_in_weights, fit_hsfm, hard_set, linear_logits,
-                            sample_support, unrolled_outer_loss)
+from hsfm_core.hsfm import (UnrolledSteps, _unroll_in_span, _unroll_in_weights, fit_hsfm, hard_set, linear_logits,
+                            mean_ce, sample_support, unrolled_outer_loss)
+
+UNROLLS = {"weights": _unroll_in_weights, "span": _unroll_in_span, "custom-backward": UnrolledSteps.apply}
 from hsfm_core.metrics import group_metrics
 from tests.gaussian import gaussian_problem
 
@@ -30,29 +32,30 @@ def reference_outer_loss(H, Y, W, b, Qx, Qy, steps, lr):
     return -np.log(p[np.arange(len(Qy)), Qy]).mean()
 
 
-@pytest.mark.parametrize("unroll", [_unroll_in_weights, _unroll_in_span])
-def test_hypergradient_matches_central_finite_differences(unroll, monkeypatch):
+def _fd_problem(m=6, d=4):
     rng = np.random.default_rng(0)
-    m, d, steps, lr = 6, 4, 4, 0.7
     H = rng.normal(size=(m, d))
-    Y = np.array([0, 0, 0, 1, 1, 1])
+    Y = np.repeat([0, 1], m // 2)
     W, b = rng.normal(size=(2, d)) * 0.3, rng.normal(size=2) * 0.1
     Qx, Qy = rng.normal(size=(10, d)), rng.integers(0, 2, 10)
+    return H, Y, W, b, Qx, Qy
 
-    import hsfm_core.hsfm as hsfm_module
-    monkeypatch.setattr(hsfm_module, "_unroll_in_span", unroll)
-    monkeypatch.setattr(hsfm_module, "_unroll_in_weights", unroll)
+
+@pytest.mark.parametrize("name", list(UNROLLS))
+def test_hypergradient_matches_central_finite_differences(name):
+    H, Y, W, b, Qx, Qy = _fd_problem()
+    steps, lr = 4, 0.7
     Ht = torch.tensor(H[None], requires_grad=True)
     onehot = torch.nn.functional.one_hot(torch.tensor(Y), 2).double()
-    loss = unrolled_outer_loss(Ht, onehot, torch.tensor(W[None]), torch.tensor(b[None]), torch.tensor(Qx[None]),
-                               torch.tensor(Qy[None]), steps, lr)
+    w_final, b_final = UNROLLS[name](Ht, onehot, torch.tensor(W[None]), torch.tensor(b[None]), steps, lr)
+    loss = mean_ce(linear_logits(torch.tensor(Qx[None]), w_final, b_final), torch.tensor(Qy[None]))
     assert loss.item() == pytest.approx(reference_outer_loss(H, Y, W, b, Qx, Qy, steps, lr), rel=1e-12)
     (dH,) = torch.autograd.grad(loss.sum(), Ht)
 
     eps = 1e-6
     numeric = np.zeros_like(H)
-    for i in range(m):
-        for j in range(d):
+    for i in range(H.shape[0]):
+        for j in range(H.shape[1]):
             Hp, Hm = H.copy(), H.copy()
             Hp[i, j] += eps
             Hm[i, j] -= eps
@@ -62,17 +65,27 @@ def test_hypergradient_matches_central_finite_differences(unroll, monkeypatch):
     assert np.abs(numeric).max() > 1e-3  # the check is not vacuous
 
 
-def test_the_two_unrolls_are_the_same_steps():
+@pytest.mark.parametrize("m", [6, 40])  # both sides of the switch m < 2·T·C (= 16 here)
+def test_outer_loss_uses_an_exact_unroll_on_both_sides_of_the_switch(m):
+    H, Y, W, b, Qx, Qy = _fd_problem(m=m)
+    onehot = torch.nn.functional.one_hot(torch.tensor(Y), 2).double()
+    loss = unrolled_outer_loss(torch.tensor(H[None]), onehot, torch.tensor(W[None]), torch.tensor(b[None]),
+                               torch.tensor(Qx[None]), torch.tensor(Qy[None]), 4, 0.7)
+    assert loss.item() == pytest.approx(reference_outer_loss(H, Y, W, b, Qx, Qy, 4, 0.7), rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["span", "custom-backward"])
+def test_fast_unrolls_match_the_autograd_reference(name):
     torch.manual_seed(0)
     H = torch.randn(3, 8, 16, dtype=torch.float64, requires_grad=True)
     onehot = torch.nn.functional.one_hot(torch.arange(2).repeat_interleave(4), 2).double()
     W, b = torch.randn(3, 2, 16, dtype=torch.float64) * 0.1, torch.randn(3, 2, dtype=torch.float64)
     w1, b1 = _unroll_in_weights(H, onehot, W, b, 7, 0.3)
-    w2, b2 = _unroll_in_span(H, onehot, W, b, 7, 0.3)
+    w2, b2 = UNROLLS[name](H, onehot, W, b, 7, 0.3)
     torch.testing.assert_close(w1, w2, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(b1, b2, rtol=1e-10, atol=1e-12)
-    g1 = torch.autograd.grad(w1.square().sum() + b1.sum(), H)[0]
-    g2 = torch.autograd.grad(w2.square().sum() + b2.sum(), H)[0]
+    g1 = torch.autograd.grad(w1.square().sum() + b1.square().sum(), H)[0]
+    g2 = torch.autograd.grad(w2.square().sum() + b2.square().sum(), H)[0]
     torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-12)
 
 
