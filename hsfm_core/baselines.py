@@ -47,6 +47,8 @@ class ERMProbe:
     as stored (no standardisation), the usual linear-probe recipe."""
 
     def __init__(self, C: float = 1.0, max_iter: int = 1000):
+        if not (np.isfinite(C) and C > 0) or max_iter < 1:
+            raise InputError(f"the ERM probe needs C > 0 and max_iter ≥ 1, got C={C}, max_iter={max_iter}")
         self.C = C
         self.max_iter = max_iter
 
@@ -77,12 +79,14 @@ def _worst_group_accuracy(pred: np.ndarray, y: np.ndarray, g: np.ndarray) -> flo
 class DFR:
     """Deep Feature Reweighting (Kirichenko et al.) on the validation split.
 
-    Scaler: `StandardScaler` fitted on **all of val** (the set DFR trains on; the original code
-    fitted it on train, its successor on val — val also works for stores without a train split).
-    Tuning: C from `c_grid` by worst-group accuracy; fit an L1 liblinear logistic regression on a
-    group-balanced subsample of a random half of val, score on the other half. Final head: the
-    coefficients and intercepts of `n_refits` fits on fresh group-balanced subsamples of all of
-    val, averaged, then folded with the scaler into a head on raw features.
+    Scaler: `StandardScaler` fitted on val, the set DFR trains on (the original code fitted it on
+    train, its successor on val; val also works for stores without a train split): on the fitting
+    half while tuning, on all of val for the final head.
+    Tuning: C from `c_grid` by worst-group accuracy; fit an L1 liblinear logistic regression on one
+    group-balanced subsample of a random half of val (the same subsample for every C), score on
+    the other half. Final head: the coefficients and intercepts of `n_refits` fits on fresh
+    group-balanced subsamples of all of val, averaged, then folded with the scaler into a head on
+    raw features.
     """
 
     def __init__(self, c_grid=DFR_C_GRID, n_refits: int = 20, seed: int = 0, n_groups: int = 4):
@@ -97,19 +101,27 @@ class DFR:
 
     def fit(self, features: np.ndarray, y: np.ndarray, g: np.ndarray) -> "DFR":
         _require_both_classes(y, "validation split")
+        if self.n_refits < 1:
+            raise InputError(f"DFR needs n_refits ≥ 1, got {self.n_refits}")
         rng = np.random.default_rng(self.seed)
-        scaler = StandardScaler().fit(np.asarray(features, dtype=np.float64))
-        x = scaler.transform(np.asarray(features, dtype=np.float64))
+        x = np.asarray(features, dtype=np.float64)
 
+        # Tuning: one random half of val fits (on one group-balanced subsample, shared by every C),
+        # the other half scores worst-group accuracy. The scaler sees only the fitting half.
         order = rng.permutation(len(x))
         tune_fit, tune_eval = order[: len(x) // 2], order[len(x) // 2 :]
+        rows = tune_fit[_group_balanced(rng, g[tune_fit], self.n_groups)]
+        scaler = StandardScaler().fit(x[tune_fit])
+        x_fit, x_eval = scaler.transform(x[rows]), scaler.transform(x[tune_eval])
         scores = {}
         for C in self.c_grid:
-            rows = tune_fit[_group_balanced(rng, g[tune_fit], self.n_groups)]
-            model = self._fit_l1(x[rows], y[rows], C)
-            scores[C] = _worst_group_accuracy(model.predict(x[tune_eval]), y[tune_eval], g[tune_eval])
+            model = self._fit_l1(x_fit, y[rows], C)
+            scores[C] = _worst_group_accuracy(model.predict(x_eval), y[tune_eval], g[tune_eval])
         best_c = max(self.c_grid, key=lambda c: (scores[c], -self.c_grid.index(c)))  # ties: earlier in grid
 
+        # Final: scaler on all of val, n_refits fits on fresh group-balanced subsamples, averaged.
+        scaler = StandardScaler().fit(x)
+        x = scaler.transform(x)
         coefs, intercepts = [], []
         for _ in range(self.n_refits):
             rows = _group_balanced(rng, g, self.n_groups)

@@ -123,9 +123,13 @@ def _run_train(args) -> int:
     def progress(epoch, epochs, entries):
         nonlocal bar
         if bar is None:
-            bar = tqdm(total=epochs, unit="epoch", desc=f"{args.method} ×{len(entries)} seed(s)", disable=args.quiet)
-        bar.set_postfix(val_wga=_pct(sum(e["val_wga"] for e in entries) / len(entries)))
-        bar.update(1)
+            bar = tqdm(total=epochs, unit="epoch", desc=f"hsfm ×{len(args.seeds)} seed(s)", disable=args.quiet)
+        if entries:
+            bar.set_postfix(val_wga=_pct(sum(e["val_wga"] for e in entries) / len(entries)))
+            bar.update(1)
+
+    if args.method != "hsfm" and not args.quiet:
+        print(f"fitting {args.method} for {len(args.seeds)} seed(s)…", file=sys.stderr)
 
     try:
         runs = train(args.workspace, args.method, preset=args.preset, overrides=args.overrides, seeds=args.seeds,
@@ -214,6 +218,77 @@ def _run_runs(args) -> int:
     return 0
 
 
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="the bundled demo world: build its workspace, (re)train its CLIP")
+    demo = p.add_subparsers(dest="demo_command", required=True)
+    b = demo.add_parser("build", help="SynthBirds → extract with the bundled CLIP → ERM, DFR, HSFM runs")
+    b.add_argument("--out", help="workspace folder (default: the app's demo workspace in the user cache)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--workers", type=int, default=2, help="processes drawing images (spawned)")
+    b.add_argument("--force", action="store_true", help="rebuild even if the workspace is complete")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=_run_demo_build)
+    c = demo.add_parser("train-clip", help="train the small demo CLIP and save it as a local-dir: bundle")
+    c.add_argument("--out", default=None, help="bundle folder (default: assets/synthbirds-clip)")
+    c.add_argument("--steps", type=int, default=None)
+    c.add_argument("--pool-size", type=int, default=None)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--workers", type=int, default=2)
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(func=_run_demo_train_clip)
+    e = demo.add_parser("evaluate-clip", help="zero-shot and retrieval numbers of a demo CLIP bundle")
+    e.add_argument("--model", default=None, help="local-dir:PATH (default: the bundled CLIP)")
+    e.set_defaults(func=_run_demo_evaluate_clip)
+
+
+def _run_demo_build(args) -> int:
+    from tqdm.auto import tqdm
+
+    from hsfm_core.demo.build import build_demo
+
+    bar = tqdm(total=100, unit="%", desc="demo build", disable=args.quiet, bar_format="{l_bar}{bar}| {elapsed}")
+
+    def progress(message: str, fraction: float) -> None:
+        bar.set_description(message)
+        bar.update(round(100 * fraction) - bar.n)
+
+    try:
+        out = build_demo(args.out, seed=args.seed, workers=args.workers, force=args.force, progress=progress)
+    finally:
+        bar.close()
+    print((out / "demo.json").read_text())
+    return 0
+
+
+def _run_demo_train_clip(args) -> int:
+    from dataclasses import replace
+
+    from hsfm_core.demo import clip
+    from hsfm_core.demo.build import DEMO_CLIP
+
+    config = replace(clip.ClipTrainConfig(), seed=args.seed, workers=args.workers,
+                     **{k: v for k, v in (("steps", args.steps), ("pool_size", args.pool_size)) if v is not None})
+    model, log = clip.train_clip(config, progress=not args.quiet)
+    metrics = clip.evaluate(model, clip.tokenize, seed=0, workers=args.workers)
+    out = clip.save_bundle(model, args.out or DEMO_CLIP, config, log, metrics)
+    print(json.dumps({"bundle": str(out), **metrics, "train_seconds": log["train_seconds"],
+                      "pool_seconds": log["pool_seconds"]}, indent=2))
+    return 0
+
+
+def _run_demo_evaluate_clip(args) -> int:
+    import open_clip
+
+    from hsfm_core.demo import clip
+    from hsfm_core.demo.build import DEMO_CLIP
+
+    spec = args.model or f"local-dir:{DEMO_CLIP}"
+    model, _, _ = open_clip.create_model_and_transforms(spec)
+    model.eval()
+    print(json.dumps(clip.evaluate(model, open_clip.get_tokenizer(spec)), indent=2))
+    return 0
+
+
 def _store_summary(store) -> dict:
     from hsfm_core.runs import list_runs
 
@@ -231,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_runs(sub)
+    _add_demo(sub)
     return parser
 
 
@@ -242,5 +318,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("interrupted; nothing was written", file=sys.stderr)
+        print("interrupted: a store being written was left as it was; runs in progress are marked cancelled",
+              file=sys.stderr)
         return 130

@@ -6,6 +6,7 @@ Keys are the field names below; the paper's symbols are accepted as aliases
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Iterable
 
@@ -28,8 +29,8 @@ class HSFMConfig:
             if getattr(self, name) < 1:
                 raise InputError(f"HSFM setting {name} must be ≥ 1, got {getattr(self, name)}")
         for name in ("inner_lr", "outer_lr", "clip_norm"):
-            if not getattr(self, name) > 0:
-                raise InputError(f"HSFM setting {name} must be > 0, got {getattr(self, name)}")
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise InputError(f"HSFM setting {name} must be a finite number > 0, got {getattr(self, name)}")
 
     def to_dict(self) -> dict:
         return asdict(self)

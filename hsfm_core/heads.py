@@ -25,8 +25,12 @@ def evaluate_head(store, weight: torch.Tensor, bias: torch.Tensor, splits=("val"
     The adjusted average uses the store's train group counts; a store without a train split
     (an imported reference cache) has none, and says so with `avg_adjusted: null`.
     """
+    from hsfm_core.errors import InputError
     from hsfm_core.metrics import group_metrics
 
+    if tuple(weight.shape) != (len(store.class_names), store.dim) or tuple(bias.shape) != (len(store.class_names),):
+        raise InputError(f"a head of shape {tuple(weight.shape)} does not fit {store.path} "
+                         f"({len(store.class_names)} classes, {store.dim}-d features): was the store replaced?")
     train_counts = store.manifest["group_counts"].get("train")
     out = {}
     for split in splits:

@@ -214,7 +214,8 @@ def fit_hsfm(
     val_y = torch.as_tensor(np.array(val_labels)).long().to(device)
     val_g = torch.as_tensor(np.array(val_groups)).long().to(device)
     d = val_x.shape[1]
-    _check_inputs(train_labels, val_y, init_weight, init_bias, d, len(train_features), len(seeds))
+    _check_inputs(train_labels, val_y, init_weight, init_bias, d, len(train_features), train_features.shape[1],
+                  len(seeds))
 
     # 1. Support set: n rows per class, the reference code's sampling rule; H is what gets edited.
     support = torch.stack([sample_support(train_labels, config.n_support, s) for s in seeds])  # S × m
@@ -302,9 +303,11 @@ def _finite_float(x, what: str) -> torch.Tensor:
     return t
 
 
-def _check_inputs(train_y, val_y, init_weight, init_bias, d, n_train, n_seeds) -> None:
+def _check_inputs(train_y, val_y, init_weight, init_bias, d, n_train, train_dim, n_seeds) -> None:
     if n_seeds < 1:
         raise InputError("at least one seed is needed")
+    if train_dim != d:
+        raise InputError(f"train features are {train_dim}-d but validation features are {d}-d")
     if len(train_y) != n_train:
         raise InputError(f"{n_train} train feature rows but {len(train_y)} train labels")
     if tuple(init_weight.shape) != (N_CLASSES, d) or tuple(init_bias.shape) != (N_CLASSES,):

@@ -76,13 +76,14 @@ def train(
 ) -> list[TrainedRun]:
     """Fit `method` for each seed and write one finished run per seed.
 
-    `progress(epoch, epochs, entries)` is called after each HSFM epoch (one entry per seed).
+    `progress(epoch, epochs, entries)` is called once with epoch 0 and no entries when HSFM starts,
+    then after each epoch with one history entry per seed.
     """
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
     seeds = list(dict.fromkeys(int(s) for s in seeds))
-    if not seeds:
-        raise InputError("give at least one seed")
+    if not seeds or min(seeds) < 0:
+        raise InputError(f"seeds must be one or more integers ≥ 0, got {seeds}")
     store = FeatureStore.open(workspace)
     _check_store(store)
     _require_split(store, "val", "every method selects or fits on val")
@@ -97,10 +98,14 @@ def train(
     else:
         hyper = {"c_grid": list(DFR_C_GRID), "n_refits": 20, "scaler_fit_on": "val",
                  **parse_overrides(overrides, DFR_SETTINGS)}
+        if hyper["n_refits"] < 1:
+            raise InputError(f"DFR needs n_refits ≥ 1, got {hyper['n_refits']}")
 
     init, init_info = (None, None)
     if method in ("erm", "hsfm"):
         init, init_info = initial_head(store, hyper if method == "erm" else None)
+        if method == "erm" and store.init_head() is not None:
+            hyper = {}  # θ₀ is the checkpoint's fc: no probe settings were used
     val = store.select("val")
     if init is not None and tuple(init["weight"].shape) != (2, store.dim):
         raise InputError(f"the initial head is {tuple(init['weight'].shape)} but the features are {store.dim}-d")
@@ -125,6 +130,11 @@ def train(
         for w in writers:  # bad input found inside the fit: leave nothing behind
             w.discard()
         raise
+    except KeyboardInterrupt:
+        for w in writers:
+            if w.status() != "done":
+                w.set_status("cancelled")
+        raise
     except BaseException as exc:
         for w in writers:
             if w.status() != "done":
@@ -142,6 +152,8 @@ def _run_hsfm(store, val, init, config, seeds, device, writers, progress):
             writer.append_history(entry)
         if progress is not None:
             progress(epoch, config.epochs, entries)
+
+    on_epoch(0, [])  # training starts: lets a progress bar appear before the first epoch ends
 
     results = fit_hsfm(train_split.features, train_split.y, val.features, val.y, val.g, init["weight"], init["bias"],
                        config, seeds=seeds, device=device, n_groups=store.n_groups, progress=on_epoch)

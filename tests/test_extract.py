@@ -158,3 +158,23 @@ def test_pickled_model_checkpoint_is_refused(tmp_path):
     torch.save(net, tmp_path / "whole_model.pt")  # a pickled object, not a state dict
     with pytest.raises(InputError, match="cannot read as a weights-only checkpoint"):
         load_encoder("resnet50", str(tmp_path / "whole_model.pt"), torch.device("cpu"))
+
+
+def test_shards_merge_across_machines_with_different_paths(waterbirds_dir, tiny_clip, tmp_path):
+    import json
+    import shutil
+
+    base = ["extract", "--data", waterbirds_dir, "--format", "waterbirds", "--model", tiny_clip, "--quiet"]
+    assert run_cli(*base, "--shard", "0/2", "--out", tmp_path / "s0") == 0
+    moved = tmp_path / "elsewhere" / "waterbirds"  # the second machine mounts the data elsewhere
+    shutil.copytree(waterbirds_dir, moved)
+    assert run_cli("extract", "--data", moved, "--format", "waterbirds", "--model", tiny_clip, "--quiet",
+                   "--shard", "1/2", "--out", tmp_path / "s1") == 0
+    assert run_cli("extract", "--merge", tmp_path / "s0", tmp_path / "s1", "--out", tmp_path / "merged") == 0
+    assert FeatureStore.open(tmp_path / "merged").manifest["n_rows"] == 60
+    manifest = json.loads((tmp_path / "s1" / "manifest.json").read_text())
+    manifest["backbone"]["id"] = "open_clip:ViT-B-32@openai"  # a different model is refused
+    (tmp_path / "s1" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="backbone differs"):
+        from hsfm_core.features.extract import merge_shards
+        merge_shards([tmp_path / "s0", tmp_path / "s1"], tmp_path / "merged2")

@@ -49,19 +49,30 @@ def test_reference_import_without_train_and_with_best_run(tmp_path):
     assert store.class_names == ["landbird", "waterbird"] and store.manifest["clip_space"] is False
 
     (run,) = list_runs(tmp_path / "ws")
-    assert run["run_id"] == "hsfm-reference" and run["status"] == "done" and run["method"] == "hsfm"
+    assert run["run_id"].startswith("hsfm-reference-") and run["status"] == "done" and run["method"] == "hsfm"
     assert run["config"]["reference_saved"] == {"epoch": 12, "val_wga": 0.875, "val_avg": 0.91}
     assert run["config"]["store_hash"] == store.content_hash
     from safetensors.torch import load_file
     head = load_file(run["path"] / "head.safetensors")
     torch.testing.assert_close(head["weight"], theta["weight"])
     support = load_file(run["path"] / "support.safetensors")
-    assert support["indices"].tolist() == [5, 9, 2, 7] and support["after"].shape == (4, D)
+    assert support["reference_indices"].tolist() == [5, 9, 2, 7] and support["after"].shape == (4, D)
+    assert support["indices"].tolist() == [-1] * 4  # the reference train split is not in this store
     metrics = json.loads((run["path"] / "metrics.json").read_text())
     x, y, a = data["test"]
     expected = group_metrics(predict(x, theta["weight"], theta["bias"]), y, 2 * y + a, 4)
     assert metrics["test"] == expected
     assert metrics["test"]["avg_adjusted"] is None  # no train split, no train proportions
+
+
+def test_bad_reference_run_writes_nothing(tmp_path):
+    write_reference(tmp_path / "ref")
+    torch.save({"theta": {"weight": torch.zeros(1, D), "bias": torch.zeros(1)}, "support_emb": torch.zeros(2, D),
+                "support_init": torch.zeros(2, D), "support_labels": torch.tensor([0, 1]),
+                "init_indices": torch.tensor([0, 1])}, tmp_path / "ref" / "hsfm_best.pt")
+    with pytest.raises(InputError, match=r"theta.weight \(1, 16\).*expected \(2, 16\)"):
+        import_reference(tmp_path / "ref", tmp_path / "ws")
+    assert not (tmp_path / "ws" / "manifest.json").exists()  # the store is not written either
 
 
 def test_reference_bad_inputs(tmp_path):

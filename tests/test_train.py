@@ -163,3 +163,45 @@ def test_shard_store_cannot_train(tmp_path):
     (tmp_path / "ws" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(InputError, match="one shard"):
         train(store.path, "erm")
+
+
+def test_out_of_range_settings_are_refused_before_any_run(tmp_path):
+    ws = tmp_path / "ws"
+    gaussian_workspace(ws)
+    for method, overrides, message in [
+        ("hsfm", ["alpha=inf"], "inner_lr must be a finite number > 0"),
+        ("dfr", ["n_refits=0"], "n_refits ≥ 1"),
+        ("erm", ["C=-1"], "C > 0"),
+        ("erm", ["max_iter=0"], "max_iter ≥ 1"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            train(ws, method, overrides=overrides)
+    with pytest.raises(InputError, match="seeds must be"):
+        train(ws, "dfr", seeds=[-1])
+    assert _no_runs(ws)
+
+
+def test_interrupt_marks_runs_cancelled(tmp_path, monkeypatch):
+    ws = tmp_path / "ws"
+    gaussian_workspace(ws)
+    import hsfm_core.train as train_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "fit_hsfm", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(ws, "hsfm", overrides=FAST, seeds=[0, 1])
+    assert [r["status"] for r in list_runs(ws)] == ["cancelled", "cancelled"]
+
+
+def test_eval_of_a_run_that_no_longer_fits_the_store(tmp_path, capsys):
+    ws = tmp_path / "ws"
+    gaussian_workspace(ws, d=16)
+    (run,) = train(ws, "erm")
+    gaussian_workspace(tmp_path / "other", d=8)
+    import shutil
+    for name in ("manifest.json", "features.npy", "meta.parquet"):  # the store replaced, runs kept
+        shutil.copy(tmp_path / "other" / name, ws / name)
+    assert cli("eval", "--workspace", ws, "--run", run.run_id) == 2
+    assert "does not fit" in capsys.readouterr().err

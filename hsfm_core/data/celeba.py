@@ -51,8 +51,7 @@ def _read_attributes(path: Path) -> tuple[pd.DataFrame, int]:
             raise InputError(f"{path} line 1: expected the image count, found {count_line!r}") from None
         if not header:
             raise InputError(f"{path} line 2: expected the header line of attribute names")
-        frame = pd.read_csv(fh, sep=r"\s+", header=None, dtype=str, keep_default_na=False,
-                            names=["image_id", *header], engine="c")
+        frame = _read_whitespace_table(fh, path, ["image_id", *header], lines_before=2)
     if len(frame) != declared:
         raise InputError(f"{path}: line 1 declares {declared} images but {len(frame)} rows follow")
     if frame.iloc[:, -1].eq("").any():
@@ -66,9 +65,29 @@ def _read_partition(path: Path) -> tuple[pd.DataFrame, int]:
         frame = read_csv_strings(path, "CelebA partition file")
         require_columns(frame, ("image_id", "partition"), path)
         return frame, 2
-    frame = pd.read_csv(path, sep=r"\s+", header=None, names=["image_id", "partition"], dtype=str,
-                        keep_default_na=False)
-    return frame, 1
+    with open(path, encoding="utf-8") as fh:
+        return _read_whitespace_table(fh, path, ["image_id", "partition"], lines_before=0), 1
+
+
+def _read_whitespace_table(fh, path: Path, columns: list[str], lines_before: int) -> pd.DataFrame:
+    """Whitespace-separated rows that must have exactly len(columns) fields; name the first bad line."""
+    import re
+
+    expected = f"expected {len(columns)} fields per row ({columns[0]}, then {len(columns) - 1} value(s))"
+    try:
+        frame = pd.read_csv(fh, sep=r"\s+", header=None, dtype=str, keep_default_na=False)
+    except pd.errors.ParserError as exc:  # pandas counts lines from where it started reading
+        where = re.search(r"line (\d+), saw (\d+)", str(exc))
+        line = f" line {int(where.group(1)) + lines_before} has {where.group(2)} fields;" if where else ""
+        raise InputError(f"{path}:{line} {expected}") from None
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path}: no rows") from None
+    if frame.shape[1] != len(columns):
+        row = int(np.flatnonzero(frame.iloc[:, len(columns):].ne("").any(axis=1).to_numpy())[0]) \
+            if frame.shape[1] > len(columns) else 0
+        raise InputError(f"{path} line {row + 1 + lines_before}: {expected}")
+    frame.columns = columns
+    return frame
 
 
 def read_celeba(
@@ -92,7 +111,11 @@ def read_celeba(
 
     part, part_first = _read_partition(part_path)
     split_code = coded_column(part, "partition", SPLIT_CODES, part_path, part_first)
-    split_of = dict(zip(part["image_id"].str.strip(), split_code))
+    part_ids = part["image_id"].str.strip()
+    duplicated = part_ids[part_ids.duplicated()].tolist()
+    if duplicated:
+        raise InputError(f"{part_path}: {len(duplicated)} image(s) listed more than once: {listed(duplicated)}")
+    split_of = dict(zip(part_ids, split_code))
     image_ids = attrs["image_id"].str.strip().tolist()
     unassigned = [i for i in image_ids if i not in split_of]
     if unassigned:

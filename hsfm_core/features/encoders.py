@@ -109,7 +109,13 @@ def _load_open_clip(model: str, pretrained: str | None, device: torch.device) ->
                          f"(pretrained {record['pretrained']}): {type(exc).__name__}: {exc}") from None
     clip.eval()
     dim = _probe_dim(clip, preprocess, device)
-    backbone_id = f"open_clip:{record['model']}" + (f"@{record['pretrained']}" if record["pretrained"] else "")
+    # the id names the model and weights by file name, so shards extracted on machines that mount
+    # them at different paths still agree; the full paths stay in "model" / "pretrained"
+    weights = Path(record["pretrained"]).name if record["pretrained"] and Path(record["pretrained"]).is_absolute() \
+        else record["pretrained"]
+    name = f"local-dir:{Path(record['model'][len(LOCAL_DIR):]).name}" if record["model"].startswith(LOCAL_DIR) \
+        else record["model"]
+    backbone_id = f"open_clip:{name}" + (f"@{weights}" if weights else "")
     return Encoder(
         network=_ImageTower(clip),
         preprocess=preprocess,

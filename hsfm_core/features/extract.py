@@ -136,6 +136,13 @@ def _take(table: DatasetTable, rows: np.ndarray) -> DatasetTable:
     return replace(table, frame=table.frame.iloc[rows].reset_index(drop=True))
 
 
+def _identity(manifest: dict) -> dict:
+    """What must agree between shards. Not paths: machines may mount data and checkpoints elsewhere."""
+    return {"backbone": manifest["backbone"]["id"], "dim": manifest["dim"], "dtype": manifest["dtype"],
+            "class names": manifest["class_names"], "attribute names": manifest["attribute_names"],
+            "dataset format": [manifest["dataset"]["format"], manifest["dataset"]["options"]]}
+
+
 def merge_shards(shard_dirs: list[str | os.PathLike], out: str | os.PathLike, overwrite: bool = False) -> FeatureStore:
     """Check that the shards are the complete set of one extraction, then concatenate them."""
     if not shard_dirs:
@@ -145,15 +152,10 @@ def merge_shards(shard_dirs: list[str | os.PathLike], out: str | os.PathLike, ov
         if not s.manifest.get("shard"):
             raise InputError(f"{s.path}: not a shard (extracted without --shard)")
     first = stores[0].manifest
-    keys = ("backbone", "dim", "dtype", "class_names", "attribute_names", "dataset", "image_root")
     for s in stores[1:]:
-        for key in keys:
-            if s.manifest[key] != first[key]:
-                raise InputError(f"{s.path}: {key} differs from {stores[0].path} ({s.manifest[key]!r} vs {first[key]!r})")
-        for key in ("count", "dataset_rows", "dataset_fingerprint"):
-            if s.manifest["shard"][key] != first["shard"][key]:
-                raise InputError(f"{s.path}: shard {key} differs from {stores[0].path}; "
-                                 f"were these extracted from the same dataset listing?")
+        for what, value in _identity(s.manifest).items():
+            if value != _identity(first)[what]:
+                raise InputError(f"{s.path}: {what} differs from {stores[0].path} ({value!r} vs {_identity(first)[what]!r})")
     count = first["shard"]["count"]
     by_index = {}
     for s in stores:

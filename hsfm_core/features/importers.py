@@ -128,37 +128,50 @@ def import_reference(path: str | os.PathLike, out: str | os.PathLike, *, overwri
     if not parts:
         raise InputError(f"{folder}: none of train_features.pt, val_features.pt, test_features.pt found")
     features, meta = _assemble(parts)
+    run_file = folder / REFERENCE_RUN_FILE
+    run = read_reference_run(run_file, features.shape[1]) if run_file.is_file() else None  # checked before writing
     store = write_store(out, features, meta, _manifest("reference", folder, class_names, attribute_names),
                         overwrite=overwrite)
-    if (folder / REFERENCE_RUN_FILE).is_file():
-        import_reference_run(folder / REFERENCE_RUN_FILE, store)
+    if run is not None:
+        write_reference_run(run, run_file, store)
     return store
 
 
-def import_reference_run(file: Path, store: FeatureStore) -> Path:
-    """The reference code's saved best HSFM run → `runs/hsfm-reference-<n>/` of the workspace."""
-    from hsfm_core.heads import evaluate_head
-    from hsfm_core.runs import list_runs, write_finished_run
-
+def read_reference_run(file: Path, dim: int) -> dict:
+    """Load and check the reference code's `hsfm_best.pt`: head, support set and saved figures."""
     obj = _load_pt(file)
     theta = obj.get("theta") if isinstance(obj, dict) else None
     if not isinstance(theta, dict) or not {"weight", "bias"} <= set(theta):
         raise InputError(f"{file}: expected 'theta' with 'weight' and 'bias'")
     weight, bias = theta["weight"].float(), theta["bias"].float()
-    if weight.ndim != 2 or weight.shape[1] != store.dim or bias.shape != (weight.shape[0],):
-        raise InputError(f"{file}: theta.weight {tuple(weight.shape)} / bias {tuple(bias.shape)} do not fit "
-                         f"{store.dim}-d features")
+    if tuple(weight.shape) != (2, dim) or tuple(bias.shape) != (2,):
+        raise InputError(f"{file}: theta.weight {tuple(weight.shape)} / bias {tuple(bias.shape)}; expected "
+                         f"(2, {dim}) / (2,) for 2 classes and {dim}-d features")
     support = {
         "before": torch.as_tensor(_as_numpy(obj, "support_init", file)).float(),
         "after": torch.as_tensor(_as_numpy(obj, "support_emb", file)).float(),
         "labels": torch.as_tensor(_as_numpy(obj, "support_labels", file)).long(),
-        "indices": torch.as_tensor(_as_numpy(obj, "init_indices", file)).long(),
+        # positions in the reference code's train split, which an imported store rarely holds
+        "reference_indices": torch.as_tensor(_as_numpy(obj, "init_indices", file)).long(),
     }
-    if support["before"].shape != support["after"].shape or support["after"].shape[1:] != (store.dim,):
+    if support["before"].shape != support["after"].shape or support["after"].shape[1:] != (dim,):
         raise InputError(f"{file}: support_init {tuple(support['before'].shape)} and support_emb "
-                         f"{tuple(support['after'].shape)} must both be n × {store.dim}")
+                         f"{tuple(support['after'].shape)} must both be n × {dim}")
+    n = len(support["after"])
+    if support["labels"].shape != (n,) or support["reference_indices"].shape != (n,):
+        raise InputError(f"{file}: support_labels and init_indices must hold {n} values, one per support row")
+    support["indices"] = torch.full((n,), -1, dtype=torch.long)  # no store row: see reference_indices
     tensor_keys = ("theta", "support_init", "support_emb", "support_labels", "init_indices")
     saved = {k: _scalar_or_none(v) for k, v in obj.items() if k not in tensor_keys}
+    return {"weight": weight, "bias": bias, "support": support, "saved": saved}
+
+
+def write_reference_run(run: dict, file: Path, store: FeatureStore) -> Path:
+    """A checked reference run → `runs/hsfm-reference-<time>-<id>/` of the workspace."""
+    from hsfm_core.heads import evaluate_head
+    from hsfm_core.runs import new_run_id, write_finished_run
+
+    saved = run["saved"]
     config = {
         "method": "hsfm",
         "source": f"import:reference:{file.resolve()}",
@@ -168,12 +181,11 @@ def import_reference_run(file: Path, store: FeatureStore) -> Path:
         "hyperparameters": None,  # the reference file does not record them
         "reference_saved": saved,  # epoch and val figures as the reference code saved them
         # support indices point into the reference code's train split, which this store may not hold
-        "support_indices_refer_to": "reference train split",
+        "support_indices_refer_to": "reference_indices: the reference code's train split (indices = -1)",
     }
-    n_existing = sum(r["run_id"].startswith("hsfm-reference") for r in list_runs(store.path))
-    run_id = "hsfm-reference" + (f"-{n_existing + 1}" if n_existing else "")
-    return write_finished_run(store.path, run_id, config, {"weight": weight, "bias": bias},
-                              evaluate_head(store, weight, bias), support=support)
+    weight, bias = run["weight"], run["bias"]
+    return write_finished_run(store.path, new_run_id("hsfm-reference"), config, {"weight": weight, "bias": bias},
+                              evaluate_head(store, weight, bias), support=run["support"])
 
 
 def _scalar_or_none(value: object) -> object:

@@ -1,0 +1,104 @@
+"""The demo workspace: SynthBirds → `extract` with the bundled CLIP → ERM, DFR and HSFM runs.
+
+It goes through exactly the pipeline a user runs on real data (`read_dataset("waterbirds")`,
+`extract`, `train`); nothing downstream knows it is the demo. The build writes into its target
+folder and records `demo.json` last: a folder without it is an unfinished build and is rebuilt.
+A file lock keeps two app sessions from building the same folder at once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from hsfm_core.data import read_dataset, synthbirds
+from hsfm_core.errors import InputError
+from hsfm_core.features.encoders import load_encoder
+from hsfm_core.features.extract import extract
+from hsfm_core.train import train
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+DEMO_CLIP = ASSETS / "synthbirds-clip"
+DEMO_VERSION = 1
+MARKER = "demo.json"
+DATA_DIR = "synthbirds"  # the Waterbirds-format image folder, inside the workspace
+DEFAULT_RUNS = (("erm", ()), ("dfr", ()), ("hsfm", ()))  # HSFM with the waterbirds preset
+
+Progress = Callable[[str, float], None]  # (what is happening, fraction of the build done)
+
+
+def default_demo_dir() -> Path:
+    """Where the app keeps the demo workspace: the user cache directory (HSFM_CACHE_DIR overrides)."""
+    from platformdirs import user_cache_dir
+
+    root = Path(os.environ.get("HSFM_CACHE_DIR") or user_cache_dir("hsfm-studio"))
+    return root / f"demo-workspace-v{DEMO_VERSION}"
+
+
+def is_built(path: str | os.PathLike) -> bool:
+    marker = Path(path) / MARKER
+    if not marker.is_file():
+        return False
+    try:
+        return json.loads(marker.read_text()).get("version") == DEMO_VERSION
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+@contextmanager
+def _build_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second builder waits, then finds the build done
+        yield
+
+
+def build_demo(out: str | os.PathLike | None = None, *, seed: int = 0, workers: int = 2, force: bool = False,
+               progress: Progress | None = None) -> Path:
+    """Build the demo workspace at `out` (default: `default_demo_dir()`) unless it is already built."""
+    out = Path(out) if out is not None else default_demo_dir()
+    report = progress or (lambda message, fraction: None)
+    if not DEMO_CLIP.is_dir():
+        raise InputError(f"the bundled CLIP is missing: {DEMO_CLIP} (python -m hsfm_core demo train-clip)")
+    with _build_lock(out):
+        if is_built(out) and not force:
+            return out
+        if out.exists():
+            shutil.rmtree(out)  # an unfinished or outdated build: start again
+        timings = {}
+        t0 = time.perf_counter()
+
+        report("Drawing SynthBirds images (11,788 PNGs)", 0.0)
+        total = sum(map(sum, synthbirds.WATERBIRDS_COUNTS.values()))
+        synthbirds.write_dataset(out / DATA_DIR, seed=seed, workers=workers,
+                                 progress=lambda done, n: report("Drawing SynthBirds images", 0.4 * done / n))
+        timings["images_s"] = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        report("Encoding the images with the bundled CLIP", 0.4)
+        table = read_dataset("waterbirds", out / DATA_DIR)
+        encoder = load_encoder(f"local-dir:{DEMO_CLIP}", None, torch.device("cpu"))
+        extract(table, encoder, out, device=torch.device("cpu"), batch_size=256, progress=False, overwrite=True)
+        timings["extract_s"] = time.perf_counter() - t1
+
+        runs = {}
+        for k, (method, overrides) in enumerate(DEFAULT_RUNS):
+            t2 = time.perf_counter()
+            report(f"Training the {method.upper()} head", 0.6 + 0.4 * k / len(DEFAULT_RUNS))
+            (run,) = train(out, method, preset="waterbirds", overrides=overrides, seeds=[seed], device="cpu")
+            runs[method] = {"run_id": run.run_id, "test_wga": run.metrics["test"]["wga"],
+                            "test_avg_adjusted": run.metrics["test"]["avg_adjusted"]}
+            timings[f"{method}_s"] = time.perf_counter() - t2
+        timings["total_s"] = time.perf_counter() - t0
+        (out / MARKER).write_text(json.dumps({"version": DEMO_VERSION, "seed": seed, "images": total,
+                                              "clip": str(DEMO_CLIP), "runs": runs, "timings": timings}, indent=2))
+        report("Demo workspace ready", 1.0)
+    return out
