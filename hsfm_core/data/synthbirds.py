@@ -337,17 +337,21 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
                            colour=scene.colour, size=scene.size)
 
 
-def render_pool(n: int, seed: int, start: int = 0) -> tuple[np.ndarray, list[Scene]]:
-    """A group-balanced pool of images (for CLIP training, not the demo splits): uint8 N × 64 × 64 × 3."""
-    images = np.empty((n, SIZE, SIZE, 3), dtype=np.uint8)
+def render_labelled(labels: list[tuple[int, int]], indices: list[int], seed: int, stream: int):
+    """Images (uint8 N × 64 × 64 × 3) and scenes for (y, a) labels, image i drawn with its own generator."""
+    images = np.empty((len(labels), SIZE, SIZE, 3), dtype=np.uint8)
     scenes = []
-    for k in range(n):
-        i = start + k
-        g = i % 4
-        image, scene = render(g // 2, g % 2, image_rng(seed, STREAM_POOL, i))
+    for k, ((y, a), i) in enumerate(zip(labels, indices)):
+        image, scene = render(y, a, image_rng(seed, stream, i))
         images[k] = np.asarray(image)
         scenes.append(scene)
     return images, scenes
+
+
+def render_pool(n: int, seed: int, start: int = 0) -> tuple[np.ndarray, list[Scene]]:
+    """A group-balanced pool of images (for CLIP training, not the demo splits): uint8 N × 64 × 64 × 3."""
+    indices = list(range(start, start + n))
+    return render_labelled([(i % 4 // 2, i % 2) for i in indices], indices, seed, STREAM_POOL)
 
 
 def render_pool_parallel(n: int, seed: int, workers: int = 2, chunk: int = 1000) -> tuple[np.ndarray, list[Scene]]:
@@ -358,16 +362,11 @@ def render_pool_parallel(n: int, seed: int, workers: int = 2, chunk: int = 1000)
     return np.concatenate([p[0] for p in parts]), [s for p in parts for s in p[1]]
 
 
-def _render_rows_chunk(rows, indices, seed):
-    out = np.empty((len(rows), SIZE, SIZE, 3), dtype=np.uint8)
-    for k, ((_, y, a), i) in enumerate(zip(rows, indices)):
-        out[k] = np.asarray(render(y, a, image_rng(seed, STREAM_DATASET, i))[0])
-    return out
-
-
 def render_rows(rows, indices, seed: int, workers: int = 2, chunk: int = 1000) -> np.ndarray:
     """The demo dataset's images for these rows (as `write_dataset` draws them), without files."""
     starts = range(0, len(rows), chunk)
-    return np.concatenate(list(map_in_processes(_render_rows_chunk, [rows[s : s + chunk] for s in starts],
-                                                [indices[s : s + chunk] for s in starts], [seed] * len(starts),
-                                                workers=workers)))
+    labels = [(y, a) for _, y, a in rows]
+    parts = map_in_processes(render_labelled, [labels[s : s + chunk] for s in starts],
+                             [indices[s : s + chunk] for s in starts], [seed] * len(starts),
+                             [STREAM_DATASET] * len(starts), workers=workers)
+    return np.concatenate([images for images, _ in parts])
