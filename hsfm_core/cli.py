@@ -269,8 +269,9 @@ def _run_demo_train_clip(args) -> int:
     config = replace(clip.ClipTrainConfig(), seed=args.seed, workers=args.workers,
                      **{k: v for k, v in (("steps", args.steps), ("pool_size", args.pool_size)) if v is not None})
     model, log = clip.train_clip(config, progress=not args.quiet)
+    out = clip.save_bundle(model, args.out or DEMO_CLIP, config, log, metrics=None)  # saved before evaluating
     metrics = clip.evaluate(model, clip.tokenize, seed=0, workers=args.workers)
-    out = clip.save_bundle(model, args.out or DEMO_CLIP, config, log, metrics)
+    clip.save_bundle(model, out, config, log, metrics)
     print(json.dumps({"bundle": str(out), **metrics, "train_seconds": log["train_seconds"],
                       "pool_seconds": log["pool_seconds"]}, indent=2))
     return 0
