@@ -32,8 +32,11 @@ def test_workspace_from_args_and_env(tmp_path):
     assert workspace_from_args([], {}) is None
 
 
-def test_home_without_workspace_explains_how_to_start(monkeypatch):
+def test_home_without_workspace_or_demo_bundle_explains_how_to_start(monkeypatch, tmp_path):
+    import hsfm_core.demo.build
+
     monkeypatch.delenv("HSFM_WORKSPACE", raising=False)
+    monkeypatch.setattr(hsfm_core.demo.build, "DEMO_CLIP", tmp_path / "no-bundle")
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert not at.exception
     assert "No workspace given" in at.info[0].value

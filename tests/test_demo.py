@@ -1,0 +1,80 @@
+"""The demo world end to end: the bundled CLIP's card numbers, and the app's first launch, which
+builds the demo workspace through the same extract → train pipeline as real data."""
+
+import json
+import os
+from pathlib import Path
+
+import open_clip
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from hsfm_core.demo import clip
+from hsfm_core.demo.build import DEMO_CLIP, MARKER, is_built
+from hsfm_core.features import FeatureStore
+from hsfm_core.runs import list_runs
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def first_launch(tmp_path_factory):
+    """Open the app with no workspace and an empty cache: it builds the demo workspace."""
+    cache = tmp_path_factory.mktemp("cache")
+    saved = {k: os.environ.get(k) for k in ("HSFM_CACHE_DIR", "HSFM_WORKSPACE")}
+    os.environ["HSFM_CACHE_DIR"] = str(cache)
+    os.environ.pop("HSFM_WORKSPACE", None)
+    try:
+        at = AppTest.from_file(APP, default_timeout=600).run()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return at, cache / "demo-workspace-v1"
+
+
+def test_bundled_clip_meets_its_card():
+    spec = f"local-dir:{DEMO_CLIP}"
+    model, _, _ = open_clip.create_model_and_transforms(spec)
+    model.eval()
+    numbers = clip.evaluate(model, open_clip.get_tokenizer(spec))
+    assert numbers["zero_shot_background_accuracy"] >= 0.95
+    assert numbers["zero_shot_bird_accuracy"] >= 0.80
+    r = numbers["retrieval"]
+    assert r["recall@5"] >= 5 * r["chance@5"]
+    card = json.loads((DEMO_CLIP / "training.json").read_text())["metrics"]
+    assert card["zero_shot_bird_accuracy"] == pytest.approx(numbers["zero_shot_bird_accuracy"], abs=0.005)
+    assert sum(f.stat().st_size for f in DEMO_CLIP.iterdir()) <= 15 * 2**20
+
+
+def test_first_launch_builds_and_opens_the_demo(first_launch):
+    at, workspace = first_launch
+    assert not at.exception, at.exception
+    assert is_built(workspace)
+    store = FeatureStore.open(workspace)
+    assert store.manifest["backbone"]["kind"] == "open_clip" and store.manifest["clip_space"]
+    assert store.manifest["group_counts"]["train"] == [3498, 184, 56, 1057]
+    assert store.manifest["dataset"]["format"] == "waterbirds"  # the real reader, nothing special-cased
+    assert sorted(r["method"] for r in list_runs(workspace)) == ["dfr", "erm", "hsfm"]
+    assert all(r["status"] == "done" for r in list_runs(workspace))
+    table = at.dataframe[0].value
+    assert table.loc["waterbird · land background", "train"] == 56
+
+
+def test_demo_teaches_the_spurious_correlation(first_launch):
+    _, workspace = first_launch
+    runs = json.loads((workspace / MARKER).read_text())["runs"]
+    assert runs["erm"]["test_wga"] <= 0.70 and runs["erm"]["test_avg_adjusted"] >= 0.90
+    assert runs["dfr"]["test_wga"] >= 0.85
+
+
+def test_second_launch_reuses_the_demo(first_launch, monkeypatch):
+    _, workspace = first_launch
+    stamp = (workspace / MARKER).stat().st_mtime_ns
+    monkeypatch.setenv("HSFM_CACHE_DIR", str(workspace.parent))
+    monkeypatch.delenv("HSFM_WORKSPACE", raising=False)
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception and (workspace / MARKER).stat().st_mtime_ns == stamp
