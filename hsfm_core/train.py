@@ -127,8 +127,9 @@ def train(
             writer.finish(head, metrics, support)
             out.append(TrainedRun(writer.run_id, writer.path, seed, metrics))
     except InputError:
-        for w in writers:  # bad input found inside the fit: leave nothing behind
-            w.discard()
+        for w in writers:  # bad input found inside the fit: leave nothing half-written behind
+            if w.status() != "done":
+                w.discard()
         raise
     except KeyboardInterrupt:
         for w in writers:
@@ -178,6 +179,9 @@ def _run_baseline(method, store, val, init, hyper, seeds):
             dfr = DFR(c_grid=hyper["c_grid"], n_refits=hyper["n_refits"], seed=seed, n_groups=store.n_groups)
             dfr.fit(np.asarray(val.features), val.y, val.g)
             head = {"weight": dfr.head_.weight, "bias": dfr.head_.bias}
+            saved = store.init_head()  # θ₀, for before/after views, when the extraction recorded one
+            if saved is not None:
+                head |= {"init.weight": saved["weight"], "init.bias": saved["bias"]}
             facts = {"selected_C": dfr.best_C_, "tuning_wga": {str(c): v for c, v in dfr.tuning_scores_.items()}}
         fitted.append((head, None, facts))
     return fitted
