@@ -6,7 +6,7 @@ import pytest
 
 from hsfm_core.data import check_images, read_dataset
 from hsfm_core.errors import InputError
-from tests.helpers import CELEBA_ATTRS, SMALL_COUNTS, make_celeba, make_generic_csv, make_waterbirds
+from tests.helpers import CELEBA_ATTRS, SMALL_COUNTS, make_celeba, make_generic_csv
 
 N_ROWS = sum(sum(v) for v in SMALL_COUNTS.values())
 

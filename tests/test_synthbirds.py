@@ -1,7 +1,6 @@
 import hashlib
 
 import numpy as np
-import pytest
 
 from hsfm_core.data import read_dataset, synthbirds
 

@@ -7,7 +7,6 @@ from safetensors.torch import load_file
 
 from hsfm_core.cli import main
 from hsfm_core.errors import InputError
-from hsfm_core.features import FeatureStore
 from hsfm_core.features.store import INIT_HEAD
 from hsfm_core.runs import list_runs
 from hsfm_core.train import train
