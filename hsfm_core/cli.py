@@ -290,6 +290,64 @@ def _run_demo_evaluate_clip(args) -> int:
     return 0
 
 
+def _add_retrieval(sub) -> None:
+    p = sub.add_parser("neighbors", help="nearest real images (FAISS, cosine) to a support example, JSON")
+    p.add_argument("--workspace", required=True)
+    p.add_argument("--run", required=True)
+    p.add_argument("--support", type=int, required=True, help="support example 0..2n-1")
+    p.add_argument("--edited", action="store_true", help="query with the edited feature instead of the original")
+    p.add_argument("-k", type=int, default=16)
+    p.set_defaults(func=_run_neighbors)
+    e = sub.add_parser("edit-shift", help="share of nearest neighbours with the other attribute, before/after, JSON")
+    e.add_argument("--workspace", required=True)
+    e.add_argument("--run", required=True)
+    e.add_argument("-k", type=int, default=16)
+    e.set_defaults(func=_run_edit_shift)
+
+
+def _open_run_support(args):
+    from hsfm_core.features import FeatureStore
+    from hsfm_core.retrieval import workspace_index
+    from hsfm_core.runs import find_run, load_support
+
+    if args.k < 1:
+        raise InputError(f"-k must be ≥ 1, got {args.k}")
+    store = FeatureStore.open(args.workspace)
+    support = load_support(find_run(args.workspace, args.run))
+    if support["after"].shape[1] != store.dim:
+        raise InputError(f"run {args.run}'s support features are {support['after'].shape[1]}-d, the store {store.dim}-d")
+    return store, support, workspace_index(store)
+
+
+def _run_neighbors(args) -> int:
+    store, support, index = _open_run_support(args)
+    n = len(support["after"])
+    if not 0 <= args.support < n:
+        raise InputError(f"--support {args.support}: this run has support examples 0..{n - 1}")
+    query = support["after" if args.edited else "before"][args.support].numpy()
+    ids, scores = index.search(query, args.k)
+    rows = [{"row": int(r), "cosine": float(c), **{k: (v.item() if hasattr(v, "item") else v)
+                                                    for k, v in store.meta.iloc[int(r)].items()},
+             "image": str(store.image_path(int(r)) or "")} for r, c in zip(ids[0], scores[0]) if r >= 0]
+    print(json.dumps({"run": args.run, "support": args.support, "edited": args.edited,
+                      "support_row": int(support["indices"][args.support]), "neighbors": rows}))
+    return 0
+
+
+def _run_edit_shift(args) -> int:
+    from hsfm_core.retrieval import edit_shift
+
+    store, support, index = _open_run_support(args)
+    rows = support["indices"].numpy()
+    if (rows < 0).any():
+        raise InputError(f"run {args.run} has support examples without store rows (an imported reference run): "
+                         f"their own attribute is unknown")
+    result = edit_shift(index, store.meta["a"].to_numpy(), rows, support["labels"].numpy(),
+                        support["before"].numpy(), support["after"].numpy(), k=args.k)
+    print(json.dumps({"run": args.run, **result}))
+    return 0
+
+
 def _store_summary(store) -> dict:
     from hsfm_core.runs import list_runs
 
@@ -308,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_runs(sub)
     _add_demo(sub)
+    _add_retrieval(sub)
     return parser
 
 

@@ -164,6 +164,13 @@ def find_run(workspace: str | os.PathLike, run_id: str) -> dict:
     return read_run(path)
 
 
+def load_support(run: dict) -> dict[str, torch.Tensor]:
+    path = run["path"] / "support.safetensors"
+    if not path.is_file():
+        raise InputError(f"run {run['run_id']} ({run['method']}) has no support set: only HSFM runs edit features")
+    return load_file(path)
+
+
 def load_head(run: dict) -> dict[str, torch.Tensor]:
     path = run["path"] / "head.safetensors"
     if not path.is_file():
