@@ -305,6 +305,34 @@ def _add_retrieval(sub) -> None:
     e.set_defaults(func=_run_edit_shift)
 
 
+def _add_decode(sub) -> None:
+    p = sub.add_parser("decode", help="score a run's edit directions against CLIP text concepts, JSON")
+    p.add_argument("--workspace", required=True)
+    p.add_argument("--run", required=True)
+    p.add_argument("--concepts", help="concept file (default: assets/concepts.txt)")
+    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--contrast", nargs=2, metavar=("POSITIVE", "NEGATIVE"),
+                   default=["water background", "land background"])
+    p.add_argument("--bridge", help="a CLIP store of the same images, for stores not in a CLIP space")
+    p.set_defaults(func=_run_decode)
+
+
+def _run_decode(args) -> int:
+    from hsfm_core.decode import clip_space_map, decode_run, encode_concepts, read_concepts
+    from hsfm_core.features import FeatureStore
+    from hsfm_core.runs import find_run, load_support
+
+    if args.top < 1:
+        raise InputError(f"--top must be ≥ 1, got {args.top}")
+    store = FeatureStore.open(args.workspace)
+    support = load_support(find_run(args.workspace, args.run))
+    to_clip, text_encoder = clip_space_map(store, FeatureStore.open(args.bridge) if args.bridge else None)
+    bank = encode_concepts(text_encoder, *read_concepts(args.concepts), cache_dir=store.path / "cache")
+    result = decode_run(store, support, bank, to_clip, store.class_names, args.top, tuple(args.contrast))
+    print(json.dumps({"run": args.run, "concepts": len(bank.concepts), "text_encoder": text_encoder, **result}))
+    return 0
+
+
 def _open_run_support(args):
     from hsfm_core.features import FeatureStore
     from hsfm_core.retrieval import workspace_index
@@ -367,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runs(sub)
     _add_demo(sub)
     _add_retrieval(sub)
+    _add_decode(sub)
     return parser
 
 
