@@ -333,6 +333,33 @@ def _run_decode(args) -> int:
     return 0
 
 
+def _add_project(sub) -> None:
+    p = sub.add_parser("project", help="UMAP map of a workspace (+ a run's edits); prints the coordinates file, JSON")
+    p.add_argument("--workspace", required=True)
+    p.add_argument("--run", help="add this run's edited support points and its correctness")
+    p.add_argument("--split", choices=("train", "val", "test"), help="only this split (default: all rows)")
+    p.add_argument("--n-neighbors", type=int, default=15)
+    p.add_argument("--min-dist", type=float, default=0.1)
+    p.set_defaults(func=_run_project)
+
+
+def _run_project(args) -> int:
+    from hsfm_core.features import FeatureStore
+    from hsfm_core.projection import ProjectionParams, project
+    from hsfm_core.runs import find_run
+
+    if args.n_neighbors < 2 or not 0 <= args.min_dist <= 1:
+        raise InputError("--n-neighbors must be ≥ 2 and --min-dist in [0, 1]")
+    store = FeatureStore.open(args.workspace)
+    run = find_run(args.workspace, args.run) if args.run else None
+    rows = store.rows(args.split) if args.split else None
+    path = project(store, run, rows, ProjectionParams(n_neighbors=args.n_neighbors, min_dist=args.min_dist))
+    import pyarrow.parquet as pq
+
+    print(json.dumps({"coordinates": str(path), "points": pq.read_metadata(path).num_rows}))
+    return 0
+
+
 def _open_run_support(args):
     from hsfm_core.features import FeatureStore
     from hsfm_core.retrieval import workspace_index
@@ -396,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_retrieval(sub)
     _add_decode(sub)
+    _add_project(sub)
     return parser
 
 
