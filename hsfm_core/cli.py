@@ -314,6 +314,7 @@ def _add_decode(sub) -> None:
     p.add_argument("--contrast", nargs=2, metavar=("POSITIVE", "NEGATIVE"),
                    default=["water background", "land background"])
     p.add_argument("--bridge", help="a CLIP store of the same images, for stores not in a CLIP space")
+    p.add_argument("--support", type=int, nargs="+", help="also score the mean edit of these support examples")
     p.set_defaults(func=_run_decode)
 
 
@@ -329,6 +330,11 @@ def _run_decode(args) -> int:
     to_clip, text_encoder = clip_space_map(store, FeatureStore.open(args.bridge) if args.bridge else None)
     bank = encode_concepts(text_encoder, *read_concepts(args.concepts), cache_dir=store.path / "cache")
     result = decode_run(store, support, bank, to_clip, store.class_names, args.top, tuple(args.contrast))
+    if args.support:
+        from hsfm_core.decode import decode_edit_selection
+
+        result["selection"] = decode_edit_selection(support, args.support, bank, to_clip, args.top,
+                                                    tuple(args.contrast))
     print(json.dumps({"run": args.run, "concepts": len(bank.concepts), "text_encoder": text_encoder, **result}))
     return 0
 

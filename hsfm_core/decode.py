@@ -150,6 +150,18 @@ def decode_run(store, support: dict, bank: ConceptBank, to_clip, class_names: li
     return out
 
 
+def decode_edit_selection(support: dict, selected, bank: ConceptBank, to_clip, top: int = 10,
+                          contrast: tuple[str, str] = DEFAULT_CONTRAST) -> dict:
+    """Top concepts and the contrast for the mean edit of a chosen set of support examples."""
+    selected = np.asarray(selected, dtype=np.int64)
+    n = len(support["after"])
+    if len(selected) == 0 or selected.min() < 0 or selected.max() >= n:
+        raise InputError(f"support selection {selected.tolist()}: choose among 0..{n - 1}")
+    delta = to_clip((support["after"].numpy() - support["before"].numpy())[selected]).mean(axis=0)
+    return {"support": selected.tolist(), "top": bank.ranked(delta, top),
+            "contrast": float(bank.contrast(delta, *contrast)[0])}
+
+
 def describe_selection(store, rows: np.ndarray, bank: ConceptBank, to_clip, top: int = 10) -> dict:
     """Concepts for "selection mean − class mean" of original features, per class in the selection."""
     rows = np.asarray(rows)

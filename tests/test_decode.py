@@ -91,8 +91,29 @@ def test_decode_cli(tmp_path, capsys):
     assert [c["name"] for c in out["per_class"]] == ["landbird", "waterbird"]
     assert all(len(c["top"]) == 4 for c in out["per_class"]) and len(out["per_example"]) == 8
     assert out["contrast"] == {"positive": "water background", "negative": "land background"}
+    assert main(["decode", "--workspace", str(ws), "--run", run.run_id, "--support", "0", "5"]) == 0
+    selection = json.loads(capsys.readouterr().out)["selection"]
+    assert selection["support"] == [0, 5] and len(selection["top"]) == 10
+    assert main(["decode", "--workspace", str(ws), "--run", run.run_id, "--support", "9"]) == 2
+    assert "choose among 0..7" in capsys.readouterr().err
     assert main(["decode", "--workspace", str(ws), "--run", erm.run_id]) == 2
     assert "no support set" in capsys.readouterr().err
+
+
+def test_mean_edit_of_chosen_support_examples(bank):
+    import torch
+
+    from hsfm_core.decode import decode_edit_selection
+
+    water = bank.embeddings[bank.concepts.index("water background")]
+    before = torch.zeros(4, len(water))
+    after = before.clone()
+    after[1] = torch.from_numpy(water)
+    after[2] = torch.from_numpy(-water)
+    support = {"before": before, "after": after}
+    chosen = decode_edit_selection(support, [1, 3], bank, lambda d: np.asarray(d, dtype=np.float64), top=1)
+    assert chosen["top"][0]["concept"] == "water background" and chosen["contrast"] > 0
+    assert decode_edit_selection(support, [2], bank, lambda d: np.asarray(d, dtype=np.float64))["contrast"] < 0
 
 
 def test_a_selection_is_described_by_what_sets_it_apart(tmp_path, bank):
