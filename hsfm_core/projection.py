@@ -48,15 +48,18 @@ def warm_up() -> None:
     umap.UMAP(n_neighbors=10, metric="cosine", random_state=0, n_epochs=10).fit_transform(x)
 
 
-def _key(store, support: dict | None, rows: np.ndarray, params: ProjectionParams) -> str:
+def _key(store, support: dict | None, head: dict | None, rows: np.ndarray, params: ProjectionParams) -> str:
+    """Everything the file depends on: the store, rows, parameters, the edits and the head that
+    decides `correct`."""
     import umap
 
     h = hashlib.blake2b(digest_size=12)
     h.update(json.dumps([store.content_hash, asdict(params), umap.__version__]).encode())
     h.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
-    if support is not None:
-        h.update(np.ascontiguousarray(support["after"].numpy(), dtype=np.float32).tobytes())
-        h.update(np.ascontiguousarray(support["indices"].numpy()).tobytes())
+    for name, tensors in (("support", support), ("head", head)):
+        h.update(name.encode() + (b"" if tensors is None else b"+"))
+        for key in sorted(tensors or {}):
+            h.update(key.encode() + np.ascontiguousarray(tensors[key].numpy()).tobytes())
     return h.hexdigest()
 
 
@@ -85,7 +88,8 @@ def project(store, run: dict | None = None, rows: np.ndarray | None = None,
     if len(rows) < params.n_neighbors + 1:
         raise InputError(f"a map needs more than n_neighbors = {params.n_neighbors} points, got {len(rows)}")
     support = load_support(run) if run is not None and (run["path"] / "support.safetensors").is_file() else None
-    path = Path(store.path) / "cache" / f"umap-{_key(store, support, rows, params)}.parquet"
+    head = load_head(run) if run is not None else None
+    path = Path(store.path) / "cache" / f"umap-{_key(store, support, head, rows, params)}.parquet"
     if path.is_file():
         return path
 
@@ -99,9 +103,11 @@ def project(store, run: dict | None = None, rows: np.ndarray | None = None,
     if support is not None:
         support_rows = support["indices"].numpy()
         position = {int(r): i for i, r in enumerate(rows)}
-        frame.loc[[position[int(r)] for r in support_rows if int(r) in position], "kind"] = "support"
-        frame.loc[[position[int(r)] for r in support_rows if int(r) in position], "support"] = [
-            i for i, r in enumerate(support_rows) if int(r) in position]
+        in_map = [(i, position[int(r)]) for i, r in enumerate(support_rows) if int(r) in position]
+        if in_map:  # the originals of the support examples, where the map includes their rows
+            which, where = (list(t) for t in zip(*in_map))
+            frame.loc[where, "kind"] = "support"
+            frame.loc[where, "support"] = which
         known = support_rows >= 0
         attrs = np.full(len(support_rows), -1)
         attrs[known] = store.meta["a"].to_numpy()[support_rows[known]]
@@ -111,10 +117,9 @@ def project(store, run: dict | None = None, rows: np.ndarray | None = None,
                                "y_class": labels, "attribute": attrs,
                                "group": np.where(known, 2 * labels + attrs, -1)})
         frame = pd.concat([frame, edited], ignore_index=True)
-    if run is not None:
+    if head is not None:
         from hsfm_core.heads import predict
 
-        head = load_head(run)
         predicted = predict(store.features[rows], head["weight"], head["bias"])
         if support is not None:
             predicted = np.concatenate([predicted, predict(edits, head["weight"], head["bias"])])

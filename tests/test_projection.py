@@ -34,6 +34,12 @@ def test_map_holds_originals_edits_and_correctness_and_is_cached(tmp_path, capsy
     assert project(store, run) == path and path.stat().st_mtime_ns == stamp  # a cache hit: no recompute
     other = project(store, run, params=ProjectionParams(n_neighbors=10))
     assert other != path
+    (erm,) = train(ws, "erm")
+    (dfr,) = train(ws, "dfr", overrides=["n_refits=2"])
+    plain = project(store)
+    by_erm, by_dfr = project(store, find_run(ws, erm.run_id)), project(store, find_run(ws, dfr.run_id))
+    assert len({plain, by_erm, by_dfr}) == 3  # `correct` depends on the head: never a shared file
+    assert "correct" not in pd.read_parquet(plain) and "correct" in pd.read_parquet(by_dfr)
 
     capsys.readouterr()
     assert main(["project", "--workspace", str(ws), "--split", "val"]) == 0
