@@ -20,8 +20,8 @@ st.caption("Hard-Set-Guided Feature-Space Meta-Learning: see what edited feature
 
 
 @st.cache_resource(show_spinner="Opening the feature store…")
-def open_store(path: str) -> FeatureStore:
-    return FeatureStore.open(path)
+def open_store(path: str, manifest_stamp: int) -> FeatureStore:
+    return FeatureStore.open(path)  # manifest_stamp: a replaced store is opened afresh
 
 
 workspace = workspace_from_args(sys.argv[1:])
@@ -46,7 +46,8 @@ if workspace is None:
                "Open your own data with `streamlit run app.py -- --workspace DIR`.")
 
 try:
-    store = open_store(str(workspace))
+    manifest = workspace / "manifest.json"
+    store = open_store(str(workspace), manifest.stat().st_mtime_ns if manifest.exists() else 0)
 except InputError as exc:
     st.error(str(exc))
     st.stop()

@@ -284,7 +284,10 @@ def _run_demo_evaluate_clip(args) -> int:
     from hsfm_core.demo.build import DEMO_CLIP
 
     spec = args.model or f"local-dir:{DEMO_CLIP}"
-    model, _, _ = open_clip.create_model_and_transforms(spec)
+    try:
+        model, _, _ = open_clip.create_model_and_transforms(spec, weights_only=True)
+    except Exception as exc:
+        raise InputError(f"cannot load {spec}: {type(exc).__name__}: {exc}") from None
     model.eval()
     print(json.dumps(clip.evaluate(model, open_clip.get_tokenizer(spec)), indent=2))
     return 0
@@ -321,12 +324,14 @@ def _add_decode(sub) -> None:
 def _run_decode(args) -> int:
     from hsfm_core.decode import clip_space_map, decode_run, encode_concepts, read_concepts
     from hsfm_core.features import FeatureStore
-    from hsfm_core.runs import find_run, load_support
+    from hsfm_core.runs import check_run_fits_store, find_run, load_support
 
     if args.top < 1:
         raise InputError(f"--top must be ≥ 1, got {args.top}")
     store = FeatureStore.open(args.workspace)
-    support = load_support(find_run(args.workspace, args.run))
+    run = find_run(args.workspace, args.run)
+    check_run_fits_store(run, store)
+    support = load_support(run)
     to_clip, text_encoder = clip_space_map(store, FeatureStore.open(args.bridge) if args.bridge else None)
     bank = encode_concepts(text_encoder, *read_concepts(args.concepts), cache_dir=store.path / "cache")
     result = decode_run(store, support, bank, to_clip, store.class_names, args.top, tuple(args.contrast))
@@ -369,14 +374,14 @@ def _run_project(args) -> int:
 def _open_run_support(args):
     from hsfm_core.features import FeatureStore
     from hsfm_core.retrieval import workspace_index
-    from hsfm_core.runs import find_run, load_support
+    from hsfm_core.runs import check_run_fits_store, find_run, load_support
 
     if args.k < 1:
         raise InputError(f"-k must be ≥ 1, got {args.k}")
     store = FeatureStore.open(args.workspace)
-    support = load_support(find_run(args.workspace, args.run))
-    if support["after"].shape[1] != store.dim:
-        raise InputError(f"run {args.run}'s support features are {support['after'].shape[1]}-d, the store {store.dim}-d")
+    run = find_run(args.workspace, args.run)
+    check_run_fits_store(run, store)
+    support = load_support(run)
     return store, support, workspace_index(store)
 
 

@@ -58,8 +58,12 @@ def read_concepts(path: str | os.PathLike | None = None) -> tuple[list[str], lis
     path = Path(path) if path else DEFAULT_CONCEPTS
     if not path.is_file():
         raise InputError(f"concept file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text ({exc})") from None
     concepts, categories, category = [], [], "concept"
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         line = line.strip()
         if line.lower().startswith("# category:"):
             category = line.split(":", 1)[1].strip() or "concept"
@@ -71,8 +75,25 @@ def read_concepts(path: str | os.PathLike | None = None) -> tuple[list[str], lis
     return concepts, categories
 
 
-@lru_cache(maxsize=4)
+def weights_stamp(text_encoder: dict) -> list:
+    """What identifies the text encoder's weights: size and modification time of a local weights
+    file (a retrained bundle or a replaced checkpoint changes it), else the pretrained tag."""
+    model, pretrained = text_encoder["model"], text_encoder.get("pretrained")
+    files = []
+    if model.startswith("local-dir:"):
+        folder = Path(model[len("local-dir:"):])
+        files = [folder / "open_clip_config.json", *sorted(folder.glob("open_clip_*model*"))]
+    elif pretrained and Path(pretrained).is_file():
+        files = [Path(pretrained)]
+    return [model, pretrained, *[(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]]
+
+
 def _text_model(model: str, pretrained: str | None):
+    return _load_text_model(model, pretrained, json.dumps(weights_stamp({"model": model, "pretrained": pretrained})))
+
+
+@lru_cache(maxsize=4)
+def _load_text_model(model: str, pretrained: str | None, stamp: str):  # stamp: part of the cache key only
     import open_clip
 
     try:
@@ -87,7 +108,9 @@ def encode_concepts(text_encoder: dict, concepts: list[str], categories: list[st
     """Template-averaged, normalised text embeddings; cached on disk by encoder and concepts."""
     import open_clip
 
-    key = hashlib.blake2b(json.dumps([text_encoder, concepts]).encode(), digest_size=12).hexdigest()
+    key = hashlib.blake2b(json.dumps([weights_stamp(text_encoder), open_clip.__version__,
+                                      len(open_clip.SIMPLE_IMAGENET_TEMPLATES), concepts]).encode(),
+                          digest_size=12).hexdigest()
     cached = Path(cache_dir) / f"concepts-{key}.npy" if cache_dir else None
     if cached is not None and cached.is_file():
         return ConceptBank(concepts, categories, np.load(cached, allow_pickle=False))

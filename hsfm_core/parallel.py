@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import multiprocessing
 import sys
+import threading
 import types
 from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Iterable, Iterator
+
+_main_swap = threading.Lock()  # app sessions are threads: one swap of __main__ at a time
 
 
 def map_in_processes(fn: Callable, *arg_lists: Iterable, workers: int = 2) -> Iterator:
@@ -21,12 +24,12 @@ def map_in_processes(fn: Callable, *arg_lists: Iterable, workers: int = 2) -> It
     if workers <= 1:
         yield from map(fn, *arg_lists)
         return
-    main = sys.modules["__main__"]
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            results = pool.map(fn, *arg_lists)
-            sys.modules["__main__"] = main  # every worker has started by now
-            yield from results
-    finally:
-        sys.modules["__main__"] = main
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with _main_swap:
+            main = sys.modules["__main__"]
+            sys.modules["__main__"] = types.ModuleType("__main__")
+            try:
+                results = pool.map(fn, *arg_lists)  # submits every task: all workers start here
+            finally:
+                sys.modules["__main__"] = main
+        yield from results

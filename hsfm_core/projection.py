@@ -82,8 +82,10 @@ def project(store, run: dict | None = None, rows: np.ndarray | None = None,
     under that run's head (edited points: the head's prediction on the edited feature).
     """
     from hsfm_core.fsutil import atomic_path
-    from hsfm_core.runs import load_head, load_support
+    from hsfm_core.runs import check_run_fits_store, load_head, load_support
 
+    if run is not None:
+        check_run_fits_store(run, store)
     rows = np.arange(store.manifest["n_rows"]) if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
     if len(rows) < params.n_neighbors + 1:
         raise InputError(f"a map needs more than n_neighbors = {params.n_neighbors} points, got {len(rows)}")
@@ -115,7 +117,7 @@ def project(store, run: dict | None = None, rows: np.ndarray | None = None,
         edited = pd.DataFrame({"x": coords[len(rows):, 0], "y": coords[len(rows):, 1], "kind": "edited",
                                "row": support_rows, "support": np.arange(len(support_rows)), "split": "train",
                                "y_class": labels, "attribute": attrs,
-                               "group": np.where(known, 2 * labels + attrs, -1)})
+                               "group": np.where(known, len(store.attribute_names) * labels + attrs, -1)})
         frame = pd.concat([frame, edited], ignore_index=True)
     if head is not None:
         from hsfm_core.heads import predict

@@ -22,7 +22,8 @@ from hsfm_core.errors import InputError
 EXACT_MAX_ROWS = 200_000  # exact search: 26 ms a single query at 200k × 512, 155 ms at 1M (measured)
 IVF_NPROBE = 32
 _CHUNK = 65536
-_lock = threading.Lock()  # faiss indices are not safe for concurrent add/train
+_threads_lock = threading.Lock()  # faiss's OpenMP thread count is process-wide
+_build_lock = threading.Lock()  # one index build at a time; queries do not wait for it
 
 
 def normalized(x: np.ndarray) -> np.ndarray:
@@ -78,7 +79,7 @@ class FeatureIndex:
             return ids, scores
         # One interactive query: a single thread skips OpenMP's team start-up (1.3 vs 1.6 ms at
         # 12k rows, 26 vs 32 ms at 200k, measured); the thread count is process-wide, hence the lock.
-        with _lock:
+        with _threads_lock:
             threads = faiss.omp_get_max_threads()
             faiss.omp_set_num_threads(1)
             try:
@@ -111,7 +112,7 @@ def workspace_index(store, kind: str = "auto") -> FeatureIndex:
     """The index over all of a store's rows, built once and cached in `<workspace>/cache/`."""
     resolved = ("exact" if store.manifest["n_rows"] <= EXACT_MAX_ROWS else "ivf") if kind == "auto" else kind
     path = Path(store.path) / "cache" / f"faiss-{resolved}-{store.content_hash.replace(':', '-')}.index"
-    with _lock:
+    with _build_lock:
         if path.is_file():
             return FeatureIndex.load(path, resolved)
         index = FeatureIndex.build(store.features, kind=resolved)

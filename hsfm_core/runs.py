@@ -164,6 +164,15 @@ def find_run(workspace: str | os.PathLike, run_id: str) -> dict:
     return read_run(path)
 
 
+def check_run_fits_store(run: dict, store) -> None:
+    """Refuse to analyse a run against features it was not trained on (a store replaced with
+    `--overwrite` keeps its runs/)."""
+    recorded = run["config"].get("store_hash")
+    if recorded and recorded != store.content_hash:
+        raise InputError(f"run {run['run_id']} was trained on another store (content hash {recorded}; "
+                         f"{store.path} now has {store.content_hash}): retrain it, or open the store it came from")
+
+
 def load_support(run: dict) -> dict[str, torch.Tensor]:
     path = run["path"] / "support.safetensors"
     if not path.is_file():

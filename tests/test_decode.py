@@ -131,3 +131,17 @@ def test_a_selection_is_described_by_what_sets_it_apart(tmp_path, bank):
     (described,) = describe_selection(shifted, selected, bank, to_clip, top=3)["per_class"]
     assert described["class"] == 1 and described["n"] == 40
     assert described["top"][0]["concept"] == "long neck"
+
+
+def test_concept_cache_follows_the_weights(tmp_path):
+    import os
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(DEMO_CLIP, bundle)
+    encoder = {"model": f"local-dir:{bundle}", "pretrained": None}
+    encode_concepts(encoder, ["ocean"], ["bg"], cache_dir=tmp_path / "cache")
+    weights = bundle / "open_clip_model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # retrained in place
+    encode_concepts(encoder, ["ocean"], ["bg"], cache_dir=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("concepts-*.npy"))) == 2

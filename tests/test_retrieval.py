@@ -100,3 +100,17 @@ def test_neighbors_and_edit_shift_cli(tmp_path, capsys):
     assert "no support set" in capsys.readouterr().err
     assert main(["neighbors", "--workspace", str(ws), "--run", hsfm.run_id, "--support", "99"]) == 2
     assert "support examples 0..7" in capsys.readouterr().err
+
+
+def test_analysis_refuses_a_run_from_a_replaced_store(tmp_path, capsys):
+    import shutil
+
+    ws = tmp_path / "ws"
+    gaussian_workspace(ws)
+    (hsfm,) = train(ws, "hsfm", overrides=["E=1", "K_H=1", "T=1", "n=4", "K_hard=8"])
+    gaussian_workspace(tmp_path / "other", seed=7)
+    for name in ("manifest.json", "features.npy", "meta.parquet"):  # replaced in place, runs/ kept
+        shutil.copy(tmp_path / "other" / name, ws / name)
+    for command in (["edit-shift"], ["neighbors", "--support", "0"], ["decode"]):
+        assert main([command[0], "--workspace", str(ws), "--run", hsfm.run_id, *command[1:]]) == 2
+        assert "was trained on another store" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 import hashlib
 
 import numpy as np
+import pytest
 
 from hsfm_core.data import read_dataset, synthbirds
 
@@ -68,3 +69,15 @@ def test_captions_name_bird_and_place():
     assert any("waterbird" in c for c in captions) and any("duck" in c for c in captions)
     assert any("lake" in c or "pond" in c for c in captions)
     assert not any("landbird" in c or "forest" in c for c in captions)
+
+
+def test_demo_build_never_deletes_a_folder_that_is_not_its_own(tmp_path):
+    from hsfm_core.demo.build import build_demo
+    from hsfm_core.errors import InputError
+
+    precious = tmp_path / "my_workspace"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("years of work")
+    with pytest.raises(InputError, match="not a demo workspace"):
+        build_demo(precious)
+    assert (precious / "thesis.txt").read_text() == "years of work"

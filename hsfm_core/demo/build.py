@@ -29,6 +29,7 @@ ASSETS = Path(__file__).resolve().parents[2] / "assets"
 DEMO_CLIP = ASSETS / "synthbirds-clip"
 DEMO_VERSION = 1
 MARKER = "demo.json"
+BUILDING = ".demo-build"  # written first: a folder with it is an unfinished demo build
 DATA_DIR = "synthbirds"  # the Waterbirds-format image folder, inside the workspace
 DEFAULT_RUNS = (("erm", ()), ("dfr", ()), ("hsfm", ()))  # HSFM with the waterbirds preset
 
@@ -71,8 +72,12 @@ def build_demo(out: str | os.PathLike | None = None, *, seed: int = 0, workers: 
     with _build_lock(out):
         if is_built(out) and not force:
             return out
-        if out.exists():
-            shutil.rmtree(out)  # an unfinished or outdated build: start again
+        if out.exists() and any(out.iterdir()):
+            if not ((out / MARKER).exists() or (out / BUILDING).exists()):
+                raise InputError(f"{out} is not empty and is not a demo workspace; choose an empty or new folder")
+            shutil.rmtree(out)  # our own unfinished or outdated build: start again
+        out.mkdir(parents=True, exist_ok=True)
+        (out / BUILDING).touch()
         timings = {}
         t0 = time.perf_counter()
 
@@ -100,5 +105,6 @@ def build_demo(out: str | os.PathLike | None = None, *, seed: int = 0, workers: 
         timings["total_s"] = time.perf_counter() - t0
         (out / MARKER).write_text(json.dumps({"version": DEMO_VERSION, "seed": seed, "images": total,
                                               "clip": str(DEMO_CLIP), "runs": runs, "timings": timings}, indent=2))
+        (out / BUILDING).unlink()
         report("Demo workspace ready", 1.0)
     return out
