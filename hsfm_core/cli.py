@@ -321,17 +321,24 @@ def _add_decode(sub) -> None:
     p.set_defaults(func=_run_decode)
 
 
-def _run_decode(args) -> int:
-    from hsfm_core.decode import clip_space_map, decode_run, encode_concepts, read_concepts
+def _store_and_support(workspace: str, run_id: str):
+    """The store and a run's support set, refusing runs trained on another store."""
     from hsfm_core.features import FeatureStore
     from hsfm_core.runs import check_run_fits_store, find_run, load_support
 
+    store = FeatureStore.open(workspace)
+    run = find_run(workspace, run_id)
+    check_run_fits_store(run, store)
+    return store, load_support(run)
+
+
+def _run_decode(args) -> int:
+    from hsfm_core.decode import clip_space_map, decode_run, encode_concepts, read_concepts
+    from hsfm_core.features import FeatureStore
+
     if args.top < 1:
         raise InputError(f"--top must be ≥ 1, got {args.top}")
-    store = FeatureStore.open(args.workspace)
-    run = find_run(args.workspace, args.run)
-    check_run_fits_store(run, store)
-    support = load_support(run)
+    store, support = _store_and_support(args.workspace, args.run)
     to_clip, text_encoder = clip_space_map(store, FeatureStore.open(args.bridge) if args.bridge else None)
     bank = encode_concepts(text_encoder, *read_concepts(args.concepts), cache_dir=store.path / "cache")
     result = decode_run(store, support, bank, to_clip, store.class_names, args.top, tuple(args.contrast))
@@ -372,16 +379,11 @@ def _run_project(args) -> int:
 
 
 def _open_run_support(args):
-    from hsfm_core.features import FeatureStore
     from hsfm_core.retrieval import workspace_index
-    from hsfm_core.runs import check_run_fits_store, find_run, load_support
 
     if args.k < 1:
         raise InputError(f"-k must be ≥ 1, got {args.k}")
-    store = FeatureStore.open(args.workspace)
-    run = find_run(args.workspace, args.run)
-    check_run_fits_store(run, store)
-    support = load_support(run)
+    store, support = _store_and_support(args.workspace, args.run)
     return store, support, workspace_index(store)
 
 

@@ -14,6 +14,10 @@ MANIFEST = {"dataset": {"format": "synthetic", "source": "gaussian", "options": 
             "clip_space": False, "text_encoder": None, "shard": None}
 
 
+# HSFM settings small enough for a run in well under a second (tests that need a run, not a result)
+TINY_HSFM = ["E=2", "K_H=2", "T=2", "n=4", "K_hard=8", "alpha=1e-3"]
+
+
 def gaussian_split(n: int, d: int, correlation: float, seed: int, core: float = 1.0, spurious: float = 3.0):
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, n)
@@ -40,3 +44,12 @@ def gaussian_workspace(path, d: int = 16, sizes=(600, 300, 300), seed: int = 0, 
     meta = pd.DataFrame({"row_id": np.arange(len(x)), "sample_id": [str(i) for i in range(len(x))], "split": split,
                          "y": y, "a": a, "g": 2 * y + a, "image_path": ""})
     return write_store(path, x, meta, MANIFEST)
+
+
+def hsfm_and_erm_runs(workspace):
+    """A tiny HSFM run (with a support set) and an ERM run (without one) in `workspace`."""
+    from hsfm_core.train import train
+
+    (hsfm,) = train(workspace, "hsfm", overrides=TINY_HSFM)
+    (erm,) = train(workspace, "erm")
+    return hsfm, erm

@@ -5,12 +5,11 @@ import pandas as pd
 import pytest
 
 from hsfm_core.cli import main
-from hsfm_core.decode import ConceptBank, clip_space_map, encode_concepts, read_concepts
+from hsfm_core.decode import clip_space_map, encode_concepts, read_concepts
 from hsfm_core.demo.build import DEMO_CLIP
 from hsfm_core.errors import InputError
 from hsfm_core.features import write_store
-from hsfm_core.train import train
-from tests.gaussian import MANIFEST, gaussian_problem, gaussian_workspace
+from tests.gaussian import hsfm_and_erm_runs, MANIFEST, gaussian_problem, gaussian_workspace
 
 TEXT_ENCODER = {"model": f"local-dir:{DEMO_CLIP}", "pretrained": None}
 
@@ -83,8 +82,7 @@ def test_non_clip_store_is_refused_or_bridged(tmp_path, bank):
 def test_decode_cli(tmp_path, capsys):
     ws = tmp_path / "ws"
     clip_workspace(ws)
-    (run,) = train(ws, "hsfm", overrides=["E=2", "K_H=2", "T=2", "n=4", "K_hard=8", "alpha=1e-3"])
-    (erm,) = train(ws, "erm")
+    run, erm = hsfm_and_erm_runs(ws)
     capsys.readouterr()
     assert main(["decode", "--workspace", str(ws), "--run", run.run_id, "--top", "4"]) == 0
     out = json.loads(capsys.readouterr().out)

@@ -8,7 +8,7 @@ from hsfm_core.cli import main
 from hsfm_core.projection import ProjectionParams, neighbour_agreement, project
 from hsfm_core.runs import find_run
 from hsfm_core.train import train
-from tests.gaussian import gaussian_workspace
+from tests.gaussian import TINY_HSFM, gaussian_workspace
 
 pytestmark = pytest.mark.slow  # the first UMAP in a process compiles numba kernels
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow  # the first UMAP in a process compiles numba kern
 def test_map_holds_originals_edits_and_correctness_and_is_cached(tmp_path, capsys):
     ws = tmp_path / "ws"
     store = gaussian_workspace(ws, d=16, sizes=(300, 150, 150))
-    (trained,) = train(ws, "hsfm", overrides=["E=2", "K_H=2", "T=2", "n=4", "K_hard=8", "alpha=1e-3"])
+    (trained,) = train(ws, "hsfm", overrides=TINY_HSFM)
     run = find_run(ws, trained.run_id)
     path = project(store, run)
     frame = pd.read_parquet(path)

@@ -6,7 +6,7 @@ import pytest
 from hsfm_core.cli import main
 from hsfm_core.retrieval import FeatureIndex, edit_shift, workspace_index
 from hsfm_core.train import train
-from tests.gaussian import gaussian_workspace
+from tests.gaussian import hsfm_and_erm_runs, gaussian_workspace
 
 
 def brute_force(features, queries, k):
@@ -85,8 +85,7 @@ def test_edit_shift_counts_neighbours_with_the_other_attribute():
 def test_neighbors_and_edit_shift_cli(tmp_path, capsys):
     ws = tmp_path / "ws"
     gaussian_workspace(ws)
-    (hsfm,) = train(ws, "hsfm", overrides=["E=2", "K_H=2", "T=2", "n=4", "K_hard=8", "alpha=1e-3"])
-    (erm,) = train(ws, "erm")
+    hsfm, erm = hsfm_and_erm_runs(ws)
     capsys.readouterr()
     assert main(["neighbors", "--workspace", str(ws), "--run", hsfm.run_id, "--support", "5", "-k", "4"]) == 0
     out = json.loads(capsys.readouterr().out)
