@@ -58,10 +58,14 @@ def _tensor_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
     return save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
 
 
-def _run_dir(workspace: str | os.PathLike, run_id: str) -> Path:
+def run_dir(workspace: str | os.PathLike, run_id: str) -> Path:
+    """`<workspace>/runs/<run_id>`, after checking that the id is a plain name."""
     if not _RUN_ID.match(run_id):
         raise InputError(f"run id {run_id!r}: use letters, digits, '.', '_' and '-' only")
     return Path(workspace) / RUNS_DIR / run_id
+
+
+_run_dir = run_dir
 
 
 class RunWriter:
@@ -113,6 +117,20 @@ class RunWriter:
     def discard(self) -> None:
         """Remove the run entirely (bad input found after it was created: nothing worth keeping)."""
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def end_unfinished_run(workspace: str | os.PathLike, run_id: str, status: str, message: str | None = None) -> bool:
+    """Mark a run whose process is gone (killed, cancelled before it could say so) `failed` or
+    `cancelled`, keeping its partial history. Only runs still `queued`/`running` change; → whether it did."""
+    assert status in ("failed", "cancelled"), status
+    path = run_dir(workspace, run_id)
+    status_file = path / "status"
+    if not status_file.is_file() or status_file.read_text().strip() not in ("queued", "running"):
+        return False
+    if message:
+        write_text_atomic(path / "error.txt", message.rstrip() + "\n")
+    write_text_atomic(status_file, status + "\n")
+    return True
 
 
 def write_finished_run(workspace: str | os.PathLike, run_id: str, config: dict, head: dict[str, torch.Tensor],

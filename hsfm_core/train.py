@@ -17,13 +17,13 @@ import numpy as np
 import torch
 
 from hsfm_core.baselines import DFR, DFR_C_GRID, ERMProbe
-from hsfm_core.config import hsfm_config, parse_overrides
+from hsfm_core.config import HSFMConfig, hsfm_config, parse_overrides
 from hsfm_core.errors import InputError
 from hsfm_core.features import FeatureStore
 from hsfm_core.features.encoders import resolve_device
 from hsfm_core.heads import evaluate_head
 from hsfm_core.hsfm import fit_hsfm
-from hsfm_core.runs import RunWriter, code_version, new_run_id
+from hsfm_core.runs import RunWriter, code_version, new_run_id, run_dir
 
 METHODS = ("erm", "dfr", "hsfm")
 ERM_SETTINGS = {"C": float, "max_iter": int}
@@ -64,6 +64,60 @@ def _check_store(store: FeatureStore) -> None:
         raise InputError(f"{store.path}: training supports 2 classes, the store has {len(store.class_names)}")
 
 
+@dataclass(frozen=True)
+class TrainSpec:
+    """A checked training request: what `train` will fit, before any store is read."""
+    method: str
+    preset: str | None
+    seeds: list[int]
+    hyper: dict
+    config: HSFMConfig | None  # HSFM only
+
+
+def check_spec(method: str, *, preset: str = "waterbirds", overrides: Sequence[str] = (),
+               seeds: Sequence[int] = (0,)) -> TrainSpec:
+    """Method, preset, `key=value` overrides and seeds, checked without touching any file.
+
+    Raises `InputError` with the one-line reason; the job system calls it before submitting.
+    """
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    try:
+        seeds = list(dict.fromkeys(int(s) for s in seeds))
+    except (TypeError, ValueError):
+        raise InputError(f"seeds must be one or more integers ≥ 0, got {list(seeds)}") from None
+    if not seeds or min(seeds) < 0:
+        raise InputError(f"seeds must be one or more integers ≥ 0, got {seeds}")
+    config = None
+    if method == "hsfm":
+        config = hsfm_config(preset, overrides)
+        hyper = config.to_dict()
+    elif method == "erm":
+        hyper = {"C": 1.0, "max_iter": 1000, **parse_overrides(overrides, ERM_SETTINGS)}
+        ERMProbe(**hyper)  # range checks (C > 0, max_iter ≥ 1)
+    else:
+        hyper = {"c_grid": list(DFR_C_GRID), "n_refits": 20, "scaler_fit_on": "val",
+                 **parse_overrides(overrides, DFR_SETTINGS)}
+        if hyper["n_refits"] < 1:
+            raise InputError(f"DFR needs n_refits ≥ 1, got {hyper['n_refits']}")
+    return TrainSpec(method, preset if method == "hsfm" else None, seeds, hyper, config)
+
+
+def open_store_for(workspace: str | os.PathLike, method: str) -> FeatureStore:
+    """The workspace's store, checked for what `method` needs (merged, 2 classes, val, and train for HSFM)."""
+    store = FeatureStore.open(workspace)
+    _check_store(store)
+    _require_split(store, "val", "every method selects or fits on val")
+    if method == "hsfm":
+        _require_split(store, "train", "HSFM draws its support set from train")
+    return store
+
+
+def run_ids_for(run_id: str, seeds: Sequence[int]) -> list[str]:
+    """The run ids `train(run_id=…)` writes: one per seed."""
+    return [f"{run_id}-s{int(seed)}" for seed in dict.fromkeys(seeds)]
+
+
 def train(
     workspace: str | os.PathLike,
     method: str,
@@ -73,33 +127,23 @@ def train(
     seeds: Sequence[int] = (0,),
     device: str = "auto",
     progress: Callable[[int, int, list[dict]], None] | None = None,
+    run_id: str | None = None,
 ) -> list[TrainedRun]:
     """Fit `method` for each seed and write one finished run per seed.
 
+    Runs are named `<run_id>-s<seed>`; `run_id` defaults to `<method>-<UTC time>-<random>`
+    (the job system passes its own so that the run ids are known before training starts).
     `progress(epoch, epochs, entries)` is called once with epoch 0 and no entries when HSFM starts,
     then after each epoch with one history entry per seed.
     """
-    if method not in METHODS:
-        raise InputError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    seeds = list(dict.fromkeys(int(s) for s in seeds))
-    if not seeds or min(seeds) < 0:
-        raise InputError(f"seeds must be one or more integers ≥ 0, got {seeds}")
-    store = FeatureStore.open(workspace)
-    _check_store(store)
-    _require_split(store, "val", "every method selects or fits on val")
+    spec = check_spec(method, preset=preset, overrides=overrides, seeds=seeds)
+    seeds, hyper, config = spec.seeds, spec.hyper, spec.config
+    base_id = run_id if run_id is not None else new_run_id(method)
+    for rid in run_ids_for(base_id, seeds):  # all checked before the first run directory exists
+        if run_dir(workspace, rid).exists():
+            raise InputError(f"{run_dir(workspace, rid)} already exists; runs are never overwritten")
+    store = open_store_for(workspace, method)
     torch_device = resolve_device(device) if method == "hsfm" else torch.device("cpu")
-
-    if method == "hsfm":
-        config = hsfm_config(preset, overrides)
-        hyper = config.to_dict()
-        _require_split(store, "train", "HSFM draws its support set from train")
-    elif method == "erm":
-        hyper = {"C": 1.0, "max_iter": 1000, **parse_overrides(overrides, ERM_SETTINGS)}
-    else:
-        hyper = {"c_grid": list(DFR_C_GRID), "n_refits": 20, "scaler_fit_on": "val",
-                 **parse_overrides(overrides, DFR_SETTINGS)}
-        if hyper["n_refits"] < 1:
-            raise InputError(f"DFR needs n_refits ≥ 1, got {hyper['n_refits']}")
 
     init, init_info = (None, None)
     if method in ("erm", "hsfm"):
@@ -110,11 +154,10 @@ def train(
     if init is not None and tuple(init["weight"].shape) != (2, store.dim):
         raise InputError(f"the initial head is {tuple(init['weight'].shape)} but the features are {store.dim}-d")
 
-    base_id = new_run_id(method)
     common = {"method": method, "preset": preset if method == "hsfm" else None, "hyperparameters": hyper,
               "seeds_in_call": seeds, "device": str(torch_device), "workspace": str(Path(workspace).resolve()),
               "store_hash": store.content_hash, "code_version": code_version(), "init_head": init_info}
-    writers = [RunWriter(workspace, f"{base_id}-s{seed}", {**common, "seed": seed}) for seed in seeds]
+    writers = [RunWriter(workspace, rid, {**common, "seed": seed}) for rid, seed in zip(run_ids_for(base_id, seeds), seeds)]
     out = []
     try:
         if method == "hsfm":
