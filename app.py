@@ -1,59 +1,69 @@
 """HSFM Studio — Home. `streamlit run app.py [-- --workspace DIR]` (or HSFM_WORKSPACE=DIR).
 
 Without a workspace the app opens the bundled demo workspace, building it on first launch.
-The run picker and the analysis pages come with later issues.
+Home picks the workspace and the runs to compare and shows the dataset card; the pages in
+`pages/` are the analyses.
 """
 
-import sys
+from pathlib import Path
 
+import plotly.express as px
 import streamlit as st
 
-from hsfm_core.demo.build import DEMO_CLIP, build_demo, default_demo_dir, is_built
-from hsfm_core.errors import InputError
-from hsfm_core.features import FeatureStore
-from hsfm_core.workspace import group_count_table, workspace_from_args
+from hsfm_core import ui
+from hsfm_core.compare import averages_table, example_rows, train_correlation
+from hsfm_core.workspace import group_count_table, group_names
 
-st.set_page_config(page_title="HSFM Studio", layout="wide")
+ui.page_setup()
 st.title("HSFM Studio")
 st.caption("Hard-Set-Guided Feature-Space Meta-Learning: see what edited features encode, "
            "compare groups before and after, retrain the head live.")
 
+PAGES = [
+    ("pages/1_Groups.py", "Groups", "How accurate is each run on each group, and which test images changed?"),
+    ("pages/2_Projection.py", "Projection", "Where do HSFM's edits move the support features on a UMAP map?"),
+    ("pages/3_Decode.py", "Decode", "Which words (CLIP text concepts) do the edit directions point to?"),
+    ("pages/4_Neighbors.py", "Neighbors", "Which real images are nearest to a feature before and after its edit?"),
+    ("pages/5_Retrain.py", "Retrain", "Launch a new ERM / DFR / HSFM run and watch it train."),
+    ("pages/6_Lesson.py", "Lesson", "A guided walk through spurious correlations on the demo world."),
+]
 
-@st.cache_resource(show_spinner="Opening the feature store…")
-def open_store(path: str, manifest_stamp: int) -> FeatureStore:
-    return FeatureStore.open(path)  # manifest_stamp: a replaced store is opened afresh
+
+def open_workspace(path: str) -> None:
+    """Switch this session to another workspace (kept only if its store opens)."""
+    from hsfm_core.errors import InputError
+    from hsfm_core.features import FeatureStore
+
+    try:
+        FeatureStore.open(Path(path).expanduser())
+    except InputError as exc:
+        st.session_state["hsfm.workspace_error"] = str(exc)
+        return
+    st.session_state.pop("hsfm.workspace_error", None)
+    for key in (ui.WORKSPACE_KEY, ui.COMPARE_KEY, ui.FOCUS_KEY, ui.SELECTION_KEY):
+        st.session_state.pop(key, None)
+    st.session_state[ui.WORKSPACE_KEY] = Path(path).expanduser()
 
 
-workspace = workspace_from_args(sys.argv[1:])
-if workspace is None and not DEMO_CLIP.is_dir():
-    st.info("No workspace given, and this checkout has no bundled demo CLIP yet (`assets/synthbirds-clip`). "
-            "Start with `streamlit run app.py -- --workspace DIR` or set `HSFM_WORKSPACE`, after "
-            "`python -m hsfm_core extract …` or `python -m hsfm_core import …`.")
-    st.stop()
-if workspace is None:
-    workspace = default_demo_dir()
-    if not is_built(workspace):
-        with st.status("Building the demo workspace — first launch only, about a minute…", expanded=True) as status:
-            bar = st.progress(0.0)
-            try:
-                build_demo(workspace, progress=lambda message, fraction: bar.progress(min(fraction, 1.0), text=message))
-            except InputError as exc:
-                status.update(label="The demo workspace could not be built", state="error")
-                st.error(str(exc))
-                st.stop()
-            status.update(label="Demo workspace ready", state="complete", expanded=False)
-    st.caption("The bundled demo: SynthBirds images encoded by a small CLIP trained on them. "
-               "Open your own data with `streamlit run app.py -- --workspace DIR`.")
+current = ui.workspace_path()
+with st.expander(f"Workspace: `{current}`" + (" (the bundled demo)" if ui.is_demo(current) else ""),
+                 expanded="hsfm.workspace_error" in st.session_state):
+    typed = st.text_input("Workspace folder (a feature store with its runs/)", value=str(current))
+    left, right = st.columns(2)
+    if left.button("Open this workspace"):
+        open_workspace(typed)
+        st.rerun()
+    if right.button("Open the bundled demo"):
+        open_workspace(str(ui.ensure_demo()))
+        st.rerun()
+    if "hsfm.workspace_error" in st.session_state:
+        st.error(f"Could not open that workspace; still showing `{current}`. "
+                 f"{st.session_state['hsfm.workspace_error']}")
 
-try:
-    manifest = workspace / "manifest.json"
-    store = open_store(str(workspace), manifest.stat().st_mtime_ns if manifest.exists() else 0)
-except InputError as exc:
-    st.error(str(exc))
-    st.stop()
+store = ui.open_store()
+compared, focus = ui.run_pickers(store)
 
 m = store.manifest
-st.subheader(f"Workspace `{workspace}`")
 cols = st.columns(4)
 cols[0].metric("Rows", f"{m['n_rows']:,}")
 cols[1].metric("Feature dimension", m["dim"])
@@ -61,5 +71,41 @@ cols[2].metric("Backbone", m["backbone"]["kind"])
 cols[3].metric("CLIP joint space", "yes" if m["clip_space"] else "no")
 st.write(f"Classes: {', '.join(store.class_names)} · attributes: {', '.join(store.attribute_names)} · "
          f"backbone id `{m['backbone']['id']}`")
-st.markdown("**Group counts per split**")
-st.dataframe(group_count_table(store))
+
+st.header("Dataset card")
+counts = group_count_table(store)
+left, right = st.columns([2, 3])
+with left:
+    st.markdown("**Group counts per split**")
+    st.dataframe(counts)
+with right:
+    long = counts.reset_index().melt(id_vars="group", var_name="split", value_name="examples")
+    st.plotly_chart(px.bar(long, x="split", y="examples", color="group", barmode="group", height=300),
+                    width="stretch")
+
+correlation = train_correlation(store)
+if correlation is not None and len(correlation):
+    st.markdown("**The train correlation** — what a head can learn instead of the class")
+    st.write(" · ".join(f"{r['share with usual attribute']:.0%} of train {r['class']} examples have "
+                        f"{r['usual attribute']}" for _, r in correlation.iterrows()))
+    st.dataframe(correlation.style.format({"share with usual attribute": "{:.1%}"}), hide_index=True)
+
+if store.image_root is not None:
+    split = st.radio("Example images from", store.splits, horizontal=True,
+                     index=store.splits.index("test") if "test" in store.splits else 0)
+    names = group_names(store)
+    for g, rows in example_rows(store, split, per_group=8).items():
+        st.markdown(f"**{names[g]}** ({len(store.rows(split, [g])):,} in {split})")
+        ui.image_grid(store, rows, [f"row {r}" for r in rows], key=f"home.g{g}", columns=8, page_size=8)
+else:
+    st.caption("This store was imported without images, so there are no example pictures.")
+
+if compared:
+    st.header("Runs compared")
+    st.dataframe(averages_table(store, compared, "test").style.format(
+        lambda v: f"{v:.1%}" if isinstance(v, float) else v), width="stretch")
+    st.caption("Change the runs in the sidebar; every page uses the same choice.")
+
+st.header("What each page answers")
+for path, title, question in PAGES:
+    st.page_link(path, label=f"**{title}** — {question}")

@@ -72,15 +72,8 @@ def embed_jointly(originals: np.ndarray, edits: np.ndarray, params: ProjectionPa
     return reducer.fit_transform(data).astype(np.float32)
 
 
-def project(store, run: dict | None = None, rows: np.ndarray | None = None,
-            params: ProjectionParams = ProjectionParams()) -> Path:
-    """The map's parquet file (computed once, then read from the cache).
-
-    Columns: x, y, kind ("original" / "edited" / "support"), row (store row), support (index in the
-    support set, −1 otherwise), split, y_class, attribute, group — and, with a run, `correct`
-    under that run's head (edited points: the head's prediction on the edited feature).
-    """
-    from hsfm_core.fsutil import atomic_path
+def _map_inputs(store, run: dict | None, rows: np.ndarray | None, params: ProjectionParams):
+    """(cache file, rows, support tensors, head) of a map request, after checking it."""
     from hsfm_core.runs import check_run_fits_store, load_head, load_support
 
     if run is not None:
@@ -91,6 +84,26 @@ def project(store, run: dict | None = None, rows: np.ndarray | None = None,
     support = load_support(run) if run is not None and (run["path"] / "support.safetensors").is_file() else None
     head = load_head(run) if run is not None else None
     path = Path(store.path) / "cache" / f"umap-{_key(store, support, head, rows, params)}.parquet"
+    return path, rows, support, head
+
+
+def is_cached(store, run: dict | None = None, rows: np.ndarray | None = None,
+              params: ProjectionParams = ProjectionParams()) -> bool:
+    """Whether `project` with these arguments would be a file read (no UMAP fit)."""
+    return _map_inputs(store, run, rows, params)[0].is_file()
+
+
+def project(store, run: dict | None = None, rows: np.ndarray | None = None,
+            params: ProjectionParams = ProjectionParams()) -> Path:
+    """The map's parquet file (computed once, then read from the cache).
+
+    Columns: x, y, kind ("original" / "edited" / "support"), row (store row), support (index in the
+    support set, −1 otherwise), split, y_class, attribute, group — and, with a run, `correct`
+    under that run's head (edited points: the head's prediction on the edited feature).
+    """
+    from hsfm_core.fsutil import atomic_path
+
+    path, rows, support, head = _map_inputs(store, run, rows, params)
     if path.is_file():
         return path
 
@@ -140,3 +153,67 @@ def neighbour_agreement(high: np.ndarray, low: np.ndarray, queries: np.ndarray, 
     lo = NearestNeighbors(n_neighbors=k + 1).fit(low).kneighbors(low[queries], return_distance=False)
     shares = [len((set(h) - {q}) & (set(l_) - {q})) / k for q, h, l_ in zip(queries, hi, lo)]
     return float(np.mean(shares))
+
+
+# -- selections on a map ------------------------------------------------------------------------
+
+BACKDROP_MAX_POINTS = 50_000  # plotly WebGL stays responsive up to about this many points
+
+
+def inside_polygon(x: np.ndarray, y: np.ndarray, px, py) -> np.ndarray:
+    """Even-odd rule: which points (x, y) lie inside the closed polygon (px, py)."""
+    px, py = np.asarray(px, dtype=np.float64), np.asarray(py, dtype=np.float64)
+    inside = np.zeros(len(x), dtype=bool)
+    for x0, y0, x1, y1 in zip(px, py, np.roll(px, -1), np.roll(py, -1)):
+        crosses = (y0 > y) != (y1 > y)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            at = x0 + (y - y0) * (x1 - x0) / (y1 - y0)
+        inside ^= crosses & (x < at)
+    return inside
+
+
+def points_in_region(frame: pd.DataFrame, boxes=(), lassos=()) -> np.ndarray:
+    """Positions of the map's points inside any box ({"x": [x0, x1], "y": [y0, y1]}) or lasso
+    ({"x": [...], "y": [...]}) — Streamlit's plotly selection event. Every point counts, also those
+    not drawn when the backdrop is sampled."""
+    x, y = frame["x"].to_numpy(np.float64), frame["y"].to_numpy(np.float64)
+    mask = np.zeros(len(frame), dtype=bool)
+    for box in boxes:
+        (x0, x1), (y0, y1) = sorted(box["x"][:2]), sorted(box["y"][:2])
+        mask |= (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)
+    for lasso in lassos:
+        if len(lasso["x"]) >= 3:
+            mask |= inside_polygon(x, y, lasso["x"], lasso["y"])
+    return np.flatnonzero(mask)
+
+
+def backdrop_sample(frame: pd.DataFrame, max_points: int = BACKDROP_MAX_POINTS, seed: int = 0) -> np.ndarray:
+    """Positions of the original points to draw: all of them up to `max_points`, else a sample
+    stratified by group (each group keeps its share, at least one point)."""
+    originals = np.flatnonzero(frame["kind"].to_numpy() != "edited")
+    if len(originals) <= max_points:
+        return originals
+    rng = np.random.default_rng(seed)
+    groups = frame["group"].to_numpy()[originals]
+    keep = []
+    for g in np.unique(groups):
+        members = originals[groups == g]
+        take = max(1, round(max_points * len(members) / len(originals)))
+        keep.append(rng.choice(members, size=min(take, len(members)), replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+def selection_summary(frame: pd.DataFrame, positions: np.ndarray, group_labels: list[str]) -> pd.DataFrame:
+    """Per group among the selected map points: how many originals, how many edited points and,
+    when the map has a run, the run's accuracy on the selected originals."""
+    chosen = frame.iloc[np.asarray(positions, dtype=np.int64)]
+    originals = chosen[chosen["kind"] != "edited"]
+    rows = []
+    for g, name in enumerate(group_labels):
+        members = originals[originals["group"] == g]
+        row = {"group": name, "points": len(members), "edited": int(((chosen["kind"] == "edited")
+                                                                       & (chosen["group"] == g)).sum())}
+        if "correct" in frame:
+            row["accuracy"] = float(members["correct"].mean()) if len(members) else None
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("group")

@@ -1,0 +1,133 @@
+"""Side-by-side views of runs on one store: per-group accuracy tables, the labelled averages,
+per-group confusion, the examples whose prediction flips between two runs, and the train
+correlation that makes a dataset spurious. Pure functions over a store and run records
+(`runs.list_runs`); the app's Groups and Home pages draw what they return.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from hsfm_core.heads import predict
+from hsfm_core.runs import check_run_fits_store, load_head
+from hsfm_core.workspace import group_names
+
+# How each average is computed, for the labels the UI shows next to the numbers (DESIGN §2).
+AVERAGE_LABELS = {
+    "wga": "worst-group accuracy",
+    "avg_adjusted": "adjusted average (groups weighted by train proportions)",
+    "avg_plain": "plain average (all examples)",
+    "mean_group": "mean of group accuracies (unweighted)",
+}
+
+
+def run_label(run: dict) -> str:
+    """'HSFM · hsfm-20261129-…-s0' — what pickers and legends show."""
+    return f"{(run.get('method') or '?').upper()} · {run['run_id']}"
+
+
+def accuracy_table(store, runs: list[dict], split: str) -> pd.DataFrame:
+    """One row per (run, group): accuracy, its Wilson 95% interval, n and whether it is the run's
+    worst group. Runs without metrics for `split` are left out."""
+    names = group_names(store)
+    rows = []
+    for run in runs:
+        m = (run.get("metrics") or {}).get(split)
+        if not m:
+            continue
+        for g, name in enumerate(names):
+            acc = m["group_acc"][g]
+            low, high = m["group_ci"][g] if m["group_ci"][g] else (None, None)
+            rows.append({"run": run_label(run), "run_id": run["run_id"], "method": run.get("method"), "group": name,
+                         "g": g, "accuracy": acc, "ci_low": low, "ci_high": high, "n": m["group_n"][g],
+                         "worst": g == m["worst_group"]})
+    return pd.DataFrame(rows, columns=["run", "run_id", "method", "group", "g", "accuracy", "ci_low", "ci_high",
+                                       "n", "worst"])
+
+
+def averages_table(store, runs: list[dict], split: str) -> pd.DataFrame:
+    """One row per run: worst group (name and accuracy) and the three averages, labelled."""
+    names = group_names(store)
+    rows = []
+    for run in runs:
+        m = (run.get("metrics") or {}).get(split)
+        if not m:
+            continue
+        worst = m["worst_group"]
+        rows.append({"run": run_label(run), "worst group": names[worst] if worst is not None else None,
+                     **{AVERAGE_LABELS[k]: m[k] for k in AVERAGE_LABELS}})
+    return pd.DataFrame(rows, columns=["run", "worst group", *AVERAGE_LABELS.values()]).set_index("run")
+
+
+def predictions(store, run: dict, split: str) -> np.ndarray:
+    """The run's predicted class for every example of `split` (store order)."""
+    check_run_fits_store(run, store)
+    head = load_head(run)
+    return predict(store.select(split).features, head["weight"], head["bias"])
+
+
+def confusion_by_group(store, predicted: np.ndarray, split: str) -> pd.DataFrame:
+    """Counts of (group, predicted class) on `split`: rows = groups, columns = 'predicted <class>'."""
+    sel = store.select(split)
+    names = group_names(store)
+    table = np.zeros((store.n_groups, len(store.class_names)), dtype=np.int64)
+    np.add.at(table, (sel.g, predicted), 1)
+    frame = pd.DataFrame(table, index=names, columns=[f"predicted {c}" for c in store.class_names])
+    frame["accuracy"] = [table[g, g // len(store.attribute_names)] / max(table[g].sum(), 1) for g in range(len(names))]
+    frame.index.name = "group (class · attribute)"
+    return frame
+
+
+def prediction_flips(store, before: np.ndarray, after: np.ndarray, split: str) -> pd.DataFrame:
+    """Examples of `split` whose prediction differs between two runs, with which way it went:
+    'fixed' (wrong → right) or 'broken' (right → wrong). Sorted fixed first, then by group."""
+    sel = store.select(split)
+    changed = np.flatnonzero(before != after)
+    names = group_names(store)
+    fixed = after[changed] == sel.y[changed]
+    frame = pd.DataFrame({"row": sel.rows[changed], "group": [names[g] for g in sel.g[changed]],
+                          "g": sel.g[changed], "label": [store.class_names[c] for c in sel.y[changed]],
+                          "before": [store.class_names[c] for c in before[changed]],
+                          "after": [store.class_names[c] for c in after[changed]],
+                          "change": np.where(fixed, "fixed", "broken")})
+    return frame.sort_values(["change", "g", "row"], ascending=[False, True, True], ignore_index=True)
+
+
+def flip_counts(flips: pd.DataFrame, store) -> pd.DataFrame:
+    """Per group: how many examples were fixed and broken, and the net change."""
+    names = group_names(store)
+    counts = flips.groupby(["group", "change"]).size().unstack(fill_value=0)
+    counts = counts.reindex(index=names, columns=["fixed", "broken"], fill_value=0)
+    counts["net"] = counts["fixed"] - counts["broken"]
+    counts.index.name = "group"
+    return counts
+
+
+def train_correlation(store) -> pd.DataFrame | None:
+    """Per class in train: how often the attribute is the class's usual one (its most common
+    attribute) — the spurious correlation ERM learns. None without a train split."""
+    if not store.has_split("train"):
+        return None
+    sel = store.select("train")
+    rows = []
+    for c, name in enumerate(store.class_names):
+        a = sel.a[sel.y == c]
+        if len(a) == 0:
+            continue
+        counts = np.bincount(a, minlength=len(store.attribute_names))
+        usual = int(np.argmax(counts))
+        rows.append({"class": name, "n": int(len(a)), "usual attribute": store.attribute_names[usual],
+                     "share with usual attribute": counts[usual] / len(a)})
+    return pd.DataFrame(rows)
+
+
+def example_rows(store, split: str, per_group: int, seed: int = 0) -> dict[int, np.ndarray]:
+    """Up to `per_group` random store rows of each group in `split` (for thumbnails)."""
+    rng = np.random.default_rng(seed)
+    sel = store.select(split)
+    out = {}
+    for g in range(store.n_groups):
+        rows = sel.rows[sel.g == g]
+        out[g] = np.sort(rng.choice(rows, size=min(per_group, len(rows)), replace=False)) if len(rows) else rows
+    return out

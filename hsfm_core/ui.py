@@ -1,0 +1,302 @@
+"""Streamlit glue shared by the app's pages: which workspace is open, which runs are picked,
+cached heavy objects, thumbnail grids and in-page errors.
+
+Pages are views: they call these helpers and the rest of `hsfm_core`, and hold no numerics.
+State shared between pages lives in `st.session_state` under the `*_KEY` names below; widget
+values are copied into them, because Streamlit forgets a widget's state on pages that do not
+draw that widget.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from hsfm_core.errors import InputError
+
+WORKSPACE_KEY = "hsfm.workspace"  # Path of the open workspace
+COMPARE_KEY = "hsfm.compare_runs"  # run ids compared on Groups (and Home)
+FOCUS_KEY = "hsfm.focus_run"  # the run whose edits Projection / Decode / Neighbors show
+SELECTION_KEY = "hsfm.map_selection"  # {"map": map file name, "rows": store rows, "support": support indices}
+
+THUMB_PX = 96
+
+
+def page_setup(title: str | None = None) -> None:
+    st.set_page_config(page_title=f"{title} · HSFM Studio" if title else "HSFM Studio", layout="wide")
+
+
+@contextmanager
+def errors_shown(what: str, stop: bool = True):
+    """Turn a failure inside the block into a message in the page (never a traceback); the rest of
+    the app keeps working. Streamlit's own control flow (st.stop, reruns) is a BaseException and
+    passes through."""
+    try:
+        yield
+    except InputError as exc:
+        st.error(f"{what}: {exc}")
+        if stop:
+            st.stop()
+    except Exception as exc:  # a corrupt file, a library error: still a message, with its type
+        st.error(f"{what}: {type(exc).__name__}: {exc}")
+        if stop:
+            st.stop()
+
+
+# -- the workspace ---------------------------------------------------------------------------------
+
+def default_workspace() -> Path | None:
+    """`--workspace` / HSFM_WORKSPACE, else None (the bundled demo)."""
+    from hsfm_core.workspace import workspace_from_args
+
+    return workspace_from_args(sys.argv[1:])
+
+
+def ensure_demo() -> Path:
+    """The demo workspace, built on first launch with a progress bar (about a minute)."""
+    from hsfm_core.demo.build import DEMO_CLIP, build_demo, default_demo_dir, is_built
+
+    if not DEMO_CLIP.is_dir():
+        st.info("No workspace given, and this checkout has no bundled demo CLIP yet (`assets/synthbirds-clip`). "
+                "Start with `streamlit run app.py -- --workspace DIR` or set `HSFM_WORKSPACE`, after "
+                "`python -m hsfm_core extract …` or `python -m hsfm_core import …`.")
+        st.stop()
+    path = default_demo_dir()
+    if not is_built(path):
+        with st.status("Building the demo workspace — first launch only, about a minute…", expanded=True) as status:
+            bar = st.progress(0.0)
+            try:
+                build_demo(path, progress=lambda message, fraction: bar.progress(min(fraction, 1.0), text=message))
+            except InputError as exc:
+                status.update(label="The demo workspace could not be built", state="error")
+                st.error(str(exc))
+                st.stop()
+            status.update(label="Demo workspace ready", state="complete", expanded=False)
+    return path
+
+
+def workspace_path() -> Path:
+    """The workspace this session has open: the one picked on Home, else the one the app was
+    started with, else the demo."""
+    chosen = st.session_state.get(WORKSPACE_KEY)
+    if chosen is None:
+        chosen = default_workspace() or ensure_demo()
+        st.session_state[WORKSPACE_KEY] = chosen
+    return Path(chosen)
+
+
+def is_demo(path: Path) -> bool:
+    from hsfm_core.demo.build import default_demo_dir
+
+    return Path(path).resolve() == default_demo_dir().resolve()
+
+
+@st.cache_resource(show_spinner="Opening the feature store…", max_entries=4)
+def _open_store(path: str, manifest_stamp: int):
+    from hsfm_core.features import FeatureStore
+
+    return FeatureStore.open(path)  # manifest_stamp: a replaced store is opened afresh
+
+
+def open_store():
+    """The open workspace's feature store (memory-mapped, shared by every session)."""
+    path = workspace_path()
+    with errors_shown(f"Cannot open the workspace {path}"):
+        manifest = path / "manifest.json"
+        return _open_store(str(path), manifest.stat().st_mtime_ns if manifest.exists() else 0)
+
+
+# -- runs --------------------------------------------------------------------------------------------
+
+def finished_runs(store) -> tuple[list[dict], list[str]]:
+    """Done runs trained on this store, read fresh from disk (a run finished by a job shows up at
+    once), and the ids of runs left out because they belong to another store."""
+    from hsfm_core.runs import list_runs
+
+    runs, foreign = [], []
+    for run in list_runs(store.path):
+        if run["status"] != "done" or not run["metrics"]:
+            continue
+        recorded = run["config"].get("store_hash")
+        (foreign if recorded and recorded != store.content_hash else runs).append(run)
+    return runs, [r["run_id"] for r in foreign]
+
+
+def _latest_per_method(runs: list[dict]) -> list[str]:
+    latest = {}
+    for run in runs:  # ids sort by method then UTC start time
+        latest[run["method"]] = run["run_id"]
+    order = {"erm": 0, "dfr": 1, "hsfm": 2}
+    return [latest[m] for m in sorted(latest, key=lambda m: order.get(m, 3))]
+
+
+def _persisted(widget_key: str, state_key: str) -> None:
+    st.session_state[state_key] = st.session_state[widget_key]
+
+
+def run_pickers(store) -> tuple[list[dict], dict | None]:
+    """Sidebar pickers shared by every page: the runs to compare and the edited run to inspect.
+    → (compared runs, focus run or None)."""
+    from hsfm_core.compare import run_label
+
+    runs, foreign = finished_runs(store)
+    by_id = {r["run_id"]: r for r in runs}
+    labels = {r["run_id"]: run_label(r) for r in runs}
+    sidebar = st.sidebar
+    sidebar.caption(f"Workspace `{store.path}`")
+    if not runs:
+        sidebar.info("No finished runs yet: train one on the Retrain page or with `python -m hsfm_core train`.")
+        return [], None
+
+    compared = [i for i in st.session_state.get(COMPARE_KEY, _latest_per_method(runs)) if i in by_id]
+    st.session_state["w.compare"] = compared
+    sidebar.multiselect("Runs to compare", list(by_id), key="w.compare", format_func=labels.get,
+                        on_change=_persisted, args=("w.compare", COMPARE_KEY),
+                        help="Shown side by side on Groups; the newest run of each method is picked by default.")
+    st.session_state[COMPARE_KEY] = st.session_state["w.compare"]
+
+    edited = [r["run_id"] for r in runs if (r["path"] / "support.safetensors").is_file()]
+    focus = None
+    if edited:
+        current = st.session_state.get(FOCUS_KEY)
+        st.session_state["w.focus"] = current if current in edited else edited[-1]
+        sidebar.selectbox("Edited run to inspect", edited, key="w.focus", format_func=labels.get,
+                          on_change=_persisted, args=("w.focus", FOCUS_KEY),
+                          help="The HSFM run whose support set Projection, Decode and Neighbors show.")
+        st.session_state[FOCUS_KEY] = st.session_state["w.focus"]
+        focus = by_id[st.session_state[FOCUS_KEY]]
+    if foreign:
+        sidebar.caption(f"{len(foreign)} run(s) trained on another store are hidden: {', '.join(foreign)}")
+    return [by_id[i] for i in st.session_state[COMPARE_KEY]], focus
+
+
+@st.cache_resource(max_entries=8)
+def _support(run_dir: str):
+    from safetensors.torch import load_file
+
+    return load_file(Path(run_dir) / "support.safetensors")
+
+
+def load_support(run: dict) -> dict:
+    """A done run's support tensors (immutable once done, so cached by path)."""
+    return _support(str(run["path"]))
+
+
+# -- heavy shared objects ------------------------------------------------------------------------------
+
+@st.cache_resource(show_spinner="Building the nearest-neighbour index…", max_entries=2)
+def _feature_index(path: str, content_hash: str, _store):
+    from hsfm_core.retrieval import workspace_index
+
+    return workspace_index(_store)
+
+
+def feature_index(store):
+    return _feature_index(str(store.path), store.content_hash, store)
+
+
+@st.cache_resource(show_spinner="Encoding the concepts with the CLIP text tower…", max_entries=8)
+def _concept_bank(path: str, content_hash: str, concepts: tuple, categories: tuple, _store, bridge: str | None):
+    from hsfm_core.decode import clip_space_map, encode_concepts
+    from hsfm_core.features import FeatureStore
+
+    to_clip, text_encoder = clip_space_map(_store, FeatureStore.open(bridge) if bridge else None)
+    bank = encode_concepts(text_encoder, list(concepts), list(categories), cache_dir=Path(path) / "cache")
+    return bank, to_clip
+
+
+def concept_bank(store, concepts: list[str], categories: list[str], bridge: str | None = None):
+    """(ConceptBank, map into CLIP space) for the store; raises InputError when it cannot decode."""
+    return _concept_bank(str(store.path), store.content_hash, tuple(concepts), tuple(categories), store, bridge)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _map_frame(path: str, content_hash: str, run_id: str | None, n_neighbors: int, min_dist: float, _store, _run):
+    import pandas as pd
+
+    from hsfm_core.projection import ProjectionParams, project
+
+    return pd.read_parquet(project(_store, _run, params=ProjectionParams(n_neighbors=n_neighbors, min_dist=min_dist)))
+
+
+def map_frame(store, run: dict | None, n_neighbors: int, min_dist: float):
+    """The UMAP map (read-only DataFrame shared by sessions): computed once, then from disk."""
+    return _map_frame(str(store.path), store.content_hash, run["run_id"] if run else None, n_neighbors, min_dist,
+                      store, run)
+
+
+@st.cache_resource
+def start_umap_warm_up() -> None:
+    """Compile umap's numba kernels once per server process, in the background, so that the first
+    map a user asks for does not also pay the JIT."""
+    import threading
+
+    from hsfm_core.projection import warm_up
+
+    threading.Thread(target=warm_up, name="umap-warm-up", daemon=True).start()
+
+
+# -- pictures --------------------------------------------------------------------------------------------
+
+@st.cache_data(max_entries=4096, show_spinner=False)
+def thumbnail(path: str, size: int = THUMB_PX) -> bytes | None:
+    """A PNG thumbnail (longest side `size`), or None when the image cannot be read."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            image.thumbnail((size, size))
+            if max(image.size) < size:  # small images (the 64-px demo) are shown enlarged, not blurred
+                scale = size / max(image.size)
+                image = image.resize((round(image.width * scale), round(image.height * scale)), Image.NEAREST)
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            return buffer.getvalue()
+    except (OSError, UnidentifiedImageError):
+        return None
+
+
+def image_grid(store, rows, captions: list[str], key: str, columns: int = 8, page_size: int = 32,
+               size: int = THUMB_PX) -> None:
+    """Thumbnails of store rows with captions, paged."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) == 0:
+        st.caption("No images to show.")
+        return
+    if store.image_root is None:
+        st.caption("This store was imported without images; showing row numbers only.")
+        st.write(", ".join(f"{r} ({c})" for r, c in zip(rows[:200], captions[:200])))
+        return
+    pages = (len(rows) + page_size - 1) // page_size
+    page = 1
+    if pages > 1:
+        page = st.number_input(f"Page (of {pages}, {page_size} images each)", 1, pages, 1, key=f"{key}.page")
+    start = (page - 1) * page_size
+    shown = list(zip(rows[start:start + page_size], captions[start:start + page_size]))
+    for offset in range(0, len(shown), columns):
+        cells = st.columns(columns)
+        for cell, (row, caption) in zip(cells, shown[offset:offset + columns]):
+            data = thumbnail(str(store.image_path(int(row))), size)
+            if data is None:
+                cell.caption(f"row {row}: image missing\n\n{caption}")
+            else:
+                cell.image(data, caption=caption, width=size)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _predictions(path: str, content_hash: str, run_id: str, split: str, _store, _run) -> np.ndarray:
+    from hsfm_core.compare import predictions
+
+    return predictions(_store, _run, split)
+
+
+def run_predictions(store, run: dict, split: str) -> np.ndarray:
+    """A done run's predicted classes on `split` (cached: done runs never change)."""
+    return _predictions(str(store.path), store.content_hash, run["run_id"], split, store, run)

@@ -1,0 +1,84 @@
+"""Groups: per-group accuracy of the compared runs, with intervals, averages, confusion and flips."""
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from hsfm_core import ui
+from hsfm_core.compare import (AVERAGE_LABELS, accuracy_table, averages_table, confusion_by_group, flip_counts,
+                               prediction_flips, run_label)
+
+ui.page_setup("Groups")
+st.title("Groups")
+st.caption("Accuracy on each group (class · attribute) before and after retraining the head. "
+           "Bars show 95% Wilson intervals; the hatched bar is each run's worst group.")
+store = ui.open_store()
+compared, focus = ui.run_pickers(store)
+if not compared:
+    st.info("Pick runs to compare in the sidebar (none are selected or finished yet).")
+    st.stop()
+
+splits = [s for s in ("val", "test") if store.has_split(s)]
+split = st.radio("Split", splits, index=len(splits) - 1, horizontal=True)
+table = accuracy_table(store, compared, split)
+
+figure = go.Figure()
+for run_name, rows in table.groupby("run", sort=False):
+    figure.add_bar(name=run_name, x=rows["group"], y=rows["accuracy"],
+                   error_y={"type": "data", "array": rows["ci_high"] - rows["accuracy"],
+                            "arrayminus": rows["accuracy"] - rows["ci_low"]},
+                   marker_pattern_shape=["/" if w else "" for w in rows["worst"]],
+                   customdata=rows[["n", "ci_low", "ci_high"]],
+                   hovertemplate="%{x}<br>accuracy %{y:.1%} (95% CI %{customdata[1]:.1%}–%{customdata[2]:.1%})"
+                                 "<br>n = %{customdata[0]}<extra>%{fullData.name}</extra>")
+figure.update_layout(barmode="group", yaxis={"tickformat": ".0%", "range": [0, 1.05], "title": "accuracy"},
+                     xaxis_title="group (class · attribute)", height=420, legend={"orientation": "h", "y": -0.25})
+st.plotly_chart(figure, width="stretch")
+
+st.markdown(f"**Averages on {split}** — each one labelled; papers mean different things by “average”.")
+averages = averages_table(store, compared, split)
+st.dataframe(averages.style.format(lambda v: f"{v:.1%}" if isinstance(v, float) else ("—" if v is None else v)),
+             width="stretch")
+st.caption(" · ".join(f"**{label}**" for label in AVERAGE_LABELS.values()) +
+           ". The adjusted average is what the Waterbirds papers call average accuracy.")
+with st.expander("Per-group numbers"):
+    st.dataframe(table.drop(columns=["run_id", "g"]).style.format(
+        {"accuracy": "{:.1%}", "ci_low": "{:.1%}", "ci_high": "{:.1%}"}, na_rep="—"), hide_index=True)
+
+st.header("Confusion per group")
+labels = {r["run_id"]: run_label(r) for r in compared}
+chosen = st.selectbox("Run", list(labels), format_func=labels.get, key="groups.confusion_run")
+with ui.errors_shown("Cannot evaluate that run", stop=False):
+    predicted = ui.run_predictions(store, next(r for r in compared if r["run_id"] == chosen), split)
+    st.dataframe(confusion_by_group(store, predicted, split).style.format({"accuracy": "{:.1%}"}))
+
+
+@st.fragment
+def what_changed() -> None:
+    st.header("What changed")
+    if len(compared) < 2:
+        st.info("Compare two or more runs (sidebar) to see which images changed prediction.")
+        return
+    ids = list(labels)
+    left, right = st.columns(2)
+    before = left.selectbox("Before", ids, index=0, format_func=labels.get, key="groups.before")
+    after = right.selectbox("After", ids, index=len(ids) - 1, format_func=labels.get, key="groups.after")
+    if before == after:
+        st.info("Pick two different runs.")
+        return
+    runs = {r["run_id"]: r for r in compared}
+    with ui.errors_shown("Cannot compare those runs", stop=False):
+        flips = prediction_flips(store, ui.run_predictions(store, runs[before], split),
+                                 ui.run_predictions(store, runs[after], split), split)
+        counts = flip_counts(flips, store)
+        st.markdown(f"**{(flips['change'] == 'fixed').sum():,} {split} images fixed, "
+                    f"{(flips['change'] == 'broken').sum():,} broken** going from {labels[before]} to {labels[after]}.")
+        st.dataframe(counts)
+        which = st.segmented_control("Show", ["fixed", "broken"], default="fixed", key="groups.which")
+        groups = st.multiselect("Groups", list(counts.index), default=list(counts.index), key="groups.flip_groups")
+        shown = flips[(flips["change"] == (which or "fixed")) & flips["group"].isin(groups)]
+        ui.image_grid(store, shown["row"].to_numpy(),
+                      [f"{g}: {b} → {a}" for g, b, a in zip(shown["group"], shown["before"], shown["after"])],
+                      key="groups.flips")
+
+
+what_changed()
