@@ -1,0 +1,141 @@
+"""Plotly figures the app draws: grouped accuracy bars with intervals, the projection map with
+before → after arrows, concept score bars, and training curves. Inputs are the tables built
+elsewhere in hsfm_core; these functions only draw."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+# What the map can be coloured by: label → (column, how values are named)
+COLOUR_FIELDS = ("group", "class", "attribute", "split", "correct", "kind")
+ARROW_ANNOTATIONS_MAX = 150  # above this many support points, arrows are plain segments
+PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D"]
+
+
+def accuracy_bars(table: pd.DataFrame) -> go.Figure:
+    """Grouped bars: one colour per run, one cluster per group, 95% intervals as error bars and
+    each run's worst group hatched. `table` is `compare.accuracy_table`."""
+    figure = go.Figure()
+    for run_name, rows in table.groupby("run", sort=False):
+        figure.add_bar(name=run_name, x=rows["group"], y=rows["accuracy"],
+                       error_y={"type": "data", "array": rows["ci_high"] - rows["accuracy"],
+                                "arrayminus": rows["accuracy"] - rows["ci_low"]},
+                       marker_pattern_shape=["/" if w else "" for w in rows["worst"]],
+                       customdata=rows[["n", "ci_low", "ci_high"]],
+                       hovertemplate="%{x}<br>accuracy %{y:.1%} (95% CI %{customdata[1]:.1%}–%{customdata[2]:.1%})"
+                                     "<br>n = %{customdata[0]}<extra>%{fullData.name}</extra>")
+    figure.update_layout(barmode="group", yaxis={"tickformat": ".0%", "range": [0, 1.05], "title": "accuracy"},
+                         xaxis_title="group (class · attribute)", height=420,
+                         legend={"orientation": "h", "y": -0.25}, margin={"t": 20})
+    return figure
+
+
+def colour_values(frame: pd.DataFrame, field: str, class_names, attribute_names, group_labels) -> pd.Series:
+    """The category name of every map point under a colour field."""
+    if field == "group":
+        return frame["group"].map(lambda g: group_labels[g] if g >= 0 else "unknown")
+    if field == "class":
+        return frame["y_class"].map(lambda c: class_names[c])
+    if field == "attribute":
+        return frame["attribute"].map(lambda a: attribute_names[a] if a >= 0 else "unknown")
+    if field == "correct":
+        if "correct" not in frame:
+            return pd.Series("no run", index=frame.index)
+        return frame["correct"].map({True: "correct", False: "wrong"})
+    if field in ("split", "kind"):
+        return frame[field].astype(str)
+    raise ValueError(f"unknown colour field {field!r}; expected one of {COLOUR_FIELDS}")
+
+
+def projection_map(frame: pd.DataFrame, colours: pd.Series, drawn: np.ndarray, selected: np.ndarray,
+                   height: int = 640) -> go.Figure:
+    """WebGL scatter of the map: `drawn` original points as a light backdrop coloured by
+    `colours`, support points before (circles) → after (diamonds) with arrows, and the current
+    selection outlined. Every marker carries its frame position in `customdata`."""
+    figure = go.Figure()
+    categories = sorted(colours.unique(), key=str)
+    colour_of = {c: PALETTE[i % len(PALETTE)] for i, c in enumerate(categories)}
+    kind = frame["kind"].to_numpy()
+    drawn = np.asarray(drawn, dtype=np.int64)
+    for category in categories:
+        members = drawn[(colours.to_numpy()[drawn] == category) & (kind[drawn] == "original")]
+        if len(members):
+            figure.add_scattergl(x=frame["x"].to_numpy()[members], y=frame["y"].to_numpy()[members], mode="markers",
+                                 name=str(category), legendgroup=str(category), customdata=members,
+                                 marker={"size": 4, "opacity": 0.35, "color": colour_of[category]},
+                                 hovertemplate=f"{category}<br>row %{{text}}<extra></extra>",
+                                 text=frame["row"].to_numpy()[members])
+    support = np.flatnonzero(kind == "support")
+    edited = np.flatnonzero(kind == "edited")
+    if len(edited):
+        _add_arrows(figure, frame, support, edited)
+        for name, points, symbol in (("support (before)", support, "circle"), ("edited (after)", edited, "diamond")):
+            if len(points):
+                figure.add_scattergl(
+                    x=frame["x"].to_numpy()[points], y=frame["y"].to_numpy()[points], mode="markers", name=name,
+                    customdata=points, text=frame["support"].to_numpy()[points],
+                    marker={"size": 10, "symbol": symbol, "color": [colour_of[c] for c in colours.to_numpy()[points]],
+                            "line": {"width": 1.5, "color": "black"}},
+                    hovertemplate=f"{name}<br>support #%{{text}}<extra></extra>")
+    selected = np.asarray(selected, dtype=np.int64)
+    if len(selected):
+        figure.add_scattergl(x=frame["x"].to_numpy()[selected], y=frame["y"].to_numpy()[selected], mode="markers",
+                             name=f"selection ({len(selected):,})", customdata=selected, hoverinfo="skip",
+                             marker={"size": 7, "color": "rgba(0,0,0,0)", "line": {"width": 1.2, "color": "black"}})
+    figure.update_layout(dragmode="lasso", height=height, margin={"t": 10, "b": 10},
+                         legend={"itemsizing": "constant"}, xaxis={"showticklabels": False, "title": None},
+                         yaxis={"showticklabels": False, "title": None})
+    return figure
+
+
+def _add_arrows(figure: go.Figure, frame: pd.DataFrame, support: np.ndarray, edited: np.ndarray) -> None:
+    """before → after for each support example whose original is on the map."""
+    start = {int(frame["support"].iat[p]): p for p in support}
+    pairs = [(start[int(frame["support"].iat[p])], p) for p in edited if int(frame["support"].iat[p]) in start]
+    if not pairs:
+        return
+    x, y = frame["x"].to_numpy(), frame["y"].to_numpy()
+    if len(pairs) <= ARROW_ANNOTATIONS_MAX:
+        for a, b in pairs:
+            figure.add_annotation(x=x[b], y=y[b], ax=x[a], ay=y[a], xref="x", yref="y", axref="x", ayref="y",
+                                  showarrow=True, arrowhead=2, arrowsize=1.2, arrowwidth=1.2,
+                                  arrowcolor="rgba(30,30,30,0.7)", text="")
+    else:
+        xs = np.ravel([[x[a], x[b], None] for a, b in pairs])
+        ys = np.ravel([[y[a], y[b], None] for a, b in pairs])
+        figure.add_scattergl(x=xs, y=ys, mode="lines", name="edit (before → after)", hoverinfo="skip",
+                             line={"width": 1, "color": "rgba(30,30,30,0.5)"})
+
+
+def concept_bars(top: list[dict], title: str = "") -> go.Figure:
+    """Horizontal bars of concept cosines (`ConceptBank.ranked` output), best on top."""
+    frame = pd.DataFrame(top)
+    figure = go.Figure(go.Bar(x=frame["cosine"], y=frame["concept"], orientation="h",
+                              marker_color=["#E45756" if c < 0 else "#4C78A8" for c in frame["cosine"]],
+                              customdata=frame["category"],
+                              hovertemplate="%{y} (%{customdata})<br>cosine %{x:.3f}<extra></extra>"))
+    figure.update_layout(title=title or None, height=60 + 26 * len(frame), margin={"t": 40 if title else 10, "l": 10},
+                         yaxis={"autorange": "reversed"}, xaxis_title="cosine with the direction")
+    return figure
+
+
+def training_curves(history: pd.DataFrame) -> go.Figure:
+    """Outer loss and validation accuracy per epoch (`history.jsonl` rows), one line per seed."""
+    from plotly.subplots import make_subplots
+
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("outer loss (hard set)", "validation accuracy"))
+    for seed, rows in history.groupby("seed") if "seed" in history else [(None, history)]:
+        suffix = f" (seed {seed})" if seed is not None else ""
+        if "outer_loss" in rows:
+            figure.add_scatter(x=rows["epoch"], y=rows["outer_loss"], mode="lines+markers", name=f"outer loss{suffix}",
+                               row=1, col=1)
+        for column, label in (("val_wga", "val worst-group"), ("val_avg", "val average")):
+            if column in rows:
+                figure.add_scatter(x=rows["epoch"], y=rows[column], mode="lines+markers", name=f"{label}{suffix}",
+                                   row=1, col=2)
+    figure.update_yaxes(tickformat=".0%", row=1, col=2)
+    figure.update_xaxes(title_text="epoch")
+    figure.update_layout(height=320, margin={"t": 40})
+    return figure

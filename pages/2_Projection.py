@@ -1,0 +1,103 @@
+"""Projection: a UMAP map of every feature with the support set before → after editing; a lasso
+or box selection drives an image grid and per-group counts."""
+
+import numpy as np
+import streamlit as st
+
+from hsfm_core import ui
+from hsfm_core.figures import COLOUR_FIELDS, colour_values, projection_map
+from hsfm_core.projection import (BACKDROP_MAX_POINTS, ProjectionParams, backdrop_sample, is_cached,
+                                  points_in_region, selection_summary)
+from hsfm_core.workspace import group_names
+
+ui.page_setup("Projection")
+st.title("Projection")
+st.caption("UMAP of the original features and the edited support features, fitted together so that an edit is "
+           "drawn among its real neighbours. The map shows neighbourhoods: 2-D distances have no exact meaning.")
+store = ui.open_store()
+compared, focus = ui.run_pickers(store)
+ui.start_umap_warm_up()
+if focus is None:
+    st.info("No HSFM run with edited features is picked, so the map shows the original features only.")
+
+with st.form("projection.params"):
+    left, right = st.columns(2)
+    n_neighbors = left.slider("Neighbours (n_neighbors)", 5, 100, 15, key="projection.n_neighbors",
+                              help="Larger values keep more of the global structure.")
+    min_dist = right.slider("Minimum distance (min_dist)", 0.0, 0.99, 0.1, step=0.05, key="projection.min_dist",
+                            help="How tightly points may pack together.")
+    submitted = st.form_submit_button("Compute map")
+
+params = ProjectionParams(n_neighbors=n_neighbors, min_dist=min_dist)
+with ui.errors_shown("Cannot draw the map"):
+    cached = is_cached(store, focus, params=params)
+    if not cached and not submitted:
+        st.info(f"This map is not computed yet. Press **Compute map**: about {max(5, store.manifest['n_rows'] // 2000)} s "
+                "for this workspace, plus up to a minute the first time in a server process (UMAP compiles itself).")
+        st.stop()
+    with st.spinner("Fitting UMAP on the originals and the edits…"):
+        frame = ui.map_frame(store, focus, n_neighbors, min_dist)
+map_name = f"{store.content_hash}:{focus['run_id'] if focus else '-'}:{n_neighbors}:{min_dist}"
+labels = group_names(store)
+drawn = backdrop_sample(frame)
+if len(drawn) < (frame["kind"] != "edited").sum():
+    st.caption(f"The backdrop shows a group-stratified sample of {len(drawn):,} of "
+               f"{(frame['kind'] != 'edited').sum():,} points (plotly stays fluid up to about "
+               f"{BACKDROP_MAX_POINTS:,}); a selection still counts every point inside it.")
+
+
+def current_selection() -> np.ndarray:
+    chosen = st.session_state.get(ui.SELECTION_KEY)
+    if chosen and chosen.get("map") == map_name:
+        return np.asarray(chosen["positions"], dtype=np.int64)
+    return np.empty(0, dtype=np.int64)
+
+
+def remember_selection(positions: np.ndarray) -> None:
+    picked = frame.iloc[positions]
+    st.session_state[ui.SELECTION_KEY] = {
+        "map": map_name, "positions": positions.tolist(),
+        "rows": sorted(set(picked.loc[picked["kind"] != "edited", "row"].astype(int))),
+        "support": sorted(set(picked.loc[picked["support"] >= 0, "support"].astype(int))),
+        "run_id": focus["run_id"] if focus else None}
+
+
+@st.fragment
+def map_and_selection() -> None:
+    colour = st.segmented_control("Colour by", COLOUR_FIELDS, default="group", key="projection.colour") or "group"
+    colours = colour_values(frame, colour, store.class_names, store.attribute_names, labels)
+    selected = current_selection()
+    event = st.plotly_chart(projection_map(frame, colours, drawn, selected), key="projection.chart",
+                            on_select="rerun", selection_mode=("lasso", "box", "points"), width="stretch",
+                            config={"scrollZoom": True})
+    picked = event.selection if event else None
+    if picked and (picked["points"] or picked["box"] or picked["lasso"]):
+        ids = {int(np.ravel([p["customdata"]])[0]) for p in picked["points"] if "customdata" in p}
+        ids |= set(points_in_region(frame, picked["box"], picked["lasso"]).tolist())
+        positions = np.array(sorted(ids), dtype=np.int64)
+        if not np.array_equal(positions, selected):
+            remember_selection(positions)
+            st.rerun(scope="fragment")  # redraw the outline of the new selection
+    left, right = st.columns([1, 4])
+    if left.button("Clear selection", disabled=len(selected) == 0):
+        st.session_state.pop(ui.SELECTION_KEY, None)
+        st.rerun(scope="fragment")
+    if len(selected) == 0:
+        right.caption("Draw a lasso or a box on the map (the toolbar switches between them) to see the images inside.")
+        return
+    chosen = st.session_state[ui.SELECTION_KEY]
+    right.markdown(f"**Selection: {len(chosen['rows']):,} images, {len(chosen['support'])} support examples.** "
+                   "It stays when you re-colour; Decode and Neighbors can use it.")
+    summary = selection_summary(frame, selected, labels)
+    st.dataframe(summary.style.format({"accuracy": "{:.1%}"}, na_rep="—"), width="stretch")
+    if "accuracy" in summary:
+        st.caption(f"Accuracy of {focus['run_id'] if focus else 'the run'}'s head on the selected originals.")
+    rows = np.asarray(chosen["rows"], dtype=np.int64)
+    meta = store.meta
+    ui.image_grid(store, rows, [f"{labels[g]} · row {r}" for r, g in zip(rows, meta["g"].to_numpy()[rows])],
+                  key="projection.grid")
+    st.download_button("Export the selection (CSV)", frame.iloc[selected].to_csv(index=False),
+                       file_name="selection.csv", mime="text/csv")
+
+
+map_and_selection()

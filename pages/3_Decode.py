@@ -1,0 +1,117 @@
+"""Decode: edit directions (per class, per example, for a Projection selection) scored against the
+CLIP text embeddings of an editable concept vocabulary."""
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from hsfm_core import ui
+from hsfm_core.decode import (DEFAULT_CONTRAST, decode_edit_selection, decode_run, describe_selection,
+                              read_concepts)
+from hsfm_core.figures import concept_bars
+from hsfm_core.workspace import group_names
+
+ui.page_setup("Decode")
+st.title("Decode")
+st.caption("Each direction (edited − original feature, or a selection's mean − its class mean) is compared with "
+           "CLIP text embeddings of the concepts below, averaged over prompt templates. A positive cosine means the "
+           "direction points toward the concept.")
+store = ui.open_store()
+compared, focus = ui.run_pickers(store)
+labels = group_names(store)
+
+bridge = None
+if not store.manifest.get("clip_space"):
+    st.warning("This store's features are not in a CLIP joint space, so text similarities need a bridge: a CLIP "
+               "store of the same images, mapped by ridge regression.")
+    bridge = st.text_input("Bridge store (a CLIP extraction of the same images)", key="decode.bridge") or None
+    if bridge is None:
+        st.stop()
+
+with st.expander("Concept vocabulary (editable)", expanded=False):
+    if "decode.vocabulary" not in st.session_state:
+        concepts, categories = read_concepts()
+        st.session_state["decode.vocabulary"] = pd.DataFrame({"concept": concepts, "category": categories})
+    vocabulary = st.data_editor(st.session_state["decode.vocabulary"], num_rows="dynamic", key="decode.editor",
+                                width="stretch", hide_index=True)
+    st.caption("Add, edit or delete rows; the embeddings are recomputed (and cached) for the new list.")
+
+concepts = [str(c).strip() for c in vocabulary["concept"].fillna("")]
+categories = [str(c).strip() or "custom" for c in vocabulary["category"].fillna("")]
+kept = [(c, k) for c, k in zip(concepts, categories) if c]
+duplicates = sorted({c for c, _ in kept if [x for x, _ in kept].count(c) > 1})
+if duplicates or len(kept) < 2:
+    st.error("The vocabulary needs at least two concepts and no duplicates"
+             + (f" (repeated: {', '.join(duplicates)})" if duplicates else "") + ".")
+    st.stop()
+concepts, categories = (list(t) for t in zip(*kept))
+
+with ui.errors_shown("Cannot decode with this store"):
+    bank, to_clip = ui.concept_bank(store, concepts, categories, bridge)
+
+left, right, third = st.columns(3)
+positive = left.selectbox("Contrast: toward", concepts, key="decode.positive",
+                          index=concepts.index(DEFAULT_CONTRAST[0]) if DEFAULT_CONTRAST[0] in concepts else 0)
+negative = right.selectbox("… minus toward", concepts, key="decode.negative",
+                           index=concepts.index(DEFAULT_CONTRAST[1]) if DEFAULT_CONTRAST[1] in concepts else 1)
+top = third.slider("Concepts shown", 3, 30, 10, key="decode.top")
+contrast = (positive, negative)
+
+if focus is None:
+    st.info("No HSFM run with edits is picked (sidebar): only a Projection selection can be decoded.")
+else:
+    support = ui.load_support(focus)
+    with ui.errors_shown("Cannot decode this run", stop=False):
+        decoded = decode_run(store, support, bank, to_clip, store.class_names, top=top, contrast=contrast)
+        st.header("Mean edit per class")
+        columns = st.columns(len(decoded["per_class"]))
+        for column, entry in zip(columns, decoded["per_class"]):
+            with column:
+                st.metric(f"{entry['name']} ({entry['n']} edited)", f"{entry['contrast']:+.3f}",
+                          help=f"cos(mean edit, “{positive}”) − cos(mean edit, “{negative}”)")
+                st.plotly_chart(concept_bars(entry["top"]), width="stretch", key=f"decode.class{entry['class']}")
+
+        st.header("One support example")
+        indices = support["indices"].numpy()
+        group_of = store.meta["g"].to_numpy()
+
+        def describe(i: int) -> str:
+            row = int(indices[i])
+            group = labels[group_of[row]] if row >= 0 else store.class_names[int(support["labels"][i])]
+            return f"#{i} · {group} · row {row}"
+
+        example = st.selectbox("Support example", range(len(indices)), format_func=describe, key="decode.example")
+        picture, bars = st.columns([1, 3])
+        if indices[example] >= 0:
+            with picture:
+                ui.image_grid(store, [indices[example]], [describe(example)], key="decode.picture", columns=1, size=160)
+        chosen = decode_edit_selection(support, [example], bank, to_clip, top=top, contrast=contrast)
+        bars.metric("Contrast", f"{chosen['contrast']:+.3f}")
+        bars.plotly_chart(concept_bars(chosen["top"]), width="stretch", key="decode.example_bars")
+        table = pd.DataFrame(decoded["per_example"])
+        table["group"] = [describe(i).split(" · ")[1] for i in table["support"]]
+        table["top concepts"] = [", ".join(t["concept"] for t in entry) for entry in table.pop("top")]
+        with st.expander(f"All {len(table)} support examples"):
+            st.dataframe(table.drop(columns=["class"]).style.format({"contrast": "{:+.3f}"}), hide_index=True,
+                         width="stretch")
+
+st.header("The Projection selection")
+selection = st.session_state.get(ui.SELECTION_KEY)
+if not selection or not selection["rows"] and not selection["support"]:
+    st.caption("Select points on the Projection page to describe them here.")
+else:
+    with ui.errors_shown("Cannot decode the selection", stop=False):
+        rows = np.asarray(selection["rows"], dtype=np.int64)
+        if len(rows):
+            st.markdown(f"**{len(rows):,} selected images: their mean − their class mean** (what sets them apart)")
+            described = describe_selection(store, rows, bank, to_clip, top=top)
+            columns = st.columns(len(described["per_class"]))
+            for column, entry in zip(columns, described["per_class"]):
+                column.plotly_chart(concept_bars(entry["top"], f"{store.class_names[entry['class']]} ({entry['n']})"),
+                                    width="stretch", key=f"decode.selection{entry['class']}")
+        if selection["support"] and focus is not None and selection.get("run_id") == focus["run_id"]:
+            st.markdown(f"**Mean edit of the {len(selection['support'])} selected support examples**")
+            chosen = decode_edit_selection(ui.load_support(focus), selection["support"], bank, to_clip, top=top,
+                                           contrast=contrast)
+            st.metric("Contrast", f"{chosen['contrast']:+.3f}")
+            st.plotly_chart(concept_bars(chosen["top"]), width="stretch", key="decode.selection_edits")

@@ -1,0 +1,87 @@
+"""Neighbors: the nearest real images (FAISS, cosine) to a feature before and after its edit —
+the retrieval counterpart of decoding an edited feature into an image."""
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from hsfm_core import ui
+from hsfm_core.retrieval import edit_shift
+from hsfm_core.workspace import group_names
+
+ui.page_setup("Neighbors")
+st.title("Neighbors")
+st.caption("Nearest real images by cosine similarity of features. For a support example, the left column answers "
+           "“what does the original feature look like?” and the right one “what does the edited feature look like?”.")
+store = ui.open_store()
+compared, focus = ui.run_pickers(store)
+labels = group_names(store)
+group_of = store.meta["g"].to_numpy()
+index = None
+with ui.errors_shown("Cannot build the nearest-neighbour index"):
+    index = ui.feature_index(store)
+
+modes = (["A support example", "Any image (store row)"] if focus is not None else ["Any image (store row)"])
+mode = st.radio("Query", modes, horizontal=True, key="neighbors.mode")
+k = st.slider("Neighbours shown", 4, 48, 16, step=4, key="neighbors.k")
+
+support = ui.load_support(focus) if focus is not None else None
+queries = {}  # title → (query vector, the query's own row, left out of its neighbours)
+if mode == "A support example":
+    indices = support["indices"].numpy()
+    selection = st.session_state.get(ui.SELECTION_KEY) or {}
+    preferred = [i for i in selection.get("support", []) if selection.get("run_id") == focus["run_id"]]
+    options = preferred + [i for i in range(len(indices)) if i not in preferred]
+
+    def describe(i: int) -> str:
+        row = int(indices[i])
+        return f"#{i} · {labels[group_of[row]] if row >= 0 else '?'} · row {row}" + (
+            " (in the Projection selection)" if i in preferred else "")
+
+    chosen = st.selectbox("Support example", options, format_func=describe, key="neighbors.support")
+    row = int(indices[chosen])
+    queries["Nearest to the original feature"] = (support["before"][chosen].numpy(), row)
+    queries["Nearest to the edited feature"] = (support["after"][chosen].numpy(), row)
+else:
+    row = st.number_input("Store row", 0, store.manifest["n_rows"] - 1, 0, key="neighbors.row")
+    queries["Nearest to this image's feature"] = (np.asarray(store.features[row], dtype=np.float32), row)
+    if support is not None and row in support["indices"].tolist():
+        i = support["indices"].tolist().index(row)
+        queries["Nearest to its edited feature"] = (support["after"][i].numpy(), row)
+
+if row >= 0:
+    st.markdown(f"**Query: row {row} · {labels[group_of[row]]} · {store.meta['split'].iat[row]}**")
+    ui.image_grid(store, [row], ["the query image"], key="neighbors.query", columns=8, size=128)
+
+columns = st.columns(len(queries))
+for column, (title, (vector, own)) in zip(columns, queries.items()):
+    with column:
+        st.subheader(title)
+        ids, scores = index.search(vector[None, :], k + 1)
+        keep = (ids[0] != own) & (ids[0] >= 0)
+        ids, scores = ids[0][keep][:k], scores[0][keep][:k]
+        counts = pd.Series([labels[group_of[i]] for i in ids]).value_counts().reindex(labels, fill_value=0)
+        st.dataframe(counts.rename("neighbours").to_frame().T, width="stretch")
+        ui.image_grid(store, ids, [f"{labels[group_of[i]]} · cos {s:.3f}" for i, s in zip(ids, scores)],
+                      key=f"neighbors.{title}", columns=4, page_size=k)
+
+if support is not None:
+    st.header("Edit shift for the whole run")
+
+    @st.cache_data(show_spinner="Searching neighbours of every support example…", max_entries=16)
+    def shift(run_id: str, content_hash: str, k: int) -> dict:
+        known = support["indices"].numpy() >= 0
+        return edit_shift(index, store.meta["a"].to_numpy(), support["indices"].numpy()[known],
+                          support["labels"].numpy()[known], support["before"].numpy()[known],
+                          support["after"].numpy()[known], k=k)
+
+    result = shift(focus["run_id"], store.content_hash, 16)
+    st.caption(f"Share of each support example's {result['k']} nearest real images whose spurious attribute differs "
+               "from its own: a rise from the original to the edited feature means the edits moved the examples "
+               "toward the other attribute.")
+    columns = st.columns(1 + len(store.class_names))
+    for column, (name, title) in zip(columns, [("overall", "all support examples")] + [
+            (f"class_{c}", store.class_names[c]) for c in range(len(store.class_names))]):
+        if name in result:
+            column.metric(title, f"{result[name]['after']:.1%}", f"{result[name]['change']:+.1%} from "
+                          f"{result[name]['before']:.1%}")
