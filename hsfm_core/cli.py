@@ -106,6 +106,16 @@ def _add_train(sub) -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda[:N]")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    j = p.add_argument_group("background job (prints the job id and returns at once; see `jobs`, `cancel`)")
+    j.add_argument("--submit", choices=("local", "slurm"), help="run as a job on this machine or on Slurm")
+    j.add_argument("--max-parallel", type=int, help="local: jobs of this workspace training at once (default 2)")
+    j.add_argument("--partition", help="slurm: partition (required with --submit slurm)")
+    j.add_argument("--time", type=int, default=None, help="time limit in minutes (slurm default 60; local: none)")
+    j.add_argument("--gpus", type=int, default=0, help="slurm: GPUs per node")
+    j.add_argument("--cpus", type=int, default=None, help="slurm: CPUs per task")
+    j.add_argument("--mem", type=float, default=None, help="slurm: memory in GB")
+    j.add_argument("--slurm-param", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="slurm: more #SBATCH options, e.g. qos=high account=lab")
     p.set_defaults(func=_run_train)
 
 
@@ -113,7 +123,39 @@ def _pct(x) -> str:
     return "—" if x is None else f"{100 * x:.1f}"
 
 
+def _submit_train(args) -> int:
+    from hsfm_core import jobs
+
+    slurm = None
+    if args.submit == "slurm":
+        if not args.partition:
+            raise InputError("--submit slurm needs --partition")
+        extra = {}
+        for pair in args.slurm_param:
+            key, sep, value = pair.partition("=")
+            if not sep or not key.strip():
+                raise InputError(f"--slurm-param {pair!r}: expected key=value")
+            extra[key.strip()] = value.strip()
+        slurm = jobs.SlurmOptions(partition=args.partition, time_min=args.time or 60, gpus=args.gpus, cpus=args.cpus,
+                                  mem_gb=args.mem, extra=extra)
+    elif args.partition or args.slurm_param or args.gpus or args.cpus or args.mem:
+        raise InputError("--partition, --gpus, --cpus, --mem and --slurm-param are for --submit slurm")
+    record = jobs.launch(args.workspace, args.method, preset=args.preset, overrides=args.overrides, seeds=args.seeds,
+                         device=args.device, executor=args.submit, slurm=slurm, max_parallel=args.max_parallel,
+                         time_limit_min=args.time if args.submit == "local" else None)
+    if not args.quiet:
+        print(f"submitted {record['job_id']} ({args.submit}, {record['status']}); runs {', '.join(record['run_ids'])}. "
+              f"Follow it with: python -m hsfm_core jobs --workspace {args.workspace}", file=sys.stderr)
+    print(json.dumps({"job_id": record["job_id"], "status": record["status"], "executor": record["executor"],
+                      "submitit_job_id": record["submitit_job_id"], "runs": record["run_ids"]}))
+    return 0
+
+
 def _run_train(args) -> int:
+    if args.submit:
+        return _submit_train(args)
+    if args.max_parallel is not None or args.partition or args.slurm_param:
+        raise InputError("--max-parallel, --partition and --slurm-param need --submit")
     from tqdm.auto import tqdm
 
     from hsfm_core.train import summarize, train
@@ -215,6 +257,87 @@ def _run_runs(args) -> int:
               f"{_pct(r['test_wga']):>9} {_pct(r['test_avg_adjusted']):>13} {_pct(r['val_wga']):>8}")
     if not rows:
         print("(no runs yet: python -m hsfm_core train --workspace … --method erm|dfr|hsfm)")
+    from hsfm_core.jobs import ACTIVE, list_jobs
+
+    active = [j for j in list_jobs(args.workspace) if j["status"] in ACTIVE]
+    if active:
+        print(f"\n{len(active)} job(s) queued or running:")
+        _print_jobs(args.workspace, active)
+    return 0
+
+
+def _job_row(workspace, job) -> dict:
+    from hsfm_core.jobs import job_progress
+
+    progress = job_progress(workspace, job["job_id"])
+    last = next((e for e in reversed(progress["entries"]) if e["stage"] == "epoch"), None)
+    return {"job_id": job["job_id"], "status": job["status"], "executor": job["executor"],
+            "method": job["spec"]["method"], "seeds": job["spec"]["seeds"], "runs": job["run_ids"],
+            "stage": progress["stage"], "epoch": progress["epoch"], "epochs": progress["epochs"],
+            "val_wga": last["val_wga"] if last else None, "elapsed_s": progress["elapsed_s"],
+            "eta_s": progress["eta_s"], "error": job["error"], "created_at": job["created_at"]}
+
+
+def _seconds(x) -> str:
+    return "—" if x is None else f"{x:.0f}s"
+
+
+def _print_jobs(workspace, job_list) -> None:
+    print(f"{'job':<26} {'status':<9} {'where':<6} {'method':<6} {'epoch':>11} {'val WGA':>8} {'elapsed':>8} "
+          f"{'eta':>6}  runs")
+    for job in job_list:
+        r = _job_row(workspace, job)
+        epoch = f"{r['epoch']}/{r['epochs']}" if r["epochs"] else (r["stage"] or "—")
+        print(f"{r['job_id']:<26} {r['status']:<9} {r['executor']:<6} {r['method']:<6} {epoch:>11} "
+              f"{_pct(r['val_wga']):>8} {_seconds(r['elapsed_s']):>8} {_seconds(r['eta_s']):>6}  {', '.join(r['runs'])}")
+        if r["error"]:
+            print(f"{'':<26} error: {r['error']}")
+
+
+def _add_jobs(sub) -> None:
+    p = sub.add_parser("jobs", help="list a workspace's background training jobs (train --submit)")
+    p.add_argument("--workspace", required=True)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--log", metavar="JOB_ID", help="print the last lines of this job's stdout and stderr")
+    p.add_argument("--lines", type=int, default=40)
+    p.set_defaults(func=_run_jobs)
+    c = sub.add_parser("cancel", help="cancel a queued or running job (its runs are kept as cancelled)")
+    c.add_argument("--workspace", required=True)
+    c.add_argument("job_id")
+    c.add_argument("--wait", type=float, default=10, help="seconds to wait for the job to stop (0: do not wait)")
+    c.set_defaults(func=_run_cancel)
+
+
+def _run_jobs(args) -> int:
+    from hsfm_core.jobs import list_jobs, log_tail
+
+    if args.log:
+        tail = log_tail(args.workspace, args.log, args.lines)
+        print(tail["stdout"])
+        if tail["stderr"]:
+            print("--- stderr ---")
+            print(tail["stderr"])
+        return 0
+    job_list = list_jobs(args.workspace)
+    if args.json:
+        print(json.dumps([_job_row(args.workspace, j) for j in job_list]))
+        return 0
+    _print_jobs(args.workspace, job_list)
+    if not job_list:
+        print("(no jobs yet: python -m hsfm_core train … --submit local)")
+    return 0
+
+
+def _run_cancel(args) -> int:
+    from hsfm_core.jobs import ACTIVE, cancel, wait
+
+    record = cancel(args.workspace, args.job_id)
+    if record["status"] in ACTIVE and args.wait > 0:
+        try:
+            record = wait(args.workspace, args.job_id, timeout_s=args.wait)
+        except TimeoutError:
+            pass
+    print(json.dumps({"job_id": record["job_id"], "status": record["status"], "runs": record["run_ids"]}))
     return 0
 
 
@@ -433,6 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_runs(sub)
+    _add_jobs(sub)
     _add_demo(sub)
     _add_retrieval(sub)
     _add_decode(sub)

@@ -358,3 +358,33 @@ def test_slurm_job_through_fake_slurm_commands(ws, fake_slurm):
     failed = _until(lambda: (j := jobs.get_job(ws, lost["job_id"]))["status"] != "running" and j, 30, "failure")
     assert failed["status"] == "failed" and "killed?" in failed["error"] and "COMPLETED" in failed["error"]
     assert _run_status(ws, lost["run_ids"][0]) == "failed"
+
+
+@pytest.mark.slow
+def test_cli_submit_list_and_cancel(ws, capsys):
+    from hsfm_core.cli import main
+
+    assert main(["train", "--workspace", str(ws), "--method", "hsfm", "--set", "alpha=abc", "--submit", "local"]) == 2
+    assert "alpha=abc" in capsys.readouterr().err and jobs.list_jobs(ws) == []
+    assert main(["train", "--workspace", str(ws), "--method", "hsfm", "--submit", "slurm"]) == 2
+    assert "needs --partition" in capsys.readouterr().err
+
+    assert main(["train", "--workspace", str(ws), "--method", "hsfm", "--set", *ENDLESS, "--device", "cpu",
+                 "--submit", "local", "--quiet"]) == 0
+    submitted = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    job_id = submitted["job_id"]
+    assert submitted["status"] in ("queued", "running") and submitted["runs"] == jobs.get_job(ws, job_id)["run_ids"]
+    _until(lambda: _epochs_seen(ws, job_id) >= 1, 60, "an epoch")
+
+    assert main(["runs", "--workspace", str(ws)]) == 0
+    listing = capsys.readouterr().out
+    assert "1 job(s) queued or running" in listing and job_id in listing and "running" in listing
+    assert main(["jobs", "--workspace", str(ws), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["job_id"] == job_id and row["status"] == "running" and row["epochs"] == 100000 and row["epoch"] >= 1
+
+    assert main(["cancel", "--workspace", str(ws), job_id, "--wait", "30"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "cancelled"
+    assert main(["jobs", "--workspace", str(ws), "--log", job_id, "--lines", "5"]) == 0
+    assert "[job] cancelled" in capsys.readouterr().out
+    assert main(["cancel", "--workspace", str(ws), "job-20000101-000000-abcd"]) == 2
