@@ -1,11 +1,11 @@
 """Groups: per-group accuracy of the compared runs, with intervals, averages, confusion and flips."""
 
-import plotly.graph_objects as go
 import streamlit as st
 
 from hsfm_core import ui
 from hsfm_core.compare import (AVERAGE_LABELS, accuracy_table, averages_table, confusion_by_group, flip_counts,
                                prediction_flips, run_label)
+from hsfm_core.figures import accuracy_bars
 
 ui.page_setup("Groups")
 st.title("Groups")
@@ -21,18 +21,7 @@ splits = [s for s in ("val", "test") if store.has_split(s)]
 split = st.radio("Split", splits, index=len(splits) - 1, horizontal=True)
 table = accuracy_table(store, compared, split)
 
-figure = go.Figure()
-for run_name, rows in table.groupby("run", sort=False):
-    figure.add_bar(name=run_name, x=rows["group"], y=rows["accuracy"],
-                   error_y={"type": "data", "array": rows["ci_high"] - rows["accuracy"],
-                            "arrayminus": rows["accuracy"] - rows["ci_low"]},
-                   marker_pattern_shape=["/" if w else "" for w in rows["worst"]],
-                   customdata=rows[["n", "ci_low", "ci_high"]],
-                   hovertemplate="%{x}<br>accuracy %{y:.1%} (95% CI %{customdata[1]:.1%}–%{customdata[2]:.1%})"
-                                 "<br>n = %{customdata[0]}<extra>%{fullData.name}</extra>")
-figure.update_layout(barmode="group", yaxis={"tickformat": ".0%", "range": [0, 1.05], "title": "accuracy"},
-                     xaxis_title="group (class · attribute)", height=420, legend={"orientation": "h", "y": -0.25})
-st.plotly_chart(figure, width="stretch")
+st.plotly_chart(accuracy_bars(table), width="stretch")
 
 st.markdown(f"**Averages on {split}** — each one labelled; papers mean different things by “average”.")
 averages = averages_table(store, compared, split)

@@ -18,3 +18,12 @@ def tiny_clip(tmp_path_factory) -> str:
 @pytest.fixture()
 def waterbirds_dir(tmp_path):
     return make_waterbirds(tmp_path / "waterbirds")
+
+
+@pytest.fixture(scope="session")
+def app_workspace(tmp_path_factory):
+    """A small workspace with images, CLIP features and ERM, DFR and HSFM runs (read-only: copy it
+    before adding runs)."""
+    from tests.appdata import make_app_workspace
+
+    return make_app_workspace(tmp_path_factory.mktemp("app"))

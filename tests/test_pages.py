@@ -1,0 +1,211 @@
+"""Every page of the app, run headless with Streamlit's AppTest on a small real workspace
+(tests/appdata.py): it renders, its widgets change what is shown, and bad input is a message."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from hsfm_core import ui
+from hsfm_core.compare import predictions, prediction_flips
+from hsfm_core.decode import clip_space_map, decode_run, encode_concepts, read_concepts
+from hsfm_core.features import FeatureStore
+from hsfm_core.runs import list_runs, load_support
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+
+
+def open_page(monkeypatch, workspace, page: str | None = None) -> AppTest:
+    monkeypatch.setenv("HSFM_WORKSPACE", str(workspace))
+    at = AppTest.from_file(APP, default_timeout=180).run()
+    assert not at.exception, at.exception
+    if page:
+        at.switch_page(f"pages/{page}.py").run()
+        assert not at.exception, at.exception
+    return at
+
+
+def runs_by_method(workspace) -> dict:
+    return {r["method"]: r for r in list_runs(workspace)}
+
+
+def texts(at) -> str:
+    return "\n".join([m.value for m in at.markdown] + [c.value for c in at.caption] + [i.value for i in at.info])
+
+
+def test_home_shows_the_dataset_card_and_compared_runs(monkeypatch, app_workspace):
+    at = open_page(monkeypatch, app_workspace)
+    counts = at.dataframe[0].value
+    assert counts.loc["waterbird · land background", "train"] == 6 and counts.loc["landbird · land background", "test"] == 10
+    assert "87% of train landbird examples have land background" in texts(at)
+    assert len(at.get("image")) > 0  # example thumbnails per group
+    compared = at.dataframe[2].value
+    assert len(compared) == 3 and {"ERM", "DFR", "HSFM"} == {i.split(" · ")[0] for i in compared.index}
+    assert at.sidebar.multiselect[0].value == [runs_by_method(app_workspace)[m]["run_id"] for m in ("erm", "dfr", "hsfm")]
+
+
+def test_home_switches_workspace_and_keeps_the_old_one_on_a_bad_folder(monkeypatch, app_workspace, tmp_path):
+    at = open_page(monkeypatch, app_workspace)
+    at.text_input[0].set_value(str(tmp_path / "nowhere"))
+    at.button[0].click().run()
+    assert not at.exception
+    assert "Could not open that workspace" in at.error[0].value and "nowhere" in at.error[0].value
+    assert at.metric[0].value == "172"  # still the app workspace
+    other = tmp_path / "other"
+    from tests.test_app import small_workspace
+
+    small_workspace(other)
+    at.text_input[0].set_value(str(other))
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    assert at.metric[0].value == "8"
+    assert "No finished runs yet" in at.sidebar.info[0].value
+
+
+def test_groups_page_shows_each_runs_groups_and_what_changed(monkeypatch, app_workspace):
+    at = open_page(monkeypatch, app_workspace, "1_Groups")
+    runs = runs_by_method(app_workspace)
+    averages = at.dataframe[0].value
+    assert averages.loc[f"HSFM · {runs['hsfm']['run_id']}", "worst-group accuracy"] == runs["hsfm"]["metrics"]["test"]["wga"]
+    at.radio[0].set_value("val").run()
+    averages = at.dataframe[0].value
+    assert averages.loc[f"ERM · {runs['erm']['run_id']}", "worst-group accuracy"] == runs["erm"]["metrics"]["val"]["wga"]
+    confusion = at.dataframe[2].value
+    assert confusion.drop(columns="accuracy").to_numpy().sum() == 40
+    # what changed, ERM → HSFM on val, against a direct computation
+    store = FeatureStore.open(app_workspace)
+    flips = prediction_flips(store, predictions(store, runs["erm"], "val"), predictions(store, runs["hsfm"], "val"), "val")
+    counts = at.dataframe[3].value
+    assert counts["fixed"].sum() == (flips["change"] == "fixed").sum()
+    assert counts["broken"].sum() == (flips["change"] == "broken").sum()
+    # fewer runs compared in the sidebar → fewer rows everywhere, and no flips view
+    at.sidebar.multiselect[0].set_value([runs["dfr"]["run_id"]]).run()
+    assert list(at.dataframe[0].value.index) == [f"DFR · {runs['dfr']['run_id']}"]
+    assert "Compare two or more runs" in texts(at)
+
+
+def test_projection_selection_drives_counts_and_grid_and_survives_recolouring(monkeypatch, app_workspace):
+    at = open_page(monkeypatch, app_workspace, "2_Projection")
+    at.get("form_submit_button")[0].click().run()
+    assert not at.exception, at.exception
+    assert len(at.get("plotly_chart")) == 1
+    frame = pd.read_parquet(sorted((app_workspace / "cache").glob("umap-*.parquet"))[-1])
+    hsfm = runs_by_method(app_workspace)["hsfm"]
+    map_name = next(k for k in [f"{FeatureStore.open(app_workspace).content_hash}:{hsfm['run_id']}:15:0.1"])
+    # AppTest cannot draw a lasso: set the page's own selection state, as a lasso does
+    chosen = np.flatnonzero((frame["group"] == 1).to_numpy() & (frame["kind"] != "edited").to_numpy())[:5]
+    at.session_state[ui.SELECTION_KEY] = {"map": map_name, "positions": chosen.tolist(),
+                                          "rows": sorted(frame["row"].iloc[chosen].astype(int)),
+                                          "support": [], "run_id": hsfm["run_id"]}
+    at.run()
+    summary = at.dataframe[0].value
+    assert summary.loc["landbird · water background", "points"] == 5 and summary["points"].sum() == 5
+    assert "Selection: 5 images" in texts(at)
+    assert len(at.get("image")) >= 1
+    at.get("button_group")[0].set_value("split").run()  # re-colour
+    assert not at.exception and at.dataframe[0].value["points"].sum() == 5
+    next(b for b in at.button if b.label == "Clear selection").click().run()
+    assert ui.SELECTION_KEY not in at.session_state and not at.dataframe
+
+
+def test_decode_page_scores_the_runs_edits_and_the_selection(monkeypatch, app_workspace, tmp_path):
+    at = open_page(monkeypatch, app_workspace, "3_Decode")
+    store = FeatureStore.open(app_workspace)
+    hsfm = runs_by_method(app_workspace)["hsfm"]
+    to_clip, encoder = clip_space_map(store)
+    bank = encode_concepts(encoder, *read_concepts(), cache_dir=tmp_path)
+    expected = decode_run(store, load_support(hsfm), bank, to_clip, store.class_names)
+    assert [m.value for m in at.metric][:2] == [f"{e['contrast']:+.3f}" for e in expected["per_class"]]
+    at.selectbox(key="decode.negative").set_value("duck").run()  # another contrast changes the numbers
+    changed = decode_run(store, load_support(hsfm), bank, to_clip, store.class_names,
+                         contrast=("water background", "duck"))
+    assert [m.value for m in at.metric][:2] == [f"{e['contrast']:+.3f}" for e in changed["per_class"]]
+    # a Projection selection is described too
+    rows = store.rows("test", [2])[:4].tolist()
+    at.session_state[ui.SELECTION_KEY] = {"map": "x", "positions": [], "rows": rows, "support": [0, 1],
+                                          "run_id": hsfm["run_id"]}
+    at.run()
+    assert "4 selected images" in texts(at) and "Mean edit of the 2 selected support examples" in texts(at)
+
+
+def test_decode_page_edits_its_vocabulary_and_refuses_a_bad_one(monkeypatch, app_workspace):
+    at = open_page(monkeypatch, app_workspace, "3_Decode")
+    at.session_state["decode.vocabulary"] = pd.DataFrame({"concept": ["water background", "land background", "a red bird"],
+                                                          "category": ["bg", "bg", "bird"]})
+    at.run()
+    assert not at.exception and at.selectbox(key="decode.positive").options == ["water background", "land background",
+                                                                              "a red bird"]
+    at.session_state["decode.vocabulary"] = pd.DataFrame({"concept": ["ocean", "ocean"], "category": ["", ""]})
+    at.run()
+    assert "no duplicates (repeated: ocean)" in at.error[0].value
+
+
+def test_decode_page_explains_a_store_without_clip_text(monkeypatch, tmp_path):
+    from tests.gaussian import gaussian_workspace, hsfm_and_erm_runs
+
+    gaussian_workspace(tmp_path / "ws")
+    hsfm_and_erm_runs(tmp_path / "ws")
+    at = open_page(monkeypatch, tmp_path / "ws", "3_Decode")
+    assert "not in a CLIP joint space" in at.warning[0].value
+    at.text_input(key="decode.bridge").set_value(str(tmp_path / "missing")).run()
+    assert not at.exception and "Cannot decode with this store" in at.error[0].value
+
+
+def test_neighbors_page_compares_original_and_edited_neighbours(monkeypatch, app_workspace):
+    at = open_page(monkeypatch, app_workspace, "4_Neighbors")
+    assert [h.value for h in at.subheader] == ["Nearest to the original feature", "Nearest to the edited feature"]
+    before, after = at.dataframe[0].value, at.dataframe[1].value
+    assert before.to_numpy().sum() == 16 and after.to_numpy().sum() == 16
+    captions = [c.value for c in at.caption]
+    assert any("cos " in c for c in captions) or len(at.get("image")) >= 32
+    assert len(at.metric) == 3 and "%" in at.metric[0].value
+    at.slider(key="neighbors.k").set_value(8).run()
+    assert at.dataframe[0].value.to_numpy().sum() == 8
+    at.radio(key="neighbors.mode").set_value("Any image (store row)").run()
+    at.number_input(key="neighbors.row").set_value(200).run()
+    assert not at.exception and [h.value for h in at.subheader] == ["Nearest to this image's feature"]
+
+
+def test_lesson_walks_through_every_step(monkeypatch, app_workspace):
+    at = open_page(monkeypatch, app_workspace, "6_Lesson")
+    headers = []
+    for _ in range(6):
+        assert not at.exception and not at.error, (at.exception, at.error)
+        headers.append(at.header[0].value)
+        next_button = at.button(key="lesson.next")
+        if next_button.disabled:
+            break
+        next_button.click().run()
+    assert headers == ["Meet the data", "A shortcut in the training set", "The usual model fails the rare groups",
+                       "The features were fine: retrain only the head", "HSFM: edit a few features", "Your turn"]
+    at.button(key="lesson.back").click().run()
+    assert at.header[0].value == "HSFM: edit a few features"
+    assert "water − land contrast" in texts(at)
+
+
+@pytest.mark.parametrize("page", ["1_Groups", "2_Projection", "3_Decode", "4_Neighbors", "6_Lesson"])
+def test_every_page_reports_a_broken_workspace(monkeypatch, tmp_path, page):
+    (tmp_path / "ws").mkdir()
+    monkeypatch.setenv("HSFM_WORKSPACE", str(tmp_path / "ws"))
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception
+    assert "Cannot open the workspace" in at.error[0].value and "no manifest.json" in at.error[0].value
+
+
+def test_runs_from_another_store_are_hidden_and_a_corrupt_run_is_a_message(monkeypatch, app_workspace, tmp_path):
+    workspace = tmp_path / "ws"
+    shutil.copytree(app_workspace, workspace)
+    runs = runs_by_method(workspace)
+    config = json.loads((runs["erm"]["path"] / "config.json").read_text())
+    (runs["erm"]["path"] / "config.json").write_text(json.dumps({**config, "store_hash": "blake2b:other"}))
+    (runs["dfr"]["path"] / "head.safetensors").write_bytes(b"not a safetensors file")
+    at = open_page(monkeypatch, workspace, "1_Groups")
+    assert f"1 run(s) trained on another store are hidden: {runs['erm']['run_id']}" in "\n".join(
+        c.value for c in at.sidebar.caption)
+    at.selectbox(key="groups.confusion_run").set_value(runs["dfr"]["run_id"]).run()
+    assert not at.exception and "Cannot evaluate that run" in at.error[0].value
