@@ -347,7 +347,7 @@ def launch(
             ex.update_parameters(**params)
         job = ex.submit(_worker_main, str(workspace), job_id)
     except Exception as exc:
-        message = f"submission failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        message = f"submission failed: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
         _update(directory, status="failed", error=message, finished_at=_now())
         _append_progress(directory, "failed", error=message)
         raise InputError(message) from exc
@@ -404,11 +404,18 @@ def _acquire_slot(workspace: Path, record: dict, directory: Path):
                 fh.close()
                 continue
             return fh, i
+        _check_cancel(directory)
         if not waiting:
             waiting = True
             _append_progress(directory, "queued", message=f"waiting for a free slot ({limit} job(s) at a time)")
             print(f"[job] waiting for one of {limit} slots", flush=True)
         time.sleep(SLOT_POLL_S)
+
+
+def _check_cancel(directory: Path) -> None:
+    """A cancel that could not signal this process (another host, no scancel) is seen here."""
+    if _read(directory).get("cancel_requested"):
+        raise KeyboardInterrupt("cancel requested")
 
 
 def _mean(entries: list[dict], key: str):
@@ -440,6 +447,7 @@ def _worker_main(workspace: str, job_id: str) -> str:
         from hsfm_core.train import train
 
         def progress(epoch: int, epochs: int, entries: list[dict]) -> None:
+            _check_cancel(directory)
             if epoch == 0:
                 _append_progress(directory, "training", epoch=0, epochs=epochs)
                 print(f"[job] training {epochs} epochs", flush=True)

@@ -1,0 +1,117 @@
+"""The job system's costs on CPU: launch → first progress line, and a whole HSFM run through a
+local submitit job vs the same `train()` call in this process.
+
+    python -m benchmarks.bench_jobs [--latency-repeats 5] [--repeats 1]
+
+Workspace: generated features of Waterbirds size (d = 2048, the exact train/val/test group counts;
+the generator of bench_hsfm). (1) Latency: `launch()` an HSFM job, time until its worker has
+written its first line (`started`), then cancel it; the first launch in a process also pays
+importing torch for the input checks and is reported apart (`cold`). (2) Wall time of the
+`waterbirds` preset HSFM run, seed 0, on CPU: `launch()` → `wait()` returns `done`, vs `train()`
+called directly here (torch already imported). Both include the ERM probe for θ₀ and the evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.bench_hsfm import GROUP_COUNTS, problem
+from hsfm_core import jobs
+from hsfm_core.features import write_store
+
+MANIFEST = {"dataset": {"format": "synthetic", "source": "bench", "options": {}}, "image_root": None,
+            "class_names": ["landbird", "waterbird"], "attribute_names": ["land", "water"],
+            "backbone": {"kind": "imported", "model": None, "pretrained": None, "id": "bench-2048"},
+            "clip_space": False, "text_encoder": None, "shard": None}
+
+
+def waterbirds_workspace(path: Path) -> Path:
+    parts = [(split, *problem(GROUP_COUNTS["waterbirds"][split], seed))
+             for seed, split in enumerate(("train", "val", "test"))]
+    x = np.concatenate([p[1] for p in parts])
+    y = np.concatenate([p[2] for p in parts])
+    a = np.concatenate([p[3] for p in parts])
+    split = np.concatenate([[p[0]] * len(p[1]) for p in parts])
+    meta = pd.DataFrame({"row_id": np.arange(len(x)), "sample_id": [str(i) for i in range(len(x))], "split": split,
+                         "y": y, "a": a, "g": 2 * y + a, "image_path": ""})
+    write_store(path, x, meta, MANIFEST)
+    return path
+
+
+def first_line_latency(ws: Path) -> tuple[float, float]:
+    """(seconds until launch() returned, seconds until the worker's first progress line)."""
+    t0 = time.perf_counter()
+    record = jobs.launch(ws, "hsfm", device="cpu")
+    returned = time.perf_counter() - t0
+    while not jobs.read_progress(ws, record["job_id"]):
+        time.sleep(0.005)
+    first = time.perf_counter() - t0
+    jobs.cancel(ws, record["job_id"])
+    jobs.wait(ws, record["job_id"], timeout_s=60, poll_s=0.05)
+    return returned, first
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--latency-repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3, help="waterbirds runs through each path")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = waterbirds_workspace(Path(tmp) / "ws")
+        cold_return, cold_first = first_line_latency(ws)
+        warm = [first_line_latency(ws) for _ in range(args.latency_repeats)]
+        returned = statistics.median(r for r, _ in warm)
+        first = statistics.median(f for _, f in warm)
+        print(f"launch → first progress line: median {first:.2f} s over {len(warm)} (launch() itself returns "
+              f"after {returned:.2f} s); first launch in a process {cold_first:.2f} s ({cold_return:.2f} s in launch(), "
+              f"importing torch for the input checks)")
+
+        from hsfm_core.train import train
+
+        job_times, direct_times, stages = [], [], {}
+        load_before = os.getloadavg()[0]
+        for i in range(args.repeats):  # alternate the order: other load on the machine hits both paths alike
+            if i % 2:
+                t0 = time.perf_counter()
+                train(ws, "hsfm", preset="waterbirds", device="cpu")
+                direct_times.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            record = jobs.launch(ws, "hsfm", preset="waterbirds", device="cpu")
+            final = jobs.wait(ws, record["job_id"], timeout_s=3600, poll_s=0.05)
+            job_times.append(time.perf_counter() - t0)
+            assert final["status"] == "done", final
+            entries = jobs.read_progress(ws, record["job_id"])
+            at = {e["stage"]: e["t"] for e in entries}
+            stages = {"first_line_to_loading_s": at["loading store"] - at["started"],
+                      "loading_to_training_s": at["training"] - at["loading store"],
+                      "training_to_done_s": at["done"] - at["training"]}
+            if not i % 2:
+                t0 = time.perf_counter()
+                train(ws, "hsfm", preset="waterbirds", device="cpu")
+                direct_times.append(time.perf_counter() - t0)
+        job_s, direct_s = statistics.median(job_times), statistics.median(direct_times)
+        print(f"waterbirds preset HSFM, 1 seed, CPU: through a local job {job_s:.2f} s, direct train() {direct_s:.2f} s "
+              f"→ job-system overhead {job_s - direct_s:+.2f} s ({100 * (job_s / direct_s - 1):+.1f}%)")
+        print(f"samples: job {[round(t, 2) for t in job_times]}, direct {[round(t, 2) for t in direct_times]}; "
+              f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (2 cores)")
+        print(f"inside the job: {', '.join(f'{k} {v:.2f}' for k, v in stages.items())} (the worker imports torch "
+              f"after its first line)")
+        print(json.dumps({"first_line_median_s": first, "launch_return_median_s": returned,
+                          "first_line_cold_s": cold_first, "launch_return_cold_s": cold_return,
+                          "latency_samples": warm, "waterbirds_job_s": job_times, "waterbirds_direct_s": direct_times,
+                          "overhead_s": job_s - direct_s, "job_stages": stages,
+                          "load_average_before_after": [load_before, os.getloadavg()[0]]}))
+
+
+if __name__ == "__main__":
+    main()
