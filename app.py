@@ -96,7 +96,7 @@ if store.image_root is not None:
     names = group_names(store)
     for g, rows in example_rows(store, split, per_group=8).items():
         st.markdown(f"**{names[g]}** ({len(store.rows(split, [g])):,} in {split})")
-        ui.image_grid(store, rows, [f"row {r}" for r in rows], key=f"home.g{g}", columns=8, page_size=8)
+        ui.image_grid(store, rows, [f"row {r}" for r in rows], key=f"home.g{g}", page_size=8)
 else:
     st.caption("This store was imported without images, so there are no example pictures.")
 

@@ -59,12 +59,13 @@ def projection_map(frame: pd.DataFrame, colours: pd.Series, drawn: np.ndarray, s
     colour_of = {c: PALETTE[i % len(PALETTE)] for i, c in enumerate(categories)}
     kind = frame["kind"].to_numpy()
     drawn = np.asarray(drawn, dtype=np.int64)
+    size, opacity = (7, 0.6) if len(drawn) < 2_000 else (4, 0.4) if len(drawn) < 20_000 else (3, 0.3)
     for category in categories:
         members = drawn[(colours.to_numpy()[drawn] == category) & (kind[drawn] == "original")]
         if len(members):
             figure.add_scattergl(x=frame["x"].to_numpy()[members], y=frame["y"].to_numpy()[members], mode="markers",
                                  name=str(category), legendgroup=str(category), customdata=members,
-                                 marker={"size": 4, "opacity": 0.35, "color": colour_of[category]},
+                                 marker={"size": size, "opacity": opacity, "color": colour_of[category]},
                                  hovertemplate=f"{category}<br>row %{{text}}<extra></extra>",
                                  text=frame["row"].to_numpy()[members])
     support = np.flatnonzero(kind == "support")

@@ -214,6 +214,6 @@ def selection_summary(frame: pd.DataFrame, positions: np.ndarray, group_labels: 
         row = {"group": name, "points": len(members), "edited": int(((chosen["kind"] == "edited")
                                                                        & (chosen["group"] == g)).sum())}
         if "correct" in frame:
-            row["accuracy"] = float(members["correct"].mean()) if len(members) else None
+            row["accuracy"] = float(members["correct"].mean()) if len(members) else float("nan")
         rows.append(row)
     return pd.DataFrame(rows).set_index("group")

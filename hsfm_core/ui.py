@@ -263,9 +263,8 @@ def thumbnail(path: str, size: int = THUMB_PX) -> bytes | None:
         return None
 
 
-def image_grid(store, rows, captions: list[str], key: str, columns: int = 8, page_size: int = 32,
-               size: int = THUMB_PX) -> None:
-    """Thumbnails of store rows with captions, paged."""
+def image_grid(store, rows, captions: list[str], key: str, page_size: int = 32, size: int = THUMB_PX) -> None:
+    """Thumbnails of store rows with captions, paged; they wrap to the width of the container."""
     rows = np.asarray(rows, dtype=np.int64)
     if len(rows) == 0:
         st.caption("No images to show.")
@@ -279,15 +278,25 @@ def image_grid(store, rows, captions: list[str], key: str, columns: int = 8, pag
     if pages > 1:
         page = st.number_input(f"Page (of {pages}, {page_size} images each)", 1, pages, 1, key=f"{key}.page")
     start = (page - 1) * page_size
-    shown = list(zip(rows[start:start + page_size], captions[start:start + page_size]))
-    for offset in range(0, len(shown), columns):
-        cells = st.columns(columns)
-        for cell, (row, caption) in zip(cells, shown[offset:offset + columns]):
-            data = thumbnail(str(store.image_path(int(row))), size)
-            if data is None:
-                cell.caption(f"row {row}: image missing\n\n{caption}")
-            else:
-                cell.image(data, caption=caption, width=size)
+    shown_rows, shown_captions = rows[start:start + page_size], captions[start:start + page_size]
+    pictures = [thumbnail(str(store.image_path(int(row))), size) for row in shown_rows]
+    missing = [str(row) for row, data in zip(shown_rows, pictures) if data is None]
+    if missing:
+        st.caption(f"{len(missing)} image(s) could not be read (rows {', '.join(missing[:10])}); shown blank.")
+    # one image element for the whole page of thumbnails: far cheaper than one element per picture
+    st.image([data if data is not None else _blank(size) for data in pictures], caption=list(shown_captions),
+             width=size)
+
+
+@st.cache_data(show_spinner=False)
+def _blank(size: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), (220, 220, 220)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 @st.cache_data(max_entries=64, show_spinner=False)

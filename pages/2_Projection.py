@@ -1,6 +1,8 @@
 """Projection: a UMAP map of every feature with the support set before → after editing; a lasso
 or box selection drives an image grid and per-group counts."""
 
+from functools import partial
+
 import numpy as np
 import streamlit as st
 
@@ -62,26 +64,38 @@ def remember_selection(positions: np.ndarray) -> None:
         "run_id": focus["run_id"] if focus else None}
 
 
+def chart_key() -> str:
+    """The map's widget key. It changes whenever the remembered selection does, so that plotly's
+    own selection state never disagrees with ours (a repeated lasso must still register)."""
+    return f"projection.chart.{st.session_state.setdefault('projection.chart_version', 0)}"
+
+
+def on_map_select(key: str) -> None:
+    """Runs before the rerun a lasso / box / click triggers, so the rerun already draws the new
+    selection; an empty event keeps the remembered selection."""
+    picked = st.session_state[key].selection
+    if picked["points"] or picked["box"] or picked["lasso"]:
+        ids = {int(np.ravel([p["customdata"]])[0]) for p in picked["points"] if "customdata" in p}
+        ids |= set(points_in_region(frame, picked["box"], picked["lasso"]).tolist())
+        remember_selection(np.array(sorted(ids), dtype=np.int64))
+        st.session_state["projection.chart_version"] += 1
+
+
+def clear_selection() -> None:
+    st.session_state.pop(ui.SELECTION_KEY, None)
+    st.session_state["projection.chart_version"] = st.session_state.get("projection.chart_version", 0) + 1
+
+
 @st.fragment
 def map_and_selection() -> None:
     colour = st.segmented_control("Colour by", COLOUR_FIELDS, default="group", key="projection.colour") or "group"
     colours = colour_values(frame, colour, store.class_names, store.attribute_names, labels)
     selected = current_selection()
-    event = st.plotly_chart(projection_map(frame, colours, drawn, selected), key="projection.chart",
-                            on_select="rerun", selection_mode=("lasso", "box", "points"), width="stretch",
-                            config={"scrollZoom": True})
-    picked = event.selection if event else None
-    if picked and (picked["points"] or picked["box"] or picked["lasso"]):
-        ids = {int(np.ravel([p["customdata"]])[0]) for p in picked["points"] if "customdata" in p}
-        ids |= set(points_in_region(frame, picked["box"], picked["lasso"]).tolist())
-        positions = np.array(sorted(ids), dtype=np.int64)
-        if not np.array_equal(positions, selected):
-            remember_selection(positions)
-            st.rerun(scope="fragment")  # redraw the outline of the new selection
+    key = chart_key()
+    st.plotly_chart(projection_map(frame, colours, drawn, selected), key=key, on_select=partial(on_map_select, key),
+                    selection_mode=("lasso", "box", "points"), width="stretch", config={"scrollZoom": True})
     left, right = st.columns([1, 4])
-    if left.button("Clear selection", disabled=len(selected) == 0):
-        st.session_state.pop(ui.SELECTION_KEY, None)
-        st.rerun(scope="fragment")
+    left.button("Clear selection", disabled=len(selected) == 0, on_click=clear_selection)
     if len(selected) == 0:
         right.caption("Draw a lasso or a box on the map (the toolbar switches between them) to see the images inside.")
         return
@@ -89,7 +103,7 @@ def map_and_selection() -> None:
     right.markdown(f"**Selection: {len(chosen['rows']):,} images, {len(chosen['support'])} support examples.** "
                    "It stays when you re-colour; Decode and Neighbors can use it.")
     summary = selection_summary(frame, selected, labels)
-    st.dataframe(summary.style.format({"accuracy": "{:.1%}"}, na_rep="—"), width="stretch")
+    st.dataframe(summary, width="stretch", column_config={"accuracy": st.column_config.NumberColumn(format="percent")})
     if "accuracy" in summary:
         st.caption(f"Accuracy of {focus['run_id'] if focus else 'the run'}'s head on the selected originals.")
     rows = np.asarray(chosen["rows"], dtype=np.int64)

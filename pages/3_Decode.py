@@ -84,7 +84,7 @@ else:
         picture, bars = st.columns([1, 3])
         if indices[example] >= 0:
             with picture:
-                ui.image_grid(store, [indices[example]], [describe(example)], key="decode.picture", columns=1, size=160)
+                ui.image_grid(store, [indices[example]], [describe(example)], key="decode.picture", size=160)
         chosen = decode_edit_selection(support, [example], bank, to_clip, top=top, contrast=contrast)
         bars.metric("Contrast", f"{chosen['contrast']:+.3f}")
         bars.plotly_chart(concept_bars(chosen["top"]), width="stretch", key="decode.example_bars")

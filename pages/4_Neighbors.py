@@ -51,7 +51,7 @@ else:
 
 if row >= 0:
     st.markdown(f"**Query: row {row} · {labels[group_of[row]]} · {store.meta['split'].iat[row]}**")
-    ui.image_grid(store, [row], ["the query image"], key="neighbors.query", columns=8, size=128)
+    ui.image_grid(store, [row], ["the query image"], key="neighbors.query", size=128)
 
 columns = st.columns(len(queries))
 for column, (title, (vector, own)) in zip(columns, queries.items()):
@@ -63,7 +63,7 @@ for column, (title, (vector, own)) in zip(columns, queries.items()):
         counts = pd.Series([labels[group_of[i]] for i in ids]).value_counts().reindex(labels, fill_value=0)
         st.dataframe(counts.rename("neighbours").to_frame().T, width="stretch")
         ui.image_grid(store, ids, [f"{labels[group_of[i]]} · cos {s:.3f}" for i, s in zip(ids, scores)],
-                      key=f"neighbors.{title}", columns=4, page_size=k)
+                      key=f"neighbors.{title}", page_size=k)
 
 if support is not None:
     st.header("Edit shift for the whole run")

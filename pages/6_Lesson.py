@@ -31,7 +31,7 @@ def pictures(split: str, per_group: int = 6, groups=None) -> None:
     for g, rows in example_rows(store, split, per_group, seed=1).items():
         if groups is None or g in groups:
             st.markdown(f"**{labels[g]}**")
-            ui.image_grid(store, rows, [labels[g]] * len(rows), key=f"lesson.{step}.{g}", columns=per_group,
+            ui.image_grid(store, rows, [labels[g]] * len(rows), key=f"lesson.{step}.{g}",
                           page_size=per_group)
 
 
@@ -79,7 +79,7 @@ elif step == 2:
         sel = store.select("test")
         wrong = sel.rows[(sel.g == worst) & (predicted != sel.y)][:12]
         ui.image_grid(store, wrong, [f"called {classes[1 - worst // len(attributes)]}"] * len(wrong),
-                      key="lesson.wrong", columns=6, page_size=12)
+                      key="lesson.wrong", page_size=12)
 elif step == 3:
     st.header("The features were fine: retrain only the head")
     erm, dfr = need("erm"), need("dfr")
@@ -125,7 +125,7 @@ elif step == 4:
             with column:
                 st.markdown(f"**{title} the edit**")
                 ui.image_grid(store, ids, [labels[store.meta['g'].iat[i]] for i in ids], key=f"lesson.nn.{title}",
-                              columns=6, page_size=6)
+                              page_size=6)
 else:
     st.header("Your turn")
     st.markdown("- **Retrain**: launch HSFM with another step size α (try `alpha=5e-4`) or more epochs, and watch "

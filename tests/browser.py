@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -35,14 +36,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def streamlit_app(*app_args: str, env: dict | None = None, timeout: float = 60):
-    """Run `streamlit run app.py -- app_args` on a free loopback port; yield its URL; stop it by PID."""
+def streamlit_server(*app_args: str, env: dict | None = None, timeout: float = 60, log: Path | None = None):
+    """Run `streamlit run app.py -- app_args` on a free loopback port; yield (URL, process); stop
+    it by PID. The server's output goes to `log` (a temporary file by default) — never to an
+    unread pipe, which would block the server once full."""
     port = free_port()
     cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.headless", "true",
            "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
            "--", *app_args]
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log_file = open(log, "wb") if log else tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **(env or {})}, stdout=log_file,
+                            stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
@@ -54,10 +58,10 @@ def streamlit_app(*app_args: str, env: dict | None = None, timeout: float = 60):
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                out = proc.stdout.read().decode(errors="replace") if proc.poll() is not None else ""
-                raise RuntimeError(f"streamlit did not become healthy: {out[-2000:]}")
+                log_file.seek(0)
+                raise RuntimeError(f"streamlit did not become healthy: {log_file.read().decode(errors='replace')[-2000:]}")
             time.sleep(0.2)
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         try:
@@ -65,6 +69,14 @@ def streamlit_app(*app_args: str, env: dict | None = None, timeout: float = 60):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        log_file.close()
+
+
+@contextmanager
+def streamlit_app(*app_args: str, env: dict | None = None, timeout: float = 60):
+    """`streamlit_server`, yielding only the URL."""
+    with streamlit_server(*app_args, env=env, timeout=timeout) as (url, _):
+        yield url
 
 
 @contextmanager

@@ -1,6 +1,12 @@
-"""The app in a real browser: `streamlit run app.py -- --workspace W` in headless chromium."""
+"""The app in a real browser: `streamlit run app.py -- --workspace W` in Debian's headless
+chromium, driven by playwright. Visits every page, draws a real lasso on the Projection map and
+opens Neighbors. Full-page screenshots and click-to-view timings go to `test-artifacts/`
+(or $HSFM_ARTIFACTS)."""
 
+import json
 import os
+import time
+from pathlib import Path
 
 import pytest
 
@@ -8,6 +14,56 @@ from tests.browser import browser_page, require_chromium, streamlit_app, wait_un
 from tests.test_app import small_workspace
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
+IMAGES = "[data-testid='stImage'] img"  # one st.image element holds a page of thumbnails
+ARTIFACTS = Path(os.environ.get("HSFM_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
+
+
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+def no_exception(page) -> None:
+    assert page.locator("[data-testid='stException']").count() == 0, page.locator(
+        "[data-testid='stException']").first.inner_text()
+
+
+def open_page(page, name: str, expect: str, timings: dict, timeout_ms: int = 60_000) -> None:
+    """Click a page in the sidebar navigation; time until its content shows and the script is idle."""
+    start = time.perf_counter()
+    page.locator("[data-testid='stSidebarNav'] a", has_text=name).first.click()
+    page.get_by_text(expect, exact=False).first.wait_for(timeout=timeout_ms)
+    wait_until_idle(page, timeout_ms)
+    timings[f"open {name}"] = round(time.perf_counter() - start, 3)
+    no_exception(page)
+
+
+def shot(page, name: str) -> None:
+    """A screenshot of the whole page: Streamlit scrolls inside its main container, so the
+    viewport is stretched to the content's height for the picture."""
+    size = page.viewport_size
+    height = page.evaluate("Math.max(...[...document.querySelectorAll('[data-testid=\"stMain\"], "
+                           "[data-testid=\"stAppViewContainer\"]')].map(e => e.scrollHeight), 0)")
+    page.set_viewport_size({"width": size["width"], "height": max(size["height"], min(int(height), 12_000))})
+    try:
+        page.wait_for_timeout(300)
+        page.screenshot(path=str(artifacts() / f"{name}.png"), full_page=True)
+    finally:
+        page.set_viewport_size(size)
+
+
+def lasso(page) -> None:
+    """Mouse down, move round a polygon over the middle of the map, mouse up."""
+    area = page.locator("[data-testid='stPlotlyChart'] .nsewdrag").first
+    box = area.bounding_box()
+    x0, y0, w, h = box["x"], box["y"], box["width"], box["height"]
+    corners = [(0.15, 0.15), (0.85, 0.12), (0.88, 0.85), (0.2, 0.9), (0.15, 0.15)]
+    page.mouse.move(x0 + corners[0][0] * w, y0 + corners[0][1] * h)
+    page.mouse.down()
+    for a, b in zip(corners, corners[1:]):
+        for t in (0.25, 0.5, 0.75, 1.0):
+            page.mouse.move(x0 + (a[0] + t * (b[0] - a[0])) * w, y0 + (a[1] + t * (b[1] - a[1])) * h)
+    page.mouse.up()
 
 
 def test_home_page_renders_the_workspace(tmp_path):
@@ -18,8 +74,76 @@ def test_home_page_renders_the_workspace(tmp_path):
         wait_until_idle(page)
         page.get_by_text("Group counts per split").wait_for(timeout=30_000)
         page.wait_for_selector("[data-testid='stDataFrame']", timeout=30_000)
-        assert page.locator("[data-testid='stException']").count() == 0
+        no_exception(page)
         assert page.get_by_text("landbird, waterbird").count() >= 1
-        shot = os.environ.get("HSFM_SCREENSHOT_DIR")
-        if shot:
-            page.screenshot(path=os.path.join(shot, "home.png"), full_page=True)
+
+
+def test_every_page_in_the_browser_with_a_real_lasso(app_workspace):
+    require_chromium()
+    timings = {}
+    with streamlit_app("--workspace", str(app_workspace), timeout=120) as url, browser_page() as page:
+        start = time.perf_counter()
+        page.goto(url)
+        page.get_by_text("Dataset card").wait_for(timeout=60_000)
+        wait_until_idle(page)
+        timings["first page load"] = round(time.perf_counter() - start, 3)
+        no_exception(page)
+        assert page.locator(IMAGES).count() >= 8  # example thumbnails
+        nav = page.locator("[data-testid='stSidebarNav']").inner_text()
+        assert [n for n in ("Groups", "Projection", "Decode", "Neighbors", "Retrain", "Lesson") if n not in nav] == []
+        shot(page, "home")
+
+        open_page(page, "Groups", "What changed", timings)
+        page.get_by_text("images fixed", exact=False).first.wait_for(timeout=30_000)
+        assert page.locator("[data-testid='stPlotlyChart']").count() >= 1
+        shot(page, "groups")
+        timings["open Groups (first visit)"] = timings.pop("open Groups")
+
+        open_page(page, "Projection", "Compute map", timings)
+        start = time.perf_counter()
+        page.get_by_role("button", name="Compute map").click()
+        page.locator("[data-testid='stPlotlyChart'] .nsewdrag").first.wait_for(timeout=240_000)
+        wait_until_idle(page, 240_000)
+        timings["compute map (cold UMAP in a fresh server)"] = round(time.perf_counter() - start, 3)
+        no_exception(page)
+        assert page.locator(IMAGES).count() == 0
+        lasso(page)
+        start = time.perf_counter()  # from the mouse-up that ends the lasso
+        page.get_by_text("Selection:", exact=False).first.wait_for(timeout=30_000)
+        wait_until_idle(page)
+        timings["lasso → grid and counts"] = round(time.perf_counter() - start, 3)
+        selected = page.get_by_text("Selection:", exact=False).first.inner_text()
+        n_images = int(selected.split("Selection: ")[1].split(" images")[0].replace(",", ""))
+        assert n_images > 0
+        assert page.locator(IMAGES).count() == min(n_images, 32)
+        assert page.locator("[data-testid='stDataFrame']").count() >= 1  # per-group counts
+        shot(page, "projection")
+        start = time.perf_counter()
+        page.get_by_text("split", exact=True).first.click()  # re-colour: the selection stays
+        wait_until_idle(page)
+        timings["re-colour the map"] = round(time.perf_counter() - start, 3)
+        assert page.get_by_text(selected, exact=False).count() >= 1
+
+        open_page(page, "Decode", "Mean edit per class", timings)
+        page.get_by_text("The Projection selection").wait_for()
+        page.get_by_text("selected images", exact=False).first.wait_for(timeout=30_000)
+        shot(page, "decode")
+
+        open_page(page, "Neighbors", "Nearest to the edited feature", timings)
+        assert page.locator(IMAGES).count() >= 2 * 16
+        assert page.get_by_text("cos 0.", exact=False).count() >= 16
+        shot(page, "neighbors")
+
+        open_page(page, "Lesson", "Meet the data", timings)
+        for step in ("A shortcut in the training set", "The usual model fails the rare groups"):
+            start = time.perf_counter()
+            page.get_by_role("button", name="Next →").click()
+            page.get_by_text(step).first.wait_for()
+            wait_until_idle(page)
+            timings[f"lesson → {step}"] = round(time.perf_counter() - start, 3)
+            no_exception(page)
+        shot(page, "lesson")
+
+        open_page(page, "Groups", "What changed", timings)  # a second, warm visit
+        timings["open Groups (warm)"] = timings.pop("open Groups")
+    (artifacts() / "browser-timings.json").write_text(json.dumps(timings, indent=2))

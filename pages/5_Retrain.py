@@ -1,0 +1,4 @@
+"""Retrain: filled by the live-retraining work."""
+import streamlit as st
+
+st.title("Retrain")
