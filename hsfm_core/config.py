@@ -86,3 +86,34 @@ def hsfm_config(preset_name: str = "waterbirds", overrides: Iterable[str] = ()) 
     defaults = HSFMConfig()
     allowed = {f.name: type(getattr(defaults, f.name)) for f in fields(HSFMConfig)}
     return replace(preset(preset_name), **parse_overrides(overrides, allowed))
+
+
+def overrides_from(preset_name: str, values: dict) -> list[str]:
+    """`key=value` overrides for the settings in `values` ({field or alias: value}) that differ from
+    the preset — what a form with one box per hyper-parameter submits."""
+    base = preset(preset_name).to_dict()
+    out = []
+    for key, value in values.items():
+        name = ALIASES.get(key, key)
+        if name not in base:
+            raise InputError(f"unknown HSFM setting {key!r}; known: {', '.join(base)} (aliases {', '.join(ALIASES)})")
+        if value != base[name]:
+            out.append(f"{key}={value!r}" if isinstance(value, float) else f"{key}={value}")
+    return out
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0, 1, 2' or '0-4' → [0, 1, 2] / [0, 1, 2, 3, 4]; InputError on anything else."""
+    seeds = []
+    for part in text.replace(",", " ").split():
+        first, dash, last = part.partition("-")
+        try:
+            lo, hi = int(first), int(last) if dash else int(first)
+        except ValueError:
+            raise InputError(f"seeds {text!r}: expected integers such as 0, 1, 2 or a range 0-4") from None
+        if lo < 0 or hi < lo:
+            raise InputError(f"seeds {text!r}: {part!r} is not a non-negative integer or an increasing range")
+        seeds.extend(range(lo, hi + 1))
+    if not seeds:
+        raise InputError("give at least one seed, e.g. 0")
+    return list(dict.fromkeys(seeds))

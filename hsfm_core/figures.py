@@ -122,20 +122,23 @@ def concept_bars(top: list[dict], title: str = "") -> go.Figure:
     return figure
 
 
+def epoch_history(entries: list[dict]) -> pd.DataFrame:
+    """One row per (epoch, seed) from a job's progress lines (`stage == "epoch"`)."""
+    rows = [{"epoch": e["epoch"], **seed} for e in entries if e.get("stage") == "epoch" for seed in e.get("per_seed", [])]
+    return pd.DataFrame(rows, columns=["epoch", "seed", "outer_loss", "head_loss", "val_avg", "val_wga"])
+
+
 def training_curves(history: pd.DataFrame) -> go.Figure:
-    """Outer loss and validation accuracy per epoch (`history.jsonl` rows), one line per seed."""
+    """Outer loss and validation accuracy per epoch (`epoch_history`), one line per seed."""
     from plotly.subplots import make_subplots
 
-    figure = make_subplots(rows=1, cols=2, subplot_titles=("outer loss (hard set)", "validation accuracy"))
-    for seed, rows in history.groupby("seed") if "seed" in history else [(None, history)]:
-        suffix = f" (seed {seed})" if seed is not None else ""
-        if "outer_loss" in rows:
-            figure.add_scatter(x=rows["epoch"], y=rows["outer_loss"], mode="lines+markers", name=f"outer loss{suffix}",
-                               row=1, col=1)
-        for column, label in (("val_wga", "val worst-group"), ("val_avg", "val average")):
-            if column in rows:
-                figure.add_scatter(x=rows["epoch"], y=rows[column], mode="lines+markers", name=f"{label}{suffix}",
-                                   row=1, col=2)
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("outer loss on the hard set", "validation accuracy"))
+    for seed, rows in history.groupby("seed"):
+        figure.add_scatter(x=rows["epoch"], y=rows["outer_loss"], mode="lines+markers", name=f"outer loss (seed {seed})",
+                           row=1, col=1)
+        for column, label in (("val_wga", "worst group"), ("val_avg", "average")):
+            figure.add_scatter(x=rows["epoch"], y=rows[column], mode="lines+markers", name=f"val {label} (seed {seed})",
+                               row=1, col=2)
     figure.update_yaxes(tickformat=".0%", row=1, col=2)
     figure.update_xaxes(title_text="epoch")
     figure.update_layout(height=320, margin={"t": 40})

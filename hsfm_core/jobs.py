@@ -250,7 +250,8 @@ def _local_executor():
 
 
 # -- launching ----------------------------------------------------------------------------
-def _max_parallel_setting(workspace: Path) -> int:
+def job_limit(workspace: str | os.PathLike) -> int:
+    """How many local jobs of this workspace train at once (`set_max_parallel`; default 2)."""
     path = jobs_dir(workspace) / "settings.json"
     if path.is_file():
         return int(json.loads(path.read_text()).get("max_parallel", DEFAULT_MAX_PARALLEL))
@@ -309,7 +310,7 @@ def launch(
     options = _slurm_options(slurm) if executor == "slurm" else None
     if options is not None:
         options.check()
-    limit = int(max_parallel) if max_parallel is not None else _max_parallel_setting(workspace)
+    limit = int(max_parallel) if max_parallel is not None else job_limit(workspace)
     if limit < 1:
         raise InputError(f"the job limit must be ≥ 1, got {limit}")
 

@@ -1,4 +1,182 @@
-"""Retrain: filled by the live-retraining work."""
+"""Retrain: launch ERM / DFR / HSFM runs as background jobs (submitit: this machine or Slurm),
+watch them train, cancel them, and compare a finished run with the previous one."""
+
+import pandas as pd
 import streamlit as st
 
+from hsfm_core import jobs, ui
+from hsfm_core.config import ALIASES, PRESETS, overrides_from, parse_seeds
+from hsfm_core.errors import InputError
+from hsfm_core.figures import epoch_history, training_curves
+
+ui.page_setup("Retrain")
 st.title("Retrain")
+st.caption("Runs train in background processes (submitit): the page never waits, a refresh or a restart of the "
+           "app does not stop them, and a finished run appears in every page's run pickers at once.")
+store = ui.open_store()
+compared, focus = ui.run_pickers(store)
+workspace = store.path
+
+SYMBOLS = {"n": "support examples per class", "T": "inner steps", "alpha": "inner step size α",
+           "eta": "outer step size η", "K_H": "outer steps per epoch", "K_hard": "hard examples per class",
+           "E": "epochs"}
+WATCH_KEY = "retrain.watch"  # the job this session follows
+
+# -- the request --------------------------------------------------------------------------------------
+left, right = st.columns(2)
+method = left.selectbox("Method", ["hsfm", "dfr", "erm"], format_func=str.upper, key="retrain.method")
+preset = right.selectbox("Preset (the paper's settings)", list(PRESETS), key="retrain.preset",
+                         disabled=method != "hsfm")
+
+with st.form("retrain.form"):
+    values = {}
+    if method == "hsfm":
+        st.markdown("**HSFM hyper-parameters** (the preset's values; change any)")
+        base = PRESETS[preset].to_dict()
+        columns = st.columns(4)
+        for i, (symbol, field) in enumerate(ALIASES.items()):
+            default = base[field]
+            column = columns[i % 4]
+            if isinstance(default, float):
+                values[symbol] = column.number_input(f"{symbol}: {SYMBOLS[symbol]}", min_value=0.0, value=default,
+                                                     format="%.2e", step=default / 2, key=f"retrain.{preset}.{symbol}")
+            else:
+                values[symbol] = int(column.number_input(f"{symbol}: {SYMBOLS[symbol]}", min_value=1, value=default,
+                                                         step=1, key=f"retrain.{preset}.{symbol}"))
+    extra = st.text_input("More settings (key=value, space-separated)", key="retrain.extra",
+                          help={"erm": "ERM probe: C, max_iter", "dfr": "DFR: n_refits",
+                                "hsfm": "e.g. clip_norm=5"}[method])
+    left, middle, right = st.columns(3)
+    seeds_text = left.text_input("Seeds", "0", key="retrain.seeds", help="e.g. 0, 1, 2 or 0-4: one run per seed")
+    device = middle.radio("Device", ["auto", "cpu", "cuda"], horizontal=True, key="retrain.device",
+                          help="auto = CUDA when this machine (or the Slurm node) has it")
+    where = right.radio("Run on", ["this machine", "a Slurm cluster"], horizontal=True, key="retrain.where")
+    with st.expander("Slurm settings (used when running on a Slurm cluster)"):
+        a, b, c, d = st.columns(4)
+        partition = a.text_input("Partition", key="retrain.partition")
+        time_min = b.number_input("Time limit (minutes)", 1, 7 * 24 * 60, 60, key="retrain.time")
+        gpus = c.number_input("GPUs", 0, 16, 1, key="retrain.gpus")
+        mem_gb = d.number_input("Memory (GB, 0 = cluster default)", 0, 2048, 0, key="retrain.mem")
+        sbatch = st.text_input("More sbatch options (key=value, space-separated; e.g. qos=high account=lab)",
+                               key="retrain.sbatch")
+    launched = st.form_submit_button("Launch run", type="primary")
+
+
+def pairs(text: str, what: str) -> dict:
+    out = {}
+    for item in text.split():
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise InputError(f"{what} {item!r}: expected key=value")
+        out[key] = value
+    return out
+
+
+if launched:
+    try:
+        overrides = (overrides_from(preset, values) if method == "hsfm" else []) + extra.split()
+        slurm = None
+        if where == "a Slurm cluster":
+            slurm = {"partition": partition.strip(), "time_min": int(time_min), "gpus": int(gpus),
+                     "mem_gb": float(mem_gb) or None, "extra": pairs(sbatch, "sbatch option")}
+        job = jobs.launch(workspace, method, preset=preset, overrides=overrides, seeds=parse_seeds(seeds_text),
+                          device=device, executor="slurm" if slurm else "local", slurm=slurm)
+    except InputError as exc:
+        st.error(f"The run was not launched: {exc}")
+    else:
+        st.session_state[WATCH_KEY] = job["job_id"]
+        st.success(f"Launched job `{job['job_id']}` → run(s) {', '.join(job['run_ids'])}"
+                   + (f" with {' '.join(overrides)}" if overrides else ""))
+
+with st.expander("Jobs on this machine"):
+    limit = st.number_input("How many jobs train at once (the rest wait, queued)", 1, 16,
+                            jobs.job_limit(workspace), key="retrain.limit")
+    if limit != jobs.job_limit(workspace):
+        jobs.set_max_parallel(workspace, limit)
+        st.caption(f"Saved: up to {limit} at once, from the next launch on.")
+
+# -- the jobs -------------------------------------------------------------------------------------------
+all_jobs = jobs.list_jobs(workspace)
+active = any(j["status"] in jobs.ACTIVE for j in all_jobs)
+if not all_jobs:
+    st.info("No jobs yet: launch one above.")
+    st.stop()
+
+
+def job_label(job: dict) -> str:
+    spec = job["spec"]
+    return f"{job['job_id']} · {spec['method'].upper()} · seeds {','.join(map(str, spec['seeds']))} · {job['status']}"
+
+
+def previous_run(run_id: str, method: str) -> str | None:
+    """The newest finished run of the same method before `run_id` (else the newest ERM run)."""
+    runs, _ = ui.finished_runs(store)
+    earlier = [r["run_id"] for r in runs if r["method"] == method and r["run_id"] < run_id]
+    fallback = [r["run_id"] for r in runs if r["method"] == "erm" and r["run_id"] != run_id]
+    return (earlier or fallback or [None])[-1]
+
+
+def compare_with_previous(run_id: str, previous: str) -> None:
+    st.session_state[ui.COMPARE_KEY] = [previous, run_id]
+
+
+@st.fragment(run_every=1.0 if active else None)
+def watch() -> None:
+    """Polls the job files once a second while a job is queued or running (no busy loop)."""
+    current = jobs.list_jobs(workspace)
+    ids = [j["job_id"] for j in current]
+    by_id = {j["job_id"]: j for j in current}
+    table = pd.DataFrame([{"job": j["job_id"], "method": j["spec"]["method"].upper(), "status": j["status"],
+                           "where": j["executor"], "seeds": ", ".join(map(str, j["spec"]["seeds"])),
+                           "settings": " ".join(j["spec"]["overrides"]) or "preset", "runs": ", ".join(j["run_ids"]),
+                           "created": j["created_at"]} for j in reversed(current)])
+    st.dataframe(table, hide_index=True, width="stretch")
+    watched = st.session_state.get(WATCH_KEY)
+    st.session_state["retrain.watch_widget"] = watched if watched in by_id else ids[-1]
+    chosen = st.selectbox("Follow job", list(reversed(ids)), format_func=lambda i: job_label(by_id[i]),
+                          key="retrain.watch_widget")
+    st.session_state[WATCH_KEY] = chosen
+    job = by_id[chosen]
+    progress = jobs.job_progress(workspace, chosen)
+    status = progress["status"]
+
+    epochs, epoch = progress["epochs"], progress["epoch"]
+    if epochs:
+        st.progress(min(epoch / epochs, 1.0), text=f"epoch {epoch} of {epochs}")
+    cols = st.columns(4)
+    cols[0].metric("Status", status, help=f"stage: {progress['stage']}")
+    cols[1].metric("Elapsed", f"{progress['elapsed_s']:.0f} s" if progress["elapsed_s"] is not None else "—")
+    cols[2].metric("Time left (estimate)", f"{progress['eta_s']:.0f} s" if progress["eta_s"] is not None else "—")
+    history = epoch_history(progress["entries"])
+    latest = history[history["epoch"] == history["epoch"].max()] if len(history) else history
+    cols[3].metric("Val worst-group accuracy", f"{latest['val_wga'].mean():.1%}" if len(latest) else "—")
+    if len(history):
+        st.plotly_chart(training_curves(history), width="stretch", key="retrain.curves")
+    if status in jobs.ACTIVE:
+        if st.button("Cancel this job", key="retrain.cancel"):
+            jobs.cancel(workspace, chosen)
+            st.toast(f"Cancelling {chosen}…")
+    elif status == "failed":
+        st.error(f"The job failed: {job.get('error') or 'see the log'}")
+        details = jobs.job_error(workspace, chosen)
+        if details and details.strip() != (job.get("error") or "").strip():
+            with st.expander("Traceback"):
+                st.code(details)
+    elif status == "cancelled":
+        st.warning("The job was cancelled; its runs keep their partial history (status cancelled).")
+    else:
+        st.success(f"Done: {', '.join(progress['run_ids'])}. The run(s) are in every page's pickers now.")
+        run_id = progress["run_ids"][0]
+        previous = previous_run(run_id, job["spec"]["method"])
+        if previous:
+            if st.button(f"Compare with the previous run ({previous})", key="retrain.compare",
+                         on_click=compare_with_previous, args=(run_id, previous)):
+                st.switch_page("pages/1_Groups.py")
+    with st.expander("Log (last 40 lines)"):
+        tail = jobs.log_tail(workspace, chosen, 40)
+        st.code((tail["stdout"] + ("\n--- stderr ---\n" + tail["stderr"] if tail["stderr"].strip() else "")) or "(empty)")
+    if active and not any(j["status"] in jobs.ACTIVE for j in current):
+        st.rerun(scope="app")  # every job has ended: stop polling and refresh the run pickers
+
+
+watch()
