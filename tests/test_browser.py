@@ -147,3 +147,51 @@ def test_every_page_in_the_browser_with_a_real_lasso(app_workspace):
         open_page(page, "Groups", "What changed", timings)  # a second, warm visit
         timings["open Groups (warm)"] = timings.pop("open Groups")
     (artifacts() / "browser-timings.json").write_text(json.dumps(timings, indent=2))
+
+
+def test_retrain_in_the_browser(app_workspace, tmp_path):
+    """Launch a short HSFM run from the Retrain page, watch its progress, find it on Groups."""
+    import shutil
+
+    from hsfm_core import jobs
+    from tests.test_jobs import _kill_all
+
+    require_chromium()
+    workspace = tmp_path / "ws"
+    shutil.copytree(app_workspace, workspace)
+    timings = {}
+    try:
+        with streamlit_app("--workspace", str(workspace), timeout=120) as url, browser_page() as page:
+            page.goto(f"{url}/Retrain")
+            page.get_by_text("Launch run").first.wait_for(timeout=60_000)
+            wait_until_idle(page)
+            for label, value in (("n: support examples per class", "4"), ("T: inner steps", "2"),
+                                 ("K_H: outer steps per epoch", "2"), ("K_hard: hard examples per class", "8"),
+                                 ("E: epochs", "6")):
+                page.get_by_label(label).fill(value)
+            start = time.perf_counter()
+            page.get_by_role("button", name="Launch run").click()
+            page.get_by_text("Launched job").first.wait_for(timeout=30_000)
+            elapsed = page.locator("[data-testid='stMetric']", has_text="Elapsed")
+            while "—" in elapsed.inner_text() or not elapsed.inner_text().strip():  # the worker's first line
+                assert time.perf_counter() - start < 60, "no progress within a minute"
+                page.wait_for_timeout(50)
+            timings["click Launch run → first progress shown"] = round(time.perf_counter() - start, 3)
+            page.get_by_text("Done:", exact=False).first.wait_for(timeout=180_000)
+            timings["click Launch run → done shown"] = round(time.perf_counter() - start, 3)
+            wait_until_idle(page)
+            no_exception(page)
+            assert page.locator("[data-testid='stPlotlyChart']").count() == 1  # the training curves
+            shot(page, "retrain")
+            (job,) = jobs.list_jobs(workspace)
+            assert job["status"] == "done" and job["spec"]["overrides"] == ["n=4", "T=2", "K_H=2", "K_hard=8", "E=6"]
+            start = time.perf_counter()
+            page.get_by_role("button", name="Compare with the previous run", exact=False).click()
+            page.get_by_text("What changed").first.wait_for(timeout=30_000)
+            wait_until_idle(page)
+            timings["compare with the previous run → Groups"] = round(time.perf_counter() - start, 3)
+            assert "/Groups" in page.url
+            page.get_by_text(job["run_ids"][0], exact=False).first.wait_for(timeout=30_000)  # in the chart legend
+    finally:
+        _kill_all(workspace)
+    (artifacts() / "retrain-timings.json").write_text(json.dumps(timings, indent=2))

@@ -1,0 +1,125 @@
+"""The Retrain page (AppTest): launch a short run, watch it, compare it; refuse bad settings;
+cancel; show a job killed from outside as failed. Real submitit jobs on this machine."""
+
+import os
+import shutil
+import signal
+import time
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from hsfm_core import jobs, ui
+from hsfm_core.runs import list_runs
+from tests.test_jobs import _kill_all, _until
+from tests.test_pages import APP
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture()
+def workspace(app_workspace, tmp_path):
+    """A copy of the app workspace (jobs add runs); every job process is killed at the end."""
+    path = tmp_path / "ws"
+    shutil.copytree(app_workspace, path)
+    yield path
+    _kill_all(path)
+
+
+def retrain_page(monkeypatch, workspace) -> AppTest:
+    monkeypatch.setenv("HSFM_WORKSPACE", str(workspace))
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.switch_page("pages/5_Retrain.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def set_hsfm(at, **values) -> None:
+    for symbol, value in values.items():
+        at.number_input(key=f"retrain.waterbirds.{symbol}").set_value(value)
+
+
+def launch(at) -> None:
+    next(b for b in at.get("form_submit_button") if b.label == "Launch run").click().run()
+    assert not at.exception, at.exception
+
+
+def poll(at, until, timeout_s: float = 120, what: str = "the page"):
+    """Rerun the page (as its polling fragment would) until `until(at)` holds."""
+    deadline = time.monotonic() + timeout_s
+    seen = []
+    while time.monotonic() < deadline:
+        at.run()
+        assert not at.exception, at.exception
+        seen.append(at.metric[0].value if at.metric else None)
+        if until(at):
+            return seen
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}; statuses seen {seen[-5:]}")
+
+
+def test_launch_watch_finish_and_compare(monkeypatch, workspace):
+    before = {r["run_id"] for r in list_runs(workspace)}
+    at = retrain_page(monkeypatch, workspace)
+    assert "No jobs yet" in at.info[0].value
+    set_hsfm(at, n=4, K_hard=8, K_H=2, T=2, E=6)
+    launch(at)
+    assert "Launched job" in at.success[0].value and "with n=4 T=2 K_H=2 K_hard=8 E=6" in at.success[0].value
+    (job,) = jobs.list_jobs(workspace)
+    assert job["spec"]["overrides"] == ["n=4", "T=2", "K_H=2", "K_hard=8", "E=6"]
+    statuses = poll(at, lambda a: any("Done" in s.value for s in a.success), what="the job to finish")
+    assert {"queued", "running"} & set(statuses) or statuses[0] == "done"
+    assert at.metric[0].value == "done" and at.metric[3].value.endswith("%")  # val WGA of the last epoch
+    assert len(at.get("plotly_chart")) == 1  # the training curves
+    (new,) = {r["run_id"] for r in list_runs(workspace)} - before
+    assert f"HSFM · {new}" in at.sidebar.multiselect[0].options  # in the pickers at once
+    compare = at.button(key="retrain.compare")
+    assert "Compare with the previous run (hsfm-" in compare.label
+    compare.click().run()
+    assert at.session_state[ui.COMPARE_KEY][-1] == new and at.session_state[ui.COMPARE_KEY][0].startswith("hsfm-")
+    at.switch_page("pages/1_Groups.py").run()
+    assert [i.split(" · ")[1] for i in at.dataframe[0].value.index] == at.session_state[ui.COMPARE_KEY]
+
+
+def test_bad_settings_are_refused_and_nothing_is_started(monkeypatch, workspace):
+    runs = sorted(p.name for p in (workspace / "runs").iterdir())
+    at = retrain_page(monkeypatch, workspace)
+    at.text_input(key="retrain.extra").set_value("alpha=abc")
+    launch(at)
+    assert "The run was not launched" in at.error[0].value and "alpha" in at.error[0].value
+    at.text_input(key="retrain.extra").set_value("")
+    at.text_input(key="retrain.seeds").set_value("0, x")
+    launch(at)
+    assert "seeds '0, x'" in at.error[0].value
+    at.text_input(key="retrain.seeds").set_value("0")
+    at.radio(key="retrain.where").set_value("a Slurm cluster")
+    launch(at)
+    assert "a Slurm job needs a partition" in at.error[0].value
+    assert jobs.list_jobs(workspace) == [] and sorted(p.name for p in (workspace / "runs").iterdir()) == runs
+
+
+def test_cancel_from_the_page(monkeypatch, workspace):
+    at = retrain_page(monkeypatch, workspace)
+    set_hsfm(at, n=4, K_hard=8, K_H=1, T=1, E=100000)
+    launch(at)
+    poll(at, lambda a: a.metric and a.metric[0].value == "running" and a.metric[3].value.endswith("%"),
+         what="training epochs")  # the val WGA of a finished epoch is shown
+    at.button(key="retrain.cancel").click().run()
+    poll(at, lambda a: bool(a.warning) and "cancelled" in a.warning[0].value, what="the cancel")
+    (job,) = jobs.list_jobs(workspace)
+    (run_id,) = job["run_ids"]
+    assert (workspace / "runs" / run_id / "status").read_text().strip() == "cancelled"
+    assert (workspace / "runs" / run_id / "history.jsonl").read_text().strip()  # the partial history stays
+
+
+def test_a_job_killed_from_outside_shows_as_failed(monkeypatch, workspace):
+    at = retrain_page(monkeypatch, workspace)
+    set_hsfm(at, n=4, K_hard=8, K_H=1, T=1, E=100000)
+    launch(at)
+    (job,) = jobs.list_jobs(workspace)
+    worker = _until(lambda: jobs.get_job(workspace, job["job_id"])["worker_pid"], 60, "the worker to start")
+    _until(lambda: jobs.job_progress(workspace, job["job_id"])["epoch"] >= 1, 60, "an epoch")
+    os.kill(worker, signal.SIGKILL)
+    poll(at, lambda a: bool(a.error), what="the failure")
+    assert "The job failed: the job's process ended without finishing (killed?)" in at.error[0].value
+    assert at.metric[0].value == "failed"
