@@ -2,7 +2,7 @@
 
 Without a workspace the app opens the bundled demo workspace, building it on first launch.
 Home picks the workspace and the runs to compare and shows the dataset card; the pages in
-`pages/` are the analyses.
+`pages/` are the analyses. This script is also the router: `st.navigation` lists Home and them.
 """
 
 from pathlib import Path
@@ -13,11 +13,6 @@ import streamlit as st
 from hsfm_core import ui
 from hsfm_core.compare import averages_table, example_rows, train_correlation
 from hsfm_core.workspace import group_count_table, group_names
-
-ui.page_setup()
-st.title("HSFM Studio")
-st.caption("Hard-Set-Guided Feature-Space Meta-Learning: see what edited features encode, "
-           "compare groups before and after, retrain the head live.")
 
 PAGES = [
     ("pages/1_Groups.py", "Groups", "How accurate is each run on each group, and which test images changed?"),
@@ -45,67 +40,80 @@ def open_workspace(path: str) -> None:
     st.session_state[ui.WORKSPACE_KEY] = Path(path).expanduser()
 
 
-current = ui.workspace_path()
-with st.expander(f"Workspace: `{current}`" + (" (the bundled demo)" if ui.is_demo(current) else ""),
-                 expanded="hsfm.workspace_error" in st.session_state):
-    typed = st.text_input("Workspace folder (a feature store with its runs/)", value=str(current))
-    left, right = st.columns(2)
-    if left.button("Open this workspace"):
-        open_workspace(typed)
-        st.rerun()
-    if right.button("Open the bundled demo"):
-        open_workspace(str(ui.ensure_demo()))
-        st.rerun()
-    if "hsfm.workspace_error" in st.session_state:
-        st.error(f"Could not open that workspace; still showing `{current}`. "
-                 f"{st.session_state['hsfm.workspace_error']}")
+def home() -> None:
+    """The Home page: workspace and runs, the dataset card, and what each page answers."""
+    ui.page_setup()
+    st.title("HSFM Studio")
+    st.caption("Hard-Set-Guided Feature-Space Meta-Learning: see what edited features encode, "
+               "compare groups before and after, retrain the head live.")
 
-store = ui.open_store()
-compared, focus = ui.run_pickers(store)
+    current = ui.workspace_path()
+    with st.expander(f"Workspace: `{current}`" + (" (the bundled demo)" if ui.is_demo(current) else ""),
+                     expanded="hsfm.workspace_error" in st.session_state):
+        typed = st.text_input("Workspace folder (a feature store with its runs/)", value=str(current))
+        left, right = st.columns(2)
+        if left.button("Open this workspace"):
+            open_workspace(typed)
+            st.rerun()
+        if right.button("Open the bundled demo"):
+            open_workspace(str(ui.ensure_demo()))
+            st.rerun()
+        if "hsfm.workspace_error" in st.session_state:
+            st.error(f"Could not open that workspace; still showing `{current}`. "
+                     f"{st.session_state['hsfm.workspace_error']}")
 
-m = store.manifest
-cols = st.columns(4)
-cols[0].metric("Rows", f"{m['n_rows']:,}")
-cols[1].metric("Feature dimension", m["dim"])
-cols[2].metric("Backbone", m["backbone"]["kind"])
-cols[3].metric("CLIP joint space", "yes" if m["clip_space"] else "no")
-st.write(f"Classes: {', '.join(store.class_names)} · attributes: {', '.join(store.attribute_names)} · "
-         f"backbone id `{m['backbone']['id']}`")
+    store = ui.open_store()
+    compared, focus = ui.run_pickers(store)
 
-st.header("Dataset card")
-counts = group_count_table(store)
-left, right = st.columns([2, 3])
-with left:
-    st.markdown("**Group counts per split**")
-    st.dataframe(counts)
-with right:
-    long = counts.reset_index().melt(id_vars="group", var_name="split", value_name="examples")
-    st.plotly_chart(px.bar(long, x="split", y="examples", color="group", barmode="group", height=300),
-                    width="stretch")
+    m = store.manifest
+    cols = st.columns(4)
+    cols[0].metric("Rows", f"{m['n_rows']:,}")
+    cols[1].metric("Feature dimension", m["dim"])
+    cols[2].metric("Backbone", m["backbone"]["kind"])
+    cols[3].metric("CLIP joint space", "yes" if m["clip_space"] else "no")
+    st.write(f"Classes: {', '.join(store.class_names)} · attributes: {', '.join(store.attribute_names)} · "
+             f"backbone id `{m['backbone']['id']}`")
 
-correlation = train_correlation(store)
-if correlation is not None and len(correlation):
-    st.markdown("**The train correlation** — what a head can learn instead of the class")
-    st.write(" · ".join(f"{r['share with usual attribute']:.0%} of train {r['class']} examples have "
-                        f"{r['usual attribute']}" for _, r in correlation.iterrows()))
-    st.dataframe(correlation.style.format({"share with usual attribute": "{:.1%}"}), hide_index=True)
+    st.header("Dataset card")
+    counts = group_count_table(store)
+    left, right = st.columns([2, 3])
+    with left:
+        st.markdown("**Group counts per split**")
+        st.dataframe(counts)
+    with right:
+        long = counts.reset_index().melt(id_vars="group", var_name="split", value_name="examples")
+        st.plotly_chart(px.bar(long, x="split", y="examples", color="group", barmode="group", height=300),
+                        width="stretch")
 
-if store.image_root is not None:
-    split = st.radio("Example images from", store.splits, horizontal=True,
-                     index=store.splits.index("test") if "test" in store.splits else 0)
-    names = group_names(store)
-    for g, rows in example_rows(store, split, per_group=8).items():
-        st.markdown(f"**{names[g]}** ({len(store.rows(split, [g])):,} in {split})")
-        ui.image_grid(store, rows, [f"row {r}" for r in rows], key=f"home.g{g}", page_size=8)
-else:
-    st.caption("This store was imported without images, so there are no example pictures.")
+    correlation = train_correlation(store)
+    if correlation is not None and len(correlation):
+        st.markdown("**The train correlation** — what a head can learn instead of the class")
+        st.write(" · ".join(f"{r['share with usual attribute']:.0%} of train {r['class']} examples have "
+                            f"{r['usual attribute']}" for _, r in correlation.iterrows()))
+        st.dataframe(correlation.style.format({"share with usual attribute": "{:.1%}"}), hide_index=True)
 
-if compared:
-    st.header("Runs compared")
-    st.dataframe(averages_table(store, compared, "test").style.format(
-        lambda v: f"{v:.1%}" if isinstance(v, float) else v), width="stretch")
-    st.caption("Change the runs in the sidebar; every page uses the same choice.")
+    if store.image_root is not None:
+        split = st.radio("Example images from", store.splits, horizontal=True,
+                         index=store.splits.index("test") if "test" in store.splits else 0)
+        names = group_names(store)
+        for g, rows in example_rows(store, split, per_group=8).items():
+            st.markdown(f"**{names[g]}** ({len(store.rows(split, [g])):,} in {split})")
+            ui.image_grid(store, rows, [f"row {r}" for r in rows], key=f"home.g{g}", page_size=8)
+    else:
+        st.caption("This store was imported without images, so there are no example pictures.")
 
-st.header("What each page answers")
-for path, title, question in PAGES:
-    st.page_link(path, label=f"**{title}** — {question}")
+    if compared:
+        st.header("Runs compared")
+        st.dataframe(averages_table(store, compared, "test").style.format(
+            lambda v: f"{v:.1%}" if isinstance(v, float) else v), width="stretch")
+        st.caption("Change the runs in the sidebar; every page uses the same choice.")
+
+    st.header("What each page answers")
+    for path, title, question in PAGES:
+        st.page_link(path, label=f"**{title}** — {question}")
+
+
+# st.navigation (rather than the pages/ folder's automatic menu) so that the menu reads Home, Groups, …
+navigation = st.navigation([st.Page(home, title="Home", icon=":material/home:", default=True)]
+                           + [st.Page(path, title=title, url_path=title) for path, title, _ in PAGES])
+navigation.run()

@@ -119,7 +119,7 @@ def pages_and_memory(env: dict) -> tuple[dict, dict, dict]:
             timed(timings, "open Lesson", page, nav(page, "Lesson"), "Step ")
             timed(timings, "Lesson: next step", page, lambda: page.get_by_role("button", name="Next →").click(),
                   "Step ")
-            timed(timings, "open Home", page, nav(page, "app"), "Dataset card")
+            timed(timings, "open Home", page, nav(page, "Home"), "Dataset card")
         memory = rss_mb(proc.pid)
     return cold, warm, memory
 
