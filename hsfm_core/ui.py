@@ -30,6 +30,18 @@ def page_setup(title: str | None = None) -> None:
     st.set_page_config(page_title=f"{title} · HSFM Studio" if title else "HSFM Studio", layout="wide")
 
 
+def page_header(title: str, caption: str | None = None):
+    """Every analysis page's start: page config, title, caption, the open store and the sidebar's
+    run pickers. → (store, compared runs, focus run or None)."""
+    page_setup(title)
+    st.title(title)
+    if caption:
+        st.caption(caption)
+    store = open_store()
+    compared, focus = run_pickers(store)
+    return store, compared, focus
+
+
 @contextmanager
 def errors_shown(what: str, stop: bool = True):
     """Turn a failure inside the block into a message in the page (never a traceback); the rest of

@@ -7,12 +7,10 @@ from hsfm_core.compare import (AVERAGE_LABELS, accuracy_table, averages_table, c
                                prediction_flips, run_label)
 from hsfm_core.figures import accuracy_bars
 
-ui.page_setup("Groups")
-st.title("Groups")
-st.caption("Accuracy on each group (class · attribute) before and after retraining the head. "
-           "Bars show 95% Wilson intervals; the hatched bar is each run's worst group.")
-store = ui.open_store()
-compared, focus = ui.run_pickers(store)
+store, compared, focus = ui.page_header(
+    "Groups",
+    "Accuracy on each group (class · attribute) before and after retraining the head. "
+    "Bars show 95% Wilson intervals; the hatched bar is each run's worst group.")
 if not compared:
     st.info("Pick runs to compare in the sidebar (none are selected or finished yet).")
     st.stop()

@@ -12,12 +12,10 @@ from hsfm_core.projection import (BACKDROP_MAX_POINTS, ProjectionParams, backdro
                                   points_in_region, selection_summary)
 from hsfm_core.workspace import group_names
 
-ui.page_setup("Projection")
-st.title("Projection")
-st.caption("UMAP of the original features and the edited support features, fitted together so that an edit is "
-           "drawn among its real neighbours. The map shows neighbourhoods: 2-D distances have no exact meaning.")
-store = ui.open_store()
-compared, focus = ui.run_pickers(store)
+store, compared, focus = ui.page_header(
+    "Projection",
+    "UMAP of the original features and the edited support features, fitted together so that an edit is "
+    "drawn among its real neighbours. The map shows neighbourhoods: 2-D distances have no exact meaning.")
 ui.start_umap_warm_up()
 if focus is None:
     st.info("No HSFM run with edited features is picked, so the map shows the original features only.")

@@ -11,13 +11,11 @@ from hsfm_core.decode import (DEFAULT_CONTRAST, decode_edit_selection, decode_ru
 from hsfm_core.figures import concept_bars
 from hsfm_core.workspace import group_names
 
-ui.page_setup("Decode")
-st.title("Decode")
-st.caption("Each direction (edited − original feature, or a selection's mean − its class mean) is compared with "
-           "CLIP text embeddings of the concepts below, averaged over prompt templates. A positive cosine means the "
-           "direction points toward the concept.")
-store = ui.open_store()
-compared, focus = ui.run_pickers(store)
+store, compared, focus = ui.page_header(
+    "Decode",
+    "Each direction (edited − original feature, or a selection's mean − its class mean) is compared with "
+    "CLIP text embeddings of the concepts below, averaged over prompt templates. A positive cosine means the "
+    "direction points toward the concept.")
 labels = group_names(store)
 
 bridge = None

@@ -9,12 +9,10 @@ from hsfm_core import ui
 from hsfm_core.retrieval import edit_shift
 from hsfm_core.workspace import group_names
 
-ui.page_setup("Neighbors")
-st.title("Neighbors")
-st.caption("Nearest real images by cosine similarity of features. For a support example, the left column answers "
-           "“what does the original feature look like?” and the right one “what does the edited feature look like?”.")
-store = ui.open_store()
-compared, focus = ui.run_pickers(store)
+store, compared, focus = ui.page_header(
+    "Neighbors",
+    "Nearest real images by cosine similarity of features. For a support example, the left column answers "
+    "“what does the original feature look like?” and the right one “what does the edited feature look like?”.")
 labels = group_names(store)
 group_of = store.meta["g"].to_numpy()
 index = None

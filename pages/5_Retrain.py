@@ -9,17 +9,15 @@ from hsfm_core.config import ALIASES, PRESETS, overrides_from, parse_seeds
 from hsfm_core.errors import InputError
 from hsfm_core.figures import epoch_history, training_curves
 
-ui.page_setup("Retrain")
-st.title("Retrain")
-st.caption("Runs train in background processes (submitit): the page never waits, a refresh or a restart of the "
-           "app does not stop them, and a finished run appears in every page's run pickers at once.")
-store = ui.open_store()
-compared, focus = ui.run_pickers(store)
+store, compared, focus = ui.page_header(
+    "Retrain",
+    "Runs train in background processes (submitit): the page never waits, a refresh or a restart of the "
+    "app does not stop them, and a finished run appears in every page's run pickers at once.")
 workspace = store.path
 
 SYMBOLS = {"n": "support examples per class", "T": "inner steps", "alpha": "inner step size α",
-           "eta": "outer step size η", "K_H": "outer steps per epoch", "K_hard": "hard examples per class",
-           "E": "epochs"}
+    "eta": "outer step size η", "K_H": "outer steps per epoch", "K_hard": "hard examples per class",
+    "E": "epochs"}
 WATCH_KEY = "retrain.watch"  # the job this session follows
 
 # -- the request --------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from hsfm_core.workspace import group_count_table, group_names
 
 ui.page_setup("Lesson")
 store = ui.open_store()
-compared, focus = ui.run_pickers(store)
+ui.run_pickers(store)
 runs, _ = ui.finished_runs(store)
 latest = {r["method"]: r for r in runs}  # ids sort by time: the newest run of each method wins
 labels = group_names(store)
