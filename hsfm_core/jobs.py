@@ -27,6 +27,15 @@ nothing here ever loads them, and the registry itself is JSON only.
 Local jobs outlive the process that launched them: the submitit controller is started in its
 own session (`start_new_session`), so neither the app server exiting nor a Ctrl-C in its
 terminal stops them. `cancel` is the way to stop one.
+
+Stopping a worker: `cancel` first sets `cancel_requested` in job.json (under the job's lock), then
+signals the worker if it has registered its pid (registration and the request are serialized by
+that lock, so a worker that registers later sees the request itself). The worker therefore learns of
+one cancel twice: from the signal and from the flag it reads at every epoch and while queued.
+Whichever comes first raises the one `KeyboardInterrupt` (`_stop_once`); a signal arriving after it
+does nothing, so it can never interrupt the cleanup that marks the runs and the job `cancelled`
+(a job `cancelled` with a run left `running`). The same holds for the time-limit signal, and the
+worker finally ends any of its runs that are still unfinished with the job's own status.
 """
 
 from __future__ import annotations
@@ -361,16 +370,30 @@ def launch(
 
 
 # -- the worker (runs in the submitit job process) -----------------------------------------
-class _TimeLimit(Exception):
-    pass
+class _TimeLimit(BaseException):
+    """Raised in the worker by the time-limit warning; a BaseException so that no `except Exception`
+    between the signal and `_worker_main` can swallow it."""
+
+
+_stop_armed = False  # the worker's one asynchronous stop (cancel or time limit) is still to come
+
+
+def _stop_once() -> bool:
+    """Disarm the stop signals; → whether they were armed (i.e. the caller owns the job's one stop).
+    Called by the signal handlers, by the cancel checks before they raise, and when the job ends."""
+    global _stop_armed
+    armed, _stop_armed = _stop_armed, False
+    return armed
 
 
 def _on_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+    if _stop_once():  # a second signal, or one after the cancel flag was seen, must not hit the cleanup
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
 def _on_time_limit(signum, frame):
-    raise _TimeLimit()
+    if _stop_once():
+        raise _TimeLimit()
 
 
 def _earlier_job_waiting(workspace: Path, me: dict) -> bool:
@@ -416,6 +439,7 @@ def _acquire_slot(workspace: Path, record: dict, directory: Path):
 def _check_cancel(directory: Path) -> None:
     """A cancel that could not signal this process (another host, no scancel) is seen here."""
     if _read(directory).get("cancel_requested"):
+        _stop_once()  # the SIGINT that follows the flag must not interrupt the cleanup of this one
         raise KeyboardInterrupt("cancel requested")
 
 
@@ -426,19 +450,24 @@ def _mean(entries: list[dict], key: str):
 
 def _worker_main(workspace: str, job_id: str) -> str:
     """One job, inside its submitit process: slot → train(...) → final status. Returns the status."""
-    signal.signal(signal.SIGINT, _on_interrupt)  # submitit local cancel sends SIGINT
+    global _stop_armed
+    _stop_armed = True
+    signal.signal(signal.SIGINT, _on_interrupt)  # jobs.cancel sends SIGINT to a local worker
     signal.signal(signal.SIGTERM, _on_interrupt)  # scancel sends SIGTERM (submitit's own handler ignores it)
     signal.signal(signal.SIGUSR2, _on_time_limit)  # submitit's (and Slurm's) warning before the time limit
     workspace = Path(workspace)
     directory = job_dir(workspace, job_id)
     pid = os.getpid()
-    _append_progress(directory, "started", pid=pid, host=socket.gethostname())
-    print(f"[job] {job_id} started (pid {pid} on {socket.gethostname()})", flush=True)
-    record = _update(directory, worker_pid=pid, worker_start=_proc_start(pid), worker_host=socket.gethostname())
-    spec, slot = record["spec"], None
+    record, slot = {}, None
     status, error = "failed", None
     try:
+        _append_progress(directory, "started", pid=pid, host=socket.gethostname())
+        print(f"[job] {job_id} started (pid {pid} on {socket.gethostname()})", flush=True)
+        # under the job's lock: a cancel before this line is seen here, one after it signals this pid
+        record = _update(directory, worker_pid=pid, worker_start=_proc_start(pid), worker_host=socket.gethostname())
+        spec = record["spec"]
         if record.get("cancel_requested"):
+            _stop_once()
             raise KeyboardInterrupt("cancelled before it started")
         if record["executor"] == "local":
             slot, index = _acquire_slot(workspace, record, directory)
@@ -462,8 +491,7 @@ def _worker_main(workspace: str, job_id: str) -> str:
 
         runs = train(workspace, spec["method"], preset=spec["preset"] or "waterbirds", overrides=spec["overrides"],
                      seeds=spec["seeds"], device=spec["device"], progress=progress, run_id=record["run_id"])
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # finished: too late to cancel
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _stop_once()  # finished: too late to cancel
         summary = {r.run_id: {split: {k: m[k] for k in ("wga", "avg_adjusted", "avg_plain")}
                               for split, m in r.metrics.items()} for r in runs}
         status = "done"
@@ -474,14 +502,13 @@ def _worker_main(workspace: str, job_id: str) -> str:
         error = str(exc)
     except _TimeLimit:
         error = f"the job reached its time limit ({record.get('time_limit_min') or (record.get('slurm') or {}).get('time_min')} min)"
-        _end_runs(workspace, record, "failed", error)
     except BaseException as exc:  # noqa: BLE001 — recorded, then the job ends
         error = f"{type(exc).__name__}: {exc}"
         write_text_atomic(directory / "error.txt", traceback.format_exc())
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _stop_once()  # nothing may interrupt the job's own ending (a signal now is a no-op)
         if status != "done":
+            _end_runs(workspace, record, status, error)  # runs train() could not end itself (normally none)
             _append_progress(directory, status, **({"error": error} if error else {}))
             print(f"[job] {status}" + (f": {error}" if error else ""), file=sys.stderr if error else sys.stdout,
                   flush=True)
@@ -660,9 +687,12 @@ def job_error(workspace: str | os.PathLike, job_id: str) -> str | None:
 def cancel(workspace: str | os.PathLike, job_id: str) -> dict:
     """Ask a queued or running job to stop; returns its record without waiting (`wait` does).
 
-    Local: SIGINT to the worker (or to submitit's controller before the worker exists); the worker
-    marks its runs `cancelled` with their partial history and the job `cancelled`. Slurm: `scancel`
-    (SIGTERM, which the worker turns into the same clean cancel). A finished job is left as it is."""
+    Local: `cancel_requested` in job.json, then SIGINT to the worker if it has registered (one that
+    has not sees the request when it registers, under the same lock); the worker marks its runs
+    `cancelled` with their partial history and the job `cancelled`. Slurm: the same request, then
+    `scancel` (SIGTERM, which the worker turns into the same clean cancel). A finished job is left as
+    it is. submitit's controller is never signalled: its SIGINT would kill the worker after 1 s,
+    possibly in the middle of that cleanup."""
     workspace = Path(workspace)
     directory = job_dir(workspace, job_id)
     record = get_job(workspace, job_id)
@@ -674,12 +704,10 @@ def cancel(workspace: str | os.PathLike, job_id: str) -> dict:
             import submitit
 
             submitit.SlurmJob(folder=record["submitit_folder"], job_id=record["submitit_job_id"]).cancel(check=False)
-    elif record.get("host") in (None, socket.gethostname()):
-        for pid, start in ((record.get("worker_pid"), record.get("worker_start")), (record.get("pid"), record.get("pid_start"))):
-            if _pid_alive(pid, start):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGINT)
-                break
+    elif record.get("host") in (None, socket.gethostname()) and _pid_alive(record.get("worker_pid"),
+                                                                        record.get("worker_start")):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(record["worker_pid"], signal.SIGINT)
     return get_job(workspace, job_id)
 
 

@@ -131,6 +131,33 @@ def test_cancel_a_running_job_keeps_partial_history(ws):
     assert _run_status(ws, earlier.run_id) == "done"
 
 
+def test_the_worker_stops_once(tmp_path, monkeypatch):
+    """The cancel flag seen at an epoch end and the SIGINT `cancel` sends after it are one cancel: the
+    signal must not raise again inside the cleanup (it did, under load: a cancelled job kept a run
+    `running`). The same holds for a second signal."""
+    directory = tmp_path / "job"
+    directory.mkdir()
+    (directory / "job.json").write_text(json.dumps({"cancel_requested": True}))
+    previous = signal.signal(signal.SIGINT, jobs._on_interrupt)
+    try:
+        monkeypatch.setattr(jobs, "_stop_armed", True)
+        with pytest.raises(KeyboardInterrupt, match="cancel requested"):
+            jobs._check_cancel(directory)
+        os.kill(os.getpid(), signal.SIGINT)  # lands in the cleanup: a no-op
+        time.sleep(0.2)
+
+        monkeypatch.setattr(jobs, "_stop_armed", True)
+        with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(2)
+        os.kill(os.getpid(), signal.SIGINT)  # a second signal: a no-op
+        time.sleep(0.2)
+        with pytest.raises(KeyboardInterrupt, match="cancel requested"):  # the flag is still honoured
+            jobs._check_cancel(directory)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.slow
 def test_killed_job_is_found_failed_by_a_fresh_process(ws):
     (earlier,) = train(ws, "erm")
