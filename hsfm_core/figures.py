@@ -49,11 +49,11 @@ def colour_values(frame: pd.DataFrame, field: str, class_names, attribute_names,
     raise ValueError(f"unknown colour field {field!r}; expected one of {COLOUR_FIELDS}")
 
 
-def projection_map(frame: pd.DataFrame, colours: pd.Series, drawn: np.ndarray, selected: np.ndarray,
-                   height: int = 640) -> go.Figure:
+def projection_map(frame: pd.DataFrame, colours: pd.Series, drawn: np.ndarray, height: int = 640) -> go.Figure:
     """WebGL scatter of the map: `drawn` original points as a light backdrop coloured by
-    `colours`, support points before (circles) → after (diamonds) with arrows, and the current
-    selection outlined. Every marker carries its frame position in `customdata`."""
+    `colours`, support points before (circles) → after (diamonds) with arrows. Every marker
+    carries its frame position in `customdata`. The figure does not depend on the selection, so
+    a lasso never makes the browser redraw the map (plotly highlights the selection itself)."""
     figure = go.Figure()
     categories = sorted(colours.unique(), key=str)
     colour_of = {c: PALETTE[i % len(PALETTE)] for i, c in enumerate(categories)}
@@ -80,11 +80,6 @@ def projection_map(frame: pd.DataFrame, colours: pd.Series, drawn: np.ndarray, s
                     marker={"size": 10, "symbol": symbol, "color": [colour_of[c] for c in colours.to_numpy()[points]],
                             "line": {"width": 1.5, "color": "black"}},
                     hovertemplate=f"{name}<br>support #%{{text}}<extra></extra>")
-    selected = np.asarray(selected, dtype=np.int64)
-    if len(selected):
-        figure.add_scattergl(x=frame["x"].to_numpy()[selected], y=frame["y"].to_numpy()[selected], mode="markers",
-                             name=f"selection ({len(selected):,})", customdata=selected, hoverinfo="skip",
-                             marker={"size": 7, "color": "rgba(0,0,0,0)", "line": {"width": 1.2, "color": "black"}})
     figure.update_layout(dragmode="lasso", height=height, margin={"t": 10, "b": 10},
                          legend={"itemsizing": "constant"}, xaxis={"showticklabels": False, "title": None},
                          yaxis={"showticklabels": False, "title": None})

@@ -63,20 +63,19 @@ def remember_selection(positions: np.ndarray) -> None:
 
 
 def chart_key() -> str:
-    """The map's widget key. It changes whenever the remembered selection does, so that plotly's
-    own selection state never disagrees with ours (a repeated lasso must still register)."""
+    """The map's widget key; a new one after "Clear selection", so that plotly forgets its own
+    selection too and the same lasso drawn again still registers."""
     return f"projection.chart.{st.session_state.setdefault('projection.chart_version', 0)}"
 
 
 def on_map_select(key: str) -> None:
-    """Runs before the rerun a lasso / box / click triggers, so the rerun already draws the new
-    selection; an empty event keeps the remembered selection."""
+    """Runs before the rerun a lasso / box / click triggers. An empty event (plotly clears its
+    selection when the figure changes, e.g. on re-colouring) keeps the remembered selection."""
     picked = st.session_state[key].selection
     if picked["points"] or picked["box"] or picked["lasso"]:
         ids = {int(np.ravel([p["customdata"]])[0]) for p in picked["points"] if "customdata" in p}
         ids |= set(points_in_region(frame, picked["box"], picked["lasso"]).tolist())
         remember_selection(np.array(sorted(ids), dtype=np.int64))
-        st.session_state["projection.chart_version"] += 1
 
 
 def clear_selection() -> None:
@@ -84,13 +83,20 @@ def clear_selection() -> None:
     st.session_state["projection.chart_version"] = st.session_state.get("projection.chart_version", 0) + 1
 
 
+@st.cache_resource(max_entries=16, show_spinner=False)
+def map_figure(name: str, colour: str, _frame, _drawn):
+    """The map's figure per (map, colour): built once, then the same figure is sent again, so
+    that the browser does not redraw the map when only the selection changed."""
+    colours = colour_values(_frame, colour, store.class_names, store.attribute_names, labels)
+    return projection_map(_frame, colours, _drawn)
+
+
 @st.fragment
 def map_and_selection() -> None:
     colour = st.segmented_control("Colour by", COLOUR_FIELDS, default="group", key="projection.colour") or "group"
-    colours = colour_values(frame, colour, store.class_names, store.attribute_names, labels)
     selected = current_selection()
     key = chart_key()
-    st.plotly_chart(projection_map(frame, colours, drawn, selected), key=key, on_select=partial(on_map_select, key),
+    st.plotly_chart(map_figure(map_name, colour, frame, drawn), key=key, on_select=partial(on_map_select, key),
                     selection_mode=("lasso", "box", "points"), width="stretch", config={"scrollZoom": True})
     left, right = st.columns([1, 4])
     left.button("Clear selection", disabled=len(selected) == 0, on_click=clear_selection)
@@ -99,7 +105,7 @@ def map_and_selection() -> None:
         return
     chosen = st.session_state[ui.SELECTION_KEY]
     right.markdown(f"**Selection: {len(chosen['rows']):,} images, {len(chosen['support'])} support examples.** "
-                   "It stays when you re-colour; Decode and Neighbors can use it.")
+                   "The grid and counts stay when you re-colour; Decode and Neighbors use it too.")
     summary = selection_summary(frame, selected, labels)
     st.dataframe(summary, width="stretch", column_config={"accuracy": st.column_config.NumberColumn(format="percent")})
     if "accuracy" in summary:
