@@ -262,9 +262,12 @@ def _local_executor():
 def job_limit(workspace: str | os.PathLike) -> int:
     """How many local jobs of this workspace train at once (`set_max_parallel`; default 2)."""
     path = jobs_dir(workspace) / "settings.json"
-    if path.is_file():
+    if not path.is_file():
+        return DEFAULT_MAX_PARALLEL
+    try:
         return int(json.loads(path.read_text()).get("max_parallel", DEFAULT_MAX_PARALLEL))
-    return DEFAULT_MAX_PARALLEL
+    except (ValueError, TypeError, AttributeError):
+        raise InputError(f"{path}: expected {{\"max_parallel\": N}}; fix or delete the file") from None
 
 
 def set_max_parallel(workspace: str | os.PathLike, n: int) -> None:
@@ -526,8 +529,22 @@ def _end_runs(workspace: Path, record: dict, status: str, message: str | None) -
 
 
 # -- reading ------------------------------------------------------------------------------
+SLURM_STATE_TTL_S = 20.0  # the app polls every second: ask sacct at most this often per job
+_slurm_states: dict[str, tuple[float, str | None]] = {}
+
+
 def _slurm_state(record: dict) -> str | None:
-    """Slurm's state of the job (COMPLETED, FAILED, CANCELLED, …), or None when sacct cannot say."""
+    """Slurm's state of the job (COMPLETED, FAILED, CANCELLED, …), or None when sacct cannot say.
+    Cached for SLURM_STATE_TTL_S per job, so polling pages do not hammer the cluster's accounting."""
+    cached = _slurm_states.get(record["job_id"])
+    if cached and time.monotonic() - cached[0] < SLURM_STATE_TTL_S:
+        return cached[1]
+    state = _ask_sacct(record)
+    _slurm_states[record["job_id"]] = (time.monotonic(), state)
+    return state
+
+
+def _ask_sacct(record: dict) -> str | None:
     try:
         import submitit
 
@@ -606,7 +623,7 @@ def list_jobs(workspace: str | os.PathLike) -> list[dict]:
         if _JOB_ID.match(d.name) and (d / "job.json").is_file():
             try:
                 out.append(_refresh(Path(workspace), d))
-            except (OSError, ValueError):  # a half-created entry: skip it this time
+            except (OSError, ValueError, KeyError, TypeError):  # half-created or damaged: skip it this time
                 continue
     return out
 

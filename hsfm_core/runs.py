@@ -165,13 +165,25 @@ def read_run(path: Path) -> dict:
             "config": config, "metrics": metrics}
 
 
-def list_runs(workspace: str | os.PathLike) -> list[dict]:
-    """Every run of a workspace, in run-id order (ids start with method and UTC time)."""
+def list_runs(workspace: str | os.PathLike, unreadable: list | None = None) -> list[dict]:
+    """Every run of a workspace, in run-id order (ids start with method and UTC time).
+
+    With `unreadable` (a list), a run whose config or metrics cannot be read is left out and
+    (run id, reason) is appended there; without it, the error propagates."""
     runs = Path(workspace) / RUNS_DIR
     if not runs.is_dir():
         return []
-    return [read_run(d) for d in sorted(runs.iterdir())
-            if not d.name.startswith(".") and (d / "config.json").is_file()]
+    out = []
+    for d in sorted(runs.iterdir()):
+        if d.name.startswith(".") or not (d / "config.json").is_file():
+            continue
+        try:
+            out.append(read_run(d))
+        except (OSError, ValueError) as exc:
+            if unreadable is None:
+                raise
+            unreadable.append((d.name, f"{type(exc).__name__}: {exc}"))
+    return out
 
 
 def find_run(workspace: str | os.PathLike, run_id: str) -> dict:

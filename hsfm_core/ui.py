@@ -21,13 +21,21 @@ from hsfm_core.errors import InputError
 WORKSPACE_KEY = "hsfm.workspace"  # Path of the open workspace
 COMPARE_KEY = "hsfm.compare_runs"  # run ids compared on Groups (and Home)
 FOCUS_KEY = "hsfm.focus_run"  # the run whose edits Projection / Decode / Neighbors show
-SELECTION_KEY = "hsfm.map_selection"  # {"map": map file name, "rows": store rows, "support": support indices}
+SELECTION_KEY = "hsfm.map_selection"  # {"map", "store" (content hash), "run_id", "positions" (map frame),
+#                                          "rows" (store rows), "support" (support indices)}
 
 THUMB_PX = 96
 
 
 def page_setup(title: str | None = None) -> None:
     st.set_page_config(page_title=f"{title} · HSFM Studio" if title else "HSFM Studio", layout="wide")
+
+
+def current_selection(store) -> dict | None:
+    """The Projection selection, if it was made on this store (a replaced store's row numbers
+    mean other images)."""
+    selection = st.session_state.get(SELECTION_KEY)
+    return selection if selection and selection.get("store") == store.content_hash else None
 
 
 def page_header(title: str, caption: str | None = None):
@@ -124,18 +132,20 @@ def open_store():
 
 # -- runs --------------------------------------------------------------------------------------------
 
-def finished_runs(store) -> tuple[list[dict], list[str]]:
+def finished_runs(store) -> tuple[list[dict], dict[str, list]]:
     """Done runs trained on this store, read fresh from disk (a run finished by a job shows up at
-    once), and the ids of runs left out because they belong to another store."""
+    once), and the runs left out: {"foreign": ids trained on another store, "unreadable":
+    (id, reason) for runs whose files cannot be read}."""
     from hsfm_core.runs import list_runs
 
+    unreadable: list = []
     runs, foreign = [], []
-    for run in list_runs(store.path):
+    for run in list_runs(store.path, unreadable=unreadable):
         if run["status"] != "done" or not run["metrics"]:
             continue
         recorded = run["config"].get("store_hash")
         (foreign if recorded and recorded != store.content_hash else runs).append(run)
-    return runs, [r["run_id"] for r in foreign]
+    return runs, {"foreign": [r["run_id"] for r in foreign], "unreadable": unreadable}
 
 
 def _latest_per_method(runs: list[dict]) -> list[str]:
@@ -155,11 +165,16 @@ def run_pickers(store) -> tuple[list[dict], dict | None]:
     → (compared runs, focus run or None)."""
     from hsfm_core.compare import run_label
 
-    runs, foreign = finished_runs(store)
+    runs, hidden = finished_runs(store)
     by_id = {r["run_id"]: r for r in runs}
     labels = {r["run_id"]: run_label(r) for r in runs}
     sidebar = st.sidebar
     sidebar.caption(f"Workspace `{store.path}`")
+    if hidden["foreign"]:
+        sidebar.caption(f"{len(hidden['foreign'])} run(s) trained on another store are hidden: "
+                        f"{', '.join(hidden['foreign'])}")
+    for run_id, reason in hidden["unreadable"]:
+        sidebar.warning(f"Run {run_id} cannot be read and is hidden ({reason}).")
     if not runs:
         sidebar.info("No finished runs yet: train one on the Retrain page or with `python -m hsfm_core train`.")
         return [], None
@@ -181,8 +196,6 @@ def run_pickers(store) -> tuple[list[dict], dict | None]:
                           help="The HSFM run whose support set Projection, Decode and Neighbors show.")
         st.session_state[FOCUS_KEY] = st.session_state["w.focus"]
         focus = by_id[st.session_state[FOCUS_KEY]]
-    if foreign:
-        sidebar.caption(f"{len(foreign)} run(s) trained on another store are hidden: {', '.join(foreign)}")
     return [by_id[i] for i in st.session_state[COMPARE_KEY]], focus
 
 
@@ -190,11 +203,20 @@ def run_pickers(store) -> tuple[list[dict], dict | None]:
 def _support(run_dir: str):
     from safetensors.torch import load_file
 
-    return load_file(Path(run_dir) / "support.safetensors")
+    path = Path(run_dir) / "support.safetensors"
+    try:
+        support = load_file(path)
+    except Exception as exc:  # a truncated or foreign file
+        raise InputError(f"{path} cannot be read: {type(exc).__name__}: {exc}") from None
+    missing = {"before", "after", "indices", "labels"} - set(support)
+    if missing:
+        raise InputError(f"{path} lacks {', '.join(sorted(missing))}")
+    return support
 
 
 def load_support(run: dict) -> dict:
-    """A done run's support tensors (immutable once done, so cached by path)."""
+    """A done run's support tensors (immutable once done, so cached by path); InputError when the
+    file cannot be read."""
     return _support(str(run["path"]))
 
 
@@ -212,7 +234,8 @@ def feature_index(store):
 
 
 @st.cache_resource(show_spinner="Encoding the concepts with the CLIP text tower…", max_entries=8)
-def _concept_bank(path: str, content_hash: str, concepts: tuple, categories: tuple, _store, bridge: str | None):
+def _concept_bank(path: str, content_hash: str, concepts: tuple, categories: tuple, _store, bridge: str | None,
+                  bridge_stamp: int):  # bridge_stamp: a bridge store replaced at the same path is refitted
     from hsfm_core.decode import clip_space_map, encode_concepts
     from hsfm_core.features import FeatureStore
 
@@ -223,7 +246,9 @@ def _concept_bank(path: str, content_hash: str, concepts: tuple, categories: tup
 
 def concept_bank(store, concepts: list[str], categories: list[str], bridge: str | None = None):
     """(ConceptBank, map into CLIP space) for the store; raises InputError when it cannot decode."""
-    return _concept_bank(str(store.path), store.content_hash, tuple(concepts), tuple(categories), store, bridge)
+    stamp = (Path(bridge) / "manifest.json").stat().st_mtime_ns if bridge and (Path(bridge) / "manifest.json").exists() else 0
+    return _concept_bank(str(store.path), store.content_hash, tuple(concepts), tuple(categories), store, bridge,
+                         stamp)
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)

@@ -16,6 +16,9 @@ if not compared:
     st.stop()
 
 splits = [s for s in ("val", "test") if store.has_split(s)]
+if not splits:
+    st.info("This store has neither a val nor a test split, so there is nothing to evaluate.")
+    st.stop()
 split = st.radio("Split", splits, index=len(splits) - 1, horizontal=True)
 table = accuracy_table(store, compared, split)
 

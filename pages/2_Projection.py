@@ -56,7 +56,7 @@ def current_selection() -> np.ndarray:
 def remember_selection(positions: np.ndarray) -> None:
     picked = frame.iloc[positions]
     st.session_state[ui.SELECTION_KEY] = {
-        "map": map_name, "positions": positions.tolist(),
+        "map": map_name, "store": store.content_hash, "positions": positions.tolist(),
         "rows": sorted(set(picked.loc[picked["kind"] != "edited", "row"].astype(int))),
         "support": sorted(set(picked.loc[picked["support"] >= 0, "support"].astype(int))),
         "run_id": focus["run_id"] if focus else None}

@@ -26,12 +26,26 @@ if not store.manifest.get("clip_space"):
     if bridge is None:
         st.stop()
 
+def keep_vocabulary_edits() -> None:
+    """Fold the editor's changes into the stored vocabulary (Streamlit forgets a widget's edits on
+    pages that do not draw it) and start the editor afresh from it."""
+    base = st.session_state["decode.vocabulary"]
+    changes = st.session_state.pop("decode.editor")
+    edited = base.copy()
+    for position, values in changes.get("edited_rows", {}).items():
+        for column, value in values.items():
+            edited.iloc[int(position), edited.columns.get_loc(column)] = value
+    edited = edited.drop(index=edited.index[sorted(changes.get("deleted_rows", []))])
+    added = pd.DataFrame(changes.get("added_rows", []), columns=edited.columns)
+    st.session_state["decode.vocabulary"] = pd.concat([edited, added], ignore_index=True)
+
+
 with st.expander("Concept vocabulary (editable)", expanded=False):
     if "decode.vocabulary" not in st.session_state:
         concepts, categories = read_concepts()
         st.session_state["decode.vocabulary"] = pd.DataFrame({"concept": concepts, "category": categories})
     vocabulary = st.data_editor(st.session_state["decode.vocabulary"], num_rows="dynamic", key="decode.editor",
-                                width="stretch", hide_index=True)
+                                width="stretch", hide_index=True, on_change=keep_vocabulary_edits)
     st.caption("Add, edit or delete rows; the embeddings are recomputed (and cached) for the new list.")
 
 concepts = [str(c).strip() for c in vocabulary["concept"].fillna("")]
@@ -58,8 +72,8 @@ contrast = (positive, negative)
 if focus is None:
     st.info("No HSFM run with edits is picked (sidebar): only a Projection selection can be decoded.")
 else:
-    support = ui.load_support(focus)
     with ui.errors_shown("Cannot decode this run", stop=False):
+        support = ui.load_support(focus)
         decoded = decode_run(store, support, bank, to_clip, store.class_names, top=top, contrast=contrast)
         st.header("Mean edit per class")
         columns = st.columns(len(decoded["per_class"]))
@@ -73,10 +87,12 @@ else:
         indices = support["indices"].numpy()
         group_of = store.meta["g"].to_numpy()
 
-        def describe(i: int) -> str:
+        def group_label(i: int) -> str:
             row = int(indices[i])
-            group = labels[group_of[row]] if row >= 0 else store.class_names[int(support["labels"][i])]
-            return f"#{i} · {group} · row {row}"
+            return labels[group_of[row]] if row >= 0 else store.class_names[int(support["labels"][i])]
+
+        def describe(i: int) -> str:
+            return f"#{i} · {group_label(i)} · row {int(indices[i])}"
 
         example = st.selectbox("Support example", range(len(indices)), format_func=describe, key="decode.example")
         picture, bars = st.columns([1, 3])
@@ -87,14 +103,14 @@ else:
         bars.metric("Contrast", f"{chosen['contrast']:+.3f}")
         bars.plotly_chart(concept_bars(chosen["top"]), width="stretch", key="decode.example_bars")
         table = pd.DataFrame(decoded["per_example"])
-        table["group"] = [describe(i).split(" · ")[1] for i in table["support"]]
+        table["group"] = [group_label(i) for i in table["support"]]
         table["top concepts"] = [", ".join(t["concept"] for t in entry) for entry in table.pop("top")]
         with st.expander(f"All {len(table)} support examples"):
             st.dataframe(table.drop(columns=["class"]).style.format({"contrast": "{:+.3f}"}), hide_index=True,
                          width="stretch")
 
 st.header("The Projection selection")
-selection = st.session_state.get(ui.SELECTION_KEY)
+selection = ui.current_selection(store)
 if not selection or not selection["rows"] and not selection["support"]:
     st.caption("Select points on the Projection page to describe them here.")
 else:

@@ -23,11 +23,12 @@ modes = (["A support example", "Any image (store row)"] if focus is not None els
 mode = st.radio("Query", modes, horizontal=True, key="neighbors.mode")
 k = st.slider("Neighbours shown", 4, 48, 16, step=4, key="neighbors.k")
 
-support = ui.load_support(focus) if focus is not None else None
+with ui.errors_shown("Cannot read the run's edits"):
+    support = ui.load_support(focus) if focus is not None else None
 queries = {}  # title → (query vector, the query's own row, left out of its neighbours)
 if mode == "A support example":
     indices = support["indices"].numpy()
-    selection = st.session_state.get(ui.SELECTION_KEY) or {}
+    selection = ui.current_selection(store) or {}
     preferred = [i for i in selection.get("support", []) if selection.get("run_id") == focus["run_id"]]
     options = preferred + [i for i in range(len(indices)) if i not in preferred]
 
@@ -53,7 +54,7 @@ if row >= 0:
 
 columns = st.columns(len(queries))
 for column, (title, (vector, own)) in zip(columns, queries.items()):
-    with column:
+    with column, ui.errors_shown("Cannot search the neighbours", stop=False):
         st.subheader(title)
         ids, scores = index.search(vector[None, :], k + 1)
         keep = (ids[0] != own) & (ids[0] >= 0)
@@ -73,7 +74,12 @@ if support is not None:
                           support["labels"].numpy()[known], support["before"].numpy()[known],
                           support["after"].numpy()[known], k=k)
 
-    result = shift(focus["run_id"], store.content_hash, 16)
+    if not (support["indices"].numpy() >= 0).any():
+        st.caption("This run's support examples are not rows of this store (an imported reference run), "
+                   "so their own attribute is unknown and the edit shift cannot be computed.")
+        st.stop()
+    with ui.errors_shown("Cannot compute the edit shift"):
+        result = shift(focus["run_id"], store.content_hash, 16)
     st.caption(f"Share of each support example's {result['k']} nearest real images whose spurious attribute differs "
                "from its own: a rise from the original to the edited feature means the edits moved the examples "
                "toward the other attribute.")

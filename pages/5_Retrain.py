@@ -83,15 +83,20 @@ if launched:
         st.error(f"The run was not launched: {exc}")
     else:
         st.session_state[WATCH_KEY] = job["job_id"]
+        st.session_state.pop("retrain.watch_widget", None)  # follow the new job
         st.success(f"Launched job `{job['job_id']}` → run(s) {', '.join(job['run_ids'])}"
                    + (f" with {' '.join(overrides)}" if overrides else ""))
 
-with st.expander("Jobs on this machine"):
-    limit = st.number_input("How many jobs train at once (the rest wait, queued)", 1, 16,
-                            jobs.job_limit(workspace), key="retrain.limit")
-    if limit != jobs.job_limit(workspace):
-        jobs.set_max_parallel(workspace, limit)
-        st.caption(f"Saved: up to {limit} at once, from the next launch on.")
+def save_job_limit() -> None:
+    jobs.set_max_parallel(workspace, st.session_state["retrain.limit"])
+    st.toast(f"Up to {st.session_state['retrain.limit']} jobs at once, from the next launch on.")
+
+
+with st.expander("Jobs on this machine"), ui.errors_shown("Cannot read the job settings", stop=False):
+    current_limit = jobs.job_limit(workspace)
+    st.session_state["retrain.limit"] = current_limit  # the file is the truth: another session may change it
+    st.number_input("How many jobs train at once (the rest wait, queued)", 1, max(16, current_limit),
+                    key="retrain.limit", on_change=save_job_limit)
 
 # -- the jobs -------------------------------------------------------------------------------------------
 all_jobs = jobs.list_jobs(workspace)
@@ -121,7 +126,17 @@ def compare_with_previous(run_id: str, previous: str) -> None:
 @st.fragment(run_every=1.0 if active else None)
 def watch() -> None:
     """Polls the job files once a second while a job is queued or running (no busy loop)."""
+    with ui.errors_shown("Cannot show the jobs", stop=False):
+        show_jobs()
+
+
+def show_jobs() -> None:
     current = jobs.list_jobs(workspace)
+    now_active = {j["job_id"] for j in current if j["status"] in jobs.ACTIVE}
+    ended = st.session_state.get("retrain.active", set()) - now_active
+    st.session_state["retrain.active"] = now_active
+    if ended:
+        st.rerun(scope="app")  # a job has ended: refresh the run pickers (and stop polling if none is left)
     ids = [j["job_id"] for j in current]
     by_id = {j["job_id"]: j for j in current}
     table = pd.DataFrame([{"job": j["job_id"], "method": j["spec"]["method"].upper(), "status": j["status"],
@@ -129,8 +144,9 @@ def watch() -> None:
                            "settings": " ".join(j["spec"]["overrides"]) or "preset", "runs": ", ".join(j["run_ids"]),
                            "created": j["created_at"]} for j in reversed(current)])
     st.dataframe(table, hide_index=True, width="stretch")
-    watched = st.session_state.get(WATCH_KEY)
-    st.session_state["retrain.watch_widget"] = watched if watched in by_id else ids[-1]
+    if st.session_state.get("retrain.watch_widget") not in by_id:  # first draw on this visit, or a new launch
+        watched = st.session_state.get(WATCH_KEY)
+        st.session_state["retrain.watch_widget"] = watched if watched in by_id else ids[-1]
     chosen = st.selectbox("Follow job", list(reversed(ids)), format_func=lambda i: job_label(by_id[i]),
                           key="retrain.watch_widget")
     st.session_state[WATCH_KEY] = chosen
@@ -173,8 +189,6 @@ def watch() -> None:
     with st.expander("Log (last 40 lines)"):
         tail = jobs.log_tail(workspace, chosen, 40)
         st.code((tail["stdout"] + ("\n--- stderr ---\n" + tail["stderr"] if tail["stderr"].strip() else "")) or "(empty)")
-    if active and not any(j["status"] in jobs.ACTIVE for j in current):
-        st.rerun(scope="app")  # every job has ended: stop polling and refresh the run pickers
 
 
 watch()

@@ -69,7 +69,7 @@ def test_local_job_runs_with_progress_and_finishes(ws):
     t0 = time.monotonic()
     record = jobs.launch(ws, "hsfm", overrides=[*TINY_HSFM[1:], "E=3"], seeds=[0, 1], device="cpu")
     job_id = record["job_id"]
-    assert time.monotonic() - t0 < 10 and record["status"] in ("queued", "running")  # the caller did not wait
+    assert time.monotonic() - t0 < 30 and record["status"] in ("queued", "running")  # the caller did not wait
     assert record["executor"] == "local" and record["spec"]["method"] == "hsfm" and record["spec"]["seeds"] == [0, 1]
     base = record["run_id"]
     assert base.startswith("hsfm-") and record["run_ids"] == [f"{base}-s0", f"{base}-s1"]

@@ -14,6 +14,7 @@ from hsfm_core import ui
 from hsfm_core.compare import predictions, prediction_flips
 from hsfm_core.decode import clip_space_map, decode_run, encode_concepts, read_concepts
 from hsfm_core.features import FeatureStore
+from hsfm_core.projection import project
 from hsfm_core.runs import list_runs, load_support
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -97,12 +98,13 @@ def test_projection_selection_drives_counts_and_grid_and_survives_recolouring(mo
     at.get("form_submit_button")[0].click().run()
     assert not at.exception, at.exception
     assert len(at.get("plotly_chart")) == 1
-    frame = pd.read_parquet(sorted((app_workspace / "cache").glob("umap-*.parquet"))[-1])
+    store = FeatureStore.open(app_workspace)
     hsfm = runs_by_method(app_workspace)["hsfm"]
-    map_name = next(k for k in [f"{FeatureStore.open(app_workspace).content_hash}:{hsfm['run_id']}:15:0.1"])
+    frame = pd.read_parquet(project(store, hsfm))  # the map the page drew (default parameters): a cache hit
+    map_name = f"{store.content_hash}:{hsfm['run_id']}:15:0.1"
     # AppTest cannot draw a lasso: set the page's own selection state, as a lasso does
     chosen = np.flatnonzero((frame["group"] == 1).to_numpy() & (frame["kind"] != "edited").to_numpy())[:5]
-    at.session_state[ui.SELECTION_KEY] = {"map": map_name, "positions": chosen.tolist(),
+    at.session_state[ui.SELECTION_KEY] = {"map": map_name, "store": store.content_hash, "positions": chosen.tolist(),
                                           "rows": sorted(frame["row"].iloc[chosen].astype(int)),
                                           "support": [], "run_id": hsfm["run_id"]}
     at.run()
@@ -130,10 +132,14 @@ def test_decode_page_scores_the_runs_edits_and_the_selection(monkeypatch, app_wo
     assert [m.value for m in at.metric][:2] == [f"{e['contrast']:+.3f}" for e in changed["per_class"]]
     # a Projection selection is described too
     rows = store.rows("test", [2])[:4].tolist()
-    at.session_state[ui.SELECTION_KEY] = {"map": "x", "positions": [], "rows": rows, "support": [0, 1],
-                                          "run_id": hsfm["run_id"]}
+    selection = {"map": "x", "store": store.content_hash, "positions": [], "rows": rows, "support": [0, 1],
+                 "run_id": hsfm["run_id"]}
+    at.session_state[ui.SELECTION_KEY] = selection
     at.run()
     assert "4 selected images" in texts(at) and "Mean edit of the 2 selected support examples" in texts(at)
+    at.session_state[ui.SELECTION_KEY] = {**selection, "store": "blake2b:a-replaced-store"}  # rows of other images
+    at.run()
+    assert "4 selected images" not in texts(at) and "Select points on the Projection page" in texts(at)
 
 
 def test_decode_page_edits_its_vocabulary_and_refuses_a_bad_one(monkeypatch, app_workspace):
@@ -213,3 +219,42 @@ def test_runs_from_another_store_are_hidden_and_a_corrupt_run_is_a_message(monke
         c.value for c in at.sidebar.caption)
     at.selectbox(key="groups.confusion_run").set_value(runs["dfr"]["run_id"]).run()
     assert not at.exception and "Cannot evaluate that run" in at.error[0].value
+
+
+def test_damaged_runs_are_messages_and_the_pages_keep_working(monkeypatch, app_workspace, tmp_path):
+    workspace = tmp_path / "ws"
+    shutil.copytree(app_workspace, workspace)
+    runs = runs_by_method(workspace)
+    (runs["hsfm"]["path"] / "support.safetensors").write_bytes(b"truncated")
+    (runs["dfr"]["path"] / "metrics.json").write_text("{not json")
+    at = open_page(monkeypatch, workspace, "3_Decode")
+    assert "Cannot decode this run" in at.error[0].value and "support.safetensors cannot be read" in at.error[0].value
+    assert any(f"Run {runs['dfr']['run_id']} cannot be read" in w.value for w in at.sidebar.warning)
+    at.switch_page("pages/4_Neighbors.py").run()
+    assert not at.exception and "Cannot read the run's edits" in at.error[0].value
+    at.session_state["lesson.step"] = 4
+    at.switch_page("pages/6_Lesson.py").run()
+    assert not at.exception and "This step cannot be shown" in at.error[0].value
+    at.button(key="lesson.next").click().run()  # the walk-through goes on
+    assert at.header[0].value == "Your turn"
+    at.switch_page("pages/1_Groups.py").run()
+    assert not at.exception and len(at.dataframe[0].value) == 2  # ERM and HSFM; DFR is hidden
+
+
+def test_an_imported_run_without_store_rows_still_works(monkeypatch, app_workspace, tmp_path):
+    """Reference imports keep support indices −1 (their rows are not in the store)."""
+    from safetensors.torch import load_file, save_file
+
+    workspace = tmp_path / "ws"
+    shutil.copytree(app_workspace, workspace)
+    path = runs_by_method(workspace)["hsfm"]["path"] / "support.safetensors"
+    support = load_file(path)
+    save_file({**support, "indices": support["indices"] * 0 - 1}, path)
+    at = open_page(monkeypatch, workspace, "4_Neighbors")
+    assert not at.exception and not at.error
+    assert "not rows of this store" in texts(at)
+    at.session_state["lesson.step"] = 4
+    at.switch_page("pages/6_Lesson.py").run()
+    assert not at.exception and not at.error and at.header[0].value == "HSFM: edit a few features"
+    at.switch_page("pages/3_Decode.py").run()
+    assert not at.exception and not at.error
