@@ -98,6 +98,7 @@ def pages_and_memory(env: dict) -> tuple[dict, dict, dict]:
             if page.get_by_role("button", name="Clear selection").is_enabled():
                 page.get_by_role("button", name="Clear selection").click()
                 wait_until_idle(page)
+                page.locator("[data-testid='stPlotlyChart'] .nsewdrag").first.wait_for(state="visible")
             timed(timings, "Projection: lasso → grid and counts", page, lambda: lasso(page), "Selection:")
             page.locator(IMAGES).first.wait_for()
             colour = "split" if visit == "first" else "class"

@@ -7,7 +7,8 @@ Workspace: generated features of Waterbirds size (d = 2048, the exact train/val/
 the generator of bench_hsfm). (1) Latency: `launch()` an HSFM job, time until its worker has
 written its first line (`started`), then cancel it; the first launch in a process also pays
 importing torch for the input checks (unless already imported) and is reported apart (`cold`). (2) Wall time of the
-`waterbirds` preset HSFM run, seed 0, on CPU: `launch()` → `wait()` returns `done`, vs `train()`
+`waterbirds` preset HSFM run, seed 0, on CPU: `launch()` → `wait()` returns `done`, vs the same run
+from the command line (`python -m hsfm_core train`, a fresh interpreter in the foreground), vs `train()`
 called directly here (torch already imported). Both include the ERM probe for θ₀ and the evaluation.
 """
 
@@ -17,6 +18,8 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -77,7 +80,7 @@ def main() -> None:
 
         from hsfm_core.train import train
 
-        job_times, direct_times, stages = [], [], {}
+        job_times, direct_times, cli_times, stages = [], [], [], {}
         load_before = os.getloadavg()[0]
         for i in range(args.repeats):  # alternate the order: other load on the machine hits both paths alike
             if i % 2:
@@ -98,18 +101,26 @@ def main() -> None:
                 t0 = time.perf_counter()
                 train(ws, "hsfm", preset="waterbirds", device="cpu")
                 direct_times.append(time.perf_counter() - t0)
+            # the same run from the command line: a fresh interpreter, as a job has, but in the foreground
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "hsfm_core", "train", "--workspace", str(ws), "--method", "hsfm",
+                            "--preset", "waterbirds", "--device", "cpu"], check=True, capture_output=True)
+            cli_times.append(time.perf_counter() - t0)
         job_s, direct_s = statistics.median(job_times), statistics.median(direct_times)
         print(f"best of {args.repeats} (least disturbed by other load): job {min(job_times):.2f} s, direct "
               f"{min(direct_times):.2f} s → {min(job_times) - min(direct_times):+.2f} s")
         print(f"waterbirds preset HSFM, 1 seed, CPU: through a local job {job_s:.2f} s, direct train() {direct_s:.2f} s "
               f"→ job-system overhead {job_s - direct_s:+.2f} s ({100 * (job_s / direct_s - 1):+.1f}%)")
+        print(f"the same run from the CLI (python -m hsfm_core train, foreground): median "
+              f"{statistics.median(cli_times):.2f} s, best {min(cli_times):.2f} s → the job system adds "
+              f"{job_s - statistics.median(cli_times):+.2f} s (median) over the CLI")
         print(f"samples: job {[round(t, 2) for t in job_times]}, direct {[round(t, 2) for t in direct_times]}; "
               f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (2 cores)")
         print(f"inside the job: {', '.join(f'{k} {v:.2f}' for k, v in stages.items())} (the worker imports torch "
               f"after its first line)")
         print(json.dumps({"first_line_median_s": first, "launch_return_median_s": returned,
                           "first_line_cold_s": cold_first, "launch_return_cold_s": cold_return,
-                          "latency_samples": warm, "waterbirds_job_s": job_times, "waterbirds_direct_s": direct_times,
+                          "latency_samples": warm, "waterbirds_job_s": job_times, "waterbirds_direct_s": direct_times, "waterbirds_cli_s": cli_times,
                           "overhead_s": job_s - direct_s, "job_stages": stages,
                           "load_average_before_after": [load_before, os.getloadavg()[0]]}))
 

@@ -55,6 +55,8 @@ def shot(page, name: str) -> None:
 def lasso(page) -> None:
     """Mouse down, move round a polygon over the middle of the map, mouse up."""
     area = page.locator("[data-testid='stPlotlyChart'] .nsewdrag").first
+    area.wait_for(state="visible")
+    area.scroll_into_view_if_needed()
     box = area.bounding_box()
     x0, y0, w, h = box["x"], box["y"], box["width"], box["height"]
     corners = [(0.15, 0.15), (0.85, 0.12), (0.88, 0.85), (0.2, 0.9), (0.15, 0.15)]
