@@ -52,14 +52,16 @@ def shot(page, name: str) -> None:
         page.set_viewport_size(size)
 
 
-def lasso(page) -> None:
-    """Mouse down, move round a polygon over the middle of the map, mouse up."""
+LASSO = [(0.15, 0.15), (0.85, 0.12), (0.88, 0.85), (0.2, 0.9), (0.15, 0.15)]  # fractions of the plot area
+
+
+def lasso(page, corners=LASSO) -> None:
+    """Mouse down, move round a polygon (fractions of the plot area), mouse up."""
     area = page.locator("[data-testid='stPlotlyChart'] .nsewdrag").first
     area.wait_for(state="visible")
     area.scroll_into_view_if_needed()
     box = area.bounding_box()
     x0, y0, w, h = box["x"], box["y"], box["width"], box["height"]
-    corners = [(0.15, 0.15), (0.85, 0.12), (0.88, 0.85), (0.2, 0.9), (0.15, 0.15)]
     page.mouse.move(x0 + corners[0][0] * w, y0 + corners[0][1] * h)
     page.mouse.down()
     for a, b in zip(corners, corners[1:]):
