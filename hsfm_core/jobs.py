@@ -613,7 +613,7 @@ def get_job(workspace: str | os.PathLike, job_id: str) -> dict:
 
 
 def list_jobs(workspace: str | os.PathLike) -> list[dict]:
-    """Every job of the workspace (oldest first: ids start with the UTC time), statuses refreshed."""
+    """Every job of the workspace, oldest launch first, statuses refreshed."""
     _reap()
     root = jobs_dir(workspace)
     if not root.is_dir():
@@ -625,7 +625,7 @@ def list_jobs(workspace: str | os.PathLike) -> list[dict]:
                 out.append(_refresh(Path(workspace), d))
             except (OSError, ValueError, KeyError, TypeError):  # half-created or damaged: skip it this time
                 continue
-    return out
+    return sorted(out, key=lambda r: (r.get("created_t", 0.0), r["job_id"]))  # ids of one second are random
 
 
 def read_progress(workspace: str | os.PathLike, job_id: str) -> list[dict]:

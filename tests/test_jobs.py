@@ -348,6 +348,7 @@ def fake_slurm(tmp_path, monkeypatch):
         (bin_dir / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_SLURM_DIR", str(bin_dir))
+    monkeypatch.setattr(jobs, "SLURM_STATE_TTL_S", 0.0)  # these tests follow state changes second by second
     yield bin_dir
     for pid_file in bin_dir.glob("*.pid"):
         try:
@@ -415,3 +416,14 @@ def test_cli_submit_list_and_cancel(ws, capsys):
     assert main(["jobs", "--workspace", str(ws), "--log", job_id, "--lines", "5"]) == 0
     assert "[job] cancelled" in capsys.readouterr().out
     assert main(["cancel", "--workspace", str(ws), "job-20000101-000000-abcd"]) == 2
+
+
+def test_slurm_state_is_asked_at_most_once_per_ttl(monkeypatch):
+    calls = []
+    monkeypatch.setattr(jobs, "_ask_sacct", lambda record: calls.append(record["job_id"]) or "RUNNING")
+    record = {"job_id": "job-20000101-000000-abcd"}
+    assert jobs._slurm_state(record) == jobs._slurm_state(record) == "RUNNING"
+    assert calls == [record["job_id"]]  # a page polling every second does not run sacct every second
+    monkeypatch.setattr(jobs, "SLURM_STATE_TTL_S", 0.0)
+    jobs._slurm_state(record)
+    assert len(calls) == 2
