@@ -6,8 +6,9 @@
    Home page shows, demo build included. Then a later launch (the demo is reused).
 2. Click-to-view times on every page of the demo workspace: the first visit (cold caches) and a
    second visit (warm), plus one interaction per page — Groups' split, a lasso and a re-colour on
-   Projection, Decode's contrast, Neighbors' query mode, Lesson's Next. A time runs from
-   the click (or the lasso's mouse-up) until the new content shows and the script is idle.
+   Projection, Decode's contrast, Neighbors' query mode, Lesson's Next, and a short HSFM job launched
+   on Retrain (until its first progress shows). A time runs from the click (or the lasso's
+   mouse-up) until the new content shows and the script is idle.
 3. Resident memory of the server (process + children) after every page has been used.
 """
 
@@ -128,6 +129,20 @@ def pages_and_memory(env: dict) -> tuple[dict, dict, dict]:
             timed(timings, "Lesson: next step", page, lambda: page.get_by_role("button", name="Next →").click(),
                   "Step ")
             timed(timings, "open Home", page, nav(page, "Home"), "Dataset card")
+
+            # Retrain: a short HSFM job; from the click on Launch run until the worker's first progress shows
+            timed(timings, "open Retrain", page, nav(page, "Retrain"), "Launch run")
+            for label, value in (("n: support examples per class", "4"), ("E: epochs", "3")):
+                page.get_by_label(label).fill(value)
+            start = time.perf_counter()
+            page.get_by_role("button", name="Launch run").click()
+            page.get_by_text("Launched job").first.wait_for(timeout=60_000)
+            elapsed = page.locator("[data-testid='stMetric']", has_text="Elapsed")
+            while "—" in elapsed.inner_text() or not elapsed.inner_text().strip():
+                page.wait_for_timeout(20)
+            timings["Retrain: Launch run → first progress shown"] = round(time.perf_counter() - start, 3)
+            page.get_by_text("Done:", exact=False).first.wait_for(timeout=600_000)
+            wait_until_idle(page)
         memory = rss_mb(proc.pid)
     return cold, warm, memory
 

@@ -267,14 +267,33 @@ def map_frame(store, run: dict | None, n_neighbors: int, min_dist: float):
 
 
 @st.cache_resource
-def start_umap_warm_up() -> None:
-    """Compile umap's numba kernels once per server process, in the background, so that the first
-    map a user asks for does not also pay the JIT."""
+def _warm_up_in_background(name: str, _work) -> None:
+    """Run `_work` once per server process in a daemon thread (first-use costs off the request path)."""
     import threading
 
+    threading.Thread(target=_work, name=f"warm-up-{name}", daemon=True).start()
+
+
+def start_umap_warm_up() -> None:
+    """Compile umap's numba kernels in the background, so that the first map a user asks for does
+    not also pay the JIT."""
     from hsfm_core.projection import warm_up
 
-    threading.Thread(target=warm_up, name="umap-warm-up", daemon=True).start()
+    _warm_up_in_background("umap", warm_up)
+
+
+def start_job_warm_up() -> None:
+    """Import what `jobs.launch` checks a request with (the trainer, sklearn, submitit) and ask
+    torch about CUDA once, in the background, so that the first Launch run is as quick as later ones."""
+    def work() -> None:
+        import submitit  # noqa: F401
+        import torch
+
+        import hsfm_core.train  # noqa: F401
+
+        torch.cuda.is_available()
+
+    _warm_up_in_background("jobs", work)
 
 
 # -- pictures --------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ store, compared, focus = ui.page_header(
     "Runs train in background processes (submitit): the page never waits, a refresh or a restart of the "
     "app does not stop them, and a finished run appears in every page's run pickers at once.")
 workspace = store.path
+ui.start_job_warm_up()
 
 SYMBOLS = {"n": "support examples per class", "T": "inner steps", "alpha": "inner step size α",
     "eta": "outer step size η", "K_H": "outer steps per epoch", "K_hard": "hard examples per class",
