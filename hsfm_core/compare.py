@@ -27,15 +27,20 @@ def run_label(run: dict) -> str:
     return f"{(run.get('method') or '?').upper()} · {run['run_id']}"
 
 
+def _runs_with_metrics(runs: list[dict], split: str):
+    """(run, its metrics on `split`) for the runs evaluated on that split."""
+    for run in runs:
+        metrics = (run.get("metrics") or {}).get(split)
+        if metrics:
+            yield run, metrics
+
+
 def accuracy_table(store, runs: list[dict], split: str) -> pd.DataFrame:
     """One row per (run, group): accuracy, its Wilson 95% interval, n and whether it is the run's
     worst group. Runs without metrics for `split` are left out."""
     names = group_names(store)
     rows = []
-    for run in runs:
-        m = (run.get("metrics") or {}).get(split)
-        if not m:
-            continue
+    for run, m in _runs_with_metrics(runs, split):
         for g, name in enumerate(names):
             acc = m["group_acc"][g]
             low, high = m["group_ci"][g] if m["group_ci"][g] else (None, None)
@@ -50,10 +55,7 @@ def averages_table(store, runs: list[dict], split: str) -> pd.DataFrame:
     """One row per run: worst group (name and accuracy) and the three averages, labelled."""
     names = group_names(store)
     rows = []
-    for run in runs:
-        m = (run.get("metrics") or {}).get(split)
-        if not m:
-            continue
+    for run, m in _runs_with_metrics(runs, split):
         worst = m["worst_group"]
         rows.append({"run": run_label(run), "worst group": names[worst] if worst is not None else None,
                      **{AVERAGE_LABELS[k]: m[k] for k in AVERAGE_LABELS}})
