@@ -26,26 +26,16 @@ if not store.manifest.get("clip_space"):
     if bridge is None:
         st.stop()
 
-def keep_vocabulary_edits() -> None:
-    """Fold the editor's changes into the stored vocabulary (Streamlit forgets a widget's edits on
-    pages that do not draw it) and start the editor afresh from it."""
-    base = st.session_state["decode.vocabulary"]
-    changes = st.session_state.pop("decode.editor")
-    edited = base.copy()
-    for position, values in changes.get("edited_rows", {}).items():
-        for column, value in values.items():
-            edited.iloc[int(position), edited.columns.get_loc(column)] = value
-    edited = edited.drop(index=edited.index[sorted(changes.get("deleted_rows", []))])
-    added = pd.DataFrame(changes.get("added_rows", []), columns=edited.columns)
-    st.session_state["decode.vocabulary"] = pd.concat([edited, added], ignore_index=True)
-
-
 with st.expander("Concept vocabulary (editable)", expanded=False):
     if "decode.vocabulary" not in st.session_state:
         concepts, categories = read_concepts()
         st.session_state["decode.vocabulary"] = pd.DataFrame({"concept": concepts, "category": categories})
+    elif "decode.editor" not in st.session_state and "decode.edited" in st.session_state:
+        # Streamlit forgot the editor's edits while another page was shown: start again from the edited list
+        st.session_state["decode.vocabulary"] = st.session_state["decode.edited"]
     vocabulary = st.data_editor(st.session_state["decode.vocabulary"], num_rows="dynamic", key="decode.editor",
-                                width="stretch", hide_index=True, on_change=keep_vocabulary_edits)
+                                width="stretch", hide_index=True)
+    st.session_state["decode.edited"] = vocabulary
     st.caption("Add, edit or delete rows; the embeddings are recomputed (and cached) for the new list.")
 
 concepts = [str(c).strip() for c in vocabulary["concept"].fillna("")]

@@ -258,3 +258,14 @@ def test_an_imported_run_without_store_rows_still_works(monkeypatch, app_workspa
     assert not at.exception and not at.error and at.header[0].value == "HSFM: edit a few features"
     at.switch_page("pages/3_Decode.py").run()
     assert not at.exception and not at.error
+
+
+def test_decode_vocabulary_edits_survive_a_visit_to_another_page(monkeypatch, app_workspace):
+    at = open_page(monkeypatch, app_workspace, "3_Decode")
+    edited = pd.DataFrame({"concept": ["water background", "land background", "a tiny bird"],
+                           "category": ["bg", "bg", "bird"]})
+    at.session_state["decode.edited"] = edited  # what the editor returned after the user's edits
+    at.switch_page("pages/1_Groups.py").run()  # Streamlit drops the editor's own state here
+    at.switch_page("pages/3_Decode.py").run()
+    assert not at.exception
+    assert at.selectbox(key="decode.positive").options == list(edited["concept"])
