@@ -99,7 +99,7 @@ def test_every_page_in_the_browser_with_a_real_lasso(app_workspace):
 
         open_page(page, "Groups", "What changed", timings)
         page.get_by_text("images fixed", exact=False).first.wait_for(timeout=30_000)
-        assert page.locator("[data-testid='stPlotlyChart']").count() >= 1
+        page.locator("[data-testid='stPlotlyChart']").first.wait_for()
         shot(page, "groups")
         timings["open Groups (first visit)"] = timings.pop("open Groups")
 
@@ -119,6 +119,7 @@ def test_every_page_in_the_browser_with_a_real_lasso(app_workspace):
         selected = page.get_by_text("Selection:", exact=False).first.inner_text()
         n_images = int(selected.split("Selection: ")[1].split(" images")[0].replace(",", ""))
         assert n_images > 0
+        page.locator(IMAGES).nth(min(n_images, 32) - 1).wait_for()
         assert page.locator(IMAGES).count() == min(n_images, 32)
         assert page.locator("[data-testid='stDataFrame']").count() >= 1  # per-group counts
         shot(page, "projection")
@@ -134,7 +135,7 @@ def test_every_page_in_the_browser_with_a_real_lasso(app_workspace):
         shot(page, "decode")
 
         open_page(page, "Neighbors", "Nearest to the edited feature", timings)
-        assert page.locator(IMAGES).count() >= 2 * 16
+        page.locator(IMAGES).nth(2 * 16).wait_for()  # the query image and 16 neighbours on each side
         assert page.get_by_text("cos 0.", exact=False).count() >= 16
         shot(page, "neighbors")
 
@@ -185,7 +186,8 @@ def test_retrain_in_the_browser(app_workspace, tmp_path):
             timings["click Launch run → done shown"] = round(time.perf_counter() - start, 3)
             wait_until_idle(page)
             no_exception(page)
-            assert page.locator("[data-testid='stPlotlyChart']").count() == 1  # the training curves
+            page.locator("[data-testid='stPlotlyChart']").first.wait_for(timeout=30_000)  # the training curves,
+            assert page.locator("[data-testid='stPlotlyChart']").count() == 1  # drawn after the app-wide rerun
             shot(page, "retrain")
             (job,) = jobs.list_jobs(workspace)
             assert job["status"] == "done" and job["spec"]["overrides"] == ["n=4", "T=2", "K_H=2", "K_hard=8", "E=6"]
