@@ -108,12 +108,17 @@ def test_local_job_runs_with_progress_and_finishes(ws):
     assert jobs.cancel(ws, job_id)["status"] == "done"  # a finished job stays as it is
 
 
-@pytest.mark.slow
-def test_cancel_a_running_job_keeps_partial_history(ws):
+def _endless_job_past(ws, epochs: int):
+    """An earlier finished run, and an endless HSFM job once it has trained `epochs` epochs."""
     (earlier,) = train(ws, "erm")
     record = jobs.launch(ws, "hsfm", overrides=ENDLESS, device="cpu")
-    job_id = record["job_id"]
-    _until(lambda: _epochs_seen(ws, job_id) >= 3, 60, "three epochs")
+    _until(lambda: _epochs_seen(ws, record["job_id"]) >= epochs, 60, f"{epochs} epochs")
+    return earlier, record, record["job_id"]
+
+
+@pytest.mark.slow
+def test_cancel_a_running_job_keeps_partial_history(ws):
+    earlier, record, job_id = _endless_job_past(ws, 3)
     progress = jobs.job_progress(ws, job_id)
     assert progress["status"] == "running" and progress["epochs"] == 100000 and progress["epoch"] >= 3
     assert progress["eta_s"] is not None and progress["eta_s"] > 0
@@ -160,10 +165,7 @@ def test_the_worker_stops_once(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_killed_job_is_found_failed_by_a_fresh_process(ws):
-    (earlier,) = train(ws, "erm")
-    record = jobs.launch(ws, "hsfm", overrides=ENDLESS, device="cpu")
-    job_id = record["job_id"]
-    _until(lambda: _epochs_seen(ws, job_id) >= 2, 60, "two epochs")
+    earlier, record, job_id = _endless_job_past(ws, 2)
     worker = jobs.get_job(ws, job_id)
     assert worker["status"] == "running" and worker["worker_pid"]
     os.kill(worker["worker_pid"], signal.SIGKILL)
