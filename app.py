@@ -10,9 +10,9 @@ from pathlib import Path
 import plotly.express as px
 import streamlit as st
 
-from hsfm_core import ui
-from hsfm_core.compare import averages_table, example_rows, train_correlation
-from hsfm_core.workspace import group_count_table, group_names
+from hsfm_core.studio import ui
+from hsfm_core.analysis.compare import averages_table, example_rows, train_correlation
+from hsfm_core.workspace import group_count_table
 
 PAGES = [
     ("pages/1_Groups.py", "Groups", "How accurate is each run on each group, and which test images changed?"),
@@ -95,7 +95,7 @@ def home() -> None:
     if store.image_root is not None:
         split = st.radio("Example images from", store.splits, horizontal=True,
                          index=store.splits.index("test") if "test" in store.splits else 0)
-        names = group_names(store)
+        names = store.groups.names
         for g, rows in example_rows(store, split, per_group=8).items():
             st.markdown(f"**{names[g]}** ({len(store.rows(split, [g])):,} in {split})")
             ui.image_grid(store, rows, [f"row {r}" for r in rows], key=f"home.g{g}", page_size=8)

@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def main() -> None:
-    from hsfm_core.decode import encode_concepts, read_concepts
+    from hsfm_core.analysis.decode import encode_concepts, read_concepts
     from hsfm_core.demo.build import DEMO_CLIP
 
     parser = argparse.ArgumentParser()
@@ -38,7 +38,7 @@ def main() -> None:
     result = {"encode_200_concepts_s": t_encode, "score_1000_directions_s": t_score}
     print(f"encode 200 concepts × 7 templates: {t_encode:.2f} s; score 1,000 directions: {1000 * t_score:.1f} ms")
     if args.workspace:
-        from hsfm_core.decode import clip_space_map, decode_run
+        from hsfm_core.analysis.decode import clip_space_map, decode_run
         from hsfm_core.features import FeatureStore
         from hsfm_core.runs import list_runs, load_support
 

@@ -18,9 +18,11 @@ import time
 import numpy as np
 import torch
 
-from hsfm_core.baselines import DFR, ERMProbe
-from hsfm_core.config import HSFMConfig, preset
-from hsfm_core.hsfm import fit_hsfm
+from hsfm_core.groups import binary
+from hsfm_core.methods.dfr import DFR
+from hsfm_core.methods.erm import ERMProbe
+from hsfm_core.methods.hsfm import PRESETS, HSFMSettings
+from hsfm_core.methods.hsfm import fit_hsfm
 
 # Exact group counts (g = 2y + a) per split of the real benchmarks.
 GROUP_COUNTS = {
@@ -56,7 +58,7 @@ def main() -> None:
     print(f"torch threads {torch.get_num_threads()}")
 
     (xt, yt, _), (xv, yv, av) = problem((500, 20, 20, 500), 0), problem((100, 100, 100, 100), 1)
-    warm = HSFMConfig(n_support=4, inner_steps=2, outer_steps=1, hard_per_class=8, epochs=1)
+    warm = HSFMSettings(n_support=4, inner_steps=2, outer_steps=1, hard_per_class=8, epochs=1)
     probe = ERMProbe().fit(xt[:, :64], yt).head_
     cold, _ = timed(lambda: fit_hsfm(xt[:, :64], yt, xv[:, :64], yv, 2 * yv + av, probe.weight, probe.bias, warm))
     results = {"cold_extra_s": cold}
@@ -67,11 +69,11 @@ def main() -> None:
         gv = 2 * yv + av
         sub = np.random.default_rng(0).permutation(len(xt))[:20_000]
         init = ERMProbe(max_iter=200).fit(xt[sub], yt[sub]).head_
-        config = preset(name)
+        config = PRESETS[name]
         t1, (r1,) = timed(lambda: fit_hsfm(xt, yt, xv, yv, gv, init.weight, init.bias, config, seeds=[0]))
         seeds = list(range(args.seeds))
         tn, rn = timed(lambda: fit_hsfm(xt, yt, xv, yv, gv, init.weight, init.bias, config, seeds=seeds))
-        t_dfr, dfr = timed(lambda: DFR(seed=0).fit(xv, yv, gv))
+        t_dfr, dfr = timed(lambda: DFR(binary(), seed=0).fit(xv, yv, gv))
         results[name] = {"preset": config.to_dict(), "hsfm_one_seed_s": t1, f"hsfm_{len(seeds)}_seeds_s": tn,
                          "ratio": tn / t1, "sequential_estimate_s": t1 * len(seeds), "dfr_s": t_dfr,
                          "dfr_selected_C": dfr.best_C_, "hsfm_val_wga_best": r1.history[r1.best_epoch - 1]["val_wga"]}

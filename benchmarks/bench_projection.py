@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--workspace", required=True)
     args = parser.parse_args()
     from hsfm_core.features import FeatureStore
-    from hsfm_core.projection import ProjectionParams, embed_jointly, neighbour_agreement, project
+    from hsfm_core.analysis.projection import ProjectionParams, embed_jointly, neighbour_agreement, project
     from hsfm_core.runs import list_runs, load_support
 
     store = FeatureStore.open(args.workspace)

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from hsfm_core.retrieval import FeatureIndex
+from hsfm_core.analysis.retrieval import FeatureIndex
 
 
 def data(n: int, d: int = 512, seed: int = 0) -> np.ndarray:

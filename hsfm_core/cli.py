@@ -97,12 +97,20 @@ def _run_import(args) -> int:
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train ERM, DFR or HSFM heads on a workspace (one run per seed)")
+    from hsfm_core import methods
+
+    p = sub.add_parser("train", help="train a head on a workspace (one run per seed): "
+                       + ", ".join(m.label for m in methods.all_methods()),
+                       epilog="methods:\n" + "\n".join(
+                           f"  {m.name:6} {m.description}\n         settings: {', '.join(m.field_types())}"
+                           + (f"; presets: {', '.join(m.presets)}" if m.presets else "")
+                           for m in methods.all_methods()),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workspace", required=True)
-    p.add_argument("--method", required=True, choices=("erm", "dfr", "hsfm"))
-    p.add_argument("--preset", default="waterbirds", help="HSFM preset: waterbirds, celeba, metashift, dominoes")
+    p.add_argument("--method", required=True, choices=methods.names())
+    p.add_argument("--preset", default=None, help="a preset of the method (default: the method's own; see below)")
     p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="override settings, e.g. T=10 eta=0.5 (HSFM), C=0.5 (ERM probe), n_refits=10 (DFR)")
+                   help="override settings by field name or alias, e.g. T=10 eta=0.5 (HSFM), C=0.5 (ERM probe)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda[:N]")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -123,11 +131,12 @@ def _pct(x) -> str:
     return "—" if x is None else f"{100 * x:.1f}"
 
 
-def _submit_train(args) -> int:
-    from hsfm_core import jobs
+def _request(args, executor: str = "local"):
+    """The one `TrainSpec` a `train` command line asks for."""
+    from hsfm_core.spec import SlurmOptions, TrainSpec
 
     slurm = None
-    if args.submit == "slurm":
+    if executor == "slurm":
         if not args.partition:
             raise InputError("--submit slurm needs --partition")
         extra = {}
@@ -136,13 +145,19 @@ def _submit_train(args) -> int:
             if not sep or not key.strip():
                 raise InputError(f"--slurm-param {pair!r}: expected key=value")
             extra[key.strip()] = value.strip()
-        slurm = jobs.SlurmOptions(partition=args.partition, time_min=args.time or 60, gpus=args.gpus, cpus=args.cpus,
-                                  mem_gb=args.mem, extra=extra)
+        slurm = SlurmOptions(partition=args.partition, time_min=args.time or 60, gpus=args.gpus, cpus=args.cpus,
+                             mem_gb=args.mem, extra=extra)
     elif args.partition or args.slurm_param or args.gpus or args.cpus or args.mem:
         raise InputError("--partition, --gpus, --cpus, --mem and --slurm-param are for --submit slurm")
-    record = jobs.launch(args.workspace, args.method, preset=args.preset, overrides=args.overrides, seeds=args.seeds,
-                         device=args.device, executor=args.submit, slurm=slurm, max_parallel=args.max_parallel,
-                         time_limit_min=args.time if args.submit == "local" else None)
+    return TrainSpec.create(args.method, preset=args.preset, overrides=args.overrides, seeds=args.seeds,
+                            device=args.device, executor=executor, slurm=slurm, max_parallel=args.max_parallel,
+                            time_limit_min=args.time if executor == "local" else None)
+
+
+def _submit_train(args) -> int:
+    from hsfm_core import jobs
+
+    record = jobs.launch(args.workspace, _request(args, args.submit))
     if not args.quiet:
         print(f"submitted {record['job_id']} ({args.submit}, {record['status']}); runs {', '.join(record['run_ids'])}. "
               f"Follow it with: python -m hsfm_core jobs --workspace {args.workspace}", file=sys.stderr)
@@ -165,17 +180,16 @@ def _run_train(args) -> int:
     def progress(epoch, epochs, entries):
         nonlocal bar
         if bar is None:
-            bar = tqdm(total=epochs, unit="epoch", desc=f"hsfm ×{len(args.seeds)} seed(s)", disable=args.quiet)
+            bar = tqdm(total=epochs, unit="epoch", desc=f"{args.method} ×{len(args.seeds)} seed(s)", disable=args.quiet)
         if entries:
             bar.set_postfix(val_wga=_pct(sum(e["val_wga"] for e in entries) / len(entries)))
             bar.update(1)
 
-    if args.method != "hsfm" and not args.quiet:
-        print(f"fitting {args.method} for {len(args.seeds)} seed(s)…", file=sys.stderr)
-
+    spec = _request(args)
+    if not args.quiet:
+        print(f"fitting {args.method} for {len(spec.seeds)} seed(s)…", file=sys.stderr)
     try:
-        runs = train(args.workspace, args.method, preset=args.preset, overrides=args.overrides, seeds=args.seeds,
-                     device=args.device, progress=progress)
+        runs = train(args.workspace, spec, progress=progress)
     finally:
         if bar is not None:
             bar.close()
@@ -205,7 +219,6 @@ def _run_eval(args) -> int:
     from hsfm_core.features import FeatureStore
     from hsfm_core.heads import evaluate_head
     from hsfm_core.runs import find_run, load_head
-    from hsfm_core.workspace import group_names
 
     store = FeatureStore.open(args.workspace)
     run = find_run(args.workspace, args.run)
@@ -216,7 +229,7 @@ def _run_eval(args) -> int:
         return 0
     if run["config"].get("store_hash") not in (None, store.content_hash):
         print(f"warning: run {args.run} was trained on a store with a different content hash", file=sys.stderr)
-    names = group_names(store)
+    names = store.groups.names
     print(f"run {run['run_id']} ({run['method']}, status {run['status']})")
     for split, m in metrics.items():
         print(f"\n{split}: accuracy per group (%), Wilson 95% interval")
@@ -456,7 +469,7 @@ def _store_and_support(workspace: str, run_id: str):
 
 
 def _run_decode(args) -> int:
-    from hsfm_core.decode import clip_space_map, decode_run, encode_concepts, read_concepts
+    from hsfm_core.analysis.decode import clip_space_map, decode_run, encode_concepts, read_concepts
     from hsfm_core.features import FeatureStore
 
     if args.top < 1:
@@ -466,7 +479,7 @@ def _run_decode(args) -> int:
     bank = encode_concepts(text_encoder, *read_concepts(args.concepts), cache_dir=store.path / "cache")
     result = decode_run(store, support, bank, to_clip, store.class_names, args.top, tuple(args.contrast))
     if args.support:
-        from hsfm_core.decode import decode_edit_selection
+        from hsfm_core.analysis.decode import decode_edit_selection
 
         result["selection"] = decode_edit_selection(support, args.support, bank, to_clip, args.top,
                                                     tuple(args.contrast))
@@ -486,7 +499,7 @@ def _add_project(sub) -> None:
 
 def _run_project(args) -> int:
     from hsfm_core.features import FeatureStore
-    from hsfm_core.projection import ProjectionParams, project
+    from hsfm_core.analysis.projection import ProjectionParams, project
     from hsfm_core.runs import find_run
 
     if args.n_neighbors < 2 or not 0 <= args.min_dist <= 1:
@@ -502,7 +515,7 @@ def _run_project(args) -> int:
 
 
 def _open_run_support(args):
-    from hsfm_core.retrieval import workspace_index
+    from hsfm_core.analysis.retrieval import workspace_index
 
     if args.k < 1:
         raise InputError(f"-k must be ≥ 1, got {args.k}")
@@ -526,7 +539,7 @@ def _run_neighbors(args) -> int:
 
 
 def _run_edit_shift(args) -> int:
-    from hsfm_core.retrieval import edit_shift
+    from hsfm_core.analysis.retrieval import edit_shift
 
     store, support, index = _open_run_support(args)
     rows = support["indices"].numpy()

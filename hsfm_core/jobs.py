@@ -60,6 +60,7 @@ from typing import Iterator, Sequence
 
 from hsfm_core.errors import InputError
 from hsfm_core.fsutil import write_json_atomic, write_text_atomic
+from hsfm_core.spec import SlurmOptions
 
 JOBS_DIR = "jobs"
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
@@ -160,31 +161,6 @@ def _reap() -> None:
 
 
 # -- executors ----------------------------------------------------------------------------
-@dataclass
-class SlurmOptions:
-    """Where and how a job runs on Slurm. `extra` = more `#SBATCH --key=value` lines, e.g. {"qos": "high"}."""
-    partition: str
-    time_min: int = 60
-    gpus: int = 0
-    cpus: int | None = None
-    mem_gb: float | None = None
-    extra: dict = field(default_factory=dict)
-    setup: list = field(default_factory=list)  # shell lines before the worker starts (module load, …)
-
-    def check(self) -> None:
-        if not self.partition or not re.match(r"^[A-Za-z0-9_.,-]+$", self.partition):
-            raise InputError(f"Slurm partition {self.partition!r}: expected a partition name")
-        if int(self.time_min) < 1:
-            raise InputError(f"Slurm time limit must be ≥ 1 minute, got {self.time_min}")
-        if int(self.gpus) < 0 or (self.cpus is not None and int(self.cpus) < 1):
-            raise InputError(f"Slurm gpus must be ≥ 0 and cpus ≥ 1, got gpus={self.gpus}, cpus={self.cpus}")
-        if self.mem_gb is not None and not float(self.mem_gb) > 0:
-            raise InputError(f"Slurm memory must be > 0 GB, got {self.mem_gb}")
-        for key in self.extra:
-            if not re.match(r"^[A-Za-z][A-Za-z0-9_-]*$", str(key)):
-                raise InputError(f"Slurm parameter {key!r}: expected an sbatch option name such as qos or account")
-
-
 def slurm_parameters(options: SlurmOptions, job_id: str) -> dict:
     """`SlurmExecutor.update_parameters` keywords (sbatch vocabulary) for a job."""
     options.check()
@@ -209,21 +185,10 @@ def slurm_script(workspace: str | os.PathLike, options: SlurmOptions | dict, job
     """The sbatch script submitit would submit for a job with these options (a preview; needs no cluster)."""
     from submitit.slurm.slurm import _make_sbatch_string
 
-    options = _slurm_options(options)
+    options = SlurmOptions.from_value(options)
     folder = (job_dir(Path(workspace).resolve(), job_id) / "submitit").resolve()
     command = " ".join([python or shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
     return _make_sbatch_string(command=command, folder=folder, **slurm_parameters(options, job_id))
-
-
-def _slurm_options(options: SlurmOptions | dict | None) -> SlurmOptions:
-    if isinstance(options, SlurmOptions):
-        return options
-    if not options or not options.get("partition"):
-        raise InputError("a Slurm job needs a partition")
-    try:
-        return SlurmOptions(**options)
-    except TypeError as exc:
-        raise InputError(f"Slurm options: {exc}") from None
 
 
 def _local_executor():
@@ -291,37 +256,21 @@ def _check_device(device: str, executor: str) -> None:
             raise InputError(f"unknown device {device!r}; expected auto, cpu or cuda[:N]") from None
 
 
-def launch(
-    workspace: str | os.PathLike,
-    method: str,
-    *,
-    preset: str = "waterbirds",
-    overrides: Sequence[str] = (),
-    seeds: Sequence[int] = (0,),
-    device: str = "auto",
-    executor: str = "local",
-    slurm: SlurmOptions | dict | None = None,
-    max_parallel: int | None = None,
-    time_limit_min: float | None = None,
-) -> dict:
-    """Check the request, register the job, submit it, and return its record (see `get_job`) at once.
+def launch(workspace: str | os.PathLike, spec) -> dict:
+    """Check the request (a `TrainSpec`), register the job, submit it, and return its record at once.
 
-    Raises `InputError` (nothing registered, nothing submitted) for a bad method, preset, override,
-    seed list, device, store or Slurm option; a submission refused by Slurm also raises `InputError`
-    (the job stays in the registry as `failed` with sbatch's message).
+    Raises `InputError` (nothing registered, nothing submitted) for a bad store or device; a
+    submission refused by Slurm also raises `InputError` (the job stays registered as `failed`).
     """
     from hsfm_core.runs import new_run_id
-    from hsfm_core.train import check_spec, open_store_for, run_ids_for
+    from hsfm_core.train import open_store_for, run_ids_for
 
+    spec = spec.check()
+    method, executor, device = spec.method, spec.executor, spec.device
+    max_parallel, time_limit_min, options = spec.max_parallel, spec.time_limit_min, spec.slurm
     workspace = Path(workspace).resolve()
-    if executor not in EXECUTORS:
-        raise InputError(f"unknown executor {executor!r}; expected local or slurm")
-    spec = check_spec(method, preset=preset, overrides=overrides, seeds=seeds)
     open_store_for(workspace, method)
     _check_device(device, executor)
-    options = _slurm_options(slurm) if executor == "slurm" else None
-    if options is not None:
-        options.check()
     limit = int(max_parallel) if max_parallel is not None else job_limit(workspace)
     if limit < 1:
         raise InputError(f"the job limit must be ≥ 1, got {limit}")
@@ -333,8 +282,7 @@ def launch(
     folder = directory / "submitit"
     record = {
         "job_id": job_id, "workspace": str(workspace), "status": "queued", "executor": executor,
-        "spec": {"method": method, "preset": spec.preset, "overrides": list(overrides), "seeds": spec.seeds,
-                 "device": device},
+        "spec": spec.to_dict(),
         "run_id": run_id, "run_ids": run_ids_for(run_id, spec.seeds),
         "max_parallel": limit if executor == "local" else None,
         "slurm": asdict(options) if options else None,
@@ -477,6 +425,7 @@ def _worker_main(workspace: str, job_id: str) -> str:
             print(f"[job] holding slot {index}", flush=True)
         _update(directory, status="running", started_at=_now())
         _append_progress(directory, "loading store")
+        from hsfm_core.spec import TrainSpec
         from hsfm_core.train import train
 
         def progress(epoch: int, epochs: int, entries: list[dict]) -> None:
@@ -492,8 +441,7 @@ def _worker_main(workspace: str, job_id: str) -> str:
             print(f"[job] epoch {epoch}/{epochs} val WGA {_mean(entries, 'val_wga'):.4f} "
                   f"outer loss {_mean(entries, 'outer_loss'):.4f}", flush=True)
 
-        runs = train(workspace, spec["method"], preset=spec["preset"] or "waterbirds", overrides=spec["overrides"],
-                     seeds=spec["seeds"], device=spec["device"], progress=progress, run_id=record["run_id"])
+        runs = train(workspace, TrainSpec.from_dict(spec), progress=progress, run_id=record["run_id"])
         _stop_once()  # finished: too late to cancel
         summary = {r.run_id: {split: {k: m[k] for k in ("wga", "avg_adjusted", "avg_plain")}
                               for split, m in r.metrics.items()} for r in runs}

@@ -1,4 +1,4 @@
-"""A workspace = one feature store + `runs/` + `cache/` in the same directory (DESIGN §4).
+"""A workspace = one feature store + `runs/` + `cache/` in the same directory (docs/ARCHITECTURE.md §Workspace).
 
 This module finds the workspace the app should open and summarises it for display.
 """
@@ -26,14 +26,9 @@ def workspace_from_args(argv: Sequence[str], environ: Mapping[str, str] = os.env
     return Path(chosen).expanduser() if chosen else None
 
 
-def group_names(store) -> list[str]:
-    """'class · attribute' for g = n_attributes * y + a."""
-    return [f"{c} · {a}" for c in store.class_names for a in store.attribute_names]
-
-
 def group_count_table(store) -> pd.DataFrame:
     """Rows = groups, columns = the store's splits, values = counts (from the manifest)."""
     counts = store.manifest["group_counts"]
-    table = pd.DataFrame({s: counts[s] for s in SPLITS if s in counts}, index=group_names(store))
+    table = pd.DataFrame({s: counts[s] for s in SPLITS if s in counts}, index=store.groups.names)
     table.index.name = "group"
     return table

@@ -2,10 +2,10 @@
 
 import streamlit as st
 
-from hsfm_core import ui
-from hsfm_core.compare import (AVERAGE_LABELS, accuracy_table, averages_table, confusion_by_group, flip_counts,
+from hsfm_core.studio import ui
+from hsfm_core.analysis.compare import (AVERAGE_LABELS, accuracy_table, averages_table, confusion_by_group, flip_counts,
                                prediction_flips, run_label)
-from hsfm_core.figures import accuracy_bars
+from hsfm_core.studio.figures import accuracy_bars
 
 store, compared, focus = ui.page_header(
     "Groups",

@@ -6,11 +6,10 @@ from functools import partial
 import numpy as np
 import streamlit as st
 
-from hsfm_core import ui
-from hsfm_core.figures import COLOUR_FIELDS, colour_values, projection_map
-from hsfm_core.projection import (BACKDROP_MAX_POINTS, ProjectionParams, backdrop_sample, is_cached,
+from hsfm_core.studio import ui
+from hsfm_core.studio.figures import COLOUR_FIELDS, colour_values, projection_map
+from hsfm_core.analysis.projection import (BACKDROP_MAX_POINTS, ProjectionParams, backdrop_sample, is_cached,
                                   points_in_region, selection_summary)
-from hsfm_core.workspace import group_names
 
 store, compared, focus = ui.page_header(
     "Projection",
@@ -38,7 +37,7 @@ with ui.errors_shown("Cannot draw the map"):
     with st.spinner("Fitting UMAP on the originals and the edits…"):
         frame = ui.map_frame(store, focus, n_neighbors, min_dist)
 map_name = f"{store.content_hash}:{focus['run_id'] if focus else '-'}:{n_neighbors}:{min_dist}"
-labels = group_names(store)
+labels = store.groups.names
 drawn = backdrop_sample(frame)
 if len(drawn) < (frame["kind"] != "edited").sum():
     st.caption(f"The backdrop shows a group-stratified sample of {len(drawn):,} of "

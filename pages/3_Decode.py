@@ -5,18 +5,17 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from hsfm_core import ui
-from hsfm_core.decode import (DEFAULT_CONTRAST, decode_edit_selection, decode_run, describe_selection,
+from hsfm_core.studio import ui
+from hsfm_core.analysis.decode import (DEFAULT_CONTRAST, decode_edit_selection, decode_run, describe_selection,
                               read_concepts)
-from hsfm_core.figures import concept_bars
-from hsfm_core.workspace import group_names
+from hsfm_core.studio.figures import concept_bars
 
 store, compared, focus = ui.page_header(
     "Decode",
     "Each direction (edited − original feature, or a selection's mean − its class mean) is compared with "
     "CLIP text embeddings of the concepts below, averaged over prompt templates. A positive cosine means the "
     "direction points toward the concept.")
-labels = group_names(store)
+labels = store.groups.names
 
 bridge = None
 if not store.manifest.get("clip_space"):

@@ -5,15 +5,14 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from hsfm_core import ui
-from hsfm_core.retrieval import edit_shift
-from hsfm_core.workspace import group_names
+from hsfm_core.studio import ui
+from hsfm_core.analysis.retrieval import edit_shift
 
 store, compared, focus = ui.page_header(
     "Neighbors",
     "Nearest real images by cosine similarity of features. For a support example, the left column answers "
     "“what does the original feature look like?” and the right one “what does the edited feature look like?”.")
-labels = group_names(store)
+labels = store.groups.names
 group_of = store.meta["g"].to_numpy()
 index = None
 with ui.errors_shown("Cannot build the nearest-neighbour index"):

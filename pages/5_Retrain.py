@@ -4,10 +4,11 @@ watch them train, cancel them, and compare a finished run with the previous one.
 import pandas as pd
 import streamlit as st
 
-from hsfm_core import jobs, ui
+from hsfm_core import jobs
+from hsfm_core.studio import ui
 from hsfm_core.config import ALIASES, PRESETS, overrides_from, parse_seeds
 from hsfm_core.errors import InputError
-from hsfm_core.figures import epoch_history, training_curves
+from hsfm_core.studio.figures import epoch_history, training_curves
 
 store, compared, focus = ui.page_header(
     "Retrain",

@@ -4,10 +4,10 @@
 import numpy as np
 import streamlit as st
 
-from hsfm_core import ui
-from hsfm_core.compare import accuracy_table, example_rows, train_correlation
-from hsfm_core.figures import accuracy_bars
-from hsfm_core.workspace import group_count_table, group_names
+from hsfm_core.studio import ui
+from hsfm_core.analysis.compare import accuracy_table, example_rows, train_correlation
+from hsfm_core.studio.figures import accuracy_bars
+from hsfm_core.workspace import group_count_table
 
 ui.page_setup("Lesson")
 store = ui.open_store()
@@ -15,7 +15,7 @@ ui.run_pickers(store)
 runs, _hidden = ui.finished_runs(store)
 # ids sort by time: the newest run of each method wins (among runs evaluated on test)
 latest = {r["method"]: r for r in runs if "test" in r["metrics"]}
-labels = group_names(store)
+labels = store.groups.names
 classes, attributes = store.class_names, store.attribute_names
 
 STEPS = ["Meet the data", "A shortcut in the training set", "The usual model fails the rare groups",
@@ -104,7 +104,7 @@ with ui.errors_shown("This step cannot be shown for this workspace", stop=False)
                         "training features, which it *edits*: it nudges each one so that the head trained on them does "
                         f"well on the hardest validation images. Worst-group accuracy: **{wga(hsfm):.0%}**{before}.")
             if store.manifest.get("clip_space"):
-                from hsfm_core.decode import decode_run, read_concepts
+                from hsfm_core.analysis.decode import decode_run, read_concepts
 
                 with ui.errors_shown("Cannot decode the edits", stop=False):
                     bank, to_clip = ui.concept_bank(store, *read_concepts())

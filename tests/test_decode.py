@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from hsfm_core.cli import main
-from hsfm_core.decode import clip_space_map, encode_concepts, read_concepts
+from hsfm_core.analysis.decode import clip_space_map, encode_concepts, read_concepts
 from hsfm_core.demo.build import DEMO_CLIP
 from hsfm_core.errors import InputError
 from hsfm_core.features import write_store
@@ -101,7 +101,7 @@ def test_decode_cli(tmp_path, capsys):
 def test_mean_edit_of_chosen_support_examples(bank):
     import torch
 
-    from hsfm_core.decode import decode_edit_selection
+    from hsfm_core.analysis.decode import decode_edit_selection
 
     water = bank.embeddings[bank.concepts.index("water background")]
     before = torch.zeros(4, len(water))
@@ -115,7 +115,7 @@ def test_mean_edit_of_chosen_support_examples(bank):
 
 
 def test_a_selection_is_described_by_what_sets_it_apart(tmp_path, bank):
-    from hsfm_core.decode import describe_selection
+    from hsfm_core.analysis.decode import describe_selection
 
     store = clip_workspace(tmp_path / "ws")
     y = store.meta["y"].to_numpy()

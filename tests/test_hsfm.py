@@ -2,11 +2,20 @@ import numpy as np
 import pytest
 import torch
 
-from hsfm_core.baselines import DFR, ERMProbe, LinearHead
-from hsfm_core.config import HSFMConfig, hsfm_config
+from hsfm_core import methods
 from hsfm_core.errors import InputError
-from hsfm_core.hsfm import (UnrolledSteps, _unroll_in_span, _unroll_in_weights, fit_hsfm, hard_set, linear_logits,
-                            mean_ce, sample_support, unrolled_outer_loss)
+from hsfm_core.groups import binary
+from hsfm_core.heads import LinearHead
+from hsfm_core.methods.dfr import DFR
+from hsfm_core.methods.erm import ERMProbe
+from hsfm_core.methods.hsfm import HSFMSettings as HSFMConfig
+from hsfm_core.methods.hsfm import fit_hsfm, hard_set, sample_support
+from hsfm_core.methods.hsfm_unroll import (UnrolledSteps, _unroll_in_span, _unroll_in_weights, linear_logits, mean_ce,
+                                           unrolled_outer_loss)
+
+
+def hsfm_config(preset, overrides=()):
+    return methods.get("hsfm").settings(preset, overrides)
 
 UNROLLS = {"weights": _unroll_in_weights, "span": _unroll_in_span, "custom-backward": UnrolledSteps.apply}
 from hsfm_core.metrics import group_metrics
@@ -156,7 +165,7 @@ def test_hsfm_and_dfr_beat_erm_on_a_gaussian_spurious_problem():
     p = gaussian_problem(64, (4000, 1200, 4000))
     (xt, yt, _), (xv, yv, av), (xs, ys, as_) = p["train"], p["val"], p["test"]
     erm = ERMProbe().fit(xt, yt).head_
-    dfr = DFR(seed=0).fit(xv, yv, 2 * yv + av).head_
+    dfr = DFR(binary(), seed=0).fit(xv, yv, 2 * yv + av).head_
     config = hsfm_config("waterbirds", ["alpha=1e-3"])  # Gaussian features need a larger head step than ResNet's
     (r,) = fit_hsfm(xt, yt, xv, yv, 2 * yv + av, erm.weight, erm.bias, config)
 
@@ -180,7 +189,7 @@ def test_bad_inputs_are_clear_errors():
     bad[[3, 7], 2] = np.nan
     with pytest.raises(InputError, match=r"validation features contain NaN or inf \(2 row\(s\), first \[3, 7\]\)"):
         fit_hsfm(xt, yt, bad, yv, gv, init.weight, init.bias, config)
-    with pytest.raises(InputError, match="unknown preset 'imagenet'"):
+    with pytest.raises(InputError, match="unknown hsfm preset 'imagenet'"):
         hsfm_config("imagenet")
     with pytest.raises(InputError, match="unknown key 'lr'"):
         hsfm_config("waterbirds", ["lr=0.1"])

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from hsfm_core import ui
-from hsfm_core.compare import predictions, prediction_flips
-from hsfm_core.decode import clip_space_map, decode_run, encode_concepts, read_concepts
+from hsfm_core.studio import ui
+from hsfm_core.analysis.compare import predictions, prediction_flips
+from hsfm_core.analysis.decode import clip_space_map, decode_run, encode_concepts, read_concepts
 from hsfm_core.features import FeatureStore
-from hsfm_core.projection import project
+from hsfm_core.analysis.projection import project
 from hsfm_core.runs import list_runs, load_support
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from hsfm_core.cli import main
-from hsfm_core.projection import ProjectionParams, neighbour_agreement, project
+from hsfm_core.analysis.projection import ProjectionParams, neighbour_agreement, project
 from hsfm_core.runs import find_run
 from hsfm_core.train import train
 from tests.gaussian import TINY_HSFM, gaussian_workspace

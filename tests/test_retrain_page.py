@@ -9,7 +9,8 @@ import time
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from hsfm_core import jobs, ui
+from hsfm_core import jobs
+from hsfm_core.studio import ui
 from hsfm_core.runs import list_runs
 from tests.test_jobs import _kill_all, _until
 from tests.test_pages import APP

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from hsfm_core.cli import main
-from hsfm_core.retrieval import FeatureIndex, edit_shift, workspace_index
+from hsfm_core.analysis.retrieval import FeatureIndex, edit_shift, workspace_index
 from hsfm_core.train import train
 from tests.gaussian import hsfm_and_erm_runs, gaussian_workspace
 

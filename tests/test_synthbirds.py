@@ -3,7 +3,8 @@ import hashlib
 import numpy as np
 import pytest
 
-from hsfm_core.data import read_dataset, synthbirds
+from hsfm_core.data import read_dataset
+from hsfm_core.demo import synthbirds
 
 SMALL = {"train": (6, 2, 2, 6), "val": (3, 3, 3, 3), "test": (2, 2, 2, 2)}
 

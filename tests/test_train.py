@@ -66,7 +66,7 @@ def test_erm_and_dfr_runs_and_listing(tmp_path, capsys):
     head = load_file(erm["path"] / "head.safetensors")
     assert torch.equal(head["weight"], head["init.weight"])
     dfr = [r for r in runs.values() if r["method"] == "dfr"]
-    assert len(dfr) == 2 and all(r["config"]["hyperparameters"]["scaler_fit_on"] == "val" for r in dfr)
+    assert len(dfr) == 2 and all(r["config"]["fitted"]["scaler_fit_on"] == "val" for r in dfr)
     assert all(r["config"]["fitted"]["selected_C"] in (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01) for r in dfr)
     capsys.readouterr()
     assert cli("runs", "--workspace", tmp_path / "ws") == 0
@@ -142,7 +142,7 @@ def test_crash_marks_the_run_failed(tmp_path, monkeypatch):
     ws = tmp_path / "ws"
     gaussian_workspace(ws)
     train(ws, "erm")
-    import hsfm_core.train as train_module
+    import hsfm_core.methods.hsfm as train_module
 
     def crash(*args, **kwargs):
         raise RuntimeError("out of memory")
@@ -169,9 +169,9 @@ def test_out_of_range_settings_are_refused_before_any_run(tmp_path):
     gaussian_workspace(ws)
     for method, overrides, message in [
         ("hsfm", ["alpha=inf"], "inner_lr must be a finite number > 0"),
-        ("dfr", ["n_refits=0"], "n_refits ≥ 1"),
-        ("erm", ["C=-1"], "C > 0"),
-        ("erm", ["max_iter=0"], "max_iter ≥ 1"),
+        ("dfr", ["n_refits=0"], "n_refits must be ≥ 1"),
+        ("erm", ["C=-1"], "C must be a finite number > 0"),
+        ("erm", ["max_iter=0"], "max_iter must be ≥ 1"),
     ]:
         with pytest.raises(InputError, match=message):
             train(ws, method, overrides=overrides)
@@ -183,7 +183,7 @@ def test_out_of_range_settings_are_refused_before_any_run(tmp_path):
 def test_interrupt_marks_runs_cancelled(tmp_path, monkeypatch):
     ws = tmp_path / "ws"
     gaussian_workspace(ws)
-    import hsfm_core.train as train_module
+    import hsfm_core.methods.hsfm as train_module
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

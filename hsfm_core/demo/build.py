@@ -19,10 +19,13 @@ from typing import Callable
 
 import torch
 
-from hsfm_core.data import read_dataset, synthbirds
+from hsfm_core import methods
+from hsfm_core.data import read_dataset
+from hsfm_core.demo import synthbirds
 from hsfm_core.errors import InputError
 from hsfm_core.features.encoders import load_encoder
 from hsfm_core.features.extract import extract
+from hsfm_core.spec import TrainSpec
 from hsfm_core.train import train
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
@@ -31,7 +34,6 @@ DEMO_VERSION = 1
 MARKER = "demo.json"
 BUILDING = ".demo-build"  # written first: a folder with it is an unfinished demo build
 DATA_DIR = "synthbirds"  # the Waterbirds-format image folder, inside the workspace
-DEFAULT_RUNS = (("erm", ()), ("dfr", ()), ("hsfm", ()))  # HSFM with the waterbirds preset
 
 Progress = Callable[[str, float], None]  # (what is happening, fraction of the build done)
 
@@ -95,13 +97,14 @@ def build_demo(out: str | os.PathLike | None = None, *, seed: int = 0, workers: 
         timings["extract_s"] = time.perf_counter() - t1
 
         runs = {}
-        for k, (method, overrides) in enumerate(DEFAULT_RUNS):
+        every_method = methods.all_methods()  # each with its default preset (HSFM: the paper's Waterbirds)
+        for k, method in enumerate(every_method):
             t2 = time.perf_counter()
-            report(f"Training the {method.upper()} head", 0.6 + 0.4 * k / len(DEFAULT_RUNS))
-            (run,) = train(out, method, preset="waterbirds", overrides=overrides, seeds=[seed], device="cpu")
-            runs[method] = {"run_id": run.run_id, "test_wga": run.metrics["test"]["wga"],
+            report(f"Training the {method.label} head", 0.6 + 0.4 * k / len(every_method))
+            (run,) = train(out, TrainSpec.create(method.name, seeds=[seed], device="cpu"))
+            runs[method.name] = {"run_id": run.run_id, "test_wga": run.metrics["test"]["wga"],
                             "test_avg_adjusted": run.metrics["test"]["avg_adjusted"]}
-            timings[f"{method}_s"] = time.perf_counter() - t2
+            timings[f"{method.name}_s"] = time.perf_counter() - t2
         timings["total_s"] = time.perf_counter() - t0
         (out / MARKER).write_text(json.dumps({"version": DEMO_VERSION, "seed": seed, "images": total,
                                               "clip": str(DEMO_CLIP), "runs": runs, "timings": timings}, indent=2))

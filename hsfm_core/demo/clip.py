@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from hsfm_core.data import synthbirds
+from hsfm_core.demo import synthbirds
 
 # A ModifiedResNet image tower (open_clip's RN50 design at width 16, one block a stage) and a
 # 2-layer text transformer. Measured here: with the same 200 supervised steps a ResNet tower told

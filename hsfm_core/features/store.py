@@ -23,6 +23,7 @@ import os
 import shutil
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
@@ -33,6 +34,7 @@ import pandas as pd
 from hsfm_core import __version__
 from hsfm_core.data.table import COLUMNS, SPLITS, group_counts
 from hsfm_core.errors import InputError
+from hsfm_core.groups import Groups
 from hsfm_core.fsutil import write_json_atomic
 
 STORE_FORMAT = "hsfm-feature-store"
@@ -131,9 +133,14 @@ class FeatureStore:
     def attribute_names(self) -> list[str]:
         return list(self.manifest["attribute_names"])
 
+    @cached_property
+    def groups(self) -> Groups:
+        """The group contract of this store (classes × attributes, names, train proportions)."""
+        return Groups.from_manifest(self.manifest)
+
     @property
     def n_groups(self) -> int:
-        return len(self.class_names) * len(self.attribute_names)
+        return self.groups.n_groups
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -256,7 +263,7 @@ class StoreWriter:
         self.features.flush()
         meta = meta.loc[:, list(COLUMNS)].reset_index(drop=True)
         meta.to_parquet(self.incoming / META, index=False)
-        n_groups = len(manifest["class_names"]) * len(manifest["attribute_names"])
+        n_groups = Groups(manifest["class_names"], manifest["attribute_names"]).n_groups
         full_manifest = {
             "format": STORE_FORMAT,
             "version": STORE_VERSION,

@@ -11,7 +11,6 @@ import pandas as pd
 
 from hsfm_core.heads import predict
 from hsfm_core.runs import check_run_fits_store, load_head
-from hsfm_core.workspace import group_names
 
 # How each average is computed, for the labels the UI shows next to the numbers (DESIGN §2).
 AVERAGE_LABELS = {
@@ -38,7 +37,7 @@ def _runs_with_metrics(runs: list[dict], split: str):
 def accuracy_table(store, runs: list[dict], split: str) -> pd.DataFrame:
     """One row per (run, group): accuracy, its Wilson 95% interval, n and whether it is the run's
     worst group. Runs without metrics for `split` are left out."""
-    names = group_names(store)
+    names = store.groups.names
     rows = []
     for run, m in _runs_with_metrics(runs, split):
         for g, name in enumerate(names):
@@ -53,7 +52,7 @@ def accuracy_table(store, runs: list[dict], split: str) -> pd.DataFrame:
 
 def averages_table(store, runs: list[dict], split: str) -> pd.DataFrame:
     """One row per run: worst group (name and accuracy) and the three averages, labelled."""
-    names = group_names(store)
+    names = store.groups.names
     rows = []
     for run, m in _runs_with_metrics(runs, split):
         worst = m["worst_group"]
@@ -72,7 +71,7 @@ def predictions(store, run: dict, split: str) -> np.ndarray:
 def confusion_by_group(store, predicted: np.ndarray, split: str) -> pd.DataFrame:
     """Counts of (group, predicted class) on `split`: rows = groups, columns = 'predicted <class>'."""
     sel = store.select(split)
-    names = group_names(store)
+    names = store.groups.names
     table = np.zeros((store.n_groups, len(store.class_names)), dtype=np.int64)
     np.add.at(table, (sel.g, predicted), 1)
     frame = pd.DataFrame(table, index=names, columns=[f"predicted {c}" for c in store.class_names])
@@ -86,7 +85,7 @@ def prediction_flips(store, before: np.ndarray, after: np.ndarray, split: str) -
     'fixed' (wrong → right) or 'broken' (right → wrong). Sorted fixed first, then by group."""
     sel = store.select(split)
     changed = np.flatnonzero(before != after)
-    names = group_names(store)
+    names = store.groups.names
     fixed = after[changed] == sel.y[changed]
     frame = pd.DataFrame({"row": sel.rows[changed], "group": [names[g] for g in sel.g[changed]],
                           "g": sel.g[changed], "label": [store.class_names[c] for c in sel.y[changed]],
@@ -98,7 +97,7 @@ def prediction_flips(store, before: np.ndarray, after: np.ndarray, split: str) -
 
 def flip_counts(flips: pd.DataFrame, store) -> pd.DataFrame:
     """Per group: how many examples were fixed and broken, and the net change."""
-    names = group_names(store)
+    names = store.groups.names
     counts = flips.groupby(["group", "change"]).size().unstack(fill_value=0)
     counts = counts.reindex(index=names, columns=["fixed", "broken"], fill_value=0)
     counts["net"] = counts["fixed"] - counts["broken"]

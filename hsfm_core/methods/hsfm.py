@@ -1,11 +1,14 @@
-"""HSFM — Hard-Set-Guided Feature-Space Meta-Learning (DESIGN §1), as a pure function over tensors.
+"""HSFM — Hard-Set-Guided Feature-Space Meta-Learning (docs/ARCHITECTURE.md §HSFM), as a pure function
+over tensors, and its method entry (settings, presets, the store adapter).
 
-Read beside DESIGN §1; the numbered comments match its steps. Several seeds run *together*:
-every tensor carries a leading seed axis S, losses are per-seed means summed over seeds (so each
-seed's gradient is exactly its own), gradient clipping is per seed, and Adam is elementwise —
-so a batched run is the same computation as S separate runs, in one pass of the same ops.
+Read `fit_hsfm` beside Algorithm 1; the numbered comments match its steps. Several seeds run
+*together*: every tensor carries a leading seed axis S, losses are per-seed means summed over seeds
+(so each seed's gradient is exactly its own), gradient clipping is per seed, and Adam is
+elementwise — so a batched run is the same computation as S separate runs, in one pass of the
+same ops. Any number of classes C: n support rows and K_hard hard rows per class, classes in
+order 0…C−1 (the paper's binary case is C = 2).
 
-Shapes: S seeds, m = 2n support rows, C classes, d features, V validation rows.
+Shapes: S seeds, m = C·n support rows, C classes, d features, V validation rows.
 """
 
 from __future__ import annotations
@@ -18,10 +21,38 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hsfm_core.config import HSFMConfig
 from hsfm_core.errors import InputError
+from hsfm_core.methods.base import FittedHead, Method, check_positive
+from hsfm_core.methods.erm import initial_head
+from hsfm_core.methods.hsfm_unroll import linear_logits, mean_ce, unrolled_outer_loss
 
-N_CLASSES = 2
+
+@dataclass(frozen=True)
+class HSFMSettings:
+    n_support: int = 16  # n: support examples per class
+    inner_steps: int = 15  # T: unrolled inner gradient steps (and head Adam steps per epoch)
+    inner_lr: float = 5e-5  # α: inner step size and head Adam learning rate
+    outer_lr: float = 1.0  # η: Adam learning rate on the support features H
+    outer_steps: int = 15  # K_H: bilevel steps on H per epoch
+    hard_per_class: int = 64  # K_hard: hardest validation examples per class
+    epochs: int = 40  # E
+    clip_norm: float = 10.0  # gradient-norm clip on ∇H
+
+    def __post_init__(self) -> None:
+        check_positive(self, ints=("n_support", "inner_steps", "outer_steps", "hard_per_class", "epochs"),
+                       floats=("inner_lr", "outer_lr", "clip_norm"), what="HSFM")
+
+
+# The paper's presets (ResNet-50 ERM features): n, T, α, η, K_H, K_hard, E.
+PRESETS = {
+    "waterbirds": HSFMSettings(16, 15, 5e-5, 1.0, 15, 64, 40),
+    "celeba": HSFMSettings(1024, 10, 5e-5, 1.0, 5, 256, 20),
+    "metashift": HSFMSettings(32, 15, 5e-5, 1e-2, 10, 64, 10),
+    "dominoes": HSFMSettings(16, 10, 1e-4, 1.0, 15, 256, 40),
+}
+# The paper's symbols, accepted wherever a field name is (`--set T=10 eta=0.5`).
+ALIASES = {"n": "n_support", "T": "inner_steps", "alpha": "inner_lr", "eta": "outer_lr", "K_H": "outer_steps",
+           "K_hard": "hard_per_class", "E": "epochs"}
 
 
 @dataclass
@@ -34,19 +65,19 @@ class HSFMResult:
     init_weight: torch.Tensor  # θ₀
     init_bias: torch.Tensor
     support_indices: torch.Tensor  # m, positions in the train arrays given
-    support_labels: torch.Tensor  # m: n zeros then n ones
+    support_labels: torch.Tensor  # m: n zeros, n ones, … (class order)
     H_before: torch.Tensor  # m × d
     H_after: torch.Tensor  # m × d, the edited support features at the selected epoch
     best_epoch: int
     history: list[dict] = field(default_factory=list)
 
 
-def sample_support(train_labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """The reference code's rule: one CPU generator; class 0 then 1; randperm of its rows, first n."""
+def sample_support(train_labels: torch.Tensor, n: int, seed: int, n_classes: int = 2) -> torch.Tensor:
+    """The reference code's rule: one CPU generator; class 0, 1, … in order; randperm of its rows, first n."""
     generator = torch.Generator().manual_seed(seed)
     labels = torch.as_tensor(train_labels).cpu()
     picked = []
-    for c in range(N_CLASSES):
+    for c in range(n_classes):
         class_rows = torch.nonzero(labels == c).flatten()
         if len(class_rows) < n:
             raise InputError(f"class {c} has {len(class_rows)} train rows; n_support = {n} needs at least that many")
@@ -58,129 +89,16 @@ def hard_set(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor
     """Per seed, the k highest-cross-entropy rows of each class (class labels only): S × (≤ C·k) indices."""
     ce = F.cross_entropy(logits.transpose(1, 2), labels.expand(len(logits), -1), reduction="none")  # S × V
     picked = []
-    for c in range(N_CLASSES):
+    for c in range(logits.shape[-1]):
         rows = torch.nonzero(labels == c).flatten()
         top = ce[:, rows].topk(min(k, len(rows)), dim=1).indices
         picked.append(rows[top])
     return torch.cat(picked, dim=1)
 
 
-def linear_logits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """x: S × r × d (or r × d, shared by all seeds), weight: S × C × d, bias: S × C → S × r × C.
-
-    Computed as W·xᵀ: with C = 2 that layout is ~7× faster on the CPU than x·Wᵀ, backward included.
-    """
-    if x.dim() == 2:
-        s, c, d = weight.shape
-        return (weight.reshape(s * c, d) @ x.T).reshape(s, c, -1).transpose(1, 2) + bias[:, None, :]
-    return torch.bmm(weight, x.transpose(1, 2)).transpose(1, 2) + bias[:, None, :]
-
-
-def mean_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-seed mean cross-entropy: S × r × C logits, S × r (or r) labels → S losses.
-
-    Callers minimise their sum: seeds share no parameters, so each seed's gradient is its own.
-    """
-    labels = labels.expand(logits.shape[:2])
-    return F.cross_entropy(logits.transpose(1, 2), labels, reduction="none").mean(dim=1)
-
-
-def unrolled_outer_loss(H, onehot, weight, bias, hard_x, hard_y, steps: int, lr: float) -> torch.Tensor:
-    """θ' ← θ; T plain gradient steps θ' ← θ' − α∇CE(H, θ') keeping the graph; return CE(Q, θ'_T) per seed.
-
-    Three exact implementations of the same steps are kept: `_unroll_in_weights` (the readable
-    reference), `_unroll_in_span` and `UnrolledSteps` (the fast ones; all three are tested against
-    each other and against finite differences). Small supports are bound by per-op overhead and
-    the span form, with the fewest ops, wins (Waterbirds, m = 32: 2.1 s vs 3.3 s a run); large
-    supports are bound by memory traffic over H and `UnrolledSteps` wins (CelebA, m = 2048:
-    61 ms vs 280 ms an outer step). The switch is where the span form's m × m Gram matrix starts
-    to cost more than the T steps it saves: m ≥ 2·T·C.
-    """
-    m, n_classes = H.shape[1], weight.shape[1]
-    if m < 2 * steps * n_classes:
-        w_final, b_final = _unroll_in_span(H, onehot, weight, bias, steps, lr)
-    else:
-        w_final, b_final = UnrolledSteps.apply(H, onehot, weight, bias, steps, lr)
-    return mean_ce(linear_logits(hard_x, w_final, b_final), hard_y)
-
-
-def _unroll_in_weights(H, onehot, weight, bias, steps: int, lr: float):
-    """The textbook unroll, differentiated by autograd: the mean-CE gradient of a linear head is
-    (1/m)·Rᵀ[H 1] with residuals R = softmax(logits) − onehot. `UnrolledSteps` computes the same."""
-    m = H.shape[1]
-    w, b = weight, bias
-    for _ in range(steps):
-        residual = torch.softmax(linear_logits(H, w, b), dim=-1) - onehot  # S × m × C
-        w = w - (lr / m) * torch.bmm(residual.transpose(1, 2), H)
-        b = b - (lr / m) * residual.sum(dim=1)
-    return w, b
-
-
-def _unroll_in_span(H, onehot, weight, bias, steps: int, lr: float):
-    """The same steps tracked through the support logits: θ'_t = θ − (α/m)·A_tᵀ[H 1], where A_t sums
-    the residuals so far, so Z_t = Z_0 − (α/m)·K·A_t with the Gram matrix K = HHᵀ + 1 (m × m)."""
-    m = H.shape[1]
-    gram = torch.bmm(H, H.transpose(1, 2)) + 1  # "+ 1" is the bias column
-    logits0 = linear_logits(H, weight, bias)
-    residual_sum = torch.zeros_like(logits0)
-    logits = logits0
-    for _ in range(steps):
-        residual_sum = residual_sum + (torch.softmax(logits, dim=-1) - onehot)
-        logits = logits0 - (lr / m) * torch.bmm(gram, residual_sum)
-    w = weight - (lr / m) * torch.bmm(residual_sum.transpose(1, 2), H)
-    b = bias - (lr / m) * residual_sum.sum(dim=1)
-    return w, b
-
-
-class UnrolledSteps(torch.autograd.Function):
-    """`_unroll_in_weights` with a hand-written backward for ∂(w_T, b_T)/∂H — exact, not approximate.
-
-    Autograd would materialise two m × d gradient tensors per inner step and add them into ∇H;
-    for CelebA (m = 2048) that memory traffic is most of the run. Every one of those terms is a
-    rank-C product (m × C)·(C × d), so the backward collects the 2T factor pairs and forms ∇H with
-    one (m × 2TC)·(2TC × d) product. Tested against autograd and central finite differences.
-    """
-
-    @staticmethod
-    def forward(ctx, H, onehot, weight, bias, steps, lr):
-        scale = lr / H.shape[1]
-        w, b = weight, bias
-        weights, probs = [], []
-        for _ in range(steps):
-            p = torch.softmax(linear_logits(H, w, b), dim=-1)
-            weights.append(w)
-            probs.append(p)
-            residual = p - onehot
-            w = w - scale * torch.bmm(residual.transpose(1, 2), H)
-            b = b - scale * residual.sum(dim=1)
-        ctx.save_for_backward(H, onehot, *weights, *probs)
-        ctx.steps, ctx.scale = steps, scale
-        return w, b
-
-    @staticmethod
-    def backward(ctx, grad_w, grad_b):
-        H, onehot, *saved = ctx.saved_tensors
-        weights, probs = saved[: ctx.steps], saved[ctx.steps :]
-        left, right = [], []  # ∇H = Σ left_k · right_kᵀ
-        for t in reversed(range(ctx.steps)):
-            p = probs[t]
-            # w_{t+1} = w_t − scale·R_tᵀH,  b_{t+1} = b_t − scale·1ᵀR_t
-            left.append(-ctx.scale * (p - onehot))
-            right.append(grad_w)
-            grad_residual = -ctx.scale * (torch.bmm(grad_w, H.transpose(1, 2)).transpose(1, 2) + grad_b[:, None, :])
-            # R_t = softmax(Z_t) − Y
-            grad_logits = p * (grad_residual - (grad_residual * p).sum(dim=-1, keepdim=True))
-            # Z_t = H w_tᵀ + b_t
-            left.append(grad_logits)
-            right.append(weights[t])
-            grad_w = grad_w + torch.bmm(grad_logits.transpose(1, 2), H)
-            grad_b = grad_b + grad_logits.sum(dim=1)
-        grad_H = torch.bmm(torch.cat(left, dim=2), torch.cat(right, dim=1))
-        return grad_H, None, None, None, None, None
-
-
 def group_accuracy(pred: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, n_groups: int) -> torch.Tensor:
-    """S × V predictions → S × n_groups accuracies (NaN for empty groups)."""
+    """S × V predictions → S × n_groups accuracies (NaN for empty groups): `Groups.accuracies` for all
+    seeds at once, on the training device, so per-epoch selection never leaves it."""
     correct = (pred == labels).to(torch.float64)
     totals = torch.bincount(groups, minlength=n_groups).to(torch.float64)
     hits = torch.zeros(len(pred), n_groups, dtype=torch.float64, device=pred.device)
@@ -196,7 +114,7 @@ def fit_hsfm(
     val_groups: torch.Tensor | np.ndarray,
     init_weight: torch.Tensor,
     init_bias: torch.Tensor,
-    config: HSFMConfig,
+    config: HSFMSettings,
     seeds: Sequence[int] = (0,),
     device: str | torch.device = "cpu",
     n_groups: int = 4,
@@ -213,17 +131,17 @@ def fit_hsfm(
     val_x = _finite_float(val_features, "validation features").to(device)
     val_y = torch.as_tensor(np.array(val_labels)).long().to(device)
     val_g = torch.as_tensor(np.array(val_groups)).long().to(device)
-    d = val_x.shape[1]
+    d, n_classes = val_x.shape[1], init_weight.shape[0]
     _check_inputs(train_labels, val_y, init_weight, init_bias, d, len(train_features), train_features.shape[1],
                   len(seeds))
 
     # 1. Support set: n rows per class, the reference code's sampling rule; H is what gets edited.
-    support = torch.stack([sample_support(train_labels, config.n_support, s) for s in seeds])  # S × m
+    support = torch.stack([sample_support(train_labels, config.n_support, s, n_classes) for s in seeds])  # S × m
     rows = support.flatten().numpy()
     H_before = _finite_float(train_features[rows], "support features").reshape(len(seeds), -1, d).to(device)
     H = H_before.clone().requires_grad_(True)
-    support_y = torch.arange(N_CLASSES).repeat_interleave(config.n_support).to(device)  # n zeros, then n ones
-    onehot = F.one_hot(support_y, N_CLASSES).to(H.dtype)
+    support_y = torch.arange(n_classes).repeat_interleave(config.n_support).to(device)  # n zeros, n ones, …
+    onehot = F.one_hot(support_y, n_classes).to(H.dtype)
     H_opt = torch.optim.Adam([H], lr=config.outer_lr)
 
     # 2. Persistent head θ ← θ₀ with its own Adam (lr α), state kept across epochs.
@@ -304,16 +222,53 @@ def _finite_float(x, what: str) -> torch.Tensor:
 
 
 def _check_inputs(train_y, val_y, init_weight, init_bias, d, n_train, train_dim, n_seeds) -> None:
+    n_classes = init_weight.shape[0]
     if n_seeds < 1:
         raise InputError("at least one seed is needed")
     if train_dim != d:
         raise InputError(f"train features are {train_dim}-d but validation features are {d}-d")
     if len(train_y) != n_train:
         raise InputError(f"{n_train} train feature rows but {len(train_y)} train labels")
-    if tuple(init_weight.shape) != (N_CLASSES, d) or tuple(init_bias.shape) != (N_CLASSES,):
+    if n_classes < 2 or tuple(init_weight.shape) != (n_classes, d) or tuple(init_bias.shape) != (n_classes,):
         raise InputError(f"initial head has weight {tuple(init_weight.shape)} / bias {tuple(init_bias.shape)}; "
-                         f"the features are {d}-d, so expected ({N_CLASSES}, {d}) / ({N_CLASSES},)")
+                         f"the features are {d}-d, so expected (C, {d}) / (C,) with C ≥ 2 classes")
     for name, labels in (("train", train_y), ("val", val_y)):
         present = set(torch.unique(labels).tolist())
-        if present != set(range(N_CLASSES)):
-            raise InputError(f"the {name} split has classes {sorted(present)}; HSFM needs both classes 0 and 1")
+        if present != set(range(n_classes)):
+            raise InputError(f"the {name} split has classes {sorted(present)}; HSFM needs every class 0…{n_classes - 1}")
+
+
+class HSFM(Method):
+    name = "hsfm"
+    label = "HSFM"
+    description = "Hard-Set-Guided Feature-Space Meta-Learning: edit n train features per class so the head fits the hardest val rows"
+    order = 10
+    Settings = HSFMSettings
+    aliases = ALIASES
+    presets = PRESETS
+    needs = ("train", "val")
+    uses_device = True
+    edits_features = True
+
+    def default_preset(self, store=None):
+        return "waterbirds", "the paper's Waterbirds preset"
+
+    def fit(self, store, settings, seeds, *, device="cpu", progress=None):
+        train, val = store.select("train"), store.select("val")
+        init, init_info = initial_head(store)
+        if progress is not None:
+            progress(0, settings.epochs, [])  # training starts: a progress bar can appear before epoch 1 ends
+        results = fit_hsfm(train.features, train.y, val.features, val.y, val.g, init.weight, init.bias, settings,
+                           seeds=seeds, device=device, n_groups=store.groups.n_groups,
+                           progress=None if progress is None else lambda e, entries: progress(e, settings.epochs, entries))
+        return [FittedHead(
+            seed=r.seed, weight=r.weight, bias=r.bias, init_weight=r.init_weight, init_bias=r.init_bias,
+            # store row ids, so that the app finds each support example's image
+            support={"before": r.H_before, "after": r.H_after, "labels": r.support_labels,
+                     "indices": torch.as_tensor(train.rows[r.support_indices.numpy()])},
+            history=r.history, init_source=init_info,
+            selected={"best_epoch": r.best_epoch, "best_val_wga": r.history[r.best_epoch - 1]["val_wga"]},
+        ) for r in results]
+
+
+METHOD = HSFM()

@@ -23,7 +23,7 @@ import torch
 
 from hsfm_core.errors import InputError
 
-DEFAULT_CONCEPTS = Path(__file__).resolve().parents[1] / "assets" / "concepts.txt"
+DEFAULT_CONCEPTS = Path(__file__).resolve().parents[2] / "assets" / "concepts.txt"
 DEFAULT_CONTRAST = ("water background", "land background")
 
 

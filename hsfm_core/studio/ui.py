@@ -163,7 +163,7 @@ def _persisted(widget_key: str, state_key: str) -> None:
 def run_pickers(store) -> tuple[list[dict], dict | None]:
     """Sidebar pickers shared by every page: the runs to compare and the edited run to inspect.
     → (compared runs, focus run or None)."""
-    from hsfm_core.compare import run_label
+    from hsfm_core.analysis.compare import run_label
 
     runs, hidden = finished_runs(store)
     by_id = {r["run_id"]: r for r in runs}
@@ -224,7 +224,7 @@ def load_support(run: dict) -> dict:
 
 @st.cache_resource(show_spinner="Building the nearest-neighbour index…", max_entries=2)
 def _feature_index(path: str, content_hash: str, _store):
-    from hsfm_core.retrieval import workspace_index
+    from hsfm_core.analysis.retrieval import workspace_index
 
     return workspace_index(_store)
 
@@ -236,7 +236,7 @@ def feature_index(store):
 @st.cache_resource(show_spinner="Encoding the concepts with the CLIP text tower…", max_entries=8)
 def _concept_bank(path: str, content_hash: str, concepts: tuple, categories: tuple, _store, bridge: str | None,
                   bridge_stamp: int):  # bridge_stamp: a bridge store replaced at the same path is refitted
-    from hsfm_core.decode import clip_space_map, encode_concepts
+    from hsfm_core.analysis.decode import clip_space_map, encode_concepts
     from hsfm_core.features import FeatureStore
 
     to_clip, text_encoder = clip_space_map(_store, FeatureStore.open(bridge) if bridge else None)
@@ -255,7 +255,7 @@ def concept_bank(store, concepts: list[str], categories: list[str], bridge: str 
 def _map_frame(path: str, content_hash: str, run_id: str | None, n_neighbors: int, min_dist: float, _store, _run):
     import pandas as pd
 
-    from hsfm_core.projection import ProjectionParams, project
+    from hsfm_core.analysis.projection import ProjectionParams, project
 
     return pd.read_parquet(project(_store, _run, params=ProjectionParams(n_neighbors=n_neighbors, min_dist=min_dist)))
 
@@ -277,7 +277,7 @@ def _warm_up_in_background(name: str, _work) -> None:
 def start_umap_warm_up() -> None:
     """Compile umap's numba kernels in the background, so that the first map a user asks for does
     not also pay the JIT."""
-    from hsfm_core.projection import warm_up
+    from hsfm_core.analysis.projection import warm_up
 
     _warm_up_in_background("umap", warm_up)
 
@@ -357,7 +357,7 @@ def _blank(size: int) -> bytes:
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def _predictions(path: str, content_hash: str, run_id: str, split: str, _store, _run) -> np.ndarray:
-    from hsfm_core.compare import predictions
+    from hsfm_core.analysis.compare import predictions
 
     return predictions(_store, _run, split)
 
