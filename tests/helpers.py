@@ -36,15 +36,16 @@ def make_tiny_clip(folder: Path, seed: int = 0) -> Path:
 def write_image(path: Path, g: int, index: int, size: int = 32) -> None:
     """A small PNG whose colour depends on the group, so features differ between groups."""
     rng = np.random.default_rng(index)
-    base = np.array([(40, 120, 40), (40, 80, 200), (160, 120, 40), (30, 60, 220)][g % 4], dtype=np.float64)
+    colours = [(40, 120, 40), (40, 80, 200), (160, 120, 40), (30, 60, 220), (200, 60, 60), (120, 40, 160)]
+    base = np.array(colours[g % len(colours)], dtype=np.float64)
     pixels = np.clip(base + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path)
 
 
-def rows_for(counts: dict[str, Sequence[int]]) -> list[tuple[str, int, int]]:
-    """(split, y, a) for every row, grouped by split then group (g = 2y + a)."""
-    return [(split, g // 2, g % 2) for split, per_group in counts.items()
+def rows_for(counts: dict[str, Sequence[int]], n_attributes: int = 2) -> list[tuple[str, int, int]]:
+    """(split, y, a) for every row, grouped by split then group (g = A·y + a, A = n_attributes)."""
+    return [(split, g // n_attributes, g % n_attributes) for split, per_group in counts.items()
             for g, n in enumerate(per_group) for _ in range(n)]
 
 
@@ -60,14 +61,16 @@ def make_waterbirds(root: Path, counts=SMALL_COUNTS, image_size: int = 32) -> Pa
     return root
 
 
-def make_generic_csv(root: Path, counts=SMALL_COUNTS, split_words: bool = True) -> Path:
+def make_generic_csv(root: Path, counts=SMALL_COUNTS, split_words: bool = True, n_attributes: int = 2,
+                     image_size: int = 32) -> Path:
+    """`data.csv` + PNGs; `counts` per (split, group) with groups g = A·y + a, A = n_attributes."""
     root.mkdir(parents=True, exist_ok=True)
     with open(root / "data.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["id", "filename", "split", "y", "a"])
-        for i, (split, y, a) in enumerate(rows_for(counts)):
+        for i, (split, y, a) in enumerate(rows_for(counts, n_attributes)):
             name = f"images/{i:05d}.png"
-            write_image(root / name, 2 * y + a, i)
+            write_image(root / name, n_attributes * y + a, i, image_size)
             w.writerow([f"s{i}", name, split if split_words else WATERBIRDS_SPLIT_CODE[split], y, a])
     return root / "data.csv"
 

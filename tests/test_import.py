@@ -83,7 +83,16 @@ def test_reference_bad_inputs(tmp_path):
     bad = torch.load(tmp_path / "ref" / "val_features.pt", weights_only=True)
     bad["envs"][4] = 2 * bad["labels"][4] + 5
     torch.save(bad, tmp_path / "ref" / "val_features.pt")
-    with pytest.raises(InputError, match=r"val_features.pt: row 4: attribute value"):
+    # A inferred from the largest envs (5 → 3 attributes): the rows that no longer fit are named, and so is row 4
+    with pytest.raises(InputError, match=r"val_features.pt: row \d+: envs \d with label 1 is not A·label \+ attribute "
+                                         r"for A = 3 attributes \(inferred as \(largest envs 5, .*val_features.pt: row 4,"):
+        import_reference(tmp_path / "ref", tmp_path / "ws")
+    with pytest.raises(InputError, match=r"val_features.pt: row 4: envs 5 with label 0 is not A·label \+ attribute "
+                                         r"for A = 2 attributes \(2 attribute names were given\)"):
+        import_reference(tmp_path / "ref", tmp_path / "ws", attribute_names=["land", "water"])
+    bad["envs"][4] = 2 * bad["labels"][4] + 4  # largest envs 4: 5 groups are not a multiple of 2 classes
+    torch.save(bad, tmp_path / "ref" / "val_features.pt")
+    with pytest.raises(InputError, match=r"cannot infer the number of attributes A: .* largest envs, 4 \(.*row 4\)"):
         import_reference(tmp_path / "ref", tmp_path / "ws")
     torch.save({"features": torch.zeros(3, D), "labels": torch.zeros(3)}, tmp_path / "ref" / "val_features.pt")
     with pytest.raises(InputError, match=r"val_features.pt: missing key 'envs'"):
@@ -148,3 +157,71 @@ def test_import_never_replaces_a_store_silently(tmp_path):
     write_dfr(tmp_path / "dfr.npz")
     import_dfr(tmp_path / "dfr.npz", tmp_path / "ws")
     assert main(["import", "--from", "dfr", "--path", str(tmp_path / "dfr.npz"), "--out", str(tmp_path / "ws")]) == 2
+
+
+def three_class_arrays(n, seed, n_attributes=2):
+    """y ∈ {0, 1, 2}, a ∈ {0 … A−1}, every group present."""
+    rng = np.random.default_rng(seed)
+    g = np.concatenate([np.arange(3 * n_attributes), rng.integers(0, 3 * n_attributes, n - 3 * n_attributes)])
+    y, a = g // n_attributes, g % n_attributes
+    x = (rng.normal(size=(n, D)) + y[:, None]).astype(np.float32)
+    return x, y, a
+
+
+def test_dfr_import_with_three_classes(tmp_path):
+    arrays = {}
+    for i, split in enumerate(("train", "val", "test")):
+        x, y, a = three_class_arrays(30 + i, i)
+        arrays |= {f"embeddings_{split}": x, f"y_{split}": y, f"g_{split}": 2 * y + a, f"p_{split}": a}
+    np.savez(tmp_path / "dfr.npz", **arrays)
+    store = import_dfr(tmp_path / "dfr.npz", tmp_path / "ws")
+    assert store.class_names == ["class 0", "class 1", "class 2"]
+    assert store.attribute_names == ["attribute 0", "attribute 1"] and store.n_groups == 6
+    np.testing.assert_array_equal(store.select("test").g, arrays["g_test"])
+    assert store.groups.train_counts == tuple(np.bincount(arrays["g_train"], minlength=6))
+    named = import_dfr(tmp_path / "dfr.npz", tmp_path / "named", class_names=["e", "n", "c"],
+                       attribute_names=["plain", "negated"])
+    assert named.groups.names[-1] == "c · negated"
+    # three attribute names declare A = 3, so g = 2y + p no longer fits
+    with pytest.raises(InputError, match=r"\[train\]: row \d+: group \d is not 3·label \+ attribute"):
+        import_dfr(tmp_path / "dfr.npz", tmp_path / "ws3", attribute_names=["p0", "p1", "p2"])
+    arrays["y_val"][5] = 4  # labels 0, 1, 2, 4: class 3 never occurs
+    arrays["g_val"][5] = 2 * 4 + arrays["p_val"][5]
+    np.savez(tmp_path / "gap.npz", **arrays)
+    with pytest.raises(InputError, match=r"gap.npz: the label array uses class values 0, 1, 2, 4 but never 3"):
+        import_dfr(tmp_path / "gap.npz", tmp_path / "ws4")
+    with pytest.raises(InputError, match=r"gap.npz \[val\]: row 5: label has value 4, but 3 class names were given"):
+        import_dfr(tmp_path / "gap.npz", tmp_path / "ws4", class_names=["e", "n", "c"])
+
+
+def test_reference_import_with_three_classes_infers_the_attributes(tmp_path):
+    folder = tmp_path / "ref"
+    folder.mkdir()
+    data = {}
+    for i, split in enumerate(("val", "test")):
+        x, y, a = three_class_arrays(40 + i, i)
+        data[split] = (x, y, a)
+        torch.save({"features": torch.from_numpy(x), "labels": torch.from_numpy(y),
+                    "envs": torch.from_numpy(2 * y + a)}, folder / f"{split}_features.pt")
+    theta = {"weight": torch.randn(3, D), "bias": torch.randn(3)}
+    torch.save({"theta": theta, "support_emb": torch.randn(6, D), "support_init": torch.randn(6, D),
+                "support_labels": torch.tensor([0, 0, 1, 1, 2, 2]), "init_indices": torch.arange(6)},
+               folder / "hsfm_best.pt")
+    store = import_reference(folder, tmp_path / "ws", class_names=["e", "n", "c"])
+    assert store.n_groups == 6 and store.attribute_names == ["attribute 0", "attribute 1"]
+    np.testing.assert_array_equal(store.select("val").a, data["val"][2])
+    (run,) = list_runs(tmp_path / "ws")
+    metrics = json.loads((run["path"] / "metrics.json").read_text())
+    x, y, a = data["test"]
+    assert metrics["test"] == group_metrics(predict(x, theta["weight"], theta["bias"]), y, 2 * y + a, 6)
+    # attribute names declare A: with 3 of them, envs = 2y + a does not fit every row
+    with pytest.raises(InputError, match=r"row \d+: envs \d with label \d is not A·label \+ attribute for A = 3 "
+                                         r"attributes \(3 attribute names were given\)"):
+        import_reference(folder, tmp_path / "ws3", attribute_names=["p0", "p1", "p2"])
+    # a 2-class head does not fit a 3-class store, and nothing is written
+    torch.save({"theta": {"weight": torch.zeros(2, D), "bias": torch.zeros(2)}, "support_emb": torch.zeros(2, D),
+                "support_init": torch.zeros(2, D), "support_labels": torch.tensor([0, 1]),
+                "init_indices": torch.tensor([0, 1])}, folder / "hsfm_best.pt")
+    with pytest.raises(InputError, match=r"theta.weight \(2, 16\).*expected \(3, 16\) / \(3,\) for 3 classes"):
+        import_reference(folder, tmp_path / "ws2")
+    assert not (tmp_path / "ws2" / "manifest.json").exists()

@@ -42,6 +42,67 @@ def test_generic_csv_accepts_names_and_codes(tmp_path, split_words):
     assert table.frame["image_path"].iloc[3] == "images/00003.png"
 
 
+# 3 classes × 2 attributes, groups g = 2y + a: (train, val, test) counts per group
+COUNTS_3X2 = {"train": (5, 1, 5, 1, 1, 5), "val": (2,) * 6, "test": (2,) * 6}
+
+
+def test_generic_csv_with_three_classes_names_them_by_the_values_present(tmp_path):
+    csv_path = make_generic_csv(tmp_path / "ds", COUNTS_3X2)
+    table = read_dataset("csv", tmp_path / "ds", csv_path)
+    assert table.class_names == ("class 0", "class 1", "class 2")
+    assert table.attribute_names == ("attribute 0", "attribute 1")
+    assert table.group_counts() == {s: list(c) for s, c in COUNTS_3X2.items()}
+    assert (table.frame["g"] == 2 * table.frame["y"] + table.frame["a"]).all()
+    assert table.groups.n_groups == 6 and table.groups.train_counts == COUNTS_3X2["train"]
+    named = read_dataset("csv", tmp_path / "ds", csv_path, class_names=["e", "n", "c"],
+                         attribute_names=["plain", "negated", "quoted"])  # names declare an attribute with no rows
+    assert named.groups.names[:3] == ["e · plain", "e · negated", "e · quoted"]
+    assert named.group_counts()["val"] == [2, 2, 0, 2, 2, 0, 2, 2, 0]
+    assert (named.frame["g"] == 3 * named.frame["y"] + named.frame["a"]).all()
+
+
+def test_generic_csv_three_attributes_by_values(tmp_path):
+    counts = {"train": (3, 1, 1, 1, 1, 3), "val": (1,) * 6, "test": (1,) * 6}  # 2 classes × 3 attributes
+    csv_path = make_generic_csv(tmp_path / "ds", counts, n_attributes=3)
+    table = read_dataset("csv", tmp_path / "ds", csv_path)
+    assert table.class_names == ("class 0", "class 1")
+    assert table.attribute_names == ("attribute 0", "attribute 1", "attribute 2")
+    assert table.group_counts() == {s: list(c) for s, c in counts.items()}
+
+
+def test_generic_csv_label_errors_name_file_line_and_column(tmp_path):
+    csv_path = make_generic_csv(tmp_path / "ds", COUNTS_3X2)
+    with pytest.raises(InputError, match=r"data.csv line 14: column 'y' has value 2, but 2 class names were given "
+                                         r"\(cat, dog\), so values must be 0…1 \(14 bad row\(s\) in all\)"):
+        read_dataset("csv", tmp_path / "ds", csv_path, class_names=["cat", "dog"])
+
+    def relabel(old, new):
+        def edit(rows):
+            for r in rows[1:]:
+                if r[3] == old:
+                    r[3] = new
+        return edit
+
+    rewrite_csv(csv_path, relabel("2", "5"))  # classes 0, 1, 5: 2 to 4 never occur
+    with pytest.raises(InputError, match=r"data.csv: column 'y' uses class values 0, 1, 5 but never 2, 3, 4: number "
+                                         r"the classes 0…5 .* or give class names \(--class-names\)"):
+        read_dataset("csv", tmp_path / "ds", csv_path)
+    rewrite_csv(csv_path, relabel("5", "2"))
+
+    def edit(rows):
+        rows[4][4] = "1.0"
+
+    rewrite_csv(csv_path, edit)
+    with pytest.raises(InputError, match=r"data.csv line 5: column 'a' has value '1.0'; expected a whole number"):
+        read_dataset("csv", tmp_path / "ds", csv_path)
+    rewrite_csv(csv_path, lambda rows: rows[4].__setitem__(4, "-1"))
+    with pytest.raises(InputError, match=r"line 5: column 'a' has value '-1'; expected a whole number"):
+        read_dataset("csv", tmp_path / "ds", csv_path)
+    rewrite_csv(csv_path, lambda rows: rows[4].__setitem__(4, "0"))
+    with pytest.raises(InputError, match=r"class names must be distinct"):
+        read_dataset("csv", tmp_path / "ds", csv_path, class_names=["a", "a", "b"])
+
+
 @pytest.mark.parametrize("variant,nested", [("txt", False), ("csv", True)])
 def test_celeba_variants(tmp_path, variant, nested):
     root = make_celeba(tmp_path / "celeba", variant=variant, nested=nested)

@@ -143,3 +143,22 @@ def test_open_checks_files_against_manifest(tmp_path):
     (tmp_path / "ws" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(InputError, match="version 99"):
         FeatureStore.open(tmp_path / "ws")
+
+
+def test_labels_and_groups_must_fit_the_manifest(tmp_path):
+    features, meta = make_arrays()
+    bad = meta.copy()
+    bad.loc[4, "g"] = 3 - bad.loc[4, "g"]
+    with pytest.raises(InputError, match=r"store metadata: row 4: group \d is not 2·y \+ a"):
+        write_store(tmp_path / "ws", features, bad, MANIFEST)
+    bad = meta.copy()
+    bad.loc[6, ["y", "g"]] = [2, 4 + bad.loc[6, "a"]]  # a third class the manifest does not name
+    with pytest.raises(InputError, match=r"store metadata: row 6: label 2 is outside 0…1"):
+        write_store(tmp_path / "ws", features, bad, MANIFEST)
+    assert not (tmp_path / "ws" / "manifest.json").exists()
+    three = {**MANIFEST, "class_names": ["c0", "c1", "c2"], "attribute_names": ["a0", "a1", "a2"]}
+    meta3 = meta.assign(y=meta["y"] + (np.arange(40) % 3 == 0), a=(np.arange(40) % 3))
+    meta3["g"] = 3 * meta3["y"] + meta3["a"]
+    store = write_store(tmp_path / "ws", features, meta3, three)
+    assert store.n_groups == 9 and store.groups.names[5] == "c1 · a2"
+    assert sum(store.manifest["group_counts"]["train"]) == 20 and len(store.manifest["group_counts"]["test"]) == 9

@@ -5,13 +5,17 @@ A `DatasetTable` holds one row per image with the columns
     row_id     int64  position in the table (and later in the feature store)
     sample_id  str    the dataset's own id for the image (img_id, file name, id column)
     split      str    "train" | "val" | "test"
-    y          int64  class label (0/1)
-    a          int64  spurious attribute (0/1)
-    g          int64  group = n_attributes * y + a   (= 2y + a for binary attributes)
+    y          int64  class label, 0 … C−1
+    a          int64  spurious attribute, 0 … A−1
+    g          int64  group = A·y + a, written by `Groups.group_of` (docs/ARCHITECTURE.md §Groups)
     image_path str    path relative to `image_root`, with "/" separators
 
-plus the class and attribute names. Readers validate as they parse, so a bad file fails with
-the file, line, column and value named, before any image is touched.
+plus the class and attribute names (C and A are their counts). Readers validate as they parse, so
+a bad file fails with the file, line, column and value named, before any image is touched.
+
+How many classes and attributes a file has (`label_names`): names given by the user declare the
+count K, and every value must lie in 0 … K−1; without names, K = max(2, largest value + 1), every
+value below the largest must occur, and the names are "class 0" … / "attribute 0" ….
 """
 
 from __future__ import annotations
@@ -20,12 +24,13 @@ import os
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from hsfm_core.errors import InputError
+from hsfm_core.groups import Groups
 
 SPLITS = ("train", "val", "test")
 COLUMNS = ("row_id", "sample_id", "split", "y", "a", "g", "image_path")
@@ -50,18 +55,21 @@ class DatasetTable:
         counts = self.frame["split"].value_counts()
         return {s: int(counts.get(s, 0)) for s in SPLITS}
 
+    @property
+    def groups(self) -> Groups:
+        return Groups(self.class_names, self.attribute_names, self.group_counts().get("train"))
+
     def group_counts(self) -> dict[str, list[int]]:
-        n_groups = len(self.class_names) * len(self.attribute_names)
-        return group_counts(self.frame, n_groups)
+        return group_counts(self.frame, Groups(self.class_names, self.attribute_names))
 
 
-def group_counts(frame: pd.DataFrame, n_groups: int) -> dict[str, list[int]]:
+def group_counts(frame: pd.DataFrame, groups: Groups) -> dict[str, list[int]]:
     """{split: [count of group 0, 1, ...]} for the splits present in `frame`."""
     out = {}
     for split in SPLITS:
         g = frame.loc[frame["split"] == split, "g"].to_numpy()
         if len(g):
-            out[split] = np.bincount(g, minlength=n_groups).tolist()
+            out[split] = groups.counts(g)
     return out
 
 
@@ -113,6 +121,55 @@ def coded_column(
     return mapped.to_numpy(dtype=np.int64)
 
 
+def integer_column(frame: pd.DataFrame, column: str, source: Path, first_data_line: int) -> np.ndarray:
+    """A column of whole numbers 0, 1, 2, …; name the first line with anything else."""
+    raw = frame[column].astype(str).str.strip()
+    bad = ~raw.str.fullmatch(r"[0-9]{1,9}").to_numpy()
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InputError(
+            f"{source} line {i + first_data_line}: column {column!r} has value {raw.iloc[i]!r}; "
+            f"expected a whole number 0, 1, 2, … ({int(bad.sum())} bad row(s) in all)"
+        )
+    return raw.to_numpy().astype(np.int64)
+
+
+def label_names(values: np.ndarray, names: Sequence[str] | None, what: str, where: Callable[[int], str],
+                described: str, option: str) -> tuple[str, ...]:
+    """The class (what="class") or attribute names of a labelled file, by the rule in the module
+    docstring. `values` are non-negative ints; `where(i)` names value i's file, line and column;
+    `described` names the column as a whole; `option` is how a user gives the names."""
+    values = np.asarray(values, dtype=np.int64)
+    if names is not None:
+        names = tuple(str(n) for n in names)
+        bad = np.flatnonzero(values >= len(names))
+        if len(bad):
+            i = int(bad[0])
+            raise InputError(
+                f"{where(i)} has value {values[i]}, but {len(names)} {what} names were given "
+                f"({listed(list(names))}), so values must be 0…{len(names) - 1} ({len(bad)} bad row(s) in all)"
+            )
+        return names
+    plural = "classes" if what == "class" else f"{what}s"
+    present = np.unique(values)
+    count = max(2, int(present[-1]) + 1 if len(present) else 0)
+    n_skipped = (int(present[-1]) + 1 - len(present)) if len(present) else 0
+    if n_skipped:
+        skipped, k = [], 0  # the first few values 0 … largest that never occur (without listing them all)
+        for v in present.tolist() + [int(present[-1]) + 1]:
+            skipped += [str(m) for m in range(k, min(v, k + MAX_LISTED - len(skipped)))]
+            k = v + 1
+            if len(skipped) >= MAX_LISTED:
+                break
+        more = f", … ({n_skipped - len(skipped)} more)" if n_skipped > len(skipped) else ""
+        raise InputError(
+            f"{described} uses {what} values {listed([str(v) for v in present])} but never "
+            f"{', '.join(skipped)}{more}: number the {plural} 0…{int(present[-1])} with each one present, "
+            f"or give {option} to declare {plural} that have no rows"
+        )
+    return tuple(f"{what} {k}" for k in range(count))
+
+
 def safe_relative_paths(
     paths: Sequence[str], image_root: Path, source: Path, first_data_line: int
 ) -> list[str]:
@@ -150,15 +207,17 @@ def make_table(
     options: dict | None = None,
 ) -> DatasetTable:
     check_splits_nonempty(np.asarray(split), source)
-    n_attr = len(attribute_names)
+    groups = Groups(tuple(class_names), tuple(attribute_names))
+    y, a = np.asarray(y, dtype=np.int64), np.asarray(a, dtype=np.int64)
+    groups.check_labels(y, a, str(source))  # readers check with line numbers first; this is the backstop
     frame = pd.DataFrame(
         {
             "row_id": np.arange(len(y), dtype=np.int64),
             "sample_id": pd.Series(list(map(str, sample_id)), dtype=str),
             "split": pd.Series(np.asarray(split), dtype=str),
-            "y": np.asarray(y, dtype=np.int64),
-            "a": np.asarray(a, dtype=np.int64),
-            "g": n_attr * np.asarray(y, dtype=np.int64) + np.asarray(a, dtype=np.int64),
+            "y": y,
+            "a": a,
+            "g": groups.group_of(y, a),
             "image_path": pd.Series(list(image_path), dtype=str),
         }
     )

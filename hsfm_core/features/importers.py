@@ -1,11 +1,23 @@
-"""Import the feature caches researchers already have into a feature store (DESIGN §3).
+"""Import the feature caches researchers already have into a feature store (docs/ARCHITECTURE.md §Store).
 
 - `reference`: the original HSFM code's `{train,val,test}_features.pt`, each
-  `torch.save({"features": N×d, "labels": N, "envs": N})` with envs = group = 2·y + a (usually
-  only val and test exist), plus its best run `hsfm_best.pt` when present (`theta`
+  `torch.save({"features": N×d, "labels": N, "envs": N})` with envs = group = A·label + attribute
+  (usually only val and test exist), plus its best run `hsfm_best.pt` when present (`theta`
   {weight, bias}, `support_emb`, `support_init`, `support_labels`, `init_indices`, `epoch`, val
   figures), which becomes a run of the workspace.
-- `dfr`: DFR's `.npz` with `embeddings_{split}`, `y_{split}`, `g_{split}`, `p_{split}`.
+- `dfr`: DFR's `.npz` with `embeddings_{split}`, `y_{split}`, `g_{split}`, `p_{split}` (p = the
+  attribute, g = A·y + p).
+
+Classes and attributes (any C ≥ 2, A ≥ 1; docs/ARCHITECTURE.md §Groups), over all splits together:
+- C: `len(class_names)` when given, else max(2, largest label + 1) with every label below the
+  largest present (`data.table.label_names`, the generic CSV's rule).
+- A, DFR: `len(attribute_names)` when given, else from `p` by the same rule; then g = A·y + p is
+  checked row by row.
+- A, reference: the files hold no attribute, only envs. `len(attribute_names)` when given, else
+  inferred as (largest envs + 1) / C — right whenever the last group (last class, last attribute)
+  has a row. Every row must then satisfy A·label ≤ envs < A·(label + 1); a row that does not is
+  an error naming it and how A was obtained, so a wrong inference never passes silently: give the
+  attribute names to set A.
 
 Loading is `torch.load(weights_only=True)` / `np.load(allow_pickle=False)`: nothing arbitrary
 is unpickled. Imported stores have no images (`image_path` is empty) and are not assumed to be
@@ -15,6 +27,7 @@ in a CLIP space.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -22,66 +35,141 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hsfm_core.data.table import COLUMNS, SPLITS
+from hsfm_core.data.table import COLUMNS, SPLITS, label_names
 from hsfm_core.errors import InputError
 from hsfm_core.features.store import FeatureStore, write_store
+from hsfm_core.groups import Groups
 
 REFERENCE_RUN_FILE = "hsfm_best.pt"
-DEFAULT_CLASS_NAMES = ("class 0", "class 1")
-DEFAULT_ATTRIBUTE_NAMES = ("attribute 0", "attribute 1")
+CLASS_OPTION = "class names (--class-names)"
+ATTRIBUTE_OPTION = "attribute names (--attribute-names)"
 
 
-def _check_split_arrays(source: str, features: np.ndarray, y: np.ndarray, a: np.ndarray, g: np.ndarray) -> None:
+@dataclass
+class _Part:
+    """One split of an imported cache: features, labels, and the attribute (DFR) or group (reference)."""
+
+    split: str
+    source: str  # the file (and split) that error messages name
+    features: np.ndarray
+    y: np.ndarray
+    a: np.ndarray | None = None
+    g: np.ndarray | None = None
+
+
+def _check_part(part: _Part) -> None:
+    """Shapes, finiteness, and whole non-negative label values, before any counting."""
+    source, features = part.source, part.features
     if features.ndim != 2:
         raise InputError(f"{source}: features must be N × d, got shape {features.shape}")
     n = len(features)
     if n == 0:
         raise InputError(f"{source}: empty split (0 rows)")
-    for name, arr in (("labels", y), ("attribute", a), ("groups", g)):
+    for name, arr in (("labels", part.y), ("attribute", part.a), ("groups", part.g)):
+        if arr is None:
+            continue
         if arr.shape != (n,):
             raise InputError(f"{source}: {name} has shape {arr.shape}, expected ({n},) to match the features")
-    for name, arr in (("label", y), ("attribute", a)):
-        bad = np.flatnonzero((arr != 0) & (arr != 1))
+        if arr.dtype.kind not in "iub" and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+            raise InputError(f"{source}: {name} must be whole numbers, got dtype {arr.dtype}")
+        bad = np.flatnonzero(arr < 0)
         if len(bad):
-            raise InputError(f"{source}: row {bad[0]}: {name} value {arr[bad[0]]} is not 0 or 1")
-    bad = np.flatnonzero(g != 2 * y + a)
-    if len(bad):
-        i = bad[0]
-        raise InputError(f"{source}: row {i}: group {g[i]} is not 2·label + attribute (label {y[i]}, attribute {a[i]})")
+            raise InputError(f"{source}: row {bad[0]}: {name} value {arr[bad[0]]} is negative")
     finite = np.isfinite(features).all(axis=1)
     if not finite.all():
         raise InputError(f"{source}: row {np.flatnonzero(~finite)[0]}: features contain NaN or inf "
                          f"({int((~finite).sum())} row(s) in all)")
 
 
-def _assemble(parts: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, pd.DataFrame]:
-    dims = {p[1].shape[1] for p in parts}
+def _where(parts: list[_Part], what: str):
+    """Index into the concatenated parts → 'file [split]: row i: what'."""
+    starts = np.cumsum([0] + [len(p.y) for p in parts])
+
+    def where(i: int) -> str:
+        k = int(np.searchsorted(starts, i, side="right")) - 1
+        return f"{parts[k].source}: row {i - starts[k]}: {what}"
+    return where
+
+
+def _class_names(parts: list[_Part], class_names: Sequence[str] | None, origin: str) -> tuple[str, ...]:
+    y = np.concatenate([p.y for p in parts]).astype(np.int64)
+    return label_names(y, class_names, "class", _where(parts, "label"), f"{origin}: the label array", CLASS_OPTION)
+
+
+def _dfr_groups(parts: list[_Part], class_names, attribute_names, origin: str) -> Groups:
+    """C from y, A from p (or the names given); then g = A·y + p on every row."""
+    classes = _class_names(parts, class_names, origin)
+    a = np.concatenate([p.a for p in parts]).astype(np.int64)
+    attributes = label_names(a, attribute_names, "attribute", _where(parts, "attribute (p)"),
+                             f"{origin}: the attribute array (p)", ATTRIBUTE_OPTION)
+    groups = Groups(classes, attributes)
+    for part in parts:
+        bad = np.flatnonzero(part.g != groups.group_of(part.y, part.a))
+        if len(bad):
+            i = bad[0]
+            raise InputError(f"{part.source}: row {i}: group {part.g[i]} is not {groups.n_attributes}·label + "
+                             f"attribute (label {part.y[i]}, attribute {part.a[i]})")
+    return groups
+
+
+def _reference_groups(parts: list[_Part], class_names, attribute_names, origin: str) -> Groups:
+    """C from the labels (or the names given); A given, or inferred from the largest envs; then
+    attribute = envs − A·label on every row, which must lie in 0 … A−1."""
+    classes = _class_names(parts, class_names, origin)
+    if attribute_names is not None:
+        attributes = tuple(str(n) for n in attribute_names)
+        how = f"{len(attributes)} attribute names were given"
+    else:
+        g = np.concatenate([p.g for p in parts]).astype(np.int64)
+        top = int(np.argmax(g))
+        where_top = _where(parts, "envs")(top).rsplit(": envs", 1)[0]
+        if (int(g[top]) + 1) % len(classes):
+            raise InputError(f"{origin}: cannot infer the number of attributes A: envs = A·label + attribute, and "
+                             f"the largest envs, {g[top]} ({where_top}), + 1 is not a multiple of the "
+                             f"{len(classes)} classes; give the {ATTRIBUTE_OPTION} to set A")
+        count = (int(g[top]) + 1) // len(classes)
+        attributes = tuple(f"attribute {k}" for k in range(count))
+        how = f"inferred as (largest envs {g[top]}, {where_top}, + 1) / {len(classes)} classes"
+    groups = Groups(classes, attributes)
+    for part in parts:
+        part.a = part.g - groups.n_attributes * part.y
+        bad = np.flatnonzero((part.a < 0) | (part.a >= groups.n_attributes))
+        if len(bad):
+            i = bad[0]
+            raise InputError(f"{part.source}: row {i}: envs {part.g[i]} with label {part.y[i]} is not A·label + "
+                             f"attribute for A = {groups.n_attributes} attributes ({how}); give the "
+                             f"{ATTRIBUTE_OPTION} if A is wrong ({len(bad)} bad row(s) in this file)")
+    return groups
+
+
+def _assemble(parts: list[_Part], groups: Groups) -> tuple[np.ndarray, pd.DataFrame]:
+    dims = {p.features.shape[1] for p in parts}
     if len(dims) != 1:
         raise InputError(f"splits have different feature dimensions: "
-                         f"{', '.join(f'{s} {f.shape[1]}' for s, f, _, _ in parts)}")
-    features = np.concatenate([f for _, f, _, _ in parts])
-    split = np.concatenate([[s] * len(f) for s, f, _, _ in parts])
-    y = np.concatenate([p[2] for p in parts]).astype(np.int64)
-    a = np.concatenate([p[3] for p in parts]).astype(np.int64)
-    within = np.concatenate([np.arange(len(f)) for _, f, _, _ in parts])
+                         f"{', '.join(f'{p.split} {p.features.shape[1]}' for p in parts)}")
+    features = np.concatenate([p.features for p in parts])
+    split = np.concatenate([[p.split] * len(p.features) for p in parts])
+    y = np.concatenate([p.y for p in parts]).astype(np.int64)
+    a = np.concatenate([p.a for p in parts]).astype(np.int64)
+    within = np.concatenate([np.arange(len(p.features)) for p in parts])
     meta = pd.DataFrame({
         "row_id": np.arange(len(features), dtype=np.int64),
         "sample_id": [f"{s}:{i}" for s, i in zip(split, within)],  # position within the source split
         "split": split.astype(str),
         "y": y,
         "a": a,
-        "g": 2 * y + a,
+        "g": groups.group_of(y, a),
         "image_path": "",
     })
     return features, meta[list(COLUMNS)]
 
 
-def _manifest(kind: str, source: Path, class_names: Sequence[str], attribute_names: Sequence[str]) -> dict:
+def _manifest(kind: str, source: Path, groups: Groups) -> dict:
     return {
         "dataset": {"format": f"import:{kind}", "source": str(source.resolve()), "options": {}},
         "image_root": None,
-        "class_names": list(class_names),
-        "attribute_names": list(attribute_names),
+        "class_names": list(groups.class_names),
+        "attribute_names": list(groups.attribute_names),
         "backbone": {"kind": "imported", "model": None, "pretrained": None, "id": f"import:{kind}:{source.name}"},
         "clip_space": False,
         "text_encoder": None,
@@ -109,8 +197,9 @@ def _as_numpy(obj: object, key: str, path: Path) -> np.ndarray:
 
 
 def import_reference(path: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False,
-                     class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
-                     attribute_names: Sequence[str] = DEFAULT_ATTRIBUTE_NAMES) -> FeatureStore:
+                     class_names: Sequence[str] | None = None,
+                     attribute_names: Sequence[str] | None = None) -> FeatureStore:
+    """The reference code's feature files (and best run) → a store; C and A as the module docstring says."""
     folder = Path(path)
     if not folder.is_dir():
         raise InputError(f"--path {folder}: expected the folder holding {{train,val,test}}_features.pt")
@@ -120,33 +209,33 @@ def import_reference(path: str | os.PathLike, out: str | os.PathLike, *, overwri
         if not file.is_file():
             continue
         obj = _load_pt(file)
-        features = _as_numpy(obj, "features", file).astype(np.float32, copy=False)
-        y, g = _as_numpy(obj, "labels", file).astype(np.int64), _as_numpy(obj, "envs", file).astype(np.int64)
-        a = g - 2 * y
-        _check_split_arrays(str(file), features, y, a, g)
-        parts.append((split, features, y, a))
+        part = _Part(split, str(file), _as_numpy(obj, "features", file).astype(np.float32, copy=False),
+                     _as_numpy(obj, "labels", file), g=_as_numpy(obj, "envs", file))
+        _check_part(part)
+        part.y, part.g = part.y.astype(np.int64), part.g.astype(np.int64)
+        parts.append(part)
     if not parts:
         raise InputError(f"{folder}: none of train_features.pt, val_features.pt, test_features.pt found")
-    features, meta = _assemble(parts)
+    groups = _reference_groups(parts, class_names, attribute_names, str(folder))
+    features, meta = _assemble(parts, groups)
     run_file = folder / REFERENCE_RUN_FILE
-    run = read_reference_run(run_file, features.shape[1]) if run_file.is_file() else None  # checked before writing
-    store = write_store(out, features, meta, _manifest("reference", folder, class_names, attribute_names),
-                        overwrite=overwrite)
-    if run is not None:
+    run = read_reference_run(run_file, features.shape[1], groups.n_classes) if run_file.is_file() else None
+    store = write_store(out, features, meta, _manifest("reference", folder, groups), overwrite=overwrite)
+    if run is not None:  # checked above, before the store was written
         write_reference_run(run, run_file, store)
     return store
 
 
-def read_reference_run(file: Path, dim: int) -> dict:
+def read_reference_run(file: Path, dim: int, n_classes: int = 2) -> dict:
     """Load and check the reference code's `hsfm_best.pt`: head, support set and saved figures."""
     obj = _load_pt(file)
     theta = obj.get("theta") if isinstance(obj, dict) else None
     if not isinstance(theta, dict) or not {"weight", "bias"} <= set(theta):
         raise InputError(f"{file}: expected 'theta' with 'weight' and 'bias'")
     weight, bias = theta["weight"].float(), theta["bias"].float()
-    if tuple(weight.shape) != (2, dim) or tuple(bias.shape) != (2,):
+    if tuple(weight.shape) != (n_classes, dim) or tuple(bias.shape) != (n_classes,):
         raise InputError(f"{file}: theta.weight {tuple(weight.shape)} / bias {tuple(bias.shape)}; expected "
-                         f"(2, {dim}) / (2,) for 2 classes and {dim}-d features")
+                         f"({n_classes}, {dim}) / ({n_classes},) for {n_classes} classes and {dim}-d features")
     support = {
         "before": torch.as_tensor(_as_numpy(obj, "support_init", file)).float(),
         "after": torch.as_tensor(_as_numpy(obj, "support_emb", file)).float(),
@@ -202,8 +291,9 @@ def _scalar_or_none(value: object) -> object:
 
 
 def import_dfr(path: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False,
-               class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
-               attribute_names: Sequence[str] = DEFAULT_ATTRIBUTE_NAMES) -> FeatureStore:
+               class_names: Sequence[str] | None = None,
+               attribute_names: Sequence[str] | None = None) -> FeatureStore:
+    """DFR's embeddings `.npz` → a store; C and A as the module docstring says."""
     file = Path(path)
     if not file.is_file():
         raise InputError(f"--path {file}: DFR .npz file not found")
@@ -225,12 +315,13 @@ def import_dfr(path: str | os.PathLike, out: str | os.PathLike, *, overwrite: bo
                 features, y, g, p = (npz[k] for k in keys)
             except ValueError as exc:  # object arrays would need pickle: refused
                 raise InputError(f"{file}: {exc}") from None
-            features = features.astype(np.float32, copy=False)
-            y, g, p = y.astype(np.int64), g.astype(np.int64), p.astype(np.int64)
-            _check_split_arrays(f"{file} [{split}]", features, y, p, g)
-            parts.append((split, features, y, p))
-    if not parts:
-        raise InputError(f"{file}: no embeddings_train / embeddings_val / embeddings_test arrays "
-                         f"(found {', '.join(npz.files) or 'nothing'})")
-    features, meta = _assemble(parts)
-    return write_store(out, features, meta, _manifest("dfr", file, class_names, attribute_names), overwrite=overwrite)
+            part = _Part(split, f"{file} [{split}]", features.astype(np.float32, copy=False), y, a=p, g=g)
+            _check_part(part)
+            part.y, part.a, part.g = y.astype(np.int64), p.astype(np.int64), g.astype(np.int64)
+            parts.append(part)
+        if not parts:
+            raise InputError(f"{file}: no embeddings_train / embeddings_val / embeddings_test arrays "
+                             f"(found {', '.join(npz.files) or 'nothing'})")
+    groups = _dfr_groups(parts, class_names, attribute_names, str(file))
+    features, meta = _assemble(parts, groups)
+    return write_store(out, features, meta, _manifest("dfr", file, groups), overwrite=overwrite)

@@ -1,9 +1,10 @@
-"""The feature store: one directory per dataset × backbone (DESIGN §3).
+"""The feature store: one directory per dataset × backbone (docs/ARCHITECTURE.md §Store).
 
     manifest.json   what the features are (dataset, backbone, dimension, CLIP space, names,
                     image root, split and group counts) and a content hash
     features.npy    N × d, opened memory-mapped (read-only)
-    meta.parquet    row_id, sample_id, split, y, a, g, image_path — row i describes features[i]
+    meta.parquet    row_id, sample_id, split, y, a, g, image_path — row i describes features[i];
+                    g = A·y + a for the manifest's C class and A attribute names (§Groups)
     init_head.safetensors   (optional) θ₀ = the backbone checkpoint's final layer
 
 The directory is also the workspace: `runs/` and `cache/` live beside these files.
@@ -262,8 +263,9 @@ class StoreWriter:
             raise InputError(f"{len(bad)} feature row(s) are not finite (NaN/inf), first rows {bad[:5].tolist()}")
         self.features.flush()
         meta = meta.loc[:, list(COLUMNS)].reset_index(drop=True)
+        groups = Groups(manifest["class_names"], manifest["attribute_names"])
+        _check_groups(meta, groups)
         meta.to_parquet(self.incoming / META, index=False)
-        n_groups = Groups(manifest["class_names"], manifest["attribute_names"]).n_groups
         full_manifest = {
             "format": STORE_FORMAT,
             "version": STORE_VERSION,
@@ -272,7 +274,7 @@ class StoreWriter:
             "dim": int(dim),
             "dtype": str(self.features.dtype),
             "splits": {s: int((meta["split"] == s).sum()) for s in SPLITS},
-            "group_counts": group_counts(meta, n_groups),
+            "group_counts": group_counts(meta, groups),
             "init_head": INIT_HEAD if INIT_HEAD in self.extra_files else None,
             "content_hash": content_hash(self.features, meta),
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -317,6 +319,17 @@ def write_store(path: str | os.PathLike, features: np.ndarray, meta: pd.DataFram
         for name, data in (extra_files or {}).items():
             writer.add_file(name, data)
         return writer.commit(meta, manifest)
+
+
+def _check_groups(meta: pd.DataFrame, groups: Groups) -> None:
+    """Labels within the manifest's classes and attributes, and g = A·y + a on every row."""
+    y, a, g = (meta[c].to_numpy(dtype=np.int64) for c in ("y", "a", "g"))
+    groups.check_labels(y, a, "store metadata")
+    bad = np.flatnonzero(g != groups.group_of(y, a))
+    if len(bad):
+        i = int(bad[0])
+        raise InputError(f"store metadata: row {i}: group {g[i]} is not {groups.n_attributes}·y + a "
+                         f"(y {y[i]}, a {a[i]}; {len(bad)} bad row(s) in all)")
 
 
 def _nonfinite_rows(features: np.ndarray) -> np.ndarray:
