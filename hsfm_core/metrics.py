@@ -1,4 +1,4 @@
-"""Group metrics (DESIGN §2): every average says which one it is.
+"""Group metrics (docs/ARCHITECTURE.md §Metrics): every average says which one it is.
 
 All functions are vectorised over groups and work for any number of groups. Fractions are in
 [0, 1]; a group with no examples has accuracy NaN (written as null in JSON) and is skipped by

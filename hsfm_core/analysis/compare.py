@@ -12,7 +12,7 @@ import pandas as pd
 from hsfm_core.heads import predict
 from hsfm_core.runs import check_run_fits_store, load_head
 
-# How each average is computed, for the labels the UI shows next to the numbers (DESIGN §2).
+# How each average is computed, for the labels the UI shows next to the numbers (docs/ARCHITECTURE.md §Metrics).
 AVERAGE_LABELS = {
     "wga": "worst-group accuracy",
     "avg_adjusted": "adjusted average (groups weighted by train proportions)",
@@ -21,9 +21,18 @@ AVERAGE_LABELS = {
 }
 
 
+def method_label(name: str | None) -> str:
+    """How views print a method: its registered label ('HSFM'), else the name as recorded."""
+    from hsfm_core import methods
+
+    if name in methods.names():
+        return methods.get(name).label
+    return (name or "?").upper()
+
+
 def run_label(run: dict) -> str:
     """'HSFM · hsfm-20261129-…-s0' — what pickers and legends show."""
-    return f"{(run.get('method') or '?').upper()} · {run['run_id']}"
+    return f"{method_label(run.get('method'))} · {run['run_id']}"
 
 
 def _runs_with_metrics(runs: list[dict], split: str):
@@ -71,11 +80,11 @@ def predictions(store, run: dict, split: str) -> np.ndarray:
 def confusion_by_group(store, predicted: np.ndarray, split: str) -> pd.DataFrame:
     """Counts of (group, predicted class) on `split`: rows = groups, columns = 'predicted <class>'."""
     sel = store.select(split)
-    names = store.groups.names
-    table = np.zeros((store.n_groups, len(store.class_names)), dtype=np.int64)
+    groups = store.groups
+    table = np.zeros((groups.n_groups, groups.n_classes), dtype=np.int64)
     np.add.at(table, (sel.g, predicted), 1)
-    frame = pd.DataFrame(table, index=names, columns=[f"predicted {c}" for c in store.class_names])
-    frame["accuracy"] = [table[g, g // len(store.attribute_names)] / max(table[g].sum(), 1) for g in range(len(names))]
+    frame = pd.DataFrame(table, index=groups.names, columns=[f"predicted {c}" for c in groups.class_names])
+    frame["accuracy"] = groups.accuracies(predicted, sel.y, sel.g)  # NaN for a group without rows
     frame.index.name = "group (class · attribute)"
     return frame
 
@@ -110,16 +119,16 @@ def train_correlation(store) -> pd.DataFrame | None:
     attribute) — the spurious correlation ERM learns. None without a train split."""
     if not store.has_split("train"):
         return None
-    sel = store.select("train")
+    groups = store.groups
+    counts = np.asarray(groups.counts(store.select("train").g)).reshape(groups.n_classes, groups.n_attributes)
     rows = []
-    for c, name in enumerate(store.class_names):
-        a = sel.a[sel.y == c]
-        if len(a) == 0:
+    for c, name in enumerate(groups.class_names):
+        n = int(counts[c].sum())
+        if n == 0:
             continue
-        counts = np.bincount(a, minlength=len(store.attribute_names))
-        usual = int(np.argmax(counts))
-        rows.append({"class": name, "n": int(len(a)), "usual attribute": store.attribute_names[usual],
-                     "share with usual attribute": counts[usual] / len(a)})
+        usual = int(np.argmax(counts[c]))
+        rows.append({"class": name, "n": n, "usual attribute": groups.attribute_names[usual],
+                     "share with usual attribute": counts[c, usual] / n})
     return pd.DataFrame(rows)
 
 

@@ -2,7 +2,7 @@
 a concept bank, each averaged over prompt templates (open_clip's `build_zero_shot_classifier`
 with its `SIMPLE_IMAGENET_TEMPLATES`).
 
-Directions are HSFM edits Δ = after − before (per support example, or averaged per class) or
+Directions are a feature editor's edits (HSFM's support set) Δ = after − before (per support example, or averaged per class) or
 "selection mean − class mean" of original features (Domino-style slice description). Scores
 need the features to live in a CLIP joint space. For other stores (a ResNet-50 extraction) a
 linear bridge to CLIP image space — ridge regression fitted on paired features of the same

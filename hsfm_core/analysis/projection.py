@@ -122,14 +122,14 @@ def project(store, run: dict | None = None, rows: np.ndarray | None = None,
             which, where = (list(t) for t in zip(*in_map))
             frame.loc[where, "kind"] = "support"
             frame.loc[where, "support"] = which
-        known = support_rows >= 0
+        known = support_rows >= 0  # an imported reference run's support rows are not in the store
         attrs = np.full(len(support_rows), -1)
         attrs[known] = store.meta["a"].to_numpy()[support_rows[known]]
         labels = support["labels"].numpy()
         edited = pd.DataFrame({"x": coords[len(rows):, 0], "y": coords[len(rows):, 1], "kind": "edited",
                                "row": support_rows, "support": np.arange(len(support_rows)), "split": "train",
                                "y_class": labels, "attribute": attrs,
-                               "group": np.where(known, len(store.attribute_names) * labels + attrs, -1)})
+                               "group": np.where(known, store.groups.group_of(labels, attrs), -1)})
         frame = pd.concat([frame, edited], ignore_index=True)
     if head is not None:
         from hsfm_core.heads import predict
