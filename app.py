@@ -10,16 +10,19 @@ from pathlib import Path
 import plotly.express as px
 import streamlit as st
 
+from hsfm_core import methods
 from hsfm_core.studio import ui
 from hsfm_core.analysis.compare import averages_table, example_rows, train_correlation
 from hsfm_core.workspace import group_count_table
 
 PAGES = [
     ("pages/1_Groups.py", "Groups", "How accurate is each run on each group, and which test images changed?"),
-    ("pages/2_Projection.py", "Projection", "Where do HSFM's edits move the support features on a UMAP map?"),
+    ("pages/2_Projection.py", "Projection",
+     f"Where do the edits of a {ui.editor_labels()} run move the support features on a UMAP map?"),
     ("pages/3_Decode.py", "Decode", "Which words (CLIP text concepts) do the edit directions point to?"),
     ("pages/4_Neighbors.py", "Neighbors", "Which real images are nearest to a feature before and after its edit?"),
-    ("pages/5_Retrain.py", "Retrain", "Launch a new ERM / DFR / HSFM run and watch it train."),
+    ("pages/5_Retrain.py", "Retrain",
+     f"Launch a new {' / '.join(m.label for m in methods.all_methods())} run and watch it train."),
     ("pages/6_Lesson.py", "Lesson", "A guided walk through spurious correlations on the demo world."),
 ]
 

@@ -39,7 +39,7 @@ labels = {r["run_id"]: run_label(r) for r in compared}
 chosen = st.selectbox("Run", list(labels), format_func=labels.get, key="groups.confusion_run")
 with ui.errors_shown("Cannot evaluate that run", stop=False):
     predicted = ui.run_predictions(store, next(r for r in compared if r["run_id"] == chosen), split)
-    st.dataframe(confusion_by_group(store, predicted, split).style.format({"accuracy": "{:.1%}"}))
+    st.dataframe(confusion_by_group(store, predicted, split).style.format({"accuracy": "{:.1%}"}, na_rep="—"))
 
 
 @st.fragment

@@ -17,7 +17,7 @@ store, compared, focus = ui.page_header(
     "drawn among its real neighbours. The map shows neighbourhoods: 2-D distances have no exact meaning.")
 ui.start_umap_warm_up()
 if focus is None:
-    st.info("No HSFM run with edited features is picked, so the map shows the original features only.")
+    st.info(f"No {ui.editor_labels()} run with edited features is picked, so the map shows the original features only.")
 
 with st.form("projection.params"):
     left, right = st.columns(2)

@@ -59,7 +59,7 @@ top = third.slider("Concepts shown", 3, 30, 10, key="decode.top")
 contrast = (positive, negative)
 
 if focus is None:
-    st.info("No HSFM run with edits is picked (sidebar): only a Projection selection can be decoded.")
+    st.info(f"No {ui.editor_labels()} run with edits is picked (sidebar): only a Projection selection can be decoded.")
 else:
     with ui.errors_shown("Cannot decode this run", stop=False):
         support = ui.load_support(focus)

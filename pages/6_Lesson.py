@@ -1,9 +1,14 @@
 """Lesson: a guided, step-by-step walk through spurious correlations, written for the demo world
-(SynthBirds) and drawn from whatever workspace is open."""
+(SynthBirds) and drawn from whatever workspace is open, for any number of classes and attributes.
+
+Which runs each step shows comes from the method registry: the baselines (methods that do not
+edit features) in registry order, the first of them being "the usual model", then the feature
+editors (`Method.edits_features`). A newly registered method joins its step by itself."""
 
 import numpy as np
 import streamlit as st
 
+from hsfm_core import methods
 from hsfm_core.studio import ui
 from hsfm_core.analysis.compare import accuracy_table, example_rows, train_correlation
 from hsfm_core.studio.figures import accuracy_bars
@@ -13,18 +18,22 @@ ui.page_setup("Lesson")
 store = ui.open_store()
 ui.run_pickers(store)
 runs, _hidden = ui.finished_runs(store)
-# ids sort by time: the newest run of each method wins (among runs evaluated on test)
-latest = {r["method"]: r for r in runs if "test" in r["metrics"]}
-labels = store.groups.names
-classes, attributes = store.class_names, store.attribute_names
+latest = ui.latest_per_method([r for r in runs if "test" in r["metrics"]])  # newest run of each method
+groups = store.groups
+labels = groups.names
+classes, attributes = groups.class_names, groups.attribute_names
+demo = ui.is_demo(store.path)
+baselines = [m for m in methods.all_methods() if not m.edits_features]  # ERM first (registry order)
+editors = [m for m in methods.all_methods() if m.edits_features]
+usual, others = baselines[0], baselines[1:]
 
 STEPS = ["Meet the data", "A shortcut in the training set", "The usual model fails the rare groups",
-         "The features were fine: retrain only the head", "HSFM: edit a few features", "Your turn"]
+         "The features were fine: retrain only the head", f"{ui.editor_labels()}: edit a few features", "Your turn"]
 step = st.session_state.setdefault("lesson.step", 0)
 
 st.title("Lesson: spurious correlations")
 st.progress((step + 1) / len(STEPS), text=f"Step {step + 1} of {len(STEPS)}: {STEPS[step]}")
-if not ui.is_demo(store.path):
+if not demo:
     st.caption("This lesson is written for the bundled demo world; it is showing the open workspace instead.")
 
 
@@ -36,10 +45,19 @@ def pictures(split: str, per_group: int = 6, groups=None) -> None:
                           page_size=per_group)
 
 
-def need(method: str) -> dict | None:
-    run = latest.get(method)
+def one_of(names) -> str:
+    """'*a* or *b*', '*a*, *b* or *c*'; 'one of 12 (*a*, *b*, …)' for long lists."""
+    names = [f"*{n}*" for n in names]
+    if len(names) > 6:
+        return f"one of {len(names)} ({', '.join(names[:3])}, …)"
+    return ", ".join(names[:-1]) + f" or {names[-1]}"
+
+
+def need(method) -> dict | None:
+    run = latest.get(method.name)
     if run is None:
-        st.info(f"This workspace has no finished {method.upper()} run yet; train one on the Retrain page.")
+        st.info(f"This workspace has no finished {method.label} run evaluated on test yet; train one on the "
+                "Retrain page.")
     return run
 
 
@@ -51,10 +69,12 @@ with ui.errors_shown("This step cannot be shown for this workspace", stop=False)
     if step == 0:
         st.header("Meet the data")
         if store.has_split("train"):
-            pictures("train", groups=range(store.n_groups))
-        st.markdown(f"Every image has a **class** — what we want to predict: *{classes[0]}* or *{classes[1]}* — and an "
-                    f"**attribute** that should not matter: *{attributes[0]}* or *{attributes[1]}*. "
-                    "A class and an attribute together make a **group**. The bird is small; the background is big.")
+            pictures("train", groups=range(groups.n_groups))
+        st.markdown(f"Every image has a **class** — what we want to predict: {one_of(classes)} — and an "
+                    f"**attribute** that should not matter: {one_of(attributes)}. "
+                    f"A class and an attribute together make a **group**: {groups.n_classes} classes × "
+                    f"{groups.n_attributes} attributes = {groups.n_groups} groups."
+                    + (" The bird is small; the background is big." if demo else ""))
     elif step == 1:
         st.header("A shortcut in the training set")
         correlation = train_correlation(store)
@@ -63,58 +83,82 @@ with ui.errors_shown("This step cannot be shown for this workspace", stop=False)
                 st.markdown(f"- **{r['share with usual attribute']:.0%}** of training *{r['class']}* images show "
                             f"*{r['usual attribute']}*.")
         st.dataframe(group_count_table(store))
-        st.markdown("So in training, the background predicts the class almost as well as the bird does — and it is much "
-                    "easier to see. A model that learns “background → class” is right 95% of the time in training. "
-                    "The groups where background and class disagree are rare: these are the **minority groups**. "
-                    "Validation and test sets are balanced, so there the shortcut fails.")
+        if demo:
+            st.markdown("So in training, the background predicts the class almost as well as the bird does — and it "
+                        "is much easier to see. A model that learns “background → class” is right 95% of the time in "
+                        "training. The groups where background and class disagree are rare: these are the "
+                        "**minority groups**. Validation and test sets are balanced, so there the shortcut fails.")
+        else:
+            st.markdown("When most training images of a class share one attribute, the attribute alone goes a long "
+                        "way toward the class — and it may be easier to see than the class itself. The groups that "
+                        "break the pattern are rare: these are the **minority groups**. Where they are less rare "
+                        "(validation and test, when balanced), the shortcut fails.")
     elif step == 2:
         st.header("The usual model fails the rare groups")
-        erm = need("erm")
-        if erm:
-            st.plotly_chart(accuracy_bars(accuracy_table(store, [erm], "test")), width="stretch")
-            worst = erm["metrics"]["test"]["worst_group"]
-            st.markdown(f"Trained the usual way (ERM), the model is right on **{erm['metrics']['test']['avg_adjusted']:.0%}** "
-                        "of test images when groups are weighted as in training — but only on "
-                        f"**{wga(erm):.0%}** of *{labels[worst]}* images, its worst group. It learned the shortcut. "
-                        "Some of the images it gets wrong:")
-            predicted = ui.run_predictions(store, erm, "test")
+        first = need(usual)
+        if first:
+            st.plotly_chart(accuracy_bars(accuracy_table(store, [first], "test")), width="stretch")
+            worst = first["metrics"]["test"]["worst_group"]
+            st.markdown(f"Trained the usual way ({usual.label}), the model is right on "
+                        f"**{first['metrics']['test']['avg_adjusted']:.0%}** of test images when groups are weighted "
+                        f"as in training — but only on **{wga(first):.0%}** of *{labels[worst]}* images, its worst "
+                        "group. It learned the shortcut. Some of the images it gets wrong:"
+                        if first["metrics"]["test"]["avg_adjusted"] is not None else
+                        f"Trained the usual way ({usual.label}), the model is right on only **{wga(first):.0%}** of "
+                        f"*{labels[worst]}* test images, its worst group. Some of the images it gets wrong:")
+            predicted = ui.run_predictions(store, first, "test")
             sel = store.select("test")
-            wrong = sel.rows[(sel.g == worst) & (predicted != sel.y)][:12]
-            ui.image_grid(store, wrong, [f"called {classes[1 - worst // len(attributes)]}"] * len(wrong),
+            wrong = np.flatnonzero((sel.g == worst) & (predicted != sel.y))[:12]
+            ui.image_grid(store, sel.rows[wrong], [f"called {classes[p]}" for p in predicted[wrong]],
                           key="lesson.wrong", page_size=12)
     elif step == 3:
         st.header("The features were fine: retrain only the head")
-        erm, dfr = need("erm"), need("dfr")
-        if erm and dfr:
-            st.plotly_chart(accuracy_bars(accuracy_table(store, [erm, dfr], "test")), width="stretch")
-            st.markdown("The image encoder (the backbone) turns each image into a feature vector; a small linear **head** "
-                        "on top makes the decision. DFR keeps the features and refits only the head, on a small "
-                        "*group-balanced* validation set. Worst-group accuracy goes from "
-                        f"**{wga(erm):.0%}** to **{wga(dfr):.0%}**: the features already described the bird — the head "
-                        "had learned to ignore it.")
+        first = need(usual)
+        retrained = [(m, latest[m.name]) for m in others if m.name in latest]
+        if first and not retrained:
+            st.info(f"This workspace has no finished {' or '.join(m.label for m in others)} run evaluated on test "
+                    "yet; train one on the Retrain page.")
+        if first and retrained:
+            st.plotly_chart(accuracy_bars(accuracy_table(store, [first] + [r for _, r in retrained], "test")),
+                            width="stretch")
+            st.markdown("The image encoder (the backbone) turns each image into a feature vector; a small linear "
+                        "**head** on top makes the decision. These methods keep the features and refit only the head:\n"
+                        + "\n".join(f"- **{m.label}** — {m.description}." for m, _ in retrained))
+            st.markdown(f"Worst-group accuracy goes from **{wga(first):.0%}** ({usual.label}) to "
+                        + ", ".join(f"**{wga(r):.0%}** ({m.label})" for m, r in retrained)
+                        + ": the features already described the class — the head had learned to ignore it.")
     elif step == 4:
-        st.header("HSFM: edit a few features")
-        hsfm = need("hsfm")
-        if hsfm:
-            baselines = [r for r in (latest.get("erm"), latest.get("dfr")) if r]
-            st.plotly_chart(accuracy_bars(accuracy_table(store, baselines + [hsfm], "test")), width="stretch")
-            support = ui.load_support(hsfm)
-            before = f" (ERM: {wga(latest['erm']):.0%})" if "erm" in latest else ""
-            st.markdown(f"HSFM also keeps the backbone and retrains the head — on just **{len(support['indices'])}** "
-                        "training features, which it *edits*: it nudges each one so that the head trained on them does "
-                        f"well on the hardest validation images. Worst-group accuracy: **{wga(hsfm):.0%}**{before}.")
+        st.header(STEPS[4])
+        edited = [(m, latest[m.name]) for m in editors if m.name in latest]
+        if not edited:
+            need(editors[0])
+        for method, run in edited:
+            baseline_runs = [latest[m.name] for m in baselines if m.name in latest]
+            st.plotly_chart(accuracy_bars(accuracy_table(store, baseline_runs + [run], "test")), width="stretch",
+                            key=f"lesson.bars.{method.name}")
+            support = ui.load_support(run)
+            before = f" ({usual.label}: {wga(latest[usual.name]):.0%})" if usual.name in latest else ""
+            st.markdown(f"{method.label} also keeps the backbone and retrains the head — on just "
+                        f"**{len(support['indices'])}** training features, which it *edits* ({method.description}). "
+                        f"Worst-group accuracy: **{wga(run):.0%}**{before}.")
             if store.manifest.get("clip_space"):
-                from hsfm_core.analysis.decode import decode_run, read_concepts
+                from hsfm_core.analysis.decode import DEFAULT_CONTRAST, decode_run, read_concepts
 
                 with ui.errors_shown("Cannot decode the edits", stop=False):
-                    bank, to_clip = ui.concept_bank(store, *read_concepts())
-                    decoded = decode_run(store, support, bank, to_clip, classes, top=3)
+                    concepts, categories = read_concepts()
+                    bank, to_clip = ui.concept_bank(store, concepts, categories)
+                    shown = set(DEFAULT_CONTRAST) <= set(concepts)  # the vocabulary file may lack them
+                    decoded = decode_run(store, support, bank, to_clip, list(classes), top=3,
+                                         contrast=DEFAULT_CONTRAST if shown else tuple(concepts[:2]))
                     st.markdown("**What do the edits say?** Comparing each class's average edit with CLIP's words:")
                     for entry in decoded["per_class"]:
                         words = ", ".join(f"“{t['concept']}”" for t in entry["top"])
-                        st.markdown(f"- edits of *{entry['name']}* point toward {words} "
-                                    f"(water − land contrast {entry['contrast']:+.2f})")
-                    st.caption("The edits mostly move along the background — the attribute the head must learn to ignore.")
+                        st.markdown(f"- edits of *{entry['name']}* point toward {words}" + (
+                            f" (“{DEFAULT_CONTRAST[0]}” − “{DEFAULT_CONTRAST[1]}” contrast {entry['contrast']:+.2f})"
+                            if shown else ""))
+                    if demo:
+                        st.caption("The edits mostly move along the background — the attribute the head must learn "
+                                   "to ignore.")
             known = np.flatnonzero(support["indices"].numpy() >= 0)  # none for an imported reference run
             if len(known):
                 first = int(known[0])
@@ -130,12 +174,13 @@ with ui.errors_shown("This step cannot be shown for this workspace", stop=False)
                     with column:
                         st.markdown(f"**{title} the edit**")
                         ui.image_grid(store, ids, [labels[store.meta['g'].iat[i]] for i in ids],
-                                      key=f"lesson.nn.{title}", page_size=6)
+                                      key=f"lesson.nn.{method.name}.{title}", page_size=6)
     else:
         st.header("Your turn")
-        st.markdown("- **Retrain**: launch HSFM with another step size α (try `alpha=5e-4`) or more epochs, and watch "
-                    "the validation worst-group accuracy climb.\n"
-                    "- **Groups**: compare your run with ERM and DFR, and see which test images it fixed.\n"
+        st.markdown(f"- **Retrain**: launch {ui.editor_labels()} with other settings (the form lists each one) or "
+                    "more epochs, and watch the validation worst-group accuracy climb.\n"
+                    f"- **Groups**: compare your run with {', '.join(m.label for m in baselines)}, and see which test "
+                    "images it fixed.\n"
                     "- **Projection**: lasso the edited points and look at the images around them.\n"
                     "- **Decode**: add your own words to the vocabulary and see which ones the edits point to.")
         st.page_link("pages/5_Retrain.py", label="Open the Retrain page", icon=":material/rocket_launch:")

@@ -194,7 +194,7 @@ def test_lesson_walks_through_every_step(monkeypatch, app_workspace):
                        "The features were fine: retrain only the head", "HSFM: edit a few features", "Your turn"]
     at.button(key="lesson.back").click().run()
     assert at.header[0].value == "HSFM: edit a few features"
-    assert "water − land contrast" in texts(at)
+    assert "“water background” − “land background” contrast" in texts(at)
 
 
 @pytest.mark.parametrize("page", ["1_Groups", "2_Projection", "3_Decode", "4_Neighbors", "6_Lesson"])

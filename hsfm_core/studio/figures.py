@@ -8,18 +8,31 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-# What the map can be coloured by: label → (column, how values are named)
+# What the map can be coloured by (see `colour_values`)
 COLOUR_FIELDS = ("group", "class", "attribute", "split", "correct", "kind")
 ARROW_ANNOTATIONS_MAX = 150  # above this many support points, arrows are plain segments
 PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D"]
+
+
+def palette(n: int) -> list[str]:
+    """n distinct colours: the 8 above up to 8 (groups of a 2 × 2 or 2 × 4 world), plotly's Dark24
+    up to 24, else n samples of the Turbo scale (C × A groups can be many)."""
+    from plotly import colors
+
+    if n <= len(PALETTE):
+        return PALETTE[:n]
+    if n <= len(colors.qualitative.Dark24):
+        return list(colors.qualitative.Dark24[:n])
+    return colors.sample_colorscale("Turbo", [i / (n - 1) for i in range(n)])
 
 
 def accuracy_bars(table: pd.DataFrame) -> go.Figure:
     """Grouped bars: one colour per run, one cluster per group, 95% intervals as error bars and
     each run's worst group hatched. `table` is `compare.accuracy_table`."""
     figure = go.Figure()
-    for run_name, rows in table.groupby("run", sort=False):
-        figure.add_bar(name=run_name, x=rows["group"], y=rows["accuracy"],
+    runs = table.groupby("run", sort=False)
+    for colour, (run_name, rows) in zip(palette(runs.ngroups), runs):
+        figure.add_bar(name=run_name, x=rows["group"], y=rows["accuracy"], marker_color=colour,
                        error_y={"type": "data", "array": rows["ci_high"] - rows["accuracy"],
                                 "arrayminus": rows["accuracy"] - rows["ci_low"]},
                        marker_pattern_shape=["/" if w else "" for w in rows["worst"]],
@@ -56,7 +69,7 @@ def projection_map(frame: pd.DataFrame, colours: pd.Series, drawn: np.ndarray, h
     a lasso never makes the browser redraw the map (plotly highlights the selection itself)."""
     figure = go.Figure()
     categories = sorted(colours.unique(), key=str)
-    colour_of = {c: PALETTE[i % len(PALETTE)] for i, c in enumerate(categories)}
+    colour_of = dict(zip(categories, palette(len(categories))))
     kind = frame["kind"].to_numpy()
     drawn = np.asarray(drawn, dtype=np.int64)
     size, opacity = (7, 0.6) if len(drawn) < 2_000 else (4, 0.4) if len(drawn) < 20_000 else (3, 0.3)

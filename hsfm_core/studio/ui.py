@@ -1,10 +1,13 @@
 """Streamlit glue shared by the app's pages: which workspace is open, which runs are picked,
-cached heavy objects, thumbnail grids and in-page errors.
+cached heavy objects, thumbnail grids and in-page errors (docs/ARCHITECTURE.md §App).
 
 Pages are views: they call these helpers and the rest of `hsfm_core`, and hold no numerics.
 State shared between pages lives in `st.session_state` under the `*_KEY` names below; widget
 values are copied into them, because Streamlit forgets a widget's state on pages that do not
 draw that widget.
+
+Heavy objects live in `st.cache_resource`, keyed by what they depend on: a store by its path and
+content hash (`STORE_HASH`, Streamlit's `hash_funcs`), a done run by its id (done runs never change).
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ SELECTION_KEY = "hsfm.map_selection"  # {"map", "store" (content hash), "run_id"
 #                                          "rows" (store rows), "support" (support indices)}
 
 THUMB_PX = 96
+
+# A store is identified by where it is and what it holds; its memory-mapped arrays are never hashed.
+STORE_HASH = {"hsfm_core.features.store.FeatureStore": lambda store: (str(store.path), store.content_hash)}
 
 
 def page_setup(title: str | None = None) -> None:
@@ -148,12 +154,21 @@ def finished_runs(store) -> tuple[list[dict], dict[str, list]]:
     return runs, {"foreign": [r["run_id"] for r in foreign], "unreadable": unreadable}
 
 
-def _latest_per_method(runs: list[dict]) -> list[str]:
+def latest_per_method(runs: list[dict]) -> dict[str, dict]:
+    """The newest run of each method, in the registry's order (baselines first)."""
+    from hsfm_core import methods
+
     latest = {}
     for run in runs:  # ids sort by method then UTC start time
-        latest[run["method"]] = run["run_id"]
-    order = {"erm": 0, "dfr": 1, "hsfm": 2}
-    return [latest[m] for m in sorted(latest, key=lambda m: order.get(m, 3))]
+        latest[run["method"]] = run
+    return {m: latest[m] for m in sorted(latest, key=lambda m: (methods.order_of(m), str(m)))}
+
+
+def editor_labels() -> str:
+    """'HSFM' (or 'HSFM / …'): the registered methods whose runs carry edited features."""
+    from hsfm_core import methods
+
+    return " / ".join(m.label for m in methods.all_methods() if m.edits_features) or "feature-editing"
 
 
 def _persisted(widget_key: str, state_key: str) -> None:
@@ -179,7 +194,8 @@ def run_pickers(store) -> tuple[list[dict], dict | None]:
         sidebar.info("No finished runs yet: train one on the Retrain page or with `python -m hsfm_core train`.")
         return [], None
 
-    compared = [i for i in st.session_state.get(COMPARE_KEY, _latest_per_method(runs)) if i in by_id]
+    default = [r["run_id"] for r in latest_per_method(runs).values()]
+    compared = [i for i in st.session_state.get(COMPARE_KEY, default) if i in by_id]
     st.session_state["w.compare"] = compared
     sidebar.multiselect("Runs to compare", list(by_id), key="w.compare", format_func=labels.get,
                         on_change=_persisted, args=("w.compare", COMPARE_KEY),
@@ -193,7 +209,8 @@ def run_pickers(store) -> tuple[list[dict], dict | None]:
         st.session_state["w.focus"] = current if current in edited else edited[-1]
         sidebar.selectbox("Edited run to inspect", edited, key="w.focus", format_func=labels.get,
                           on_change=_persisted, args=("w.focus", FOCUS_KEY),
-                          help="The HSFM run whose support set Projection, Decode and Neighbors show.")
+                          help=f"The {editor_labels()} run whose support set (original and edited features) "
+                               "Projection, Decode and Neighbors show.")
         st.session_state[FOCUS_KEY] = st.session_state["w.focus"]
         focus = by_id[st.session_state[FOCUS_KEY]]
     return [by_id[i] for i in st.session_state[COMPARE_KEY]], focus
@@ -222,48 +239,44 @@ def load_support(run: dict) -> dict:
 
 # -- heavy shared objects ------------------------------------------------------------------------------
 
-@st.cache_resource(show_spinner="Building the nearest-neighbour index…", max_entries=2)
-def _feature_index(path: str, content_hash: str, _store):
+@st.cache_resource(show_spinner="Building the nearest-neighbour index…", max_entries=2, hash_funcs=STORE_HASH)
+def feature_index(store):
+    """The FAISS index over all of the store's rows (built once, then read from `cache/`)."""
     from hsfm_core.analysis.retrieval import workspace_index
 
-    return workspace_index(_store)
+    return workspace_index(store)
 
 
-def feature_index(store):
-    return _feature_index(str(store.path), store.content_hash, store)
-
-
-@st.cache_resource(show_spinner="Encoding the concepts with the CLIP text tower…", max_entries=8)
-def _concept_bank(path: str, content_hash: str, concepts: tuple, categories: tuple, _store, bridge: str | None,
+@st.cache_resource(show_spinner="Encoding the concepts with the CLIP text tower…", max_entries=8,
+                   hash_funcs=STORE_HASH)
+def _concept_bank(store, concepts: tuple, categories: tuple, bridge: str | None,
                   bridge_stamp: int):  # bridge_stamp: a bridge store replaced at the same path is refitted
     from hsfm_core.analysis.decode import clip_space_map, encode_concepts
     from hsfm_core.features import FeatureStore
 
-    to_clip, text_encoder = clip_space_map(_store, FeatureStore.open(bridge) if bridge else None)
-    bank = encode_concepts(text_encoder, list(concepts), list(categories), cache_dir=Path(path) / "cache")
+    to_clip, text_encoder = clip_space_map(store, FeatureStore.open(bridge) if bridge else None)
+    bank = encode_concepts(text_encoder, list(concepts), list(categories), cache_dir=Path(store.path) / "cache")
     return bank, to_clip
 
 
 def concept_bank(store, concepts: list[str], categories: list[str], bridge: str | None = None):
     """(ConceptBank, map into CLIP space) for the store; raises InputError when it cannot decode."""
     stamp = (Path(bridge) / "manifest.json").stat().st_mtime_ns if bridge and (Path(bridge) / "manifest.json").exists() else 0
-    return _concept_bank(str(store.path), store.content_hash, tuple(concepts), tuple(categories), store, bridge,
-                         stamp)
+    return _concept_bank(store, tuple(concepts), tuple(categories), bridge, stamp)
 
 
-@st.cache_resource(max_entries=8, show_spinner=False)
-def _map_frame(path: str, content_hash: str, run_id: str | None, n_neighbors: int, min_dist: float, _store, _run):
+@st.cache_resource(max_entries=8, show_spinner=False, hash_funcs=STORE_HASH)
+def _map_frame(store, run_id: str | None, n_neighbors: int, min_dist: float, _run):
     import pandas as pd
 
     from hsfm_core.analysis.projection import ProjectionParams, project
 
-    return pd.read_parquet(project(_store, _run, params=ProjectionParams(n_neighbors=n_neighbors, min_dist=min_dist)))
+    return pd.read_parquet(project(store, _run, params=ProjectionParams(n_neighbors=n_neighbors, min_dist=min_dist)))
 
 
 def map_frame(store, run: dict | None, n_neighbors: int, min_dist: float):
     """The UMAP map (read-only DataFrame shared by sessions): computed once, then from disk."""
-    return _map_frame(str(store.path), store.content_hash, run["run_id"] if run else None, n_neighbors, min_dist,
-                      store, run)
+    return _map_frame(store, run["run_id"] if run else None, n_neighbors, min_dist, run)
 
 
 @st.cache_resource
@@ -355,13 +368,13 @@ def _blank(size: int) -> bytes:
     return buffer.getvalue()
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
-def _predictions(path: str, content_hash: str, run_id: str, split: str, _store, _run) -> np.ndarray:
+@st.cache_data(max_entries=64, show_spinner=False, hash_funcs=STORE_HASH)
+def _predictions(store, run_id: str, split: str, _run) -> np.ndarray:
     from hsfm_core.analysis.compare import predictions
 
-    return predictions(_store, _run, split)
+    return predictions(store, _run, split)
 
 
 def run_predictions(store, run: dict, split: str) -> np.ndarray:
     """A done run's predicted classes on `split` (cached: done runs never change)."""
-    return _predictions(str(store.path), store.content_hash, run["run_id"], split, store, run)
+    return _predictions(store, run["run_id"], split, run)
