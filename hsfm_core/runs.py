@@ -4,6 +4,7 @@
     head.safetensors    weight, bias (final head); init.weight, init.bias (θ₀) when known
     support.safetensors before, after, indices, labels (HSFM only)
     history.jsonl       one JSON line per epoch, appended while training
+    process.json        who writes the run: pid, process start time, host, Slurm job id (liveness)
     metrics.json        {split: group metrics} for val and test
     status              queued | running | done | failed | cancelled
     error.txt           why a run failed (failed runs only)
@@ -18,7 +19,9 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
+import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +35,7 @@ from hsfm_core.fsutil import write_bytes_atomic, write_json_atomic, write_text_a
 
 RUNS_DIR = "runs"
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
+PROCESS_FILE = "process.json"
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -68,6 +72,38 @@ def run_dir(workspace: str | os.PathLike, run_id: str) -> Path:
 _run_dir = run_dir
 
 
+def process_record() -> dict:
+    """This process, as a run records who writes it: pid, start time (to tell a reused pid apart),
+    host, the Slurm job id on a cluster, and when it took the run (`at`)."""
+    import psutil
+
+    me = psutil.Process()
+    return {"pid": me.pid, "started": me.create_time(), "host": socket.gethostname(),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "at": time.time()}
+
+
+def read_process(path: Path) -> dict | None:
+    """A run's `process.json`, or None (not written, or an import)."""
+    try:
+        return json.loads((Path(path) / PROCESS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def process_alive(info: dict | None) -> bool | None:
+    """Whether the process of a `process_record` still runs: True or False on its own host, None
+    where it cannot be seen (another host, no record). A zombie has finished."""
+    import psutil
+
+    if not info or info.get("host") != socket.gethostname():
+        return None
+    try:
+        process = psutil.Process(int(info["pid"]))
+        return abs(process.create_time() - float(info["started"])) < 0.01 and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 class RunWriter:
     """A live run: created with its config and status `running`, history appended per epoch,
     then `finish` (head, metrics, support → `done`) or `fail` (→ `failed`, error.txt)."""
@@ -80,6 +116,7 @@ class RunWriter:
         except FileExistsError:
             raise InputError(f"{self.path} already exists; runs are never overwritten") from None
         self.run_id = run_id
+        write_json_atomic(self.path / PROCESS_FILE, process_record())
         write_json_atomic(self.path / "config.json", {**config, "run_id": run_id, "started_at": now()})
         (self.path / "history.jsonl").touch()
         self.set_status("running")
