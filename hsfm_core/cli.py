@@ -280,14 +280,15 @@ def _run_runs(args) -> int:
 
 
 def _job_row(workspace, job) -> dict:
+    """One job as the `jobs` command shows it: its record, and its progress read from its runs."""
     from hsfm_core.jobs import job_progress
 
     progress = job_progress(workspace, job["job_id"])
-    last = next((e for e in reversed(progress["entries"]) if e["stage"] == "epoch"), None)
+    last = [r["val_wga"] for r in progress["history"] if r.get("epoch") == progress["epoch"] and r.get("val_wga") is not None]
     return {"job_id": job["job_id"], "status": job["status"], "executor": job["executor"],
             "method": job["spec"]["method"], "seeds": job["spec"]["seeds"], "runs": job["run_ids"],
-            "stage": progress["stage"], "epoch": progress["epoch"], "epochs": progress["epochs"],
-            "val_wga": last["val_wga"] if last else None, "elapsed_s": progress["elapsed_s"],
+            "epoch": progress["epoch"], "epochs": progress["epochs"],
+            "val_wga": sum(last) / len(last) if last else None, "elapsed_s": progress["elapsed_s"],
             "eta_s": progress["eta_s"], "error": job["error"], "created_at": job["created_at"]}
 
 
@@ -300,7 +301,7 @@ def _print_jobs(workspace, job_list) -> None:
           f"{'eta':>6}  runs")
     for job in job_list:
         r = _job_row(workspace, job)
-        epoch = f"{r['epoch']}/{r['epochs']}" if r["epochs"] else (r["stage"] or "—")
+        epoch = f"{r['epoch']}/{r['epochs']}" if r["epochs"] else "—"
         print(f"{r['job_id']:<26} {r['status']:<9} {r['executor']:<6} {r['method']:<6} {epoch:>11} "
               f"{_pct(r['val_wga']):>8} {_seconds(r['elapsed_s']):>8} {_seconds(r['eta_s']):>6}  {', '.join(r['runs'])}")
         if r["error"]:

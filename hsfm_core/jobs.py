@@ -1,41 +1,20 @@
-"""Background training jobs (DESIGN §6 Retrain): one `train(...)` call run outside the caller
-through submitit, on this machine (`LocalExecutor`) or on a Slurm cluster (`SlurmExecutor`).
+"""Background training jobs (docs/ARCHITECTURE.md §Jobs): one `train(workspace, spec)` call run outside
+the caller through submitit, on this machine (`LocalExecutor`) or on a Slurm cluster (`SlurmExecutor`).
 
-    <workspace>/jobs/<job_id>/job.json        the registry entry (JSON, written atomically under a lock)
-    <workspace>/jobs/<job_id>/progress.jsonl  one JSON line per stage / epoch, appended by the worker
-    <workspace>/jobs/<job_id>/error.txt       the traceback of a crashed job
-    <workspace>/jobs/<job_id>/submitit/       submitit's own folder: its pickles and the worker's logs
-    <workspace>/jobs/slots/slot-<i>.lock      local concurrency slots (`fcntl.flock`, freed when a process dies)
+The runs are the registry: each run directory holds its status, its history (one line per epoch,
+written once, by `train`) and who writes it (`process.json`: pid, start time, host, Slurm job id).
+A job keeps only what no run can hold:
 
-A job is launched with `launch(...)`, which checks the request synchronously (`InputError`
-with the one-line reason), writes `job.json` with the run ids the job will write, submits, and
-returns at once. The worker is a fresh interpreter (`python -m submitit.core._submit`, started
-by submitit's controller process; never a fork of the caller). It reports `started` at once,
-waits for a slot (status `queued`), then runs `train(...)` (status `running`), appending epoch
-lines to the progress file, and ends the job `done`, `failed` (with the error) or `cancelled`.
+    jobs/<job_id>/job.json    the request (TrainSpec.to_dict()), run ids, the scheduler's handle,
+                              a cancel request, and how the job ended (written once)
+    jobs/<job_id>/error.txt   the traceback of a job that crashed
+    jobs/<job_id>/submitit/   submitit's pickles (the call, its result: never loaded here) and logs
+    jobs/slots/slot-<i>.lock  local concurrency slots (`fcntl.flock`, freed when a process dies)
 
-`list_jobs` / `get_job` re-read everything from disk and check that the processes of unfinished
-jobs are still alive (pid + start time for local jobs, `sacct` through submitit for Slurm): a job
-whose process vanished is marked `failed` ("the job's process ended without finishing
-(killed?)"), and so are its unfinished runs. Nothing is kept in memory, so jobs are found again
-after the app restarts.
-
-Pickles: submitit pickles the call (`_worker_main(workspace, job_id)`, two strings) and the
-worker's return value into `submitit/`. Those files are written by this module for this module;
-nothing here ever loads them, and the registry itself is JSON only.
-
-Local jobs outlive the process that launched them: the submitit controller is started in its
-own session (`start_new_session`), so neither the app server exiting nor a Ctrl-C in its
-terminal stops them. `cancel` is the way to stop one.
-
-Stopping a worker: `cancel` first sets `cancel_requested` in job.json (under the job's lock), then
-signals the worker if it has registered its pid (registration and the request are serialized by
-that lock, so a worker that registers later sees the request itself). The worker therefore learns of
-one cancel twice: from the signal and from the flag it reads at every epoch and while queued.
-Whichever comes first raises the one `KeyboardInterrupt` (`_stop_once`); a signal arriving after it
-does nothing, so it can never interrupt the cleanup that marks the runs and the job `cancelled`
-(a job `cancelled` with a run left `running`). The same holds for the time-limit signal, and the
-worker finally ends any of its runs that are still unfinished with the job's own status.
+A job is `queued` until `train` has created its runs (it waits for a slot, then loads), then `running`,
+then `done`, `failed` or `cancelled`. Nothing is kept in memory: readers find jobs after a restart, and
+end a job whose process vanished (psutil: pid + start time on this host; `sacct` on Slurm) `failed`
+("the job's process ended without finishing (killed?)"), with its unfinished runs.
 """
 
 from __future__ import annotations
@@ -45,7 +24,6 @@ import fcntl
 import json
 import os
 import re
-import shlex
 import signal
 import socket
 import subprocess
@@ -53,40 +31,30 @@ import sys
 import time
 import traceback
 import uuid
-from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from hsfm_core.errors import InputError
 from hsfm_core.fsutil import write_json_atomic, write_text_atomic
-from hsfm_core.spec import SlurmOptions
 
-JOBS_DIR = "jobs"
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 ACTIVE = ("queued", "running")
-EXECUTORS = ("local", "slurm")
 DEFAULT_MAX_PARALLEL = 2
 LOCAL_TIME_LIMIT_MIN = 7 * 24 * 60  # submitit's local default is 2 minutes: far too short for training
 KILLED = "the job's process ended without finishing (killed?)"
-NEVER_STARTED_S = 120  # a job.json without any process after this long was never submitted
+NEVER_STARTED_S = 120  # a job.json without a scheduler handle after this long was never submitted
 SLOT_POLL_S = 0.25
+SLURM_STATE_TTL_S = 20.0  # the app polls every second: ask sacct at most this often per job
+_SLURM_ACTIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED",
+                 "PREEMPTED", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "READY")
 _JOB_ID = re.compile(r"^job-[0-9]{8}-[0-9]{6}-[0-9a-f]{4}$")
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent  # what the worker needs on PYTHONPATH
-_controllers: dict[int, subprocess.Popen] = {}  # local controllers started here, reaped by list_jobs
+_slurm_states: dict[str, tuple[float, str | None]] = {}  # a cache of sacct's answers, nothing else
 
 
-# -- records ------------------------------------------------------------------------------
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _new_job_id() -> str:
-    return f"job-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
-
-
+# -- the job record -----------------------------------------------------------------------
 def jobs_dir(workspace: str | os.PathLike) -> Path:
-    return Path(workspace) / JOBS_DIR
+    return Path(workspace) / "jobs"
 
 
 def job_dir(workspace: str | os.PathLike, job_id: str) -> Path:
@@ -95,132 +63,92 @@ def job_dir(workspace: str | os.PathLike, job_id: str) -> Path:
     return jobs_dir(workspace) / job_id
 
 
-@contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    """Exclusive lock on one job's registry entry (launcher, worker and listers all write it)."""
-    with open(directory / ".lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _read(directory: Path) -> dict:
     return json.loads((directory / "job.json").read_text())
 
 
 def _update(directory: Path, **fields) -> dict:
-    with _locked(directory):
-        record = {**_read(directory), **fields}
-        write_json_atomic(directory / "job.json", record)
-    return record
+    """Change the job's record under an exclusive lock (launcher, submitter, worker, cancel and readers
+    all write it). `ended` is written once: the first verdict stands. → the record as stored."""
+    with open(directory / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        record = _read(directory)
+        if not ("ended" in fields and record.get("ended")):
+            write_json_atomic(directory / "job.json", record := {**record, **fields})
+        return record
 
 
-def _append_progress(directory: Path, stage: str, **fields) -> None:
-    with open(directory / "progress.jsonl", "a", encoding="utf-8") as fh:
-        fh.write(json.dumps({"t": time.time(), "stage": stage, **fields}) + "\n")
-        fh.flush()
+def _ended(status: str, error: str | None) -> dict:
+    return {"status": status, "error": error, "t": time.time()}
 
 
-# -- processes ----------------------------------------------------------------------------
-def _proc_start(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
+def _run_status(workspace: Path, run_id: str) -> str | None:
+    """A run's status, or None while `train` has not created it."""
+    from hsfm_core.runs import run_dir
+
+    with contextlib.suppress(OSError):
+        return (run_dir(workspace, run_id) / "status").read_text().strip()
+    return None
 
 
-def _pid_alive(pid: int | None, start: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc: signal 0 says whether the pid exists
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] in ("Z", "X"):  # a zombie has finished; it only waits to be reaped
-        return False
-    return start is None or int(fields[19]) == start
-
-
-def _reap() -> None:
-    for pid, proc in list(_controllers.items()):
-        if proc.poll() is not None:
-            del _controllers[pid]
-
-
-# -- executors ----------------------------------------------------------------------------
-def slurm_parameters(options: SlurmOptions, job_id: str) -> dict:
-    """`SlurmExecutor.update_parameters` keywords (sbatch vocabulary) for a job."""
-    options.check()
-    pythonpath = shlex.quote(str(_PROJECT_ROOT))
-    params = {"job_name": f"hsfm-{job_id}", "partition": options.partition, "time": int(options.time_min),
-              "nodes": 1, "ntasks_per_node": 1, "signal_delay_s": 90,
-              "setup": [*options.setup, f"export PYTHONPATH={pythonpath}${{PYTHONPATH:+:$PYTHONPATH}}"]}
-    if int(options.gpus) > 0:
-        params["gpus_per_node"] = int(options.gpus)
-    if options.cpus is not None:
-        params["cpus_per_task"] = int(options.cpus)
-    if options.mem_gb is not None:
-        mem = float(options.mem_gb)
-        params["mem"] = f"{int(mem)}GB" if mem.is_integer() else f"{int(mem * 1024)}MB"
-    if options.extra:
-        params["additional_parameters"] = {str(k): v for k, v in options.extra.items()}
-    return params
-
-
-def slurm_script(workspace: str | os.PathLike, options: SlurmOptions | dict, job_id: str = "job-00000000-000000-0000",
-                 python: str | None = None) -> str:
-    """The sbatch script submitit would submit for a job with these options (a preview; needs no cluster)."""
-    from submitit.slurm.slurm import _make_sbatch_string
-
-    options = SlurmOptions.from_value(options)
-    folder = (job_dir(Path(workspace).resolve(), job_id) / "submitit").resolve()
-    command = " ".join([python or shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
-    return _make_sbatch_string(command=command, folder=folder, **slurm_parameters(options, job_id))
-
-
-def _local_executor():
+# -- liveness -----------------------------------------------------------------------------
+def _scheduler_job(record: dict):
+    """submitit's Job for the record's handle (its public constructors; no process attached)."""
     import submitit
-    from submitit.local.local import LocalJob
 
-    class DetachedLocalExecutor(submitit.LocalExecutor):
-        """submitit's LocalExecutor with one change: its controller starts in a new session, with
-        the caller's CUDA_VISIBLE_DEVICES (submitit's own start empties it when no GPUs are
-        requested) and hsfm_core on PYTHONPATH. The controller then survives the app server's
-        exit and a Ctrl-C in its terminal. Same environment contract as
-        `submitit.local.local.start_controller` (submitit 1.5.4, pinned)."""
+    kind = submitit.SlurmJob if record["spec"]["executor"] == "slurm" else submitit.LocalJob
+    return kind(folder=record["submitit_folder"], job_id=record["submitit_job_id"])
 
-        def _submit_command(self, command: str):
-            env = dict(os.environ)
-            env.update(SUBMITIT_LOCAL_NTASKS="1", SUBMITIT_LOCAL_COMMAND=command,
-                       SUBMITIT_LOCAL_TIMEOUT_S=str(int(60 * self.parameters.get("timeout_min", LOCAL_TIME_LIMIT_MIN))),
-                       SUBMITIT_LOCAL_SIGNAL_DELAY_S=str(int(self.parameters.get("signal_delay_s", 30))),
-                       SUBMITIT_LOCAL_NODEID="0", SUBMITIT_LOCAL_JOB_NUM_NODES="1", SUBMITIT_STDERR_TO_STDOUT="",
-                       SUBMITIT_EXECUTOR="local", SUBMITIT_LOCAL_WITH_SHELL="",
-                       PYTHONPATH=os.pathsep.join(p for p in (str(_PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p))
-            log = open(Path(self.folder) / "controller.log", "ab")
-            try:
-                process = subprocess.Popen([sys.executable, "-m", "submitit.local._local", str(self.folder)],
-                                           env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                           start_new_session=True)
-            finally:
-                log.close()
-            _controllers[process.pid] = process
-            return LocalJob(folder=self.folder, job_id=str(process.pid), process=process, tasks=[0])
 
-    return DetachedLocalExecutor
+def _slurm_state(record: dict) -> str | None:
+    """Slurm's state of the job (COMPLETED, FAILED, …), or None when sacct cannot say; cached per job."""
+    cached = _slurm_states.get(record["job_id"])
+    if not cached or time.monotonic() - cached[0] >= SLURM_STATE_TTL_S:
+        _slurm_states[record["job_id"]] = cached = (time.monotonic(), _ask_sacct(record))
+    return cached[1]
+
+
+def _ask_sacct(record: dict) -> str | None:
+    with contextlib.suppress(Exception):  # no sacct here, or it failed: nothing can be concluded
+        state = _scheduler_job(record).get_info(mode="force").get("State")
+        return state.split()[0] if state and state != "UNKNOWN" else None
+    return None
+
+
+def _gone(workspace: Path, record: dict) -> str | None:
+    """Why an unfinished job cannot finish any more (its process is gone), or None while it may. Local:
+    the process that writes its runs (their process.json), before that submitit's controller."""
+    from hsfm_core.runs import process_alive, read_process, run_dir
+
+    if record.get("submitit_job_id") is None:
+        old = time.time() - record["created_t"] > NEVER_STARTED_S
+        return "the job was registered but never submitted" if old else None
+    if record["spec"]["executor"] == "slurm":
+        state = _slurm_state(record)
+        return None if state is None or state in _SLURM_ACTIVE else f"{KILLED} — Slurm says {state}"
+    writers = [p for rid in record["run_ids"] if (p := read_process(run_dir(workspace, rid)))]
+    return None if any(process_alive(p) is not False for p in writers or [record.get("controller")]) else KILLED
+
+
+def _refresh(workspace: Path, directory: Path) -> dict:
+    """The job's record with its `status`, `error` and `finished_at`. A job whose process is gone is
+    ended here, and its unfinished runs with it (`ended` is written once, so a worker that ended the job
+    meanwhile keeps its own verdict; it ends its runs before it writes it)."""
+    from hsfm_core.runs import end_unfinished_run
+
+    record = _read(directory)
+    if record.get("status") in ("done", "failed", "cancelled"):  # a job.json of the earlier layout
+        record.setdefault("ended", _ended(record["status"], record.get("error")))
+    if not record.get("ended") and (reason := _gone(workspace, record)) is not None:
+        status = "cancelled" if record.get("cancel_requested") else "failed"
+        for rid in record["run_ids"]:
+            end_unfinished_run(workspace, rid, status, None if status == "cancelled" else reason)
+        record = _update(directory, ended=_ended(status, None if status == "cancelled" else reason))
+    ended = record.get("ended") or {}
+    started = any(_run_status(workspace, rid) for rid in record["run_ids"])
+    finished = datetime.fromtimestamp(ended["t"], timezone.utc).isoformat(timespec="seconds") if ended else None
+    return {**record, "executor": record["spec"]["executor"], "error": ended.get("error"), "finished_at": finished,
+            "status": ended.get("status") or ("running" if started else "queued")}
 
 
 # -- launching ----------------------------------------------------------------------------
@@ -242,82 +170,107 @@ def set_max_parallel(workspace: str | os.PathLike, n: int) -> None:
     write_json_atomic(jobs_dir(workspace) / "settings.json", {"max_parallel": int(n)})
 
 
+def slurm_parameters(options, job_id: str) -> dict:
+    """`SlurmExecutor.update_parameters` keywords (sbatch vocabulary) for a job's `SlurmOptions`."""
+    options.check()
+    params = {"job_name": f"hsfm-{job_id}", "partition": options.partition, "time": int(options.time_min),
+              "nodes": 1, "ntasks_per_node": 1, "signal_delay_s": 90,
+              "setup": [*options.setup, f"export PYTHONPATH={_PROJECT_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}"]}
+    if int(options.gpus) > 0:
+        params["gpus_per_node"] = int(options.gpus)
+    if options.cpus is not None:
+        params["cpus_per_task"] = int(options.cpus)
+    if options.mem_gb is not None:
+        mem = float(options.mem_gb)
+        params["mem"] = f"{int(mem)}GB" if mem.is_integer() else f"{int(mem * 1024)}MB"
+    if options.extra:
+        params["additional_parameters"] = {str(k): v for k, v in options.extra.items()}
+    return params
+
+
 def _check_device(device: str, executor: str) -> None:
-    import torch
+    """A local job's device must exist here; a Slurm node's cannot be seen from here: only its name is checked."""
+    from hsfm_core.features.encoders import resolve_device
 
     if executor == "local":
-        from hsfm_core.features.encoders import resolve_device
-
         resolve_device(device)
-    elif device != "auto":
-        try:
-            torch.device(device)
-        except RuntimeError:
-            raise InputError(f"unknown device {device!r}; expected auto, cpu or cuda[:N]") from None
+    elif not re.match(r"^(auto|cpu|cuda(:[0-9]+)?)$", device):
+        raise InputError(f"unknown device {device!r}; expected auto, cpu or cuda[:N]")
 
 
 def launch(workspace: str | os.PathLike, spec) -> dict:
     """Check the request (a `TrainSpec`), register the job, submit it, and return its record at once.
 
-    Raises `InputError` (nothing registered, nothing submitted) for a bad store or device; a
-    submission refused by Slurm also raises `InputError` (the job stays registered as `failed`).
-    """
+    `InputError` (nothing registered, nothing submitted) for a bad request, store or device; a refused
+    submission also raises `InputError` (the job stays registered, `failed`)."""
     from hsfm_core.runs import new_run_id
     from hsfm_core.train import open_store_for, run_ids_for
 
     spec = spec.check()
-    method, executor, device = spec.method, spec.executor, spec.device
-    max_parallel, time_limit_min, options = spec.max_parallel, spec.time_limit_min, spec.slurm
     workspace = Path(workspace).resolve()
-    open_store_for(workspace, method)
-    _check_device(device, executor)
-    limit = int(max_parallel) if max_parallel is not None else job_limit(workspace)
+    open_store_for(workspace, spec.method)
+    _check_device(spec.device, spec.executor)
+    limit = int(spec.max_parallel) if spec.max_parallel is not None else job_limit(workspace)
     if limit < 1:
         raise InputError(f"the job limit must be ≥ 1, got {limit}")
-
-    job_id = _new_job_id()
-    run_id = new_run_id(method)
+    now = datetime.now(timezone.utc)
+    job_id, run_id = f"job-{now:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}", new_run_id(spec.method)
     directory = job_dir(workspace, job_id)
-    directory.mkdir(parents=True)
-    folder = directory / "submitit"
-    record = {
-        "job_id": job_id, "workspace": str(workspace), "status": "queued", "executor": executor,
-        "spec": spec.to_dict(),
-        "run_id": run_id, "run_ids": run_ids_for(run_id, spec.seeds),
-        "max_parallel": limit if executor == "local" else None,
-        "slurm": asdict(options) if options else None,
-        "time_limit_min": time_limit_min,
-        "submitit_folder": str(folder), "submitit_job_id": None,
-        "host": socket.gethostname(), "pid": None, "pid_start": None, "worker_pid": None, "worker_start": None,
-        "worker_host": None, "created_at": _now(), "created_t": time.time(), "started_at": None, "finished_at": None,
-        "error": None, "cancel_requested": False,
-    }
-    write_json_atomic(directory / "job.json", record)
-    (directory / "progress.jsonl").touch()
+    (directory / "submitit").mkdir(parents=True)
+    write_json_atomic(directory / "job.json", {
+        "job_id": job_id, "workspace": str(workspace), "spec": spec.to_dict(), "run_id": run_id,
+        "run_ids": run_ids_for(run_id, spec.seeds), "max_parallel": limit if spec.executor == "local" else None,
+        "created_at": now.isoformat(timespec="seconds"), "created_t": time.time(), "host": socket.gethostname(),
+        # submitit's local controller sets CUDA_VISIBLE_DEVICES from its gpus_per_node (empty for 0) and
+        # cannot say "unset" (all GPUs): the worker restores the caller's value from here instead
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "submitit_folder": str(directory / "submitit"), "submitit_job_id": None, "cancel_requested": False})
     try:
-        if executor == "local":
-            ex = _local_executor()(folder)
-            ex.update_parameters(timeout_min=float(time_limit_min or LOCAL_TIME_LIMIT_MIN))
+        if spec.executor == "local":
+            _submit_detached(directory)
         else:
             import submitit
 
-            ex = submitit.SlurmExecutor(folder=folder)
-            params = slurm_parameters(options, job_id)
-            if time_limit_min:
-                params["time"] = int(time_limit_min)
-            ex.update_parameters(**params)
-        job = ex.submit(_worker_main, str(workspace), job_id)
+            executor = submitit.SlurmExecutor(folder=directory / "submitit")
+            executor.update_parameters(**slurm_parameters(spec.slurm, job_id),
+                                       **({"time": int(spec.time_limit_min)} if spec.time_limit_min else {}))
+            _update(directory, submitit_job_id=str(executor.submit(_worker_main, str(workspace), job_id).job_id))
     except Exception as exc:
         message = f"submission failed: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
-        _update(directory, status="failed", error=message, finished_at=_now())
-        _append_progress(directory, "failed", error=message)
+        _update(directory, ended=_ended("failed", message))
         raise InputError(message) from exc
-    fields = {"submitit_job_id": str(job.job_id)}
-    if executor == "local":
-        pid = int(job.job_id)
-        fields |= {"pid": pid, "pid_start": _proc_start(pid)}
-    _update(directory, **fields)
     return get_job(workspace, job_id)
+
+
+def _submit_detached(directory: Path) -> None:
+    """Submit a local job from a short-lived submitter started in a new session.
+
+    No public submitit way exists to detach a local job: LocalExecutor starts its controller as a child
+    of the submitting process, in its session and process group, so the app server's Ctrl-C or its
+    terminal closing would stop the job. A submitter that leads its own session leaves the controller
+    and the worker there, orphaned when it exits: jobs outlive the app. It uses public API only."""
+    pythonpath = os.pathsep.join(filter(None, (str(_PROJECT_ROOT), os.environ.get("PYTHONPATH"))))
+    log_path = directory / "submitit" / "controller.log"  # the controller's stdout and stderr too
+    with open(log_path, "ab") as log:
+        done = subprocess.run([sys.executable, "-c", "import sys; from hsfm_core.jobs import _submit_here; "
+                               "_submit_here(sys.argv[1])", str(directory)], env={**os.environ, "PYTHONPATH": pythonpath},
+                              stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, timeout=120)
+    if done.returncode != 0:
+        lines = log_path.read_text(errors="replace").strip().splitlines()
+        raise RuntimeError(lines[-1] if lines else f"the submitter exited with status {done.returncode}")
+
+
+def _submit_here(directory: str) -> None:
+    """The submitter's body (`_submit_detached`): submit, record the handle, exit."""
+    import psutil
+    import submitit
+
+    record = _read(Path(directory))
+    executor = submitit.LocalExecutor(folder=record["submitit_folder"])
+    executor.update_parameters(timeout_min=float(record["spec"]["time_limit_min"] or LOCAL_TIME_LIMIT_MIN))
+    pid = int(executor.submit(_worker_main, record["workspace"], record["job_id"]).job_id)  # the controller's
+    _update(Path(directory), submitit_job_id=str(pid),
+            controller={"pid": pid, "started": psutil.Process(pid).create_time(), "host": socket.gethostname()})
 
 
 # -- the worker (runs in the submitit job process) -----------------------------------------
@@ -326,234 +279,122 @@ class _TimeLimit(BaseException):
     between the signal and `_worker_main` can swallow it."""
 
 
-_stop_armed = False  # the worker's one asynchronous stop (cancel or time limit) is still to come
+class _Stop:
+    """The worker's one asynchronous stop. A cancel reaches the worker twice (the signal, and the flag in
+    job.json read at every epoch and while queued), a time limit once (SIGUSR2). Whichever comes first
+    raises once; a signal after that does nothing, so it cannot interrupt the cleanup."""
 
+    def __init__(self, directory: Path):
+        self.directory, self.armed = directory, True
 
-def _stop_once() -> bool:
-    """Disarm the stop signals; → whether they were armed (i.e. the caller owns the job's one stop).
-    Called by the signal handlers, by the cancel checks before they raise, and when the job ends."""
-    global _stop_armed
-    armed, _stop_armed = _stop_armed, False
-    return armed
+    def disarm(self) -> bool:
+        """→ whether the stop was still to come (the caller owns it now)."""
+        armed, self.armed = self.armed, False
+        return armed
 
+    def on_signal(self, signum, frame) -> None:
+        if self.disarm():
+            if signum == signal.SIGUSR2:
+                raise _TimeLimit()
+            raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
-def _on_interrupt(signum, frame):
-    if _stop_once():  # a second signal, or one after the cancel flag was seen, must not hit the cleanup
-        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
-
-
-def _on_time_limit(signum, frame):
-    if _stop_once():
-        raise _TimeLimit()
+    def check(self) -> None:
+        """A cancel that could not signal this process (another host), or a job a reader ended, stops here."""
+        record = _read(self.directory)
+        if record.get("cancel_requested") or record.get("ended"):
+            self.disarm()
+            raise KeyboardInterrupt("cancel requested")
 
 
 def _earlier_job_waiting(workspace: Path, me: dict) -> bool:
-    """Whether a local job launched before `me` still waits for a slot (slots go first come, first served)."""
-    mine = (me["created_t"], me["job_id"])
+    """Whether a local job launched before `me` still waits (slots go first come, first served)."""
     for d in jobs_dir(workspace).glob("job-*"):
-        if d.name == me["job_id"]:
-            continue
-        try:
+        with contextlib.suppress(OSError, ValueError, KeyError):
             other = _read(d)
-        except (OSError, ValueError):
-            continue
-        if (other.get("executor") == "local" and other.get("status") == "queued" and not other.get("cancel_requested")
-                and (other.get("created_t", 0.0), other["job_id"]) < mine and _process_gone(other) is None):
-            return True
+            if (other["spec"]["executor"] == "local" and not other.get("ended") and not other.get("cancel_requested")
+                    and (other["created_t"], other["job_id"]) < (me["created_t"], me["job_id"])
+                    and not any(_run_status(workspace, rid) for rid in other["run_ids"])
+                    and _gone(workspace, other) is None):
+                return True
     return False
 
 
-def _acquire_slot(workspace: Path, record: dict, directory: Path):
-    """Hold one of the job's `max_parallel` slot locks for the life of this process, after every local job
-    launched before it got one; report `queued` while waiting. → (open lock file, slot index)."""
-    limit = int(record["max_parallel"] or 1)
+def _acquire_slot(workspace: Path, record: dict, stop: _Stop):
+    """Hold one of the job's `max_parallel` slot locks for the life of this process, after every local
+    job launched before it got one. → the open lock file."""
     slots = jobs_dir(workspace) / "slots"
     slots.mkdir(parents=True, exist_ok=True)
-    waiting = False
-    while True:
-        for i in range(0 if _earlier_job_waiting(workspace, record) else limit):
+    for attempt in range(sys.maxsize):
+        for i in range(0 if _earlier_job_waiting(workspace, record) else int(record["max_parallel"])):
             fh = open(slots / f"slot-{i}.lock", "a")
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                print(f"[job] holding slot {i}", flush=True)
+                return fh
             except BlockingIOError:
                 fh.close()
-                continue
-            return fh, i
-        _check_cancel(directory)
-        if not waiting:
-            waiting = True
-            _append_progress(directory, "queued", message=f"waiting for a free slot ({limit} job(s) at a time)")
-            print(f"[job] waiting for one of {limit} slots", flush=True)
+        stop.check()
+        if attempt == 0:
+            print(f"[job] waiting for one of {record['max_parallel']} slots", flush=True)
         time.sleep(SLOT_POLL_S)
 
 
-def _check_cancel(directory: Path) -> None:
-    """A cancel that could not signal this process (another host, no scancel) is seen here."""
-    if _read(directory).get("cancel_requested"):
-        _stop_once()  # the SIGINT that follows the flag must not interrupt the cleanup of this one
-        raise KeyboardInterrupt("cancel requested")
-
-
-def _mean(entries: list[dict], key: str):
-    values = [e[key] for e in entries if e.get(key) is not None]
-    return sum(values) / len(values) if values else None
-
-
 def _worker_main(workspace: str, job_id: str) -> str:
-    """One job, inside its submitit process: slot → train(...) → final status. Returns the status."""
-    global _stop_armed
-    _stop_armed = True
-    signal.signal(signal.SIGINT, _on_interrupt)  # jobs.cancel sends SIGINT to a local worker
-    signal.signal(signal.SIGTERM, _on_interrupt)  # scancel sends SIGTERM (submitit's own handler ignores it)
-    signal.signal(signal.SIGUSR2, _on_time_limit)  # submitit's (and Slurm's) warning before the time limit
-    workspace = Path(workspace)
-    directory = job_dir(workspace, job_id)
-    pid = os.getpid()
-    record, slot = {}, None
-    status, error = "failed", None
+    """One job, inside its submitit process: slot → train(...) → the job's ending. Returns the status."""
+    from hsfm_core.runs import end_unfinished_run
+
+    workspace, directory = Path(workspace), job_dir(workspace, job_id)
+    record = _read(directory)
+    spec = record["spec"]
+    stop, slot, status, error = _Stop(directory), None, "failed", None
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):  # cancel, scancel, the time-limit warning
+        signal.signal(signum, stop.on_signal)
+    if spec["executor"] == "local":  # the launcher's GPUs (see launch), before anything initialises CUDA
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        if record["cuda_visible_devices"] is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = record["cuda_visible_devices"]
     try:
-        _append_progress(directory, "started", pid=pid, host=socket.gethostname())
-        print(f"[job] {job_id} started (pid {pid} on {socket.gethostname()})", flush=True)
-        # under the job's lock: a cancel before this line is seen here, one after it signals this pid
-        record = _update(directory, worker_pid=pid, worker_start=_proc_start(pid), worker_host=socket.gethostname())
-        spec = record["spec"]
-        if record.get("cancel_requested"):
-            _stop_once()
-            raise KeyboardInterrupt("cancelled before it started")
-        if record["executor"] == "local":
-            slot, index = _acquire_slot(workspace, record, directory)
-            print(f"[job] holding slot {index}", flush=True)
-        _update(directory, status="running", started_at=_now())
-        _append_progress(directory, "loading store")
+        print(f"[job] {job_id} started (pid {os.getpid()} on {socket.gethostname()})", flush=True)
+        stop.check()
+        slot = _acquire_slot(workspace, record, stop) if spec["executor"] == "local" else None
         from hsfm_core.spec import TrainSpec
         from hsfm_core.train import train
 
         def progress(epoch: int, epochs: int, entries: list[dict]) -> None:
-            _check_cancel(directory)
-            if epoch == 0:
-                _append_progress(directory, "training", epoch=0, epochs=epochs)
-                print(f"[job] training {epochs} epochs", flush=True)
-                return
-            keys = ("outer_loss", "head_loss", "val_avg", "val_wga")
-            _append_progress(directory, "epoch", epoch=epoch, epochs=epochs, **{k: _mean(entries, k) for k in keys},
-                             per_seed=[{"seed": s, **{k: e.get(k) for k in (*keys, "val_group_acc")}}
-                                       for s, e in zip(spec["seeds"], entries)])
-            print(f"[job] epoch {epoch}/{epochs} val WGA {_mean(entries, 'val_wga'):.4f} "
-                  f"outer loss {_mean(entries, 'outer_loss'):.4f}", flush=True)
+            stop.check()
+            wga = [e["val_wga"] for e in entries if e.get("val_wga") is not None]
+            print(f"[job] epoch {epoch}/{epochs}" + (f" val WGA {sum(wga) / len(wga):.4f}" if wga else "")
+                  if epoch else f"[job] training {epochs} epochs", flush=True)
 
-        runs = train(workspace, TrainSpec.from_dict(spec), progress=progress, run_id=record["run_id"])
-        _stop_once()  # finished: too late to cancel
-        summary = {r.run_id: {split: {k: m[k] for k in ("wga", "avg_adjusted", "avg_plain")}
-                              for split, m in r.metrics.items()} for r in runs}
+        request = TrainSpec.from_dict(spec)
+        stop.check()
+        train(workspace, request, progress=progress, run_id=record["run_id"])
+        stop.disarm()  # finished: too late to cancel
         status = "done"
-        _append_progress(directory, "done", runs=[r.run_id for r in runs], metrics=summary)
     except KeyboardInterrupt:
         status = "cancelled"
     except InputError as exc:
         error = str(exc)
     except _TimeLimit:
-        error = f"the job reached its time limit ({record.get('time_limit_min') or (record.get('slurm') or {}).get('time_min')} min)"
+        error = f"the job reached its time limit ({spec['time_limit_min'] or (spec['slurm'] or {}).get('time_min')} min)"
     except BaseException as exc:  # noqa: BLE001 — recorded, then the job ends
         error = f"{type(exc).__name__}: {exc}"
         write_text_atomic(directory / "error.txt", traceback.format_exc())
     finally:
-        _stop_once()  # nothing may interrupt the job's own ending (a signal now is a no-op)
-        if status != "done":
-            _end_runs(workspace, record, status, error)  # runs train() could not end itself (normally none)
-            _append_progress(directory, status, **({"error": error} if error else {}))
-            print(f"[job] {status}" + (f": {error}" if error else ""), file=sys.stderr if error else sys.stdout,
-                  flush=True)
-        _update(directory, status=status, error=error, finished_at=_now())
+        stop.disarm()  # nothing may interrupt the job's own ending (a signal now is a no-op)
+        if status != "done":  # runs train() could not end itself (normally none)
+            for rid in record["run_ids"]:
+                end_unfinished_run(workspace, rid, status, error)
+        _update(directory, ended=_ended(status, error))
+        print(f"[job] {status}" + (f": {error}" if error else ""), file=sys.stderr if error else sys.stdout, flush=True)
         if slot is not None:
             slot.close()
     return status
 
 
-def _end_runs(workspace: Path, record: dict, status: str, message: str | None) -> list[str]:
-    from hsfm_core.runs import end_unfinished_run
-
-    return [rid for rid in record.get("run_ids") or []
-            if end_unfinished_run(workspace, rid, status, message)]
-
-
 # -- reading ------------------------------------------------------------------------------
-SLURM_STATE_TTL_S = 20.0  # the app polls every second: ask sacct at most this often per job
-_slurm_states: dict[str, tuple[float, str | None]] = {}
-
-
-def _slurm_state(record: dict) -> str | None:
-    """Slurm's state of the job (COMPLETED, FAILED, CANCELLED, …), or None when sacct cannot say.
-    Cached for SLURM_STATE_TTL_S per job, so polling pages do not hammer the cluster's accounting."""
-    cached = _slurm_states.get(record["job_id"])
-    if cached and time.monotonic() - cached[0] < SLURM_STATE_TTL_S:
-        return cached[1]
-    state = _ask_sacct(record)
-    _slurm_states[record["job_id"]] = (time.monotonic(), state)
-    return state
-
-
-def _ask_sacct(record: dict) -> str | None:
-    try:
-        import submitit
-
-        job = submitit.SlurmJob(folder=record["submitit_folder"], job_id=record["submitit_job_id"])
-        state = job.watcher.get_state(job.job_id, mode="force")
-    except Exception:  # noqa: BLE001 — no sacct here, or it failed: nothing can be concluded
-        return None
-    return None if state in ("UNKNOWN", "", None) else state.split()[0]
-
-
-_SLURM_ACTIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED",
-                 "PREEMPTED", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "READY")
-
-
-def _process_gone(record: dict) -> str | None:
-    """Why an unfinished job cannot finish any more (its process is gone), or None while it may."""
-    if record["executor"] == "slurm":
-        if not record.get("submitit_job_id"):
-            return _never_submitted(record)
-        state = _slurm_state(record)
-        if state is None or state in _SLURM_ACTIVE:
-            return None
-        return f"{KILLED} — Slurm says {state}"
-    if record.get("host") not in (None, socket.gethostname()):
-        return None  # launched on another machine: its processes cannot be seen from here
-    if record.get("worker_pid"):
-        alive = _pid_alive(record["worker_pid"], record.get("worker_start"))
-    elif record.get("pid"):
-        alive = _pid_alive(record["pid"], record.get("pid_start"))
-    else:
-        return _never_submitted(record)
-    return None if alive else KILLED
-
-
-def _never_submitted(record: dict) -> str | None:
-    created = datetime.fromisoformat(record["created_at"]).timestamp()
-    return "the job was registered but never submitted" if time.time() - created > NEVER_STARTED_S else None
-
-
-def _refresh(workspace: Path, directory: Path) -> dict:
-    record = _read(directory)
-    if record["status"] not in ACTIVE:
-        return record
-    reason = _process_gone(record)
-    if reason is None:
-        return record
-    with _locked(directory):  # re-read: the worker may have finished between the two reads
-        record = _read(directory)
-        if record["status"] not in ACTIVE or (reason := _process_gone(record)) is None:
-            return record
-        status = "cancelled" if record.get("cancel_requested") else "failed"
-        error = None if status == "cancelled" else reason
-        _end_runs(workspace, record, status, error)
-        record = {**record, "status": status, "error": error, "finished_at": _now()}
-        write_json_atomic(directory / "job.json", record)
-        _append_progress(directory, status, **({"error": error} if error else {}))
-    return record
-
-
 def get_job(workspace: str | os.PathLike, job_id: str) -> dict:
-    """One job's record (job.json), its status refreshed from process liveness. InputError if unknown."""
+    """One job's record (job.json) with its `status`, `error` and `finished_at`. InputError if unknown."""
     directory = job_dir(workspace, job_id)
     if not (directory / "job.json").is_file():
         raise InputError(f"no job {job_id!r} in {jobs_dir(workspace)}")
@@ -561,128 +402,101 @@ def get_job(workspace: str | os.PathLike, job_id: str) -> dict:
 
 
 def list_jobs(workspace: str | os.PathLike) -> list[dict]:
-    """Every job of the workspace, oldest launch first, statuses refreshed."""
-    _reap()
-    root = jobs_dir(workspace)
-    if not root.is_dir():
-        return []
+    """Every job of the workspace, oldest launch first."""
     out = []
-    for d in sorted(root.iterdir()):
+    for d in sorted(jobs_dir(workspace).glob("job-*")):
         if _JOB_ID.match(d.name) and (d / "job.json").is_file():
-            try:
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # half-created or damaged
                 out.append(_refresh(Path(workspace), d))
-            except (OSError, ValueError, KeyError, TypeError):  # half-created or damaged: skip it this time
-                continue
     return sorted(out, key=lambda r: (r.get("created_t", 0.0), r["job_id"]))  # ids of one second are random
 
 
-def read_progress(workspace: str | os.PathLike, job_id: str) -> list[dict]:
-    """The job's progress lines, parsed (a line still being written is left out)."""
-    path = job_dir(workspace, job_id) / "progress.jsonl"
-    entries = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                entries.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return entries
-
-
 def job_progress(workspace: str | os.PathLike, job_id: str) -> dict:
-    """Where a job stands: {job_id, status, stage, epoch, epochs, entries, elapsed_s, eta_s, error, run_ids}.
+    """Where a job stands, read from its runs: {job_id, status, epoch, epochs, history, elapsed_s, eta_s,
+    error, run_ids}. `history` has one row per (epoch, seed): the runs' history.jsonl lines and seed.
 
-    `elapsed_s` runs from the worker's first line (`started`) to now, or to the last line once the job
-    ended; `eta_s` = mean seconds per epoch so far × epochs left (None before the first epoch ends)."""
+    `epochs`: what the runs plan (their config's `epochs`, else their setting of that name).
+    `elapsed_s`: from the launch to now, or to the job's end; `eta_s`: wall seconds per epoch so far
+    (from the run's start) × epochs left."""
+    from hsfm_core.runs import read_process, run_dir
+
     record = get_job(workspace, job_id)
-    entries = read_progress(workspace, job_id)
-    epochs_seen = [e for e in entries if e.get("stage") == "epoch"]
-    training = next((e for e in reversed(entries) if e.get("stage") == "training"), None)
-    started = next((e for e in entries if e.get("stage") == "started"), None)
-    end = entries[-1]["t"] if entries and record["status"] not in ACTIVE else time.time()
-    epoch = epochs_seen[-1]["epoch"] if epochs_seen else 0
-    epochs = (epochs_seen[-1] if epochs_seen else training or {}).get("epochs")
-    eta = None
-    if record["status"] in ACTIVE and epochs_seen and training and epochs:
-        per_epoch = (epochs_seen[-1]["t"] - training["t"]) / epoch
-        eta = max(0.0, per_epoch * (epochs - epoch) - (time.time() - epochs_seen[-1]["t"]))
-    elif record["status"] == "done":
-        eta = 0.0
-    return {"job_id": job_id, "status": record["status"], "stage": entries[-1]["stage"] if entries else None,
-            "epoch": epoch, "epochs": epochs, "entries": entries,
-            "elapsed_s": (end - started["t"]) if started else None, "eta_s": eta, "error": record.get("error"),
-            "run_ids": record["run_ids"]}
+    history, epochs, started_t, last_t = [], None, None, None
+    for rid in record["run_ids"]:
+        path = run_dir(workspace, rid)
+        with contextlib.suppress(OSError, ValueError):
+            config = json.loads((path / "config.json").read_text())
+            epochs = config.get("epochs", (config.get("hyperparameters") or {}).get("epochs"))
+            started_t, last_t = (read_process(path) or {}).get("at"), (path / "history.jsonl").stat().st_mtime
+            for line in (path / "history.jsonl").read_text(encoding="utf-8").splitlines():
+                with contextlib.suppress(ValueError):  # a line still being written is left out
+                    history.append({"seed": config.get("seed"), **json.loads(line)})
+    epoch = max((row.get("epoch", 0) for row in history), default=0)
+    eta = 0.0 if record["status"] == "done" else None
+    if record["status"] in ACTIVE and epoch and epochs and started_t:
+        eta = max(0.0, (last_t - started_t) / epoch * (epochs - epoch) - (time.time() - last_t))
+    end = (record.get("ended") or {}).get("t") or time.time()
+    return {"job_id": job_id, "status": record["status"], "epoch": epoch, "epochs": epochs, "history": history,
+            "elapsed_s": end - record["created_t"], "eta_s": eta, "error": record["error"], "run_ids": record["run_ids"]}
 
 
 def _tail(path: Path, n_lines: int, max_bytes: int = 256_000) -> str:
-    if not path.is_file():
+    if not path.is_file() or n_lines <= 0:
         return ""
     with open(path, "rb") as fh:
-        fh.seek(0, os.SEEK_END)
-        size = fh.tell()
-        fh.seek(max(0, size - max_bytes))
-        text = fh.read().decode("utf-8", errors="replace")
-    return "\n".join(text.splitlines()[-n_lines:]) if n_lines > 0 else ""
+        fh.seek(max(0, fh.seek(0, os.SEEK_END) - max_bytes))
+        return "\n".join(fh.read().decode("utf-8", errors="replace").splitlines()[-n_lines:])
 
 
 def log_tail(workspace: str | os.PathLike, job_id: str, n_lines: int = 40) -> dict:
     """The last `n_lines` of the worker's stdout and stderr (submitit's log files): {stdout, stderr}."""
-    from submitit.core.utils import JobPaths
-
     record = get_job(workspace, job_id)
     if not record.get("submitit_job_id"):
         return {"stdout": "", "stderr": ""}
-    paths = JobPaths(record["submitit_folder"], job_id=record["submitit_job_id"], task_id=0)
+    paths = _scheduler_job(record).paths
     return {"stdout": _tail(paths.stdout, n_lines), "stderr": _tail(paths.stderr, n_lines)}
 
 
 def job_error(workspace: str | os.PathLike, job_id: str) -> str | None:
-    """Why a job failed: its one-line error, then the traceback (error.txt) or its runs' error.txt."""
+    """Why a job failed: its one-line error, then the traceback (error.txt) when it crashed."""
     record = get_job(workspace, job_id)
     if record["status"] != "failed":
         return None
-    parts = [record.get("error") or "failed"]
-    directory = job_dir(workspace, job_id)
-    if (directory / "error.txt").is_file():
-        parts.append((directory / "error.txt").read_text())
-    return "\n\n".join(parts)
+    trace = job_dir(workspace, job_id) / "error.txt"
+    return "\n\n".join([record["error"] or "failed", *([trace.read_text()] if trace.is_file() else [])])
 
 
 # -- cancelling ---------------------------------------------------------------------------
 def cancel(workspace: str | os.PathLike, job_id: str) -> dict:
     """Ask a queued or running job to stop; returns its record without waiting (`wait` does).
 
-    Local: `cancel_requested` in job.json, then SIGINT to the worker if it has registered (one that
-    has not sees the request when it registers, under the same lock); the worker marks its runs
-    `cancelled` with their partial history and the job `cancelled`. Slurm: the same request, then
-    `scancel` (SIGTERM, which the worker turns into the same clean cancel). A finished job is left as
-    it is. submitit's controller is never signalled: its SIGINT would kill the worker after 1 s,
-    possibly in the middle of that cleanup."""
-    workspace = Path(workspace)
-    directory = job_dir(workspace, job_id)
+    The request is written first (the worker reads it at every epoch and while queued). Local: then
+    SIGINT to the worker, the child of submitit's controller (psutil); the controller itself is never
+    signalled (its SIGINT kills the worker 1 s later, possibly during its cleanup). Slurm: `scancel`
+    (SIGTERM, the same clean cancel). The worker ends its runs `cancelled`, with their partial history.
+    A finished job is left as it is."""
+    import psutil
+
+    from hsfm_core.runs import process_alive
+
     record = get_job(workspace, job_id)
     if record["status"] not in ACTIVE:
         return record
-    record = _update(directory, cancel_requested=True, cancel_requested_at=_now())
-    if record["executor"] == "slurm":
-        if record.get("submitit_job_id"):
-            import submitit
-
-            submitit.SlurmJob(folder=record["submitit_folder"], job_id=record["submitit_job_id"]).cancel(check=False)
-    elif record.get("host") in (None, socket.gethostname()) and _pid_alive(record.get("worker_pid"),
-                                                                        record.get("worker_start")):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(record["worker_pid"], signal.SIGINT)
+    record = _update(job_dir(workspace, job_id), cancel_requested=True)
+    if record["spec"]["executor"] == "slurm" and record.get("submitit_job_id"):
+        _scheduler_job(record).cancel(check=False)
+    elif process_alive(controller := record.get("controller")):
+        with contextlib.suppress(psutil.Error):
+            for worker in psutil.Process(controller["pid"]).children():
+                worker.send_signal(signal.SIGINT)
     return get_job(workspace, job_id)
 
 
 def wait(workspace: str | os.PathLike, job_id: str, timeout_s: float = 600, poll_s: float = 0.2) -> dict:
     """Block until the job has ended (done, failed or cancelled); → its record. TimeoutError otherwise."""
     deadline = time.monotonic() + timeout_s
-    while True:
-        record = get_job(workspace, job_id)
-        if record["status"] not in ACTIVE:
-            return record
+    while (record := get_job(workspace, job_id))["status"] in ACTIVE:
         if time.monotonic() > deadline:
             raise TimeoutError(f"job {job_id} still {record['status']} after {timeout_s} s")
         time.sleep(poll_s)
+    return record

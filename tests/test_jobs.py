@@ -1,6 +1,8 @@
 """Background jobs (hsfm_core.jobs): submitit local jobs end to end, cancel, kill, bad input,
-the concurrency limit, a fresh process finding the jobs, and the Slurm path (sbatch script
-text, and a whole job through fake sbatch/srun/sacct/scancel commands)."""
+the concurrency limit, a fresh process finding the jobs, and the Slurm path (the sbatch script
+submitted, and a whole job through fake sbatch/srun/sacct/scancel commands). Progress and
+liveness are read from the run directories (history.jsonl, process.json); the job record holds
+the request and the scheduler's handle."""
 
 import json
 import os
@@ -11,12 +13,14 @@ import textwrap
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from hsfm_core import jobs
 from hsfm_core.errors import InputError
-from hsfm_core.runs import list_runs
-from hsfm_core.train import TrainSpec, train
+from hsfm_core.runs import list_runs, process_alive, read_process
+from hsfm_core.spec import SlurmOptions, TrainSpec
+from hsfm_core.train import train
 from tests.gaussian import TINY_HSFM, gaussian_workspace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,13 +37,28 @@ def ws(tmp_path):
     _kill_all(path)
 
 
+def _launch(workspace, method: str, **request) -> dict:
+    return jobs.launch(workspace, TrainSpec.create(method, **request))
+
+
+def _processes(workspace: Path, record: dict) -> list[dict]:
+    """The job's processes as process records: submitit's controller, and the worker once it writes runs."""
+    writers = [p for rid in record["run_ids"] if (p := read_process(workspace / "runs" / rid))]
+    return [p for p in (record.get("controller"), *writers[:1]) if p]
+
+
 def _kill_all(workspace: Path) -> None:
+    """SIGKILL every live process of the workspace's jobs, by pid (the controllers' children too)."""
     for d in sorted((workspace / "jobs").glob("job-*")):
         record = json.loads((d / "job.json").read_text())
-        for pid, start in ((record.get("worker_pid"), record.get("worker_start")),
-                           (record.get("pid"), record.get("pid_start"))):
-            if jobs._pid_alive(pid, start):
-                os.kill(pid, signal.SIGKILL)
+        for info in _processes(workspace, record):
+            if process_alive(info):
+                process = psutil.Process(info["pid"])
+                for p in [*process.children(recursive=True), process]:
+                    try:
+                        p.kill()
+                    except psutil.NoSuchProcess:
+                        pass
 
 
 def _until(condition, timeout_s: float = 60, what: str = "condition"):
@@ -52,66 +71,84 @@ def _until(condition, timeout_s: float = 60, what: str = "condition"):
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
-def _stages(workspace, job_id) -> list[str]:
-    return [e["stage"] for e in jobs.read_progress(workspace, job_id)]
-
-
 def _epochs_seen(workspace, job_id) -> int:
-    return sum(1 for s in _stages(workspace, job_id) if s == "epoch")
+    return jobs.job_progress(workspace, job_id)["epoch"]
 
 
 def _run_status(workspace, run_id) -> str:
     return (workspace / "runs" / run_id / "status").read_text().strip()
 
 
+def _worker(workspace, record) -> dict:
+    """The process record of the job's worker (the process that writes its runs), once training."""
+    return _until(lambda: read_process(workspace / "runs" / record["run_ids"][0]), 60, "the worker's process.json")
+
+
 @pytest.mark.slow
 def test_local_job_runs_with_progress_and_finishes(ws):
     t0 = time.monotonic()
-    record = jobs.launch(ws, "hsfm", overrides=[*TINY_HSFM[1:], "E=3"], seeds=[0, 1], device="cpu")
+    record = _launch(ws, "hsfm", overrides=[*TINY_HSFM[1:], "E=3"], seeds=[0, 1], device="cpu")
     job_id = record["job_id"]
     assert time.monotonic() - t0 < 30 and record["status"] in ("queued", "running")  # the caller did not wait
     assert record["executor"] == "local" and record["spec"]["method"] == "hsfm" and record["spec"]["seeds"] == [0, 1]
+    assert TrainSpec.from_dict(record["spec"]) == TrainSpec.create("hsfm", overrides=[*TINY_HSFM[1:], "E=3"],
+                                                                    seeds=[0, 1], device="cpu")  # the request, unchanged
     base = record["run_id"]
     assert base.startswith("hsfm-") and record["run_ids"] == [f"{base}-s0", f"{base}-s1"]
-    assert record["pid"] and record["submitit_job_id"] == str(record["pid"])
+    controller = record["controller"]  # the scheduler's handle: submitit's local job id is its controller's pid
+    assert record["submitit_job_id"] == str(controller["pid"]) and controller["host"] and controller["started"] > 0
+    on_disk = json.loads((ws / "jobs" / job_id / "job.json").read_text())
+    assert not {"status", "progress", "epoch", "worker_pid"} & set(on_disk)  # the runs hold those
+    assert not (ws / "jobs" / job_id / "progress.jsonl").exists()
 
-    _until(lambda: "started" in _stages(ws, job_id), 30, "the first progress line")
     done = jobs.wait(ws, job_id, 120)
-    assert done["status"] == "done" and done["error"] is None and done["worker_pid"] != os.getpid()
-    assert done["started_at"] and done["finished_at"]
-
-    entries = jobs.read_progress(ws, job_id)
-    stages = [e["stage"] for e in entries]
-    assert stages[:3] == ["started", "loading store", "training"] and stages[-1] == "done", stages
-    epochs = [e for e in entries if e["stage"] == "epoch"]
-    assert [e["epoch"] for e in epochs] == [1, 2, 3] and all(e["epochs"] == 3 for e in epochs)
-    assert {"outer_loss", "head_loss", "val_wga", "val_avg", "per_seed"} <= set(epochs[0])
-    assert [p["seed"] for p in epochs[0]["per_seed"]] == [0, 1] and 0 <= epochs[0]["val_wga"] <= 1
-    assert entries[-1]["runs"] == record["run_ids"]
-    assert all(a["t"] <= b["t"] for a, b in zip(entries, entries[1:]))
+    assert done["status"] == "done" and done["error"] is None and done["finished_at"]
+    for rid in record["run_ids"]:  # the run directories say who trained them: the worker, not this process
+        writer = read_process(ws / "runs" / rid)
+        assert writer["pid"] not in (os.getpid(), controller["pid"]) and writer["host"] and writer["started"] > 0
+        assert writer["slurm_job_id"] is None
 
     runs = {r["run_id"]: r for r in list_runs(ws)}
     assert set(runs) == set(record["run_ids"]) and {r["status"] for r in runs.values()} == {"done"}
     for rid in record["run_ids"]:
         metrics = json.loads((ws / "runs" / rid / "metrics.json").read_text())
-        assert set(metrics) == {"val", "test"} and entries[-1]["metrics"][rid]["test"]["wga"] == metrics["test"]["wga"]
+        assert set(metrics) == {"val", "test"}
         history = (ws / "runs" / rid / "history.jsonl").read_text().splitlines()
-        assert [json.loads(h)["epoch"] for h in history] == [1, 2, 3]
+        assert [json.loads(h)["epoch"] for h in history] == [1, 2, 3]  # every epoch written once
 
     progress = jobs.job_progress(ws, job_id)
     assert progress["status"] == "done" and progress["epoch"] == 3 and progress["epochs"] == 3
     assert progress["eta_s"] == 0.0 and 0 < progress["elapsed_s"] < 120
+    rows = progress["history"]  # one row per (epoch, seed), straight from the runs' history.jsonl
+    assert [(r["epoch"], r["seed"]) for r in rows] == [(1, 0), (2, 0), (3, 0), (1, 1), (2, 1), (3, 1)]
+    assert {"outer_loss", "head_loss", "val_wga", "val_avg"} <= set(rows[0]) and 0 <= rows[0]["val_wga"] <= 1
     logs = jobs.log_tail(ws, job_id, 50)
     assert "[job] epoch 3/3" in logs["stdout"] and "Job completed successfully" in logs["stdout"]
     assert jobs.log_tail(ws, job_id, 1)["stdout"].count("\n") == 0
     assert jobs.job_error(ws, job_id) is None
     assert jobs.cancel(ws, job_id)["status"] == "done"  # a finished job stays as it is
+    _until(lambda: not any(process_alive(p) for p in _processes(ws, record)), 10, "the job's processes to exit")
+
+
+def test_a_run_records_its_process_and_liveness(tmp_path):
+    """process.json: pid, start time and host of the process writing a run (psutil), read back as alive; a
+    vanished process, a reused pid (another start time) and another host read as dead / unknown."""
+    ws = tmp_path / "ws"
+    gaussian_workspace(ws)
+    (run,) = train(ws, "erm")
+    info = read_process(run.path)
+    assert info["pid"] == os.getpid() and info["host"] and process_alive(info) is True
+    assert process_alive({**info, "started": info["started"] - 5}) is False  # the pid of another process
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert process_alive({**info, "pid": child.pid, "started": 0}) is False
+    assert process_alive({**info, "host": "elsewhere"}) is None and process_alive(None) is None
 
 
 def _endless_job_past(ws, epochs: int):
     """An earlier finished run, and an endless HSFM job once it has trained `epochs` epochs."""
     (earlier,) = train(ws, "erm")
-    record = jobs.launch(ws, "hsfm", overrides=ENDLESS, device="cpu")
+    record = _launch(ws, "hsfm", overrides=ENDLESS, device="cpu")
     _until(lambda: _epochs_seen(ws, record["job_id"]) >= epochs, 60, f"{epochs} epochs")
     return earlier, record, record["job_id"]
 
@@ -126,39 +163,39 @@ def test_cancel_a_running_job_keeps_partial_history(ws):
     jobs.cancel(ws, job_id)
     final = jobs.wait(ws, job_id, 30)
     assert final["status"] == "cancelled" and final["cancel_requested"] and final["error"] is None
-    assert _stages(ws, job_id)[-1] == "cancelled"
+    assert "[job] cancelled" in jobs.log_tail(ws, job_id)["stdout"]  # the worker's own clean ending
     (rid,) = record["run_ids"]
     assert _run_status(ws, rid) == "cancelled"
     history = (ws / "runs" / rid / "history.jsonl").read_text().splitlines()
     assert len(history) >= 3 and json.loads(history[-1])["epoch"] == len(history)
-    _until(lambda: not jobs._pid_alive(final["worker_pid"], final["worker_start"])
-           and not jobs._pid_alive(final["pid"], final["pid_start"]), 10, "the job's processes to exit")
+    _until(lambda: not any(process_alive(p) for p in _processes(ws, final)), 10, "the job's processes to exit")
     assert _run_status(ws, earlier.run_id) == "done"
 
 
-def test_the_worker_stops_once(tmp_path, monkeypatch):
+def test_the_worker_stops_once(tmp_path):
     """The cancel flag seen at an epoch end and the SIGINT `cancel` sends after it are one cancel: the
     signal must not raise again inside the cleanup (it did, under load: a cancelled job kept a run
-    `running`). The same holds for a second signal."""
+    `running`). The same holds for a second signal. The stop is the worker's own object, not module state."""
     directory = tmp_path / "job"
     directory.mkdir()
     (directory / "job.json").write_text(json.dumps({"cancel_requested": True}))
-    previous = signal.signal(signal.SIGINT, jobs._on_interrupt)
+    stop = jobs._Stop(directory)
+    previous = signal.signal(signal.SIGINT, stop.on_signal)
     try:
-        monkeypatch.setattr(jobs, "_stop_armed", True)
         with pytest.raises(KeyboardInterrupt, match="cancel requested"):
-            jobs._check_cancel(directory)
+            stop.check()
         os.kill(os.getpid(), signal.SIGINT)  # lands in the cleanup: a no-op
         time.sleep(0.2)
 
-        monkeypatch.setattr(jobs, "_stop_armed", True)
+        stop.armed = True  # a fresh stop
         with pytest.raises(KeyboardInterrupt, match="SIGINT"):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(2)
         os.kill(os.getpid(), signal.SIGINT)  # a second signal: a no-op
         time.sleep(0.2)
         with pytest.raises(KeyboardInterrupt, match="cancel requested"):  # the flag is still honoured
-            jobs._check_cancel(directory)
+            stop.check()
+        assert jobs._Stop(directory).armed  # each worker has its own
     finally:
         signal.signal(signal.SIGINT, previous)
 
@@ -166,10 +203,11 @@ def test_the_worker_stops_once(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_killed_job_is_found_failed_by_a_fresh_process(ws):
     earlier, record, job_id = _endless_job_past(ws, 2)
-    worker = jobs.get_job(ws, job_id)
-    assert worker["status"] == "running" and worker["worker_pid"]
-    os.kill(worker["worker_pid"], signal.SIGKILL)
-    _until(lambda: not jobs._pid_alive(worker["worker_pid"], worker["worker_start"]), 10, "the worker to die")
+    assert jobs.get_job(ws, job_id)["status"] == "running"
+    worker = _worker(ws, record)
+    assert process_alive(worker) is True
+    os.kill(worker["pid"], signal.SIGKILL)
+    _until(lambda: process_alive(worker) is False, 10, "the worker to die")
 
     # a new interpreter (the app after a restart) finds the job and sees that it cannot finish
     script = f"import json; from hsfm_core.jobs import list_jobs; print(json.dumps(list_jobs({str(ws)!r})))"
@@ -182,8 +220,24 @@ def test_killed_job_is_found_failed_by_a_fresh_process(ws):
     assert _run_status(ws, rid) == "failed" and "killed?" in (ws / "runs" / rid / "error.txt").read_text()
     assert (ws / "runs" / rid / "history.jsonl").read_text().strip()  # partial history kept
     assert _run_status(ws, earlier.run_id) == "done" and not (ws / "runs" / earlier.run_id / "error.txt").exists()
-    assert jobs.get_job(ws, job_id)["status"] == "failed" and _stages(ws, job_id)[-1] == "failed"
+    assert jobs.get_job(ws, job_id)["status"] == "failed" and jobs.job_progress(ws, job_id)["epoch"] >= 2
     assert jobs.job_error(ws, job_id).startswith("the job's process ended")
+
+
+@pytest.mark.slow
+def test_a_job_killed_while_queued_is_found_failed(ws):
+    first = _launch(ws, "hsfm", overrides=ENDLESS, device="cpu", max_parallel=1)
+    second = _launch(ws, "erm", max_parallel=1)
+    _until(lambda: _epochs_seen(ws, first["job_id"]) >= 1 and _waiting(ws, second["job_id"]), 60,
+           "the first job training and the second waiting")
+    controller = psutil.Process(second["controller"]["pid"])
+    for p in [*controller.children(), controller]:  # the whole job: no runs were written yet
+        p.kill()
+    found = _until(lambda: (j := jobs.get_job(ws, second["job_id"]))["status"] != "queued" and j, 10, "failure")
+    assert found["status"] == "failed" and found["error"] == jobs.KILLED
+    assert not (ws / "runs" / second["run_ids"][0]).exists() and jobs.get_job(ws, first["job_id"])["status"] == "running"
+    jobs.cancel(ws, first["job_id"])
+    assert jobs.wait(ws, first["job_id"], 30)["status"] == "cancelled"
 
 
 def test_bad_input_is_refused_at_launch(ws):
@@ -191,9 +245,9 @@ def test_bad_input_is_refused_at_launch(ws):
     for kwargs, message in [
         ({"method": "hsfm", "overrides": ["alpha=abc"]}, "alpha=abc"),
         ({"method": "hsfm", "overrides": ["depth=3"]}, "unknown key 'depth'"),
-        ({"method": "hsfm", "preset": "imagenet"}, "unknown preset"),
-        ({"method": "dfr", "overrides": ["E=3"]}, "unknown key 'epochs'"),
-        ({"method": "erm", "overrides": ["C=-1"]}, "C > 0"),
+        ({"method": "hsfm", "preset": "imagenet"}, "unknown hsfm preset"),
+        ({"method": "dfr", "overrides": ["E=3"]}, "unknown key 'E'"),
+        ({"method": "erm", "overrides": ["C=-1"]}, "C must be a finite number > 0"),
         ({"method": "hsfm", "seeds": [-1]}, "seeds must be"),
         ({"method": "svm"}, "unknown method"),
         ({"method": "hsfm", "device": "tpu"}, "unknown device"),
@@ -202,7 +256,11 @@ def test_bad_input_is_refused_at_launch(ws):
         ({"method": "hsfm", "max_parallel": 0}, "limit must be ≥ 1"),
     ]:
         with pytest.raises(InputError, match=message):
-            jobs.launch(ws, **kwargs)
+            _launch(ws, **kwargs)
+    with pytest.raises(InputError, match="unknown device"):  # a Slurm job's device: its name is checked here
+        _launch(ws, "hsfm", device="tpu", executor="slurm", slurm={"partition": "gpu"})
+    with pytest.raises(InputError, match="unknown method"):  # a request that skipped create() is checked again
+        jobs.launch(ws, TrainSpec("svm"))
     assert jobs.list_jobs(ws) == [] and [r["run_id"] for r in list_runs(ws)] == [earlier.run_id]
     with pytest.raises(InputError, match="no job"):
         jobs.get_job(ws, "job-20000101-000000-abcd")
@@ -212,16 +270,13 @@ def test_bad_input_is_refused_at_launch(ws):
 
 @pytest.mark.slow
 def test_bad_override_found_in_the_job_and_a_crash(ws, monkeypatch):
-    """The in-job paths: the worker's own train() checks catch what launch() did not see."""
+    """The in-job paths: the worker's own checks of the request catch what launch() did not see."""
     (earlier,) = train(ws, "erm")
-    import hsfm_core.train as train_module
-
-    monkeypatch.setattr(train_module, "check_spec", lambda method, *, preset, overrides, seeds: TrainSpec(
-        method, preset, list(seeds), {}, None))  # as if launch had not checked
-    bad = jobs.launch(ws, "hsfm", overrides=["alpha=abc"], device="cpu")
+    monkeypatch.setattr(TrainSpec, "check", lambda self: self)  # as if launch had not checked (this process only)
+    bad = jobs.launch(ws, TrainSpec("hsfm", overrides=("alpha=abc",), device="cpu"))
     final = jobs.wait(ws, bad["job_id"], 60)
     assert final["status"] == "failed"
-    assert final["error"] == "--set 'alpha=abc': inner_lr must be float, got 'abc'"
+    assert final["error"] == "hsfm setting 'alpha=abc': inner_lr must be float, got 'abc'"
     assert jobs.job_progress(ws, bad["job_id"])["error"] == final["error"]
     assert "alpha=abc" in jobs.log_tail(ws, bad["job_id"])["stderr"]
     assert not (ws / "runs" / bad["run_ids"][0]).exists()
@@ -231,38 +286,58 @@ def test_bad_override_found_in_the_job_and_a_crash(ws, monkeypatch):
     monkeypatch.undo()
     os.rename(ws / "runs", ws / "runs-kept")
     (ws / "runs").write_text("not a folder")
-    crashed = jobs.wait(ws, jobs.launch(ws, "erm")["job_id"], 60)
+    crashed = jobs.wait(ws, _launch(ws, "erm")["job_id"], 60)
     assert crashed["status"] == "failed" and crashed["error"].startswith(("FileExistsError", "NotADirectoryError"))
     assert "Traceback" in jobs.job_error(ws, crashed["job_id"])
 
 
+def _waiting(workspace, job_id) -> bool:
+    return "[job] waiting for one of" in jobs.log_tail(workspace, job_id)["stdout"]
+
+
 @pytest.mark.slow
 def test_concurrency_limit_queues_the_second_job(ws):
-    first = jobs.launch(ws, "hsfm", overrides=ENDLESS, device="cpu", max_parallel=1)
-    second = jobs.launch(ws, "hsfm", overrides=TINY_HSFM, device="cpu", max_parallel=1)
-    _until(lambda: _epochs_seen(ws, first["job_id"]) >= 1 and "queued" in _stages(ws, second["job_id"]), 60,
+    first = _launch(ws, "hsfm", overrides=ENDLESS, device="cpu", max_parallel=1)
+    second = _launch(ws, "hsfm", overrides=TINY_HSFM, device="cpu", max_parallel=1)
+    _until(lambda: _epochs_seen(ws, first["job_id"]) >= 1 and _waiting(ws, second["job_id"]), 60,
            "the first job training and the second waiting")
     time.sleep(1.0)
     statuses = {j["job_id"]: j["status"] for j in jobs.list_jobs(ws)}
     assert statuses == {first["job_id"]: "running", second["job_id"]: "queued"}
-    assert _stages(ws, second["job_id"]) == ["started", "queued"] and not (ws / "runs" / second["run_ids"][0]).exists()
+    assert "[job] holding slot" not in jobs.log_tail(ws, second["job_id"])["stdout"]
+    assert not (ws / "runs" / second["run_ids"][0]).exists()
 
     jobs.cancel(ws, first["job_id"])
-    assert jobs.wait(ws, first["job_id"], 30)["status"] == "cancelled"
+    first_final = jobs.wait(ws, first["job_id"], 30)
+    assert first_final["status"] == "cancelled"
     assert jobs.wait(ws, second["job_id"], 60)["status"] == "done"
-    first_end = jobs.read_progress(ws, first["job_id"])[-1]["t"]
-    second_start = next(e["t"] for e in jobs.read_progress(ws, second["job_id"]) if e["stage"] == "loading store")
-    assert second_start >= first_end
+    second_start = read_process(ws / "runs" / second["run_ids"][0])["at"]  # when its worker created the run
+    assert second_start >= first_final["ended"]["t"]
     assert _run_status(ws, second["run_ids"][0]) == "done"
+
+
+@pytest.mark.slow
+def test_slots_go_first_come_first_served(ws):
+    """With one slot busy, the job launched earlier takes the slot first, whatever order the workers poll in."""
+    busy = _launch(ws, "hsfm", overrides=ENDLESS, device="cpu", max_parallel=1)
+    _until(lambda: _epochs_seen(ws, busy["job_id"]) >= 1, 60, "the first job training")
+    earlier = _launch(ws, "erm", max_parallel=1)
+    later = _launch(ws, "erm", max_parallel=1)
+    _until(lambda: _waiting(ws, earlier["job_id"]) and _waiting(ws, later["job_id"]), 60, "both waiting")
+    jobs.cancel(ws, busy["job_id"])
+    finals = [jobs.wait(ws, j["job_id"], 60) for j in (earlier, later)]
+    assert [f["status"] for f in finals] == ["done", "done"]
+    starts = [read_process(ws / "runs" / j["run_ids"][0])["at"] for j in (earlier, later)]
+    assert starts[0] < starts[1] and starts[1] >= finals[0]["ended"]["t"]
 
 
 @pytest.mark.slow
 def test_cancel_a_queued_job(ws):
     jobs.set_max_parallel(ws, 1)
-    first = jobs.launch(ws, "hsfm", overrides=ENDLESS, device="cpu")
-    second = jobs.launch(ws, "erm")
+    first = _launch(ws, "hsfm", overrides=ENDLESS, device="cpu")
+    second = _launch(ws, "erm")
     assert first["max_parallel"] == second["max_parallel"] == 1
-    _until(lambda: "queued" in _stages(ws, second["job_id"]) and _epochs_seen(ws, first["job_id"]) >= 1, 60,
+    _until(lambda: _waiting(ws, second["job_id"]) and _epochs_seen(ws, first["job_id"]) >= 1, 60,
            "the second job waiting")
     jobs.cancel(ws, second["job_id"])
     assert jobs.wait(ws, second["job_id"], 30)["status"] == "cancelled"
@@ -273,41 +348,61 @@ def test_cancel_a_queued_job(ws):
 
 
 # -- Slurm -------------------------------------------------------------------------------------
-OPTIONS = jobs.SlurmOptions(partition="gpu", time_min=90, gpus=1, cpus=8, mem_gb=32, extra={"qos": "high"},
-                            setup=["module load cuda"])
+OPTIONS = SlurmOptions(partition="gpu", time_min=90, gpus=1, cpus=8, mem_gb=32, extra={"qos": "high"},
+                       setup=("module load cuda",))
 
 
-def test_slurm_submission_parameters(ws, monkeypatch):
-    import submitit
+def _fake_commands(bin_dir: Path, commands: dict, monkeypatch) -> None:
+    bin_dir.mkdir()
+    for name, body in commands.items():
+        (bin_dir / name).write_text("#!/bin/bash\n" + textwrap.dedent(body))
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
 
-    job_id = "job-20250101-120000-abcd"
-    script = jobs.slurm_script(ws, OPTIONS, job_id)
+
+def test_slurm_submission_script(ws, tmp_path, monkeypatch):
+    """The sbatch script submitit submits for a job (public API only: the submission file it wrote), with
+    sbatch and srun faked: sbatch records its arguments and answers with a job id, nothing runs."""
+    _fake_commands(tmp_path / "bin", {"sbatch": 'echo "$@" > "$FAKE_SLURM_ARGS"; echo "Submitted batch job 4242"',
+                                      "srun": "exit 0"}, monkeypatch)
+    monkeypatch.setenv("FAKE_SLURM_ARGS", str(tmp_path / "sbatch-args"))
+    monkeypatch.setattr(jobs, "_ask_sacct", lambda record: "PENDING")
+    record = _launch(ws, "hsfm", device="cuda", executor="slurm", slurm=OPTIONS)
+    job_id, folder = record["job_id"], Path(record["submitit_folder"])
+    assert record["submitit_job_id"] == "4242" and record["spec"]["slurm"]["partition"] == "gpu"
+    script = (folder / "4242_submission.sh").read_text()
+    assert Path((tmp_path / "sbatch-args").read_text().split()[-1]).resolve() == (folder / "4242_submission.sh").resolve()
     lines = script.splitlines()
     for flag in ("--partition=gpu", "--time=90", "--gpus-per-node=1", "--cpus-per-task=8", "--mem=32GB",
                  "--qos=high", f"--job-name=hsfm-{job_id}", "--signal=USR2@90", "--nodes=1", "--ntasks-per-node=1"):
         assert f"#SBATCH {flag}" in lines, (flag, script)
-    folder = (ws / "jobs" / job_id / "submitit").resolve()
     assert f"#SBATCH --output={folder}/%j_0_log.out" in lines and f"#SBATCH --error={folder}/%j_0_log.err" in lines
     assert lines.index("module load cuda") < next(i for i, l in enumerate(lines) if l.startswith("export PYTHONPATH="))
     assert f"export PYTHONPATH={ROOT}" in script
     (srun,) = [l for l in lines if l.startswith("srun ")]
     assert srun.endswith(f"-u -m submitit.core._submit {folder}") and "--unbuffered" in srun
+    assert jobs.get_job(ws, job_id)["status"] == "queued"  # sacct says PENDING
 
-    # the same parameters through a real SlurmExecutor (its `srun` check faked) render the same script
-    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 2))
-    executor = submitit.SlurmExecutor(folder=folder)
-    executor.update_parameters(**jobs.slurm_parameters(OPTIONS, job_id))
-    command = executor._submitit_command_str
-    assert executor._make_submission_file_text(command, "uid") == script
-
-    assert "--mem=1536MB" in jobs.slurm_script(ws, {"partition": "cpu", "mem_gb": 1.5})
-    assert "--gpus-per-node" not in jobs.slurm_script(ws, {"partition": "cpu"})
+    for options, present, absent in [({"partition": "cpu", "mem_gb": 1.5}, {"mem": "1536MB"}, "gpus_per_node"),
+                                     ({"partition": "cpu"}, {"time": 60, "signal_delay_s": 90}, "mem")]:
+        params = jobs.slurm_parameters(SlurmOptions.from_value(options), job_id)
+        assert present.items() <= params.items() and absent not in params
     for bad, message in [({"partition": ""}, "needs a partition"), ({"partition": "a b"}, "partition"),
                          ({"partition": "p", "time_min": 0}, "time limit"),
                          ({"partition": "p", "extra": {"x; rm": 1}}, "sbatch option"),
                          ({"partition": "p", "gpu": 1}, "unexpected keyword")]:
         with pytest.raises(InputError, match=message):
-            jobs.slurm_script(ws, bad)
+            _launch(ws, "hsfm", executor="slurm", slurm=bad)
+    assert len(jobs.list_jobs(ws)) == 1
+
+
+def test_a_refused_submission_is_an_input_error(ws, tmp_path, monkeypatch):
+    _fake_commands(tmp_path / "bin", {"sbatch": 'echo "sbatch: error: invalid partition specified" >&2; exit 1',
+                                      "srun": "exit 0"}, monkeypatch)
+    with pytest.raises(InputError, match="submission failed.*invalid partition"):
+        _launch(ws, "erm", executor="slurm", slurm={"partition": "nope"})
+    (job,) = jobs.list_jobs(ws)
+    assert job["status"] == "failed" and "invalid partition" in job["error"]
 
 
 FAKE_SLURM = {
@@ -344,11 +439,7 @@ FAKE_SLURM = {
 @pytest.fixture()
 def fake_slurm(tmp_path, monkeypatch):
     bin_dir = tmp_path / "fake-slurm"
-    bin_dir.mkdir()
-    for name, body in FAKE_SLURM.items():
-        (bin_dir / name).write_text("#!/bin/bash\n" + textwrap.dedent(body))
-        (bin_dir / name).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    _fake_commands(bin_dir, FAKE_SLURM, monkeypatch)
     monkeypatch.setenv("FAKE_SLURM_DIR", str(bin_dir))
     monkeypatch.setattr(jobs, "SLURM_STATE_TTL_S", 0.0)  # these tests follow state changes second by second
     yield bin_dir
@@ -361,28 +452,30 @@ def fake_slurm(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_slurm_job_through_fake_slurm_commands(ws, fake_slurm):
-    record = jobs.launch(ws, "hsfm", overrides=TINY_HSFM, device="cpu", executor="slurm", slurm=OPTIONS)
+    record = _launch(ws, "hsfm", overrides=TINY_HSFM, device="cpu", executor="slurm", slurm=OPTIONS)
     job_id = record["job_id"]
-    assert record["executor"] == "slurm" and record["max_parallel"] is None and record["slurm"]["partition"] == "gpu"
-    assert record["submitit_job_id"].isdigit() and record["pid"] is None
+    assert record["executor"] == "slurm" and record["max_parallel"] is None and record["spec"]["slurm"]["partition"] == "gpu"
+    assert record["submitit_job_id"].isdigit() and "controller" not in record
     submission = Path(record["submitit_folder"]) / f"{record['submitit_job_id']}_submission.sh"
     assert "#SBATCH --partition=gpu" in submission.read_text() and "module load cuda" in submission.read_text()
     final = jobs.wait(ws, job_id, 90)
     assert final["status"] == "done", jobs.log_tail(ws, job_id)
-    assert _stages(ws, job_id)[0] == "started" and _stages(ws, job_id)[-1] == "done"
-    assert "queued" not in _stages(ws, job_id)  # no local slots: Slurm queues
+    log = jobs.log_tail(ws, job_id)["stdout"]
+    assert f"[job] {job_id} started" in log and "[job] done" in log
+    assert "[job] waiting for" not in log and "[job] holding slot" not in log  # no local slots: Slurm queues
     assert _run_status(ws, record["run_ids"][0]) == "done"
-    assert "[job] epoch 2/2" in jobs.log_tail(ws, job_id)["stdout"]
+    assert read_process(ws / "runs" / record["run_ids"][0])["slurm_job_id"] == record["submitit_job_id"]
+    assert "[job] epoch 2/2" in log
 
     # cancel through scancel (SIGTERM → a clean cancel)
-    endless = jobs.launch(ws, "hsfm", overrides=ENDLESS, device="cpu", executor="slurm", slurm=OPTIONS)
+    endless = _launch(ws, "hsfm", overrides=ENDLESS, device="cpu", executor="slurm", slurm=OPTIONS)
     _until(lambda: _epochs_seen(ws, endless["job_id"]) >= 2, 60, "two epochs")
     jobs.cancel(ws, endless["job_id"])
     assert jobs.wait(ws, endless["job_id"], 30)["status"] == "cancelled"
     assert _run_status(ws, endless["run_ids"][0]) == "cancelled"
 
     # a job whose process vanished: sacct says COMPLETED, the job never said done → failed
-    lost = jobs.launch(ws, "hsfm", overrides=ENDLESS, device="cpu", executor="slurm", slurm=OPTIONS)
+    lost = _launch(ws, "hsfm", overrides=ENDLESS, device="cpu", executor="slurm", slurm=OPTIONS)
     _until(lambda: _epochs_seen(ws, lost["job_id"]) >= 1, 60, "one epoch")
     os.killpg(int((fake_slurm / f"{lost['submitit_job_id']}.pid").read_text()), signal.SIGKILL)
     failed = _until(lambda: (j := jobs.get_job(ws, lost["job_id"]))["status"] != "running" and j, 30, "failure")
