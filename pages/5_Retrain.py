@@ -1,14 +1,21 @@
-"""Retrain: launch ERM / DFR / HSFM runs as background jobs (submitit: this machine or Slurm),
-watch them train, cancel them, and compare a finished run with the previous one."""
+"""Retrain: launch any registered method as a background job (submitit: this machine or Slurm),
+watch it train, cancel it, and compare a finished run with the previous one.
+
+A view of the registries only: the methods, their presets and settings come from
+`hsfm_core.methods`; the request is one `TrainSpec`; jobs and their progress come from
+`hsfm_core.jobs`, which reads the runs."""
+
+import dataclasses
 
 import pandas as pd
 import streamlit as st
 
-from hsfm_core import jobs
-from hsfm_core.studio import ui
-from hsfm_core.config import ALIASES, PRESETS, overrides_from, parse_seeds
+from hsfm_core import jobs, methods
 from hsfm_core.errors import InputError
-from hsfm_core.studio.figures import epoch_history, training_curves
+from hsfm_core.methods.base import parse_seeds
+from hsfm_core.spec import TrainSpec
+from hsfm_core.studio import ui
+from hsfm_core.studio.figures import training_curves
 
 store, compared, focus = ui.page_header(
     "Retrain",
@@ -16,39 +23,47 @@ store, compared, focus = ui.page_header(
     "app does not stop them, and a finished run appears in every page's run pickers at once.")
 workspace = store.path
 ui.start_job_warm_up()
-
-SYMBOLS = {"n": "support examples per class", "T": "inner steps", "alpha": "inner step size α",
-    "eta": "outer step size η", "K_H": "outer steps per epoch", "K_hard": "hard examples per class",
-    "E": "epochs"}
 WATCH_KEY = "retrain.watch"  # the job this session follows
+CURVE_COLUMNS = ["epoch", "seed", "outer_loss", "head_loss", "val_avg", "val_wga"]  # what `training_curves` draws
 
 # -- the request --------------------------------------------------------------------------------------
+by_name = {m.name: m for m in methods.all_methods()}
 left, right = st.columns(2)
-method = left.selectbox("Method", ["hsfm", "dfr", "erm"], format_func=str.upper, key="retrain.method")
-preset = right.selectbox("Preset (the paper's settings)", list(PRESETS), key="retrain.preset",
-                         disabled=method != "hsfm")
+method = by_name[left.selectbox("Method", list(by_name), format_func=lambda n: f"{by_name[n].label}: "
+                                f"{by_name[n].description}", key="retrain.method")]
+default_preset = method.default_preset(store)[0]
+presets = list(method.presets) or ["default"]
+preset = right.selectbox("Preset", presets, key=f"retrain.{method.name}.preset", disabled=not method.presets,
+                         index=presets.index(default_preset) if default_preset in presets else 0,
+                         help="the settings below start from it")
+base = method.settings(preset if method.presets else None)
+alias_of = {field: alias for alias, field in method.aliases.items()}
 
 with st.form("retrain.form"):
-    values = {}
-    if method == "hsfm":
-        st.markdown("**HSFM hyper-parameters** (the preset's values; change any)")
-        base = PRESETS[preset].to_dict()
-        columns = st.columns(4)
-        for i, (symbol, field) in enumerate(ALIASES.items()):
-            default = base[field]
-            column = columns[i % 4]
-            if isinstance(default, float):
-                values[symbol] = column.number_input(f"{symbol}: {SYMBOLS[symbol]}", min_value=0.0, value=default,
-                                                     format="%.2e", step=default / 2, key=f"retrain.{preset}.{symbol}")
-            else:
-                values[symbol] = int(column.number_input(f"{symbol}: {SYMBOLS[symbol]}", min_value=1, value=default,
-                                                         step=1, key=f"retrain.{preset}.{symbol}"))
+    st.markdown(f"**{method.label} settings** (the preset's values; change any)")
+    values, columns = {}, st.columns(4)
+    for i, field in enumerate(dataclasses.fields(method.Settings)):
+        default, column = getattr(base, field.name), columns[i % 4]
+        label = field.name + (f" ({alias_of[field.name]})" if field.name in alias_of else "")
+        label += f": {field.metadata['help']}" if "help" in field.metadata else ""
+        key = f"retrain.{method.name}.{preset}.{field.name}"
+        if isinstance(default, bool):
+            value = column.checkbox(label, default, key=key)
+        elif isinstance(default, int):
+            value = int(column.number_input(label, value=default, step=1, key=key))
+        elif isinstance(default, float):
+            value = column.number_input(label, value=default, format="%.3g", step=abs(default) / 2 or 0.1, key=key)
+        else:  # text, or a list of numbers ("1, 0.3, 0.1"): parsed by the method when launched
+            shown = ", ".join(map(str, default)) if isinstance(default, tuple) else str(default)
+            value = column.text_input(label, shown, key=key)
+        values[alias_of.get(field.name, field.name)] = value
     extra = st.text_input("More settings (key=value, space-separated)", key="retrain.extra",
-                          help={"erm": "ERM probe: C, max_iter", "dfr": "DFR: n_refits",
-                                "hsfm": "e.g. clip_norm=5"}[method])
+                          help=f"{method.label}: {', '.join(method.field_types())}"
+                          + (f" (aliases {', '.join(method.aliases)})" if method.aliases else ""))
     left, middle, right = st.columns(3)
     seeds_text = left.text_input("Seeds", "0", key="retrain.seeds", help="e.g. 0, 1, 2 or 0-4: one run per seed")
     device = middle.radio("Device", ["auto", "cpu", "cuda"], horizontal=True, key="retrain.device",
+                          disabled=not method.uses_device,
                           help="auto = CUDA when this machine (or the Slurm node) has it")
     where = right.radio("Run on", ["this machine", "a Slurm cluster"], horizontal=True, key="retrain.where")
     with st.expander("Slurm settings (used when running on a Slurm cluster)"):
@@ -74,13 +89,16 @@ def pairs(text: str, what: str) -> dict:
 
 if launched:
     try:
-        overrides = (overrides_from(preset, values) if method == "hsfm" else []) + extra.split()
+        typed = {k: method.coerce(method.field_name(k), v) if isinstance(v, str) else v for k, v in values.items()}
+        overrides = method.overrides_from(preset if method.presets else None, typed) + extra.split()
         slurm = None
         if where == "a Slurm cluster":
             slurm = {"partition": partition.strip(), "time_min": int(time_min), "gpus": int(gpus),
                      "mem_gb": float(mem_gb) or None, "extra": pairs(sbatch, "sbatch option")}
-        job = jobs.launch(workspace, method, preset=preset, overrides=overrides, seeds=parse_seeds(seeds_text),
-                          device=device, executor="slurm" if slurm else "local", slurm=slurm)
+        spec = TrainSpec.create(method.name, preset=preset if method.presets else None, overrides=overrides,
+                                seeds=parse_seeds(seeds_text), device=device if method.uses_device else "auto",
+                                executor="slurm" if slurm else "local", slurm=slurm)
+        job = jobs.launch(workspace, spec)
     except InputError as exc:
         st.error(f"The run was not launched: {exc}")
     else:
@@ -88,6 +106,7 @@ if launched:
         st.session_state.pop("retrain.watch_widget", None)  # follow the new job
         st.success(f"Launched job `{job['job_id']}` → run(s) {', '.join(job['run_ids'])}"
                    + (f" with {' '.join(overrides)}" if overrides else ""))
+
 
 def save_job_limit() -> None:
     jobs.set_max_parallel(workspace, st.session_state["retrain.limit"])
@@ -108,16 +127,22 @@ if not all_jobs:
     st.stop()
 
 
+def method_label(name: str) -> str:
+    return by_name[name].label if name in by_name else name
+
+
 def job_label(job: dict) -> str:
     spec = job["spec"]
-    return f"{job['job_id']} · {spec['method'].upper()} · seeds {','.join(map(str, spec['seeds']))} · {job['status']}"
+    return f"{job['job_id']} · {method_label(spec['method'])} · seeds {','.join(map(str, spec['seeds']))} · {job['status']}"
 
 
-def previous_run(run_id: str, method: str) -> str | None:
-    """The newest finished run of the same method before `run_id` (else the newest ERM run)."""
+def previous_run(run_id: str, method_name: str) -> str | None:
+    """The newest finished run of the same method before `run_id` (else the newest baseline run: the
+    registry's first method)."""
     runs, _ = ui.finished_runs(store)
-    earlier = [r["run_id"] for r in runs if r["method"] == method and r["run_id"] < run_id]
-    fallback = [r["run_id"] for r in runs if r["method"] == "erm" and r["run_id"] != run_id]
+    earlier = [r["run_id"] for r in runs if r["method"] == method_name and r["run_id"] < run_id]
+    baseline = methods.all_methods()[0].name
+    fallback = [r["run_id"] for r in runs if r["method"] == baseline and r["run_id"] != run_id]
     return (earlier or fallback or [None])[-1]
 
 
@@ -127,7 +152,7 @@ def compare_with_previous(run_id: str, previous: str) -> None:
 
 @st.fragment(run_every=1.0 if active else None)
 def watch() -> None:
-    """Polls the job files once a second while a job is queued or running (no busy loop)."""
+    """Polls the job and run files once a second while a job is queued or running (no busy loop)."""
     with ui.errors_shown("Cannot show the jobs", stop=False):
         show_jobs()
 
@@ -141,7 +166,7 @@ def show_jobs() -> None:
         st.rerun(scope="app")  # a job has ended: refresh the run pickers (and stop polling if none is left)
     ids = [j["job_id"] for j in current]
     by_id = {j["job_id"]: j for j in current}
-    table = pd.DataFrame([{"job": j["job_id"], "method": j["spec"]["method"].upper(), "status": j["status"],
+    table = pd.DataFrame([{"job": j["job_id"], "method": method_label(j["spec"]["method"]), "status": j["status"],
                            "where": j["executor"], "seeds": ", ".join(map(str, j["spec"]["seeds"])),
                            "settings": " ".join(j["spec"]["overrides"]) or "preset", "runs": ", ".join(j["run_ids"]),
                            "created": j["created_at"]} for j in reversed(current)])
@@ -160,12 +185,13 @@ def show_jobs() -> None:
     if epochs:
         st.progress(min(epoch / epochs, 1.0), text=f"epoch {epoch} of {epochs}")
     cols = st.columns(4)
-    cols[0].metric("Status", status, help=f"stage: {progress['stage']}")
-    cols[1].metric("Elapsed", f"{progress['elapsed_s']:.0f} s" if progress["elapsed_s"] is not None else "—")
+    cols[0].metric("Status", status)
+    cols[1].metric("Elapsed", f"{progress['elapsed_s']:.0f} s" if progress["elapsed_s"] is not None else "—",
+                   help="since the launch")
     cols[2].metric("Time left (estimate)", f"{progress['eta_s']:.0f} s" if progress["eta_s"] is not None else "—")
-    history = epoch_history(progress["entries"])
-    latest = history[history["epoch"] == history["epoch"].max()] if len(history) else history
-    cols[3].metric("Val worst-group accuracy", f"{latest['val_wga'].mean():.1%}" if len(latest) else "—")
+    history = pd.DataFrame(progress["history"]).reindex(columns=CURVE_COLUMNS)  # the runs' history.jsonl
+    latest = history[history["epoch"] == history["epoch"].max()]["val_wga"].dropna()
+    cols[3].metric("Val worst-group accuracy", f"{latest.mean():.1%}" if len(latest) else "—")
     if len(history):
         st.plotly_chart(training_curves(history), width="stretch", key="retrain.curves")
     if status in jobs.ACTIVE:

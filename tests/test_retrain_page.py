@@ -1,18 +1,22 @@
-"""The Retrain page (AppTest): launch a short run, watch it, compare it; refuse bad settings;
-cancel; show a job killed from outside as failed. Real submitit jobs on this machine."""
+"""The Retrain page (AppTest): a form read from the method registry; launch a short run, watch it,
+compare it; refuse bad settings; cancel; show a job killed from outside as failed. Real submitit jobs
+on this machine."""
 
+import dataclasses
 import os
 import shutil
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from hsfm_core import jobs
-from hsfm_core.studio import ui
+from hsfm_core import jobs, methods
 from hsfm_core.runs import list_runs
-from tests.test_jobs import _kill_all, _until
+from hsfm_core.spec import TrainSpec
+from hsfm_core.studio import ui
+from tests.test_jobs import _kill_all, _until, _worker
 from tests.test_pages import APP
 
 pytestmark = pytest.mark.slow
@@ -36,8 +40,12 @@ def retrain_page(monkeypatch, workspace) -> AppTest:
 
 
 def set_hsfm(at, **values) -> None:
-    for symbol, value in values.items():
-        at.number_input(key=f"retrain.waterbirds.{symbol}").set_value(value)
+    """Choose HSFM and set its settings boxes (waterbirds preset) by alias, e.g. n=4."""
+    if at.selectbox(key="retrain.method").value != "hsfm":
+        at.selectbox(key="retrain.method").set_value("hsfm").run()
+    for alias, value in values.items():
+        field = methods.get("hsfm").aliases[alias]
+        at.number_input(key=f"retrain.hsfm.waterbirds.{field}").set_value(value)
 
 
 def launch(at) -> None:
@@ -59,6 +67,30 @@ def poll(at, until, timeout_s: float = 120, what: str = "the page"):
     raise AssertionError(f"timed out waiting for {what}; statuses seen {seen[-5:]}")
 
 
+def test_the_form_is_read_from_the_registry(monkeypatch, workspace):
+    """Every registered method is offered (label and description), its presets, and one box per setting
+    with the alias beside the field name; the page names no method."""
+    source = (Path(__file__).resolve().parent.parent / "pages" / "5_Retrain.py").read_text()
+    for m in methods.all_methods():
+        assert f'"{m.name}"' not in source and f"'{m.name}'" not in source
+    at = retrain_page(monkeypatch, workspace)
+    choice = at.selectbox(key="retrain.method")
+    assert choice.options == [f"{m.label}: {m.description}" for m in methods.all_methods()]
+    for m in methods.all_methods():
+        choice.set_value(m.name).run()
+        assert not at.exception, at.exception
+        labels = {w.label.split(":")[0] for kind in ("number_input", "text_input", "checkbox") for w in at.get(kind)
+                  if w.key and w.key.startswith(f"retrain.{m.name}.")}
+        alias_of = {f: a for a, f in m.aliases.items()}
+        assert labels == {f.name + (f" ({alias_of[f.name]})" if f.name in alias_of else "")
+                          for f in dataclasses.fields(m.Settings)}, (m.name, labels)
+        preset = at.selectbox(key=f"retrain.{m.name}.preset")
+        assert preset.options == (list(m.presets) or ["default"]) and preset.disabled == (not m.presets)
+    choice.set_value("hsfm").run()
+    at.selectbox(key="retrain.hsfm.preset").set_value("celeba").run()  # another preset: its values in the boxes
+    assert at.number_input(key="retrain.hsfm.celeba.n_support").value == methods.get("hsfm").presets["celeba"].n_support
+
+
 def test_launch_watch_finish_and_compare(monkeypatch, workspace):
     before = {r["run_id"] for r in list_runs(workspace)}
     at = retrain_page(monkeypatch, workspace)
@@ -68,6 +100,8 @@ def test_launch_watch_finish_and_compare(monkeypatch, workspace):
     assert "Launched job" in at.success[0].value and "with n=4 T=2 K_H=2 K_hard=8 E=60" in at.success[0].value
     (job,) = jobs.list_jobs(workspace)
     assert job["spec"]["overrides"] == ["n=4", "T=2", "K_H=2", "K_hard=8", "E=60"]
+    assert TrainSpec.from_dict(job["spec"]) == TrainSpec.create("hsfm", preset="waterbirds", seeds=[0],
+                                                                overrides=["n=4", "T=2", "K_H=2", "K_hard=8", "E=60"])
     statuses = poll(at, lambda a: any("Done" in s.value for s in a.success), what="the job to finish")
     assert "running" in statuses  # progress was shown while it trained
     assert at.metric[0].value == "done" and at.metric[3].value.endswith("%")  # val WGA of the last epoch
@@ -85,9 +119,16 @@ def test_launch_watch_finish_and_compare(monkeypatch, workspace):
 def test_bad_settings_are_refused_and_nothing_is_started(monkeypatch, workspace):
     runs = sorted(p.name for p in (workspace / "runs").iterdir())
     at = retrain_page(monkeypatch, workspace)
+    set_hsfm(at)
     at.text_input(key="retrain.extra").set_value("alpha=abc")
     launch(at)
     assert "The run was not launched" in at.error[0].value and "alpha" in at.error[0].value
+    at.text_input(key="retrain.extra").set_value("")
+    at.selectbox(key="retrain.method").set_value("dfr").run()
+    at.text_input(key="retrain.dfr.default.c_grid").set_value("1, x")  # a list setting, parsed by the method
+    launch(at)
+    assert "The run was not launched" in at.error[0].value and "c_grid" in at.error[0].value
+    at.selectbox(key="retrain.method").set_value("hsfm").run()
     at.text_input(key="retrain.extra").set_value("")
     at.text_input(key="retrain.seeds").set_value("0, x")
     launch(at)
@@ -118,7 +159,7 @@ def test_a_job_killed_from_outside_shows_as_failed(monkeypatch, workspace):
     set_hsfm(at, n=4, K_hard=8, K_H=1, T=1, E=100000)
     launch(at)
     (job,) = jobs.list_jobs(workspace)
-    worker = _until(lambda: jobs.get_job(workspace, job["job_id"])["worker_pid"], 60, "the worker to start")
+    worker = _worker(workspace, job)["pid"]  # the process that writes the run (its process.json)
     _until(lambda: jobs.job_progress(workspace, job["job_id"])["epoch"] >= 1, 60, "an epoch")
     os.kill(worker, signal.SIGKILL)
     poll(at, lambda a: bool(a.error), what="the failure")
@@ -127,8 +168,8 @@ def test_a_job_killed_from_outside_shows_as_failed(monkeypatch, workspace):
 
 
 def test_follow_any_job(monkeypatch, workspace):
-    first = jobs.launch(workspace, "erm")
-    second = jobs.launch(workspace, "dfr", overrides=["n_refits=2"])
+    first = jobs.launch(workspace, TrainSpec.create("erm"))
+    second = jobs.launch(workspace, TrainSpec.create("dfr", overrides=["n_refits=2"]))
     for job in (first, second):
         jobs.wait(workspace, job["job_id"], 120)
     at = retrain_page(monkeypatch, workspace)
