@@ -12,6 +12,7 @@ that pays PyTorch's lazy imports (reported separately as `cold_extra_s`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -74,7 +75,7 @@ def main() -> None:
         seeds = list(range(args.seeds))
         tn, rn = timed(lambda: fit_hsfm(xt, yt, xv, yv, gv, init.weight, init.bias, config, seeds=seeds))
         t_dfr, dfr = timed(lambda: DFR(binary(), seed=0).fit(xv, yv, gv))
-        results[name] = {"preset": config.to_dict(), "hsfm_one_seed_s": t1, f"hsfm_{len(seeds)}_seeds_s": tn,
+        results[name] = {"preset": dataclasses.asdict(config), "hsfm_one_seed_s": t1, f"hsfm_{len(seeds)}_seeds_s": tn,
                          "ratio": tn / t1, "sequential_estimate_s": t1 * len(seeds), "dfr_s": t_dfr,
                          "dfr_selected_C": dfr.best_C_, "hsfm_val_wga_best": r1.history[r1.best_epoch - 1]["val_wga"]}
         print(f"{name}: HSFM 1 seed {t1:.2f} s; {len(seeds)} seeds batched {tn:.2f} s "

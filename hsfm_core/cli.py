@@ -1,4 +1,4 @@
-"""`python -m hsfm_core …`: the command lines other tools script against (DESIGN §4).
+"""`python -m hsfm_core …`: the command lines other tools script against (docs/ARCHITECTURE.md §Layers).
 
 Bad input ends with a one-line `error: …` on stderr and exit status 2; the store or workspace
 being written is left as it was.
@@ -193,6 +193,8 @@ def _run_train(args) -> int:
     finally:
         if bar is not None:
             bar.close()
+    if not args.quiet and runs[0].preset:
+        print(f"preset {runs[0].preset}: {runs[0].preset_reason}", file=sys.stderr)
     for r in runs:
         test = r.metrics.get("test") or r.metrics["val"]
         split = "test" if "test" in r.metrics else "val"
@@ -241,7 +243,27 @@ def _run_eval(args) -> int:
             print(f"  {g:>2}  {name:<40} {m['group_n'][g]:>7} {_pct(m['group_acc'][g]):>6}  {ci:>13}{flag}")
         print(f"  worst-group {_pct(m['wga'])} · plain average {_pct(m['avg_plain'])} · adjusted average "
               f"(train group weights) {_pct(m['avg_adjusted'])} · mean over groups {_pct(m['mean_group'])}")
+    _print_run_group(args.workspace, run, names)
     return 0
+
+
+def _print_run_group(workspace, run: dict, names: list[str]) -> None:
+    """The run's group (same settings, other seeds): per-group mean ± std when ≥ 2 seeds finished."""
+    from hsfm_core.analysis.seeds import aggregate, format_mean_std, group_key, run_groups
+    from hsfm_core.runs import list_runs
+
+    group = next((g for g in run_groups(list_runs(workspace, unreadable=[])) if g.key == group_key(run)), None)
+    if group is None:
+        return
+    for split in ("val", "test"):
+        agg = aggregate(group, split)
+        if agg["n"] < 2:
+            continue
+        print(f"\n{split}, run group {group.name} ({agg['n']} seeds: {agg['seeds']}): mean ± sample std (%)")
+        for g, name in enumerate(names):
+            print(f"  {g:>2}  {name:<40} {format_mean_std(agg['group_acc']['mean'][g], agg['group_acc']['std'][g]):>14}")
+        print(f"  worst-group {format_mean_std(**agg['wga'])} · adjusted average {format_mean_std(**agg['avg_adjusted'])}"
+              f" · plain average {format_mean_std(**agg['avg_plain'])}")
 
 
 def _add_runs(sub) -> None:
@@ -255,21 +277,25 @@ def _run_runs(args) -> int:
     from hsfm_core.runs import list_runs
 
     rows = []
-    for r in list_runs(args.workspace):
+    runs = list_runs(args.workspace)
+    for r in runs:
         test = (r["metrics"] or {}).get("test") or {}
         val = (r["metrics"] or {}).get("val") or {}
         rows.append({"run_id": r["run_id"], "method": r["method"], "status": r["status"],
                      "seed": r["config"].get("seed"), "test_wga": test.get("wga"),
                      "test_avg_adjusted": test.get("avg_adjusted"), "val_wga": val.get("wga")})
+    groups = _group_rows(runs)
     if args.json:
-        print(json.dumps(rows))
+        print(json.dumps({"runs": rows, "groups": groups}))
         return 0
     print(f"{'run':<44} {'method':<6} {'status':<9} {'seed':>4} {'test WGA':>9} {'test adj. avg':>13} {'val WGA':>8}")
     for r in rows:
         print(f"{r['run_id']:<44} {r['method'] or '?':<6} {r['status']:<9} {str(r['seed']):>4} "
               f"{_pct(r['test_wga']):>9} {_pct(r['test_avg_adjusted']):>13} {_pct(r['val_wga']):>8}")
     if not rows:
-        print("(no runs yet: python -m hsfm_core train --workspace … --method erm|dfr|hsfm)")
+        print("(no runs yet: python -m hsfm_core train --workspace … --method …)")
+    if any(g["seeds"] > 1 for g in groups):
+        _print_groups(groups)
     from hsfm_core.jobs import ACTIVE, list_jobs
 
     active = [j for j in list_jobs(args.workspace) if j["status"] in ACTIVE]
@@ -539,6 +565,129 @@ def _run_neighbors(args) -> int:
     return 0
 
 
+def _group_rows(runs: list[dict]) -> list[dict]:
+    """Run groups (runs differing only in their seed) with mean ± std of val and test figures."""
+    from hsfm_core.analysis.seeds import aggregate, run_groups
+
+    out = []
+    for group in run_groups(runs):
+        row = {"group": group.name, "method": group.method, "run_ids": [r["run_id"] for r in group.runs]}
+        for split in ("val", "test"):
+            agg = aggregate(group, split)
+            row["seeds"] = max(row.get("seeds", 0), agg["n"])
+            row[split] = {k: agg[k] for k in ("wga", "avg_adjusted", "avg_plain", "mean_group")}
+        out.append(row)
+    return out
+
+
+def _print_groups(groups: list[dict]) -> None:
+    from hsfm_core.analysis.seeds import format_mean_std
+
+    print("\nrun groups (same settings, different seeds): mean ± sample std over finished seeds, %")
+    print(f"  {'group':<52} {'seeds':>5} {'test WGA':>12} {'test adj. avg':>13} {'val WGA':>12}")
+    for g in groups:
+        print(f"  {g['group'][:52]:<52} {g['seeds']:>5} {format_mean_std(**g['test']['wga']):>12} "
+              f"{format_mean_std(**g['test']['avg_adjusted']):>13} {format_mean_std(**g['val']['wga']):>12}")
+
+
+def _add_table(sub) -> None:
+    p = sub.add_parser("table", help="the run groups as a paper-style table: WGA and adjusted average, "
+                       "mean ± std and seeds per method")
+    p.add_argument("--workspace", required=True)
+    p.add_argument("--split", default="test", choices=("val", "test"))
+    p.add_argument("--format", default="markdown", choices=("markdown", "latex", "csv"))
+    p.add_argument("--out", help="write to this file (atomically) instead of stdout")
+    p.set_defaults(func=_run_table)
+
+
+def _run_table(args) -> int:
+    from hsfm_core.analysis.seeds import paper_table, run_groups
+    from hsfm_core.features import FeatureStore
+    from hsfm_core.fsutil import write_text_atomic
+    from hsfm_core.runs import list_runs
+
+    store = FeatureStore.open(args.workspace)
+    runs = [r for r in list_runs(args.workspace) if r["config"].get("store_hash") in (None, store.content_hash)]
+    text = paper_table(run_groups(runs), args.split, args.format)
+    if args.out:
+        write_text_atomic(args.out, text)
+    else:
+        print(text, end="")
+    return 0
+
+
+def _add_sweep(sub) -> None:
+    from hsfm_core import methods
+
+    p = sub.add_parser("sweep", help="a grid over settings × seeds, each pair an ordinary run; selected on "
+                       "validation worst-group accuracy only")
+    p.add_argument("--workspace", required=True)
+    p.add_argument("--method", required=True, choices=methods.names())
+    p.add_argument("--preset", default=None)
+    p.add_argument("--grid", nargs="+", action="extend", default=[], metavar="KEY=V1,V2",
+                   help="values to try, same names as --set, e.g. alpha=5e-5,2e-4 eta=0.1,1")
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="fixed settings for every configuration")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--submit", choices=("local", "slurm"), default="local",
+                   help="local: worker processes here (default); slurm: one background job per configuration")
+    p.add_argument("--max-parallel", type=int, help="configurations training at once (default: the job limit, 2)")
+    p.add_argument("--partition", help="slurm partition")
+    p.add_argument("--time", type=int, default=None, help="slurm time limit in minutes")
+    p.add_argument("--gpus", type=int, default=0)
+    p.add_argument("--cancel", metavar="SWEEP_ID", help="ask a running sweep to stop (rerun the sweep to resume)")
+    p.add_argument("--json", action="store_true", help='print {"selected": {settings}, "rows": [...]}')
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_run_sweep)
+
+
+def _run_sweep(args) -> int:
+    from hsfm_core import sweeps
+    from hsfm_core.analysis.seeds import format_mean_std
+
+    if args.cancel:
+        sweeps.cancel(args.workspace, args.cancel)
+        print(json.dumps({"sweep_id": args.cancel, "cancel": "requested"}))
+        return 0
+    slurm = None
+    if args.submit == "slurm":
+        if not args.partition:
+            raise InputError("--submit slurm needs --partition")
+        slurm = {"partition": args.partition, "time_min": args.time or 60, "gpus": args.gpus}
+    request = sweeps.SweepRequest(method=args.method, grid=sweeps.parse_grid(args.method, args.grid),
+                                  seeds=tuple(dict.fromkeys(args.seeds)), preset=args.preset,
+                                  overrides=tuple(args.overrides), device=args.device, executor=args.submit,
+                                  slurm=slurm, max_parallel=args.max_parallel)
+    total = len(request.configurations())
+    if not args.quiet:
+        print(f"sweep {request.sweep_id}: {total} configuration(s) × {len(request.seeds)} seed(s); "
+              f"finished runs are kept (rerun to resume)", file=sys.stderr)
+
+    def on_configuration(done, n, outcome):
+        if not args.quiet:
+            print(f"  configuration {done}/{n} {outcome}", file=sys.stderr)
+
+    table = sweeps.run(args.workspace, request, on_configuration)
+    rows = json.loads(table.to_json(orient="records"))
+    if args.json:
+        print(json.dumps({"sweep_id": request.sweep_id, "status": sweeps.status(args.workspace, request.sweep_id),
+                          "selected": sweeps.selected_settings(args.workspace, request, table), "rows": rows}))
+        return 0
+    names = list(request.grid)
+    print(f"{'':2}{'k':>3}  " + "  ".join(f"{n:>14}" for n in names)
+          + f"  {'seeds':>5}  {'val WGA':>12}  {'val adj.':>12}  {'test WGA':>12}  {'test adj.':>12}")
+    for _, row in table.iterrows():
+        mark = "→" if row["selected"] else " "
+        print(f"{mark:2}{row['config']:>3}  " + "  ".join(f"{str(row[n]):>14}" for n in names)
+              + f"  {row['seeds_done']:>2}/{row['seeds']:<2}  "
+              + "  ".join(f"{format_mean_std(row[f'{s}_{k}_mean'], row[f'{s}_{k}_std']):>12}"
+                          for s in ("val", "test") for k in ("wga", "avg_adjusted")))
+    print("→ selected on mean val worst-group accuracy (ties: val adjusted average, then grid order); "
+          "test is shown, never used to select. mean ± sample std over seeds, %")
+    return 0
+
+
 def _run_edit_shift(args) -> int:
     from hsfm_core.analysis.retrieval import edit_shift
 
@@ -570,6 +719,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_runs(sub)
+    _add_table(sub)
+    _add_sweep(sub)
     _add_jobs(sub)
     _add_demo(sub)
     _add_retrieval(sub)

@@ -96,9 +96,11 @@ class TrainSpec:
             raise InputError("a Slurm job needs a partition")
         if self.max_parallel is not None and int(self.max_parallel) < 1:
             raise InputError(f"the job limit must be ≥ 1, got {self.max_parallel}")
-        if self.preset != "auto":  # `auto` is resolved against the store; its overrides are checked there
+        if self.preset != "auto":
             method.settings(self.preset, self.overrides)
-        else:
+        elif not method.has_auto:
+            raise InputError(f"{self.method} has no 'auto' preset; presets: {', '.join(method.presets) or 'none'}")
+        else:  # `auto` is derived from the store when training starts; the overrides are checked now
             method.parse(self.overrides)
         return self
 
@@ -112,7 +114,7 @@ class TrainSpec:
         if name == "auto":
             settings, why_auto = method.auto_settings(store)
             settings = replace(settings, **method.parse(self.overrides))
-            return settings, name, why_auto if self.preset is None else f"asked for: {why_auto}"
+            return settings, name, f"{why}; {why_auto}"
         return method.settings(name, self.overrides), name, why
 
     def to_dict(self) -> dict:

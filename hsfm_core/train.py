@@ -33,6 +33,8 @@ class TrainedRun:
     path: Path
     seed: int
     metrics: dict
+    preset: str | None = None  # the preset used, and why (the method's default for this store, or asked for)
+    preset_reason: str = ""
 
 
 def open_store_for(workspace: str | os.PathLike, method_name: str) -> FeatureStore:
@@ -85,7 +87,8 @@ def train(workspace: str | os.PathLike, spec: TrainSpec | str, *, progress: Prog
 
     def on_epoch(epoch: int, epochs: int, entries: list[dict]) -> None:
         for writer, entry in zip(writers, entries):
-            writer.append_history(entry)
+            if entry is not None:  # None: a seed that is not training this epoch (seeds run one after another)
+                writer.append_history(entry)
         if progress is not None:
             progress(epoch, epochs, entries)
 
@@ -96,7 +99,7 @@ def train(workspace: str | os.PathLike, spec: TrainSpec | str, *, progress: Prog
             metrics = evaluate_head(store, head.weight, head.bias)
             writer.update_config(fitted=_jsonable(head.selected), init_head=head.init_source)
             writer.finish(head.head_tensors(), metrics, head.support)
-            out.append(TrainedRun(writer.run_id, writer.path, head.seed, metrics))
+            out.append(TrainedRun(writer.run_id, writer.path, head.seed, metrics, preset, why))
     except InputError:
         for w in writers:  # bad input found inside the fit: leave nothing half-written behind
             if w.status() != "done":

@@ -1,1 +1,1 @@
-"""The demo world (DESIGN §5): SynthBirds, the small CLIP trained on it, and the demo workspace."""
+"""The demo world (docs/ARCHITECTURE.md §Demo): SynthBirds, the small CLIP trained on it, and the demo workspace."""

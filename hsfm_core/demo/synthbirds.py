@@ -1,11 +1,11 @@
-"""SynthBirds: a procedural Waterbirds (DESIGN §5), drawn with numpy + PIL, deterministic by seed.
+"""SynthBirds: a procedural Waterbirds (docs/ARCHITECTURE.md §Demo), drawn with numpy + PIL, deterministic by seed.
 
 Every image is a small bird (landbird or waterbird: body shape, neck, beak, legs, pose, size,
 position, colours from overlapping palettes) on a large background (land: forest, bamboo,
 grass, ground; water: ocean, lake, horizon, waves). As on the real benchmark the bird is the
 small, subtle core feature and the background the large, salient spurious one.
 
-Size: 64 × 64 px. The bundled CLIP runs at 64 px (a ViT with 8-px patches, 3.4M parameters), a
+Size: 64 × 64 px. The bundled CLIP runs at 64 px (a small ModifiedResNet image tower, see demo/clip.py), a
 bird of 14–24 px still shows its neck, beak and legs at that size, and 11,788 images render,
 encode and train in well under the demo's two-minute budget on two CPU cores. Images are drawn
 at 2× and box-filtered down, so edges are anti-aliased rather than jagged.

@@ -17,7 +17,8 @@ import torch
 from hsfm_core.errors import InputError
 
 # progress(epoch, epochs, entries): called with epoch 0 and no entries when fitting starts, then
-# after every epoch with one history entry per seed (methods without epochs never call it).
+# after every epoch with one history entry per seed, None for a seed not training in that epoch
+# (when seeds run one after another, `epoch` counts over all of them); methods without epochs never call it.
 Progress = Callable[[int, int, list[dict]], None]
 
 
@@ -77,6 +78,10 @@ class Method:
     def auto_settings(self, store) -> tuple[Any, str]:
         """(settings, why) derived from the store's scale: the `auto` preset, for methods that have one."""
         raise InputError(f"{self.name} has no 'auto' preset; presets: {', '.join(self.presets) or 'none'}")
+
+    @property
+    def has_auto(self) -> bool:
+        return type(self).auto_settings is not Method.auto_settings
 
     def field_types(self) -> dict[str, type]:
         defaults = self.Settings()

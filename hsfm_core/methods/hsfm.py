@@ -13,6 +13,7 @@ Shapes: S seeds, m = C·n support rows, C classes, d features, V validation rows
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -50,6 +51,15 @@ PRESETS = {
     "metashift": HSFMSettings(32, 15, 5e-5, 1e-2, 10, 64, 10),
     "dominoes": HSFMSettings(16, 10, 1e-4, 1.0, 15, 256, 40),
 }
+# The paper's presets were tuned on ResNet-50 ERM features with the checkpoint's own head; they are
+# the default only for such stores of their datasets (see HSFM.default_preset). Elsewhere `auto`.
+AUTO_BASE = "waterbirds"  # n, T, K_H, K_hard, E of `auto` (only α and η depend on the store)
+AUTO_ETA_PER_STD = 0.022  # η = this × the features' RMS per-coordinate std (calibrated on the demo's sweep)
+AUTO_SAMPLE_ROWS = 20000
+# Seeds train batched (one pass of the same ops) while the support set is small, where per-op overhead
+# dominates; from this many support rows (C·n) on, one after another, where memory traffic dominates
+# and a batch costs more than the loop. Measured: benchmarks/bench_seed_batching.py (README).
+LOOP_SEEDS_FROM_SUPPORT_ROWS = 512
 # The paper's symbols, accepted wherever a field name is (`--set T=10 eta=0.5`).
 ALIASES = {"n": "n_support", "T": "inner_steps", "alpha": "inner_lr", "eta": "outer_lr", "K_H": "outer_steps",
            "K_hard": "hard_per_class", "E": "epochs"}
@@ -181,6 +191,8 @@ def fit_hsfm(
             pred = linear_logits(val_x, W, b).argmax(dim=-1)
             acc = group_accuracy(pred, val_y, val_g, n_groups)
             avg = (pred == val_y).double().mean(dim=1)
+            # median ‖Δ‖/‖z‖ over the support set: lets the curves show the edits growing
+            relative_edit = ((H - H_before).norm(dim=-1) / H_before.norm(dim=-1).clamp_min(1e-12)).quantile(0.5, dim=1)
         entries = []
         for s in range(len(seeds)):
             present = ~torch.isnan(acc[s])
@@ -188,6 +200,7 @@ def fit_hsfm(
             entry = {"epoch": epoch, "outer_loss": float(outer_losses[s]) / config.outer_steps,
                      "head_loss": float(head_loss[s].detach()), "val_avg": float(avg[s]), "val_wga": wga,
                      "val_group_acc": [None if torch.isnan(v) else float(v) for v in acc[s]],
+                     "median_relative_edit": float(relative_edit[s]),
                      "hard_set_size": int(q.shape[1]), "elapsed_s": time.perf_counter() - start}
             histories[s].append(entry)
             entries.append(entry)
@@ -251,16 +264,71 @@ class HSFM(Method):
     edits_features = True
 
     def default_preset(self, store=None):
-        return "waterbirds", "the paper's Waterbirds preset"
+        """The paper's preset for ResNet-50 ERM features of its datasets, else `auto`."""
+        if store is None:
+            return "waterbirds", "the paper's Waterbirds preset (no store given)"
+        dataset = (store.manifest.get("dataset") or {}).get("format")
+        backbone = store.manifest.get("backbone") or {}
+        if backbone.get("kind") == "resnet50" and dataset in PRESETS:
+            return dataset, f"the paper's {dataset} preset: this store holds ResNet-50 ERM features of {dataset}"
+        return "auto", (f"the paper's presets were tuned for ResNet-50 ERM features of Waterbirds, CelebA, MetaShift "
+                        f"or Dominoes; this store holds {backbone.get('id', 'other')} features of "
+                        f"{dataset or 'another dataset'}")
+
+    def auto_settings(self, store):
+        """α and η from the store's scale; the other settings from the Waterbirds preset.
+
+        α: the head must be able to travel from θ₀ to a head that fits the minority groups within its
+        E·T Adam steps. Adam moves each of the P = C·(d+1) parameters by about α a step, so
+        α = ‖θ_DFR − θ₀‖ / (E·T·√P), with θ_DFR a one-refit DFR head on val (DFR's own C tuning)
+        as the destination's distance. η: the edits are Adam steps on the features, so η follows the
+        features' per-coordinate scale: η = 0.022 × RMS per-coordinate std of train (0.022 is the
+        demo's validation-selected η = 0.1 over its std 4.5). Both scale with the features: ×s
+        features give α/s (heads shrink) and η·s.
+        """
+        from hsfm_core.methods.dfr import DFR
+
+        base = PRESETS[AUTO_BASE]
+        init, _ = initial_head(store)
+        val = store.select("val")
+        dfr = DFR(store.groups, n_refits=1, seed=0).fit(np.asarray(val.features), val.y, val.g).head_
+        theta0 = torch.cat([init.weight.float(), init.bias.float()[:, None]], dim=1)
+        target = torch.cat([dfr.weight.float(), dfr.bias.float()[:, None]], dim=1)
+        distance = float((target - theta0).norm())
+        alpha = distance / (base.epochs * base.inner_steps * theta0.numel() ** 0.5)
+        train = store.select("train")
+        rows = np.random.default_rng(0).choice(len(train.rows), size=min(AUTO_SAMPLE_ROWS, len(train.rows)),
+                                               replace=False)
+        spread = float(np.sqrt(np.mean(np.asarray(train.features[np.sort(rows)], dtype=np.float64).std(axis=0) ** 2)))
+        eta = AUTO_ETA_PER_STD * spread
+        if not (np.isfinite(alpha) and alpha > 0 and np.isfinite(eta) and eta > 0):
+            raise InputError(f"{store.path}: cannot derive auto settings (‖θ_DFR − θ₀‖ = {distance}, feature spread "
+                             f"{spread}); give --preset and --set alpha=… eta=…")
+        settings = dataclasses.replace(base, inner_lr=float(f"{alpha:.3g}"), outer_lr=float(f"{eta:.3g}"))
+        why = (f"auto: α = ‖θ_DFR − θ₀‖ / (E·T·√P) = {distance:.3g} / ({base.epochs}·{base.inner_steps}·"
+               f"√{theta0.numel()}) = {settings.inner_lr:.3g}; η = {AUTO_ETA_PER_STD} × feature spread {spread:.3g} "
+               f"= {settings.outer_lr:.3g}; other settings from the {AUTO_BASE} preset")
+        return settings, why
 
     def fit(self, store, settings, seeds, *, device="cpu", progress=None):
         train, val = store.select("train"), store.select("val")
         init, init_info = initial_head(store)
+        seeds = list(seeds)
+        batches = ([seeds] if store.groups.n_classes * settings.n_support < LOOP_SEEDS_FROM_SUPPORT_ROWS
+                   else [[s] for s in seeds])
+        epochs = settings.epochs * len(batches)
         if progress is not None:
-            progress(0, settings.epochs, [])  # training starts: a progress bar can appear before epoch 1 ends
-        results = fit_hsfm(train.features, train.y, val.features, val.y, val.g, init.weight, init.bias, settings,
-                           seeds=seeds, device=device, n_groups=store.groups.n_groups,
-                           progress=None if progress is None else lambda e, entries: progress(e, settings.epochs, entries))
+            progress(0, epochs, [])  # training starts: a progress bar can appear before epoch 1 ends
+        results = []
+        for i, batch in enumerate(batches):
+            def report(epoch, entries, offset=i * settings.epochs, first=seeds.index(batch[0])):
+                if progress is not None:  # entries in the order of all seeds, None for the others
+                    padded = [None] * len(seeds)
+                    padded[first : first + len(entries)] = entries
+                    progress(offset + epoch, epochs, padded)
+
+            results += fit_hsfm(train.features, train.y, val.features, val.y, val.g, init.weight, init.bias, settings,
+                                seeds=batch, device=device, n_groups=store.groups.n_groups, progress=report)
         return [FittedHead(
             seed=r.seed, weight=r.weight, bias=r.bias, init_weight=r.init_weight, init_bias=r.init_bias,
             # store row ids, so that the app finds each support example's image

@@ -1,0 +1,54 @@
+"""Batched seeds vs one seed after another in `fit_hsfm`, by support size (d = 2048, 2 CPU cores).
+
+    python -m benchmarks.bench_seed_batching [--seeds 5] [--support 32 128 512 2048] [--epochs 2]
+
+For each support size m = 2n (two classes), times one seed, then S seeds in one batched call, on
+the Gaussian problem of bench_hsfm with CelebA-size validation (the hard-set and selection passes
+scale with it) and the CelebA preset's T, K_H, K_hard. `batched / (S × one seed)` above 1 means
+the loop is faster: `methods/hsfm.py: LOOP_SEEDS_FROM_SUPPORT_ROWS` is set from this table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+
+import torch
+
+from benchmarks.bench_hsfm import GROUP_COUNTS, problem
+from hsfm_core.methods.erm import ERMProbe
+from hsfm_core.methods.hsfm import PRESETS, fit_hsfm
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--support", type=int, nargs="+", default=[32, 128, 512, 2048])
+    parser.add_argument("--epochs", type=int, default=2)
+    args = parser.parse_args()
+    counts = GROUP_COUNTS["celeba"]
+    (xt, yt, _), (xv, yv, av) = problem((20_000, 20_000, 5_000, 1_000), 0), problem(counts["val"], 1)
+    init = ERMProbe(max_iter=200).fit(xt[:20_000], yt[:20_000]).head_
+    seeds = list(range(args.seeds))
+    rows = []
+    fit_hsfm(xt, yt, xv, yv, 2 * yv + av, init.weight, init.bias,  # warm-up: lazy imports, allocator
+             dataclasses.replace(PRESETS["celeba"], n_support=4, epochs=1), seeds=[0])
+    for m in args.support:
+        config = dataclasses.replace(PRESETS["celeba"], n_support=m // 2, epochs=args.epochs)
+        t0 = time.perf_counter()
+        fit_hsfm(xt, yt, xv, yv, 2 * yv + av, init.weight, init.bias, config, seeds=[0])
+        one = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        fit_hsfm(xt, yt, xv, yv, 2 * yv + av, init.weight, init.bias, config, seeds=seeds)
+        batched = time.perf_counter() - t0
+        rows.append({"support_rows": m, "one_seed_s": one, "batched_s": batched, "loop_estimate_s": one * len(seeds),
+                     "batched_over_loop": batched / (one * len(seeds))})
+        print(f"m = {m:5d}: one seed {one:6.2f} s · {len(seeds)} batched {batched:6.2f} s · loop ≈ {one * len(seeds):6.2f} s"
+              f" · batched/loop {batched / (one * len(seeds)):.2f}", flush=True)
+    print(json.dumps({"torch_threads": torch.get_num_threads(), "epochs": args.epochs, "seeds": len(seeds), "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
