@@ -53,3 +53,51 @@ def hsfm_and_erm_runs(workspace):
     (hsfm,) = train(workspace, "hsfm", overrides=TINY_HSFM)
     (erm,) = train(workspace, "erm")
     return hsfm, erm
+
+
+# -- C classes × A attributes ----------------------------------------------------------------------
+# A MultiNLI-shaped world (3 classes × 2 attributes): "negation" goes with contradiction in train.
+MULTICLASS_CLASSES = ("entailment", "neutral", "contradiction")
+MULTICLASS_ATTRIBUTES = ("no negation", "negation")
+USUAL_ATTRIBUTE = (0, 0, 1)  # class c mostly shows attribute USUAL_ATTRIBUTE[c] in train
+
+
+def multiclass_split(n: int, d: int, correlation: float, seed: int, usual=USUAL_ATTRIBUTE, n_attributes: int = 2,
+                     core: float = 2.0, spurious: float = 3.0):
+    """(x, y, a): y uniform over the C = len(usual) classes; a = the class's usual attribute with
+    probability `correlation`, else another attribute at random (`correlation` = 1/A: independent).
+    Class c adds `core` on feature c, attribute k adds `spurious` on feature C + k."""
+    rng = np.random.default_rng(seed)
+    n_classes = len(usual)
+    y = rng.integers(0, n_classes, n)
+    usual_a = np.asarray(usual)[y]
+    other = (usual_a + rng.integers(1, n_attributes, n)) % n_attributes if n_attributes > 1 else usual_a
+    a = np.where(rng.random(n) < correlation, usual_a, other)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    x[np.arange(n), y] += core
+    x[np.arange(n), n_classes + a] += spurious
+    return x, y, a
+
+
+def multiclass_problem(d: int = 32, sizes=(3000, 1200, 1200), seed: int = 0, correlation: float = 0.95) -> dict:
+    """{split: (x, y, a)}: train correlated, val and test with independent attributes."""
+    correlations = {"train": correlation, "val": 0.5, "test": 0.5}
+    return {split: multiclass_split(n, d, correlations[split], seed + i)
+            for i, (split, n) in enumerate(zip(("train", "val", "test"), sizes))}
+
+
+def multiclass_workspace(path, d: int = 32, sizes=(3000, 1200, 1200), seed: int = 0):
+    """The 3 × 2 world as a store (written with `write_store`, no images)."""
+    from hsfm_core.groups import Groups
+
+    problem = multiclass_problem(d, sizes, seed)
+    groups = Groups(MULTICLASS_CLASSES, MULTICLASS_ATTRIBUTES)
+    x = np.concatenate([problem[s][0] for s in problem])
+    y = np.concatenate([problem[s][1] for s in problem])
+    a = np.concatenate([problem[s][2] for s in problem])
+    split = np.concatenate([[s] * len(problem[s][0]) for s in problem])
+    meta = pd.DataFrame({"row_id": np.arange(len(x)), "sample_id": [str(i) for i in range(len(x))], "split": split,
+                         "y": y, "a": a, "g": groups.group_of(y, a), "image_path": ""})
+    manifest = {**MANIFEST, "dataset": {"format": "synthetic", "source": "gaussian-3x2", "options": {}},
+                "class_names": list(MULTICLASS_CLASSES), "attribute_names": list(MULTICLASS_ATTRIBUTES)}
+    return write_store(path, x, meta, manifest)
