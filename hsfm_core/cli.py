@@ -510,8 +510,20 @@ def _run_decode(args) -> int:
 
         result["selection"] = decode_edit_selection(support, args.support, bank, to_clip, args.top,
                                                     tuple(args.contrast))
-    print(json.dumps({"run": args.run, "concepts": len(bank.concepts), "text_encoder": text_encoder, **result}))
+    print(json.dumps({"run": args.run, "concepts": len(bank.concepts), "text_encoder": text_encoder, **result,
+                      "edit_diagnostics": _diagnostics(store, support)}))
     return 0
+
+
+def _diagnostics(store, support, example: int | None = None) -> dict:
+    """How far the edits moved (docs/ARCHITECTURE.md §HSFM): the run's summary, or one example's figures."""
+    from hsfm_core.analysis.diagnostics import run_diagnostics, warning_text
+
+    result = run_diagnostics(store, support)
+    summary = {k: v for k, v in result.items() if k != "per_example"} | {"warning": warning_text(result)}
+    if example is None:
+        return summary | {"per_example": result["per_example"]}
+    return summary | {k: values[example] for k, values in result["per_example"].items()}
 
 
 def _add_project(sub) -> None:
@@ -561,7 +573,8 @@ def _run_neighbors(args) -> int:
                                                     for k, v in store.meta.iloc[int(r)].items()},
              "image": str(store.image_path(int(r)) or "")} for r, c in zip(ids[0], scores[0]) if r >= 0]
     print(json.dumps({"run": args.run, "support": args.support, "edited": args.edited,
-                      "support_row": int(support["indices"][args.support]), "neighbors": rows}))
+                      "support_row": int(support["indices"][args.support]), "neighbors": rows,
+                      "edit_diagnostics": _diagnostics(store, support, args.support)}))
     return 0
 
 
@@ -698,7 +711,7 @@ def _run_edit_shift(args) -> int:
                          f"their own attribute is unknown")
     result = edit_shift(index, store.meta["a"].to_numpy(), rows, support["labels"].numpy(),
                         support["before"].numpy(), support["after"].numpy(), k=args.k)
-    print(json.dumps({"run": args.run, **result}))
+    print(json.dumps({"run": args.run, **result, "edit_diagnostics": _diagnostics(store, support)}))
     return 0
 
 

@@ -5,10 +5,12 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import open_clip
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from hsfm_core import methods
 from hsfm_core.demo import clip
 from hsfm_core.demo.build import DEMO_CLIP, MARKER, is_built
 from hsfm_core.features import FeatureStore
@@ -58,7 +60,11 @@ def test_first_launch_builds_and_opens_the_demo(first_launch):
     assert store.manifest["backbone"]["kind"] == "open_clip" and store.manifest["clip_space"]
     assert store.manifest["group_counts"]["train"] == [3498, 184, 56, 1057]
     assert store.manifest["dataset"]["format"] == "waterbirds"  # the real reader, nothing special-cased
-    assert sorted(r["method"] for r in list_runs(workspace)) == ["dfr", "erm", "hsfm"]
+    by_method = {}
+    for r in list_runs(workspace):
+        by_method.setdefault(r["method"], []).append(r)
+    assert sorted(by_method) == sorted(methods.names())  # every registered method, each over seeds 0–2
+    assert all(len(runs) % 3 == 0 for runs in by_method.values()) and len(by_method["hsfm"]) == 9
     assert all(r["status"] == "done" for r in list_runs(workspace))
     table = at.dataframe[0].value
     assert table.loc["waterbird · land background", "train"] == 56
@@ -67,8 +73,11 @@ def test_first_launch_builds_and_opens_the_demo(first_launch):
 def test_demo_teaches_the_spurious_correlation(first_launch):
     _, workspace = first_launch
     runs = json.loads((workspace / MARKER).read_text())["runs"]
-    assert runs["erm"]["test_wga"] <= 0.70 and runs["erm"]["test_avg_adjusted"] >= 0.90
-    assert runs["dfr"]["test_wga"] >= 0.85
+    mean = {role: float(np.mean(r["test_wga"])) for role, r in runs.items()}
+    assert mean["erm"] <= 0.70 and mean["dfr"] >= 0.85
+    assert runs["hsfm-paper"]["preset"] == "waterbirds" and runs["hsfm"]["preset"] == "auto"
+    # the validation-tuned HSFM within 2 points of DFR (the paper's settings are far below it here)
+    assert mean["hsfm-tuned"] >= mean["dfr"] - 0.02 and mean["hsfm-paper"] < mean["hsfm-tuned"]
 
 
 def test_second_launch_reuses_the_demo(first_launch, monkeypatch):

@@ -23,7 +23,8 @@ import numpy as np
 
 REFERENCE_SAMPLE = 4096  # real features whose nearest-neighbour distances set the scale
 REFERENCE_PERCENTILE = 99.0
-CHUNK_ROWS = 65536
+CHUNK_ROWS = 16384
+QUERY_BLOCK = 512  # 512 × 16384 float64 distances = 64 MB at a time
 
 
 @dataclass(frozen=True)
@@ -36,18 +37,22 @@ class DataScale:
 
 
 def _nearest_distances(queries: np.ndarray, features: np.ndarray, exclude_rows: np.ndarray | None = None) -> np.ndarray:
-    """Exact Euclidean distance from each query to its nearest row of `features` (chunked, float64),
-    skipping row `exclude_rows[i]` for query i (a real feature is not its own neighbour)."""
-    q = np.asarray(queries, dtype=np.float64)
-    q_sq = (q**2).sum(axis=1)
-    best = np.full(len(q), np.inf)
+    """Exact Euclidean distance from each query to its nearest row of `features` (float64, in blocks of
+    QUERY_BLOCK × CHUNK_ROWS so memory stays bounded), skipping row `exclude_rows[i]` for query i (a real
+    feature is not its own neighbour)."""
+    q_all = np.asarray(queries, dtype=np.float64)
+    best = np.full(len(q_all), np.inf)
     for start in range(0, len(features), CHUNK_ROWS):
         block = np.asarray(features[start : start + CHUNK_ROWS], dtype=np.float64)
-        d2 = q_sq[:, None] - 2 * q @ block.T + (block**2).sum(axis=1)[None, :]
-        if exclude_rows is not None:
-            inside = (exclude_rows >= start) & (exclude_rows < start + len(block))
-            d2[np.flatnonzero(inside), exclude_rows[inside] - start] = np.inf
-        best = np.minimum(best, d2.min(axis=1))
+        block_sq = (block**2).sum(axis=1)
+        for q0 in range(0, len(q_all), QUERY_BLOCK):
+            q = q_all[q0 : q0 + QUERY_BLOCK]
+            d2 = (q**2).sum(axis=1)[:, None] - 2 * q @ block.T + block_sq[None, :]
+            if exclude_rows is not None:
+                own = exclude_rows[q0 : q0 + QUERY_BLOCK]
+                inside = (own >= start) & (own < start + len(block))
+                d2[np.flatnonzero(inside), own[inside] - start] = np.inf
+            best[q0 : q0 + QUERY_BLOCK] = np.minimum(best[q0 : q0 + QUERY_BLOCK], d2.min(axis=1))
     return np.sqrt(np.maximum(best, 0.0))
 
 
@@ -59,6 +64,28 @@ def data_scale(features: np.ndarray, seed: int = 0, sample: int = REFERENCE_SAMP
     typical = float(np.median(distances))
     typical = typical if typical > 0 else float(np.mean(distances)) or 1.0  # duplicated features: avoid ÷0
     return DataScale(typical, float(np.percentile(distances / typical, REFERENCE_PERCENTILE)), len(rows))
+
+
+def store_scale(store) -> DataScale:
+    """`data_scale` of a store's features, cached in `<workspace>/cache/` by content hash (one pass over the
+    store per store: seconds on the demo, about a minute for 200k × 512 on 2 cores)."""
+    import json
+
+    from hsfm_core.fsutil import write_json_atomic
+
+    path = store.path / "cache" / f"data-scale-{store.content_hash.split(':')[-1]}.json"
+    try:
+        return DataScale(**json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        scale = data_scale(store.features)
+        write_json_atomic(path, {"typical_nn_distance": scale.typical_nn_distance,
+                                 "off_data_threshold": scale.off_data_threshold, "sample_size": scale.sample_size})
+        return scale
+
+
+def run_diagnostics(store, support: dict) -> dict:
+    """`edit_diagnostics` of a run's support set (safetensors `before` / `after`) on its store."""
+    return edit_diagnostics(support["before"].numpy(), support["after"].numpy(), store.features, store_scale(store))
 
 
 def edit_diagnostics(before: np.ndarray, after: np.ndarray, features: np.ndarray,
