@@ -12,6 +12,7 @@ import streamlit as st
 
 from hsfm_core import methods
 from hsfm_core.studio import ui
+from hsfm_core.studio.figures import palette
 from hsfm_core.analysis.compare import averages_table, example_rows, train_correlation
 from hsfm_core.workspace import group_count_table
 
@@ -85,8 +86,8 @@ def home() -> None:
         st.dataframe(counts)
     with right:
         long = counts.reset_index().melt(id_vars="group", var_name="split", value_name="examples")
-        st.plotly_chart(px.bar(long, x="split", y="examples", color="group", barmode="group", height=300),
-                        width="stretch")
+        st.plotly_chart(px.bar(long, x="split", y="examples", color="group", barmode="group", height=300,
+                               color_discrete_sequence=palette(store.n_groups)), width="stretch")
 
     correlation = train_correlation(store)
     if correlation is not None and len(correlation):

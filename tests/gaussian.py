@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from hsfm_core.features import write_store
+from hsfm_core.groups import Groups
 
 MANIFEST = {"dataset": {"format": "synthetic", "source": "gaussian", "options": {}}, "image_root": None,
             "class_names": ["landbird", "waterbird"], "attribute_names": ["land", "water"],
@@ -41,8 +42,9 @@ def gaussian_workspace(path, d: int = 16, sizes=(600, 300, 300), seed: int = 0, 
     y = np.concatenate([problem[s][1] for s in splits])
     a = np.concatenate([problem[s][2] for s in splits])
     split = np.concatenate([[s] * len(problem[s][0]) for s in splits])
+    groups = Groups(MANIFEST["class_names"], MANIFEST["attribute_names"])
     meta = pd.DataFrame({"row_id": np.arange(len(x)), "sample_id": [str(i) for i in range(len(x))], "split": split,
-                         "y": y, "a": a, "g": 2 * y + a, "image_path": ""})
+                         "y": y, "a": a, "g": groups.group_of(y, a), "image_path": ""})
     return write_store(path, x, meta, MANIFEST)
 
 
@@ -88,8 +90,6 @@ def multiclass_problem(d: int = 32, sizes=(3000, 1200, 1200), seed: int = 0, cor
 
 def multiclass_workspace(path, d: int = 32, sizes=(3000, 1200, 1200), seed: int = 0):
     """The 3 × 2 world as a store (written with `write_store`, no images)."""
-    from hsfm_core.groups import Groups
-
     problem = multiclass_problem(d, sizes, seed)
     groups = Groups(MULTICLASS_CLASSES, MULTICLASS_ATTRIBUTES)
     x = np.concatenate([problem[s][0] for s in problem])
