@@ -28,9 +28,11 @@ CURVE_COLUMNS = ["epoch", "seed", "outer_loss", "head_loss", "val_avg", "val_wga
 
 # -- the request --------------------------------------------------------------------------------------
 by_name = {m.name: m for m in methods.all_methods()}
+editors = [name for name, m in by_name.items() if m.edits_features]  # what this studio is about comes first
 left, right = st.columns(2)
-method = by_name[left.selectbox("Method", list(by_name), format_func=lambda n: f"{by_name[n].label}: "
-                                f"{by_name[n].description}", key="retrain.method")]
+method = by_name[left.selectbox("Method", list(by_name), index=list(by_name).index((editors or list(by_name))[0]),
+                                format_func=lambda n: f"{by_name[n].label}: {by_name[n].description}",
+                                key="retrain.method")]
 default_preset = method.default_preset(store)[0]
 presets = list(method.presets) or ["default"]
 preset = right.selectbox("Preset", presets, key=f"retrain.{method.name}.preset", disabled=not method.presets,
@@ -44,8 +46,8 @@ with st.form("retrain.form"):
     values, columns = {}, st.columns(4)
     for i, field in enumerate(dataclasses.fields(method.Settings)):
         default, column = getattr(base, field.name), columns[i % 4]
-        label = field.name + (f" ({alias_of[field.name]})" if field.name in alias_of else "")
-        label += f": {field.metadata['help']}" if "help" in field.metadata else ""
+        label = field.name + (f" · {alias_of[field.name]}" if field.name in alias_of else "")
+        label += f": {field.metadata['help']}" if "help" in field.metadata else ""  # a field's own help, if it has one
         key = f"retrain.{method.name}.{preset}.{field.name}"
         if isinstance(default, bool):
             value = column.checkbox(label, default, key=key)
@@ -177,9 +179,9 @@ def show_jobs() -> None:
     chosen = st.selectbox("Follow job", list(reversed(ids)), format_func=lambda i: job_label(by_id[i]),
                           key="retrain.watch_widget")
     st.session_state[WATCH_KEY] = chosen
-    job = by_id[chosen]
+    job = jobs.get_job(workspace, chosen)  # fresh: the table above may be a moment older
     progress = jobs.job_progress(workspace, chosen)
-    status = progress["status"]
+    status = job["status"]  # status, error and traceback from one read
 
     epochs, epoch = progress["epochs"], progress["epoch"]
     if epochs:
@@ -200,10 +202,9 @@ def show_jobs() -> None:
             st.toast(f"Cancelling {chosen}…")
     elif status == "failed":
         st.error(f"The job failed: {job.get('error') or 'see the log'}")
-        details = jobs.job_error(workspace, chosen)
-        if details and details.strip() != (job.get("error") or "").strip():
+        if job.get("traceback"):
             with st.expander("Traceback"):
-                st.code(details)
+                st.code(job["traceback"])
     elif status == "cancelled":
         st.warning("The job was cancelled; its runs keep their partial history (status cancelled).")
     else:

@@ -102,7 +102,7 @@ def test_local_job_runs_with_progress_and_finishes(ws):
     assert not (ws / "jobs" / job_id / "progress.jsonl").exists()
 
     done = jobs.wait(ws, job_id, 120)
-    assert done["status"] == "done" and done["error"] is None and done["finished_at"]
+    assert done["status"] == "done" and done["error"] is None and done["ended"]["t"] > record["created_t"]
     for rid in record["run_ids"]:  # the run directories say who trained them: the worker, not this process
         writer = read_process(ws / "runs" / rid)
         assert writer["pid"] not in (os.getpid(), controller["pid"]) and writer["host"] and writer["started"] > 0
@@ -125,7 +125,7 @@ def test_local_job_runs_with_progress_and_finishes(ws):
     logs = jobs.log_tail(ws, job_id, 50)
     assert "[job] epoch 3/3" in logs["stdout"] and "Job completed successfully" in logs["stdout"]
     assert jobs.log_tail(ws, job_id, 1)["stdout"].count("\n") == 0
-    assert jobs.job_error(ws, job_id) is None
+    assert done["traceback"] is None
     assert jobs.cancel(ws, job_id)["status"] == "done"  # a finished job stays as it is
     _until(lambda: not any(process_alive(p) for p in _processes(ws, record)), 10, "the job's processes to exit")
 
@@ -179,7 +179,7 @@ def test_the_worker_stops_once(tmp_path):
     directory = tmp_path / "job"
     directory.mkdir()
     (directory / "job.json").write_text(json.dumps({"cancel_requested": True}))
-    stop = jobs._Stop(directory)
+    stop = jobs._Worker(directory)
     previous = signal.signal(signal.SIGINT, stop.on_signal)
     try:
         with pytest.raises(KeyboardInterrupt, match="cancel requested"):
@@ -195,7 +195,7 @@ def test_the_worker_stops_once(tmp_path):
         time.sleep(0.2)
         with pytest.raises(KeyboardInterrupt, match="cancel requested"):  # the flag is still honoured
             stop.check()
-        assert jobs._Stop(directory).armed  # each worker has its own
+        assert jobs._Worker(directory).armed  # each worker has its own
     finally:
         signal.signal(signal.SIGINT, previous)
 
@@ -221,7 +221,7 @@ def test_killed_job_is_found_failed_by_a_fresh_process(ws):
     assert (ws / "runs" / rid / "history.jsonl").read_text().strip()  # partial history kept
     assert _run_status(ws, earlier.run_id) == "done" and not (ws / "runs" / earlier.run_id / "error.txt").exists()
     assert jobs.get_job(ws, job_id)["status"] == "failed" and jobs.job_progress(ws, job_id)["epoch"] >= 2
-    assert jobs.job_error(ws, job_id).startswith("the job's process ended")
+    assert jobs.get_job(ws, job_id)["traceback"] is None  # killed: no traceback, only the reason
 
 
 @pytest.mark.slow
@@ -288,7 +288,7 @@ def test_bad_override_found_in_the_job_and_a_crash(ws, monkeypatch):
     (ws / "runs").write_text("not a folder")
     crashed = jobs.wait(ws, _launch(ws, "erm")["job_id"], 60)
     assert crashed["status"] == "failed" and crashed["error"].startswith(("FileExistsError", "NotADirectoryError"))
-    assert "Traceback" in jobs.job_error(ws, crashed["job_id"])
+    assert crashed["traceback"].startswith("Traceback") and "FileExistsError" in crashed["traceback"]
 
 
 def _waiting(workspace, job_id) -> bool:
@@ -366,7 +366,7 @@ def test_slurm_submission_script(ws, tmp_path, monkeypatch):
     _fake_commands(tmp_path / "bin", {"sbatch": 'echo "$@" > "$FAKE_SLURM_ARGS"; echo "Submitted batch job 4242"',
                                       "srun": "exit 0"}, monkeypatch)
     monkeypatch.setenv("FAKE_SLURM_ARGS", str(tmp_path / "sbatch-args"))
-    monkeypatch.setattr(jobs, "_ask_sacct", lambda record: "PENDING")
+    monkeypatch.setattr(jobs, "_scheduler_job", _fake_sacct("PENDING", []))
     record = _launch(ws, "hsfm", device="cuda", executor="slurm", slurm=OPTIONS)
     job_id, folder = record["job_id"], Path(record["submitit_folder"])
     assert record["submitit_job_id"] == "4242" and record["spec"]["slurm"]["partition"] == "gpu"
@@ -513,12 +513,27 @@ def test_cli_submit_list_and_cancel(ws, capsys):
     assert main(["cancel", "--workspace", str(ws), "job-20000101-000000-abcd"]) == 2
 
 
+def _fake_sacct(state: str, calls: list):
+    """A stand-in for submitit's SlurmJob whose sacct answer is `state`; each ask is appended to `calls`."""
+    class Job:
+        def __init__(self, record):
+            self.record = record
+
+        def get_info(self, mode):
+            calls.append((self.record["job_id"], mode))
+            return {"State": state}
+
+    return Job
+
+
 def test_slurm_state_is_asked_at_most_once_per_ttl(monkeypatch):
     calls = []
-    monkeypatch.setattr(jobs, "_ask_sacct", lambda record: calls.append(record["job_id"]) or "RUNNING")
+    monkeypatch.setattr(jobs, "_scheduler_job", _fake_sacct("CANCELLED by 1000", calls))
     record = {"job_id": "job-20000101-000000-abcd"}
-    assert jobs._slurm_state(record) == jobs._slurm_state(record) == "RUNNING"
-    assert calls == [record["job_id"]]  # a page polling every second does not run sacct every second
+    assert jobs._slurm_state(record) == jobs._slurm_state(record) == "CANCELLED"
+    assert calls == [(record["job_id"], "force")]  # a page polling every second does not run sacct every second
     monkeypatch.setattr(jobs, "SLURM_STATE_TTL_S", 0.0)
     jobs._slurm_state(record)
     assert len(calls) == 2
+    monkeypatch.setattr(jobs, "_scheduler_job", _fake_sacct("UNKNOWN", calls))
+    assert jobs._slurm_state(record) is None  # sacct does not know it: nothing is concluded

@@ -76,13 +76,14 @@ def test_the_form_is_read_from_the_registry(monkeypatch, workspace):
     at = retrain_page(monkeypatch, workspace)
     choice = at.selectbox(key="retrain.method")
     assert choice.options == [f"{m.label}: {m.description}" for m in methods.all_methods()]
+    assert methods.get(choice.value).edits_features  # a feature editor is chosen first
     for m in methods.all_methods():
         choice.set_value(m.name).run()
         assert not at.exception, at.exception
         labels = {w.label.split(":")[0] for kind in ("number_input", "text_input", "checkbox") for w in at.get(kind)
                   if w.key and w.key.startswith(f"retrain.{m.name}.")}
         alias_of = {f: a for a, f in m.aliases.items()}
-        assert labels == {f.name + (f" ({alias_of[f.name]})" if f.name in alias_of else "")
+        assert labels == {f.name + (f" · {alias_of[f.name]}" if f.name in alias_of else "")
                           for f in dataclasses.fields(m.Settings)}, (m.name, labels)
         preset = at.selectbox(key=f"retrain.{m.name}.preset")
         assert preset.options == (list(m.presets) or ["default"]) and preset.disabled == (not m.presets)
