@@ -11,6 +11,7 @@ import streamlit as st
 from hsfm_core import methods
 from hsfm_core.studio import ui
 from hsfm_core.analysis.compare import accuracy_table, example_rows, train_correlation
+from hsfm_core.analysis.seeds import aggregate, format_mean_std, run_groups
 from hsfm_core.studio.figures import accuracy_bars
 from hsfm_core.workspace import group_count_table
 
@@ -65,6 +66,20 @@ def wga(run: dict) -> float:
     return run["metrics"]["test"]["wga"]
 
 
+def over_seeds(shown) -> None:
+    """Below a chart of single runs: test WGA mean ± std of each run group (same settings, other
+    seeds) of the shown methods, since one seed can be off by a few points."""
+    names = {m.name for m in shown}
+    lines = []
+    for group in run_groups(runs):
+        agg = aggregate(group, "test")
+        if group.method in names and agg["n"] > 1:
+            lines.append(f"{group.name}: {format_mean_std(agg['wga']['mean'], agg['wga']['std'])} % "
+                         f"over {agg['n']} seeds")
+    if lines:
+        st.caption("Worst-group accuracy on test, mean ± std over seeds — " + "; ".join(lines) + ".")
+
+
 with ui.errors_shown("This step cannot be shown for this workspace", stop=False):
     if step == 0:
         st.header("Meet the data")
@@ -98,6 +113,7 @@ with ui.errors_shown("This step cannot be shown for this workspace", stop=False)
         first = need(usual)
         if first:
             st.plotly_chart(accuracy_bars(accuracy_table(store, [first], "test")), width="stretch")
+            over_seeds([usual])
             worst = first["metrics"]["test"]["worst_group"]
             st.markdown(f"Trained the usual way ({usual.label}), the model is right on "
                         f"**{first['metrics']['test']['avg_adjusted']:.0%}** of test images when groups are weighted "
@@ -121,6 +137,7 @@ with ui.errors_shown("This step cannot be shown for this workspace", stop=False)
         if first and retrained:
             st.plotly_chart(accuracy_bars(accuracy_table(store, [first] + [r for _, r in retrained], "test")),
                             width="stretch")
+            over_seeds([usual] + [m for m, _ in retrained])
             st.markdown("The image encoder (the backbone) turns each image into a feature vector; a small linear "
                         "**head** on top makes the decision. These methods keep the features and refit only the head:\n"
                         + "\n".join(f"- **{m.label}** — {m.description}." for m, _ in retrained))
@@ -136,6 +153,7 @@ with ui.errors_shown("This step cannot be shown for this workspace", stop=False)
             baseline_runs = [latest[m.name] for m in baselines if m.name in latest]
             st.plotly_chart(accuracy_bars(accuracy_table(store, baseline_runs + [run], "test")), width="stretch",
                             key=f"lesson.bars.{method.name}")
+            over_seeds([method])
             support = ui.load_support(run)
             before = f" ({usual.label}: {wga(latest[usual.name]):.0%})" if usual.name in latest else ""
             st.markdown(f"{method.label} also keeps the backbone and retrains the head — on just "

@@ -220,3 +220,26 @@ def test_lesson_walks_through_every_step_for_three_classes(monkeypatch, csv_work
     editors = [m.label for m in methods.all_methods() if m.edits_features]
     assert headers[4] == f"{' / '.join(editors)}: edit a few features" and len(headers) == 6
     assert all(f"{label} also keeps the backbone" in shown[4] for label in editors)
+
+
+@pytest.mark.parametrize("page", [None, "1_Groups", "2_Projection", "3_Decode", "4_Neighbors"])
+def test_every_page_renders_for_the_generated_store_without_images(monkeypatch, world, page):
+    store, _ = world
+    at = open_app(monkeypatch, store.path, page)
+    if page == "3_Decode":
+        assert "not in a CLIP joint space" in at.warning[0].value
+    if page is None:
+        assert "imported without images" in texts(at)
+
+
+def test_lesson_gives_each_method_over_its_seeds(monkeypatch, world):
+    store, trained = world
+    at = open_app(monkeypatch, store.path, "6_Lesson")
+    for _ in range(2):
+        at.button(key="lesson.next").click().run()
+    assert not at.exception and not at.error and at.header[0].value == "The usual model fails the rare groups"
+    erm = summarize(trained["erm"])["wga"]
+    assert f"ERM: {100 * erm['mean']:.1f} ± {100 * erm['std']:.1f} % over 3 seeds" in texts(at)
+    at.button(key="lesson.next").click().run()
+    assert "over 3 seeds" in texts(at) and all(f"**{m.label}** — " in texts(at) for m in methods.all_methods()
+                                                if not m.edits_features and m.name != "erm")
