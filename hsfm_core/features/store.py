@@ -7,13 +7,14 @@
                     g = A·y + a for the manifest's C class and A attribute names (§Groups)
     init_head.safetensors   (optional) θ₀ = the backbone checkpoint's final layer
 
-The directory is also the workspace: `runs/` and `cache/` live beside these files.
+The directory is also the workspace (docs/ARCHITECTURE.md §Workspace): `runs/`, `jobs/`, `sweeps/`
+and `cache/` live beside these files.
 
 Atomicity: a store is written into a hidden `.incoming-*` folder inside the target, the data
 files are moved into place, and `manifest.json` is renamed in last. A store without a manifest
 does not open, so a crash at any point leaves either the old store, or no store — never a half
-one that opens. Replacing a store removes its manifest first for the same reason; `runs/` and
-`cache/` are never touched.
+one that opens. Replacing a store removes its manifest first for the same reason; the workspace's
+folders are never touched.
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ def default_workspace() -> Path | None:
 
 
 def ensure_demo() -> Path:
-    """The demo workspace, built on first launch with a progress bar (about a minute)."""
+    """The demo workspace, built on first launch with a progress bar (about 4–5 minutes on 2 CPU cores)."""
     from hsfm_core.demo.build import DEMO_CLIP, build_demo, default_demo_dir, is_built
 
     if not DEMO_CLIP.is_dir():
@@ -93,7 +93,7 @@ def ensure_demo() -> Path:
         st.stop()
     path = default_demo_dir()
     if not is_built(path):
-        with st.status("Building the demo workspace — first launch only, about a minute…", expanded=True) as status:
+        with st.status("Building the demo workspace — first launch only, a few minutes…", expanded=True) as status:
             bar = st.progress(0.0)
             try:
                 build_demo(path, progress=lambda message, fraction: bar.progress(min(fraction, 1.0), text=message))
