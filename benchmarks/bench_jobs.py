@@ -1,15 +1,17 @@
-"""The job system's costs on CPU: launch → first progress line, and a whole HSFM run through a
-local submitit job vs the same `train()` call in this process.
+"""The job system's costs on CPU: launch → the worker's first line, → its runs, and a whole HSFM run
+through a local submitit job vs the same `train()` call in this process.
 
     python -m benchmarks.bench_jobs [--latency-repeats 5] [--repeats 1]
 
 Workspace: generated features of Waterbirds size (d = 2048, the exact train/val/test group counts;
-the generator of bench_hsfm). (1) Latency: `launch()` an HSFM job, time until its worker has
-written its first line (`started`), then cancel it; the first launch in a process also pays
-importing torch for the input checks (unless already imported) and is reported apart (`cold`). (2) Wall time of the
-`waterbirds` preset HSFM run, seed 0, on CPU: `launch()` → `wait()` returns `done`, vs the same run
-from the command line (`python -m hsfm_core train`, a fresh interpreter in the foreground), vs `train()`
-called directly here (torch already imported). Both include the ERM probe for θ₀ and the evaluation.
+the generator of bench_hsfm). (1) Latency: `launch()` an HSFM job (it returns once submitit's controller
+is started, through a detached submitter), time until its worker has logged its first line and until
+its run directories exist (`train` has started: status `running`), then cancel it; the first launch in
+a process also pays importing torch for the input checks (unless already imported) and is reported
+apart (`cold`). (2) Wall time of the `waterbirds` preset HSFM run, seed 0, on CPU: `launch()` → `wait()`
+returns `done`, vs the same run from the command line (`python -m hsfm_core train`, a fresh interpreter
+in the foreground), vs `train()` called directly here (torch already imported). All include the ERM
+probe for θ₀ and the evaluation.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ import pandas as pd
 from benchmarks.bench_hsfm import GROUP_COUNTS, problem
 from hsfm_core import jobs
 from hsfm_core.features import write_store
+from hsfm_core.runs import read_process
+from hsfm_core.spec import TrainSpec
+
+HSFM = TrainSpec.create("hsfm", preset="waterbirds", device="cpu")
 
 MANIFEST = {"dataset": {"format": "synthetic", "source": "bench", "options": {}}, "image_root": None,
             "class_names": ["landbird", "waterbird"], "attribute_names": ["land", "water"],
@@ -50,17 +56,20 @@ def waterbirds_workspace(path: Path) -> Path:
     return path
 
 
-def first_line_latency(ws: Path) -> tuple[float, float]:
-    """(seconds until launch() returned, seconds until the worker's first progress line)."""
+def first_line_latency(ws: Path) -> tuple[float, float, float]:
+    """(seconds until launch() returned, until the worker's first log line, until its runs exist)."""
     t0 = time.perf_counter()
-    record = jobs.launch(ws, "hsfm", device="cpu")
+    record = jobs.launch(ws, HSFM)
     returned = time.perf_counter() - t0
-    while not jobs.read_progress(ws, record["job_id"]):
+    while "[job]" not in jobs.log_tail(ws, record["job_id"], 5)["stdout"]:
         time.sleep(0.005)
     first = time.perf_counter() - t0
+    while jobs.get_job(ws, record["job_id"])["status"] == "queued":
+        time.sleep(0.005)
+    running = time.perf_counter() - t0
     jobs.cancel(ws, record["job_id"])
     jobs.wait(ws, record["job_id"], timeout_s=60, poll_s=0.05)
-    return returned, first
+    return returned, first, running
 
 
 def main() -> None:
@@ -71,12 +80,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         ws = waterbirds_workspace(Path(tmp) / "ws")
-        cold_return, cold_first = first_line_latency(ws)
+        cold_return, cold_first, cold_running = first_line_latency(ws)
         warm = [first_line_latency(ws) for _ in range(args.latency_repeats)]
-        returned = statistics.median(r for r, _ in warm)
-        first = statistics.median(f for _, f in warm)
-        print(f"launch → first progress line: median {first:.2f} s over {len(warm)} (launch() itself returns "
-              f"after {returned:.2f} s); first launch in this process {cold_first:.2f} s ({cold_return:.2f} s in launch())")
+        returned, first, running = (statistics.median(w[i] for w in warm) for i in range(3))
+        print(f"launch → the worker's first log line: median {first:.2f} s over {len(warm)} (launch() itself returns "
+              f"after {returned:.2f} s); → its runs exist (running) {running:.2f} s; first launch in this process "
+              f"{cold_first:.2f} s ({cold_return:.2f} s in launch(), runs at {cold_running:.2f} s)")
 
         from hsfm_core.train import train
 
@@ -85,21 +94,19 @@ def main() -> None:
         for i in range(args.repeats):  # alternate the order: other load on the machine hits both paths alike
             if i % 2:
                 t0 = time.perf_counter()
-                train(ws, "hsfm", preset="waterbirds", device="cpu")
+                train(ws, HSFM)
                 direct_times.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            record = jobs.launch(ws, "hsfm", preset="waterbirds", device="cpu")
+            t0, t0_wall = time.perf_counter(), time.time()
+            record = jobs.launch(ws, HSFM)
             final = jobs.wait(ws, record["job_id"], timeout_s=3600, poll_s=0.05)
             job_times.append(time.perf_counter() - t0)
             assert final["status"] == "done", final
-            entries = jobs.read_progress(ws, record["job_id"])
-            at = {e["stage"]: e["t"] for e in entries}
-            stages = {"first_line_to_loading_s": at["loading store"] - at["started"],
-                      "loading_to_training_s": at["training"] - at["loading store"],
-                      "training_to_done_s": at["done"] - at["training"]}
+            run_created = read_process(ws / "runs" / record["run_ids"][0])["at"]  # when train() created the run
+            stages = {"launch_to_run_created_s": run_created - t0_wall,
+                      "run_created_to_done_s": final["ended"]["t"] - run_created}
             if not i % 2:
                 t0 = time.perf_counter()
-                train(ws, "hsfm", preset="waterbirds", device="cpu")
+                train(ws, HSFM)
                 direct_times.append(time.perf_counter() - t0)
             # the same run from the command line: a fresh interpreter, as a job has, but in the foreground
             t0 = time.perf_counter()
@@ -117,8 +124,8 @@ def main() -> None:
         print(f"samples: job {[round(t, 2) for t in job_times]}, direct {[round(t, 2) for t in direct_times]}; "
               f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (2 cores)")
         print(f"inside the job: {', '.join(f'{k} {v:.2f}' for k, v in stages.items())} (the worker imports torch "
-              f"after its first line)")
-        print(json.dumps({"first_line_median_s": first, "launch_return_median_s": returned,
+              f"and opens the store before train() creates the run)")
+        print(json.dumps({"first_line_median_s": first, "launch_return_median_s": returned, "runs_exist_median_s": running,
                           "first_line_cold_s": cold_first, "launch_return_cold_s": cold_return,
                           "latency_samples": warm, "waterbirds_job_s": job_times, "waterbirds_direct_s": direct_times, "waterbirds_cli_s": cli_times,
                           "overhead_s": job_s - direct_s, "job_stages": stages,

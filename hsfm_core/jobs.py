@@ -224,16 +224,16 @@ def _submit_detached(directory: Path) -> None:
 
 
 def _submit_here(directory: str) -> None:
-    """The submitter's body: submit through the public LocalExecutor API, record the handle, exit."""
+    """The submitter: submit (public LocalExecutor API), record the handle, exit (no torch import here)."""
+    import psutil
     import submitit
-
-    from hsfm_core.runs import process_record
 
     record = _read(Path(directory))
     executor = submitit.LocalExecutor(folder=record["submitit_folder"])
     executor.update_parameters(timeout_min=float(record["spec"]["time_limit_min"] or LOCAL_TIME_LIMIT_MIN))
     pid = int(executor.submit(_worker_main, record["workspace"], record["job_id"]).job_id)  # the controller's
-    _update(Path(directory), submitit_job_id=str(pid), controller=process_record(pid))
+    controller = {"pid": pid, "started": psutil.Process(pid).create_time(), "host": socket.gethostname()}
+    _update(Path(directory), submitit_job_id=str(pid), controller=controller)  # as runs.process_alive reads it
 
 
 # -- the worker (runs in the submitit job process) -----------------------------------------
@@ -283,8 +283,6 @@ class _Worker:
             time.sleep(SLOT_POLL_S)
 
     def run(self, workspace: Path) -> str:
-        from hsfm_core.runs import end_unfinished_run
-
         record, slot, status, error = _read(self.directory), None, "failed", None
         spec = record["spec"]
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):  # cancel, scancel, the time-limit warning
@@ -322,6 +320,8 @@ class _Worker:
             write_text_atomic(self.directory / "error.txt", traceback.format_exc())
         finally:
             self.disarm()  # nothing may interrupt the job's own ending (a signal now is a no-op)
+            from hsfm_core.runs import end_unfinished_run
+
             for rid in record["run_ids"] if status != "done" else ():  # runs train() could not end (normally none)
                 end_unfinished_run(workspace, rid, status, error)
             _update(self.directory, ended={"status": status, "error": error, "t": time.time()})

@@ -72,12 +72,12 @@ def run_dir(workspace: str | os.PathLike, run_id: str) -> Path:
 _run_dir = run_dir
 
 
-def process_record(pid: int | None = None) -> dict:
-    """This process (or `pid`, here), as a run records who writes it: pid, start time (to tell a reused
-    pid apart), host, the Slurm job id on a cluster, and when it was recorded (`at`)."""
+def process_record() -> dict:
+    """This process, as a run records who writes it: pid, start time (to tell a reused pid apart),
+    host, the Slurm job id on a cluster, and when it took the run (`at`)."""
     import psutil
 
-    me = psutil.Process(pid)
+    me = psutil.Process()
     return {"pid": me.pid, "started": me.create_time(), "host": socket.gethostname(),
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "at": time.time()}
 
