@@ -35,8 +35,10 @@ def _add_extract(sub) -> None:
     p.add_argument("--target", default="Blond_Hair", help="CelebA target attribute (class)")
     p.add_argument("--attribute", default="Male", help="CelebA spurious attribute")
     p.add_argument("--images", help="CelebA image folder relative to DATA (default: auto-detect img_align_celeba)")
-    p.add_argument("--class-names", nargs=2, metavar=("NAME0", "NAME1"), help="csv format: names of classes 0 and 1")
-    p.add_argument("--attribute-names", nargs=2, metavar=("NAME0", "NAME1"), help="csv format: names of attributes 0 and 1")
+    p.add_argument("--class-names", nargs="+", metavar="NAME",
+                   help="csv format: names of classes 0, 1, …; their number sets C (default: from the labels present)")
+    p.add_argument("--attribute-names", nargs="+", metavar="NAME",
+                   help="csv format: names of attributes 0, 1, …; their number sets A (default: from the values present)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_extract)
 
@@ -81,8 +83,10 @@ def _add_import(sub) -> None:
     p.add_argument("--path", required=True, help="reference: folder with {train,val,test}_features.pt; dfr: the .npz")
     p.add_argument("--out", required=True, help="feature store (workspace) directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store (runs/ and cache/ are kept)")
-    p.add_argument("--class-names", nargs=2, metavar=("NAME0", "NAME1"), default=None)
-    p.add_argument("--attribute-names", nargs=2, metavar=("NAME0", "NAME1"), default=None)
+    p.add_argument("--class-names", nargs="+", metavar="NAME", default=None,
+                   help="names of classes 0, 1, …; their number sets C (default: from the labels present)")
+    p.add_argument("--attribute-names", nargs="+", metavar="NAME", default=None,
+                   help="names of attributes 0, 1, …; their number sets A (default: from the values present)")
     p.set_defaults(func=_run_import)
 
 

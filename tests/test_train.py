@@ -32,7 +32,8 @@ def test_hsfm_run_directory(tmp_path, capsys):
     assert [r["config"]["seed"] for r in runs] == [0, 1] and {r["status"] for r in runs} == {"done"}
     run = runs[0]
     config = run["config"]
-    assert config["method"] == "hsfm" and config["preset"] == "waterbirds" and config["device"] == "cpu"
+    assert config["method"] == "hsfm" and config["preset"] == "auto" and config["device"] == "cpu"
+    assert "ResNet-50" in config["preset_reason"]  # generated features: the paper's presets do not apply
     assert config["hyperparameters"]["epochs"] == 3 and config["hyperparameters"]["inner_lr"] == 1e-3
     assert config["store_hash"] == store.content_hash and config["code_version"].startswith("0.1.0")
     assert config["init_head"]["source"].startswith("erm probe") and 1 <= config["fitted"]["best_epoch"] <= 3

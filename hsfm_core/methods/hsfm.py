@@ -289,8 +289,9 @@ class HSFM(Method):
         from hsfm_core.methods.dfr import DFR
 
         base = PRESETS[AUTO_BASE]
-        init, _ = initial_head(store)
         val = store.select("val")
+        _finite_float(val.features, "validation features")  # the same message as the fit's own check
+        init, _ = initial_head(store)
         dfr = DFR(store.groups, n_refits=1, seed=0).fit(np.asarray(val.features), val.y, val.g).head_
         theta0 = torch.cat([init.weight.float(), init.bias.float()[:, None]], dim=1)
         target = torch.cat([dfr.weight.float(), dfr.bias.float()[:, None]], dim=1)
