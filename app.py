@@ -13,7 +13,7 @@ import streamlit as st
 from hsfm_core import methods
 from hsfm_core.studio import ui
 from hsfm_core.studio.figures import palette
-from hsfm_core.analysis.compare import averages_table, example_rows, train_correlation
+from hsfm_core.analysis.compare import averages_table, seed_averages_table, example_rows, train_correlation
 from hsfm_core.workspace import group_count_table
 
 PAGES = [
@@ -108,8 +108,12 @@ def home() -> None:
 
     if compared:
         st.header("Runs compared")
-        st.dataframe(averages_table(store, compared, "test").style.format(
-            lambda v: f"{v:.1%}" if isinstance(v, float) else v), width="stretch")
+        split = "test" if store.has_split("test") else "val"
+        st.markdown(f"**Run groups on {split}**: runs that differ only in their seed, mean ± sample std (%)")
+        st.dataframe(seed_averages_table(compared, split), width="stretch")
+        with st.expander("Each run"):
+            st.dataframe(averages_table(store, compared, split).style.format(
+                lambda v: f"{v:.1%}" if isinstance(v, float) else v), width="stretch")
         st.caption("Change the runs in the sidebar; every page uses the same choice.")
 
     st.header("What each page answers")

@@ -4,8 +4,9 @@ import streamlit as st
 
 from hsfm_core.studio import ui
 from hsfm_core.analysis.compare import (AVERAGE_LABELS, accuracy_table, averages_table, confusion_by_group, flip_counts,
-                               prediction_flips, run_label)
-from hsfm_core.studio.figures import accuracy_bars
+                                        prediction_flips, run_label, seed_accuracy_table, seed_averages_table)
+from hsfm_core.analysis.seeds import paper_table, run_groups
+from hsfm_core.studio.figures import accuracy_bars, seed_accuracy_bars
 
 store, compared, focus = ui.page_header(
     "Groups",
@@ -19,15 +20,35 @@ splits = [s for s in ("val", "test") if store.has_split(s)]
 if not splits:
     st.info("This store has neither a val nor a test split, so there is nothing to evaluate.")
     st.stop()
-split = st.radio("Split", splits, index=len(splits) - 1, horizontal=True)
+left, right = st.columns(2)
+split = left.radio("Split", splits, index=len(splits) - 1, horizontal=True)
+groups_of_seeds = run_groups(compared)
+several = any(len(g.finished(split)) > 1 for g in groups_of_seeds)
+view = right.radio("Show", ["mean ± std over seeds", "single runs"], index=0 if several else 1, horizontal=True,
+                   key="groups.view", help="Runs that differ only in their seed form a run group; one seed of HSFM "
+                                           "varies by ±2–3 points, so compare means over seeds.")
 table = accuracy_table(store, compared, split)
-
-st.plotly_chart(accuracy_bars(table), width="stretch")
+if view == "single runs":
+    st.plotly_chart(accuracy_bars(table), width="stretch")
+else:
+    st.plotly_chart(seed_accuracy_bars(seed_accuracy_table(store, compared, split)), width="stretch")
+    st.caption("Bars at the mean over each run group's finished seeds; error bars ± one sample standard deviation "
+               "(none for a single seed). Hatched: the run group's worst group (of the means).")
 
 st.markdown(f"**Averages on {split}** — each one labelled; papers mean different things by “average”.")
-averages = averages_table(store, compared, split)
-st.dataframe(averages.style.format(lambda v: f"{v:.1%}" if isinstance(v, float) else ("—" if v is None else v)),
-             width="stretch")
+if view == "single runs":
+    averages = averages_table(store, compared, split)
+    st.dataframe(averages.style.format(lambda v: f"{v:.1%}" if isinstance(v, float) else ("—" if v is None else v)),
+                 width="stretch")
+else:
+    st.dataframe(seed_averages_table(compared, split), width="stretch")
+downloads = st.columns(3)
+for column, (fmt, suffix, mime) in zip(downloads, (("markdown", "md", "text/markdown"), ("latex", "tex", "text/x-tex"),
+                                                   ("csv", "csv", "text/csv"))):
+    column.download_button(f"Table as {fmt}", paper_table(groups_of_seeds, split, fmt),
+                           file_name=f"hsfm-{split}-comparison.{suffix}", mime=mime, key=f"groups.download.{fmt}",
+                           help="The compared run groups as a paper's table: worst-group accuracy and adjusted "
+                                "average, mean ± std, and the number of seeds.")
 st.caption(" · ".join(f"**{label}**" for label in AVERAGE_LABELS.values()) +
            ". The adjusted average is what the Waterbirds papers call average accuracy.")
 with st.expander("Per-group numbers"):

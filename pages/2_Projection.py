@@ -19,6 +19,17 @@ ui.start_umap_warm_up()
 if focus is None:
     st.info(f"No {ui.editor_labels()} run with edited features is picked, so the map shows the original features only.")
 
+edit_notes = None  # per support example: how far its edit moved (hover), with a summary line
+if focus is not None:
+    with ui.errors_shown("Cannot measure the edits", stop=False):
+        diagnostics = ui.edit_diagnostics(store, focus)
+        per = diagnostics["per_example"]
+        edit_notes = [f"‖Δ‖ {n:.3g} ({r:.0%} of ‖z‖) · {o:.2f}× typical neighbour distance from the data"
+                      + (" · off the data" if off else "")
+                      for n, r, o, off in zip(per["edit_norm"], per["relative_edit_norm"], per["off_data_ratio"],
+                                              per["off_data"])]
+        st.caption(ui.edit_summary(diagnostics))
+
 with st.form("projection.params"):
     left, right = st.columns(2)
     n_neighbors = left.slider("Neighbours (n_neighbors)", 5, 100, 15, key="projection.n_neighbors",
@@ -87,7 +98,8 @@ def map_figure(name: str, colour: str, _frame, _drawn):
     """The map's figure per (map, colour): built once, then the same figure is sent again, so
     that the browser does not redraw the map when only the selection changed."""
     colours = colour_values(_frame, colour, store.class_names, store.attribute_names, labels)
-    return projection_map(_frame, colours, _drawn)
+    return projection_map(_frame, colours, _drawn, edit_notes=edit_notes)
+
 
 
 @st.fragment

@@ -61,6 +61,7 @@ contrast = (positive, negative)
 if focus is None:
     st.info(f"No {ui.editor_labels()} run with edits is picked (sidebar): only a Projection selection can be decoded.")
 else:
+    ui.warn_if_off_data(store, focus)
     with ui.errors_shown("Cannot decode this run", stop=False):
         support = ui.load_support(focus)
         decoded = decode_run(store, support, bank, to_clip, store.class_names, top=top, contrast=contrast)

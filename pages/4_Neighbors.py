@@ -26,6 +26,7 @@ with ui.errors_shown("Cannot read the run's edits"):
     support = ui.load_support(focus) if focus is not None else None
 queries = {}  # title → (query vector, the query's own row, left out of its neighbours)
 if mode == "A support example":
+    ui.warn_if_off_data(store, focus)
     indices = support["indices"].numpy()
     selection = ui.current_selection(store) or {}
     preferred = [i for i in selection.get("support", []) if selection.get("run_id") == focus["run_id"]]

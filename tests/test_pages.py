@@ -228,13 +228,14 @@ def test_damaged_runs_are_messages_and_the_pages_keep_working(monkeypatch, app_w
     (runs["hsfm"]["path"] / "support.safetensors").write_bytes(b"truncated")
     (runs["dfr"]["path"] / "metrics.json").write_text("{not json")
     at = open_page(monkeypatch, workspace, "3_Decode")
-    assert "Cannot decode this run" in at.error[0].value and "support.safetensors cannot be read" in at.error[0].value
+    errors = [e.value for e in at.error]  # the edit diagnostics say so too, each part of the page on its own
+    assert any("Cannot decode this run" in e and "support.safetensors cannot be read" in e for e in errors)
     assert any(f"Run {runs['dfr']['run_id']} cannot be read" in w.value for w in at.sidebar.warning)
     at.switch_page("pages/4_Neighbors.py").run()
-    assert not at.exception and "Cannot read the run's edits" in at.error[0].value
+    assert not at.exception and any("Cannot read the run's edits" in e.value for e in at.error)
     at.session_state["lesson.step"] = 4
     at.switch_page("pages/6_Lesson.py").run()
-    assert not at.exception and "This step cannot be shown" in at.error[0].value
+    assert not at.exception and any("This step cannot be shown" in e.value for e in at.error)
     at.button(key="lesson.next").click().run()  # the walk-through goes on
     assert at.header[0].value == "Your turn"
     at.switch_page("pages/1_Groups.py").run()
@@ -269,3 +270,47 @@ def test_decode_vocabulary_edits_survive_a_visit_to_another_page(monkeypatch, ap
     at.switch_page("pages/3_Decode.py").run()
     assert not at.exception
     assert at.selectbox(key="decode.positive").options == list(edited["concept"])
+
+
+def test_groups_shows_seed_statistics_and_exports_the_table(monkeypatch, app_workspace, tmp_path):
+    from hsfm_core.analysis.seeds import aggregate, format_mean_std, run_groups
+    from hsfm_core.train import train
+
+    workspace = tmp_path / "ws"
+    shutil.copytree(app_workspace, workspace)
+    train(workspace, "dfr", overrides=["n_refits=3"], seeds=[1, 2])  # with the workspace's seed 0: one group of 3
+    at = open_page(monkeypatch, workspace, "1_Groups")
+    dfr = [r for r in list_runs(workspace) if r["method"] == "dfr"]
+    assert sorted(at.sidebar.multiselect[0].value) == sorted(
+        [runs_by_method(workspace)[m]["run_id"] for m in ("erm", "hsfm")] + [r["run_id"] for r in dfr])
+    assert at.radio(key="groups.view").value == "mean ± std over seeds"
+    averages = at.dataframe[0].value
+    expected = format_mean_std(**aggregate(next(g for g in run_groups(dfr)), "test")["wga"])
+    assert "±" in expected and averages.loc[averages.index.str.startswith("DFR"), "worst-group accuracy"].item() == expected
+    assert averages.loc[averages.index.str.startswith("DFR"), "seeds"].item() == 3
+    downloads = [d for d in at.get("download_button")]
+    assert len(downloads) >= 3
+    at.radio(key="groups.view").set_value("single runs").run()
+    assert not at.exception and len(at.dataframe[0].value) == 5  # ERM, HSFM and the three DFR seeds
+
+
+def test_edits_off_the_data_are_flagged(monkeypatch, app_workspace, tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    workspace = tmp_path / "ws"
+    shutil.copytree(app_workspace, workspace)
+    run = runs_by_method(workspace)["hsfm"]
+    support = load_file(run["path"] / "support.safetensors")
+    at = open_page(monkeypatch, workspace, "3_Decode")
+    assert not at.warning and "Median edit" in texts(at)  # tiny settings: the edits stay among real features
+    support["after"] = support["before"] + 50 * torch.randn_like(support["before"])  # far from every real feature
+    save_file(support, run["path"] / "support.safetensors")
+    ui._support.clear()
+    ui._edit_diagnostics.clear()
+    at = open_page(monkeypatch, workspace, "3_Decode")
+    assert any("The edits are off the data" in w.value and "extrapolations" in w.value for w in at.warning)
+    at.switch_page("pages/4_Neighbors.py").run()
+    assert any("The edits are off the data" in w.value for w in at.warning)
+    at.switch_page("pages/2_Projection.py").run()
+    assert not at.exception and "are off the data" in texts(at)

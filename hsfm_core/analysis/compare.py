@@ -70,6 +70,37 @@ def averages_table(store, runs: list[dict], split: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run", "worst group", *AVERAGE_LABELS.values()]).set_index("run")
 
 
+def seed_accuracy_table(store, runs: list[dict], split: str) -> pd.DataFrame:
+    """One row per (run group, group): mean and sample std of the group's accuracy over the run group's
+    finished seeds among `runs`, seeds counted, and whether it is the worst group of the means."""
+    from hsfm_core.analysis.seeds import aggregate, run_groups
+
+    names = store.groups.names
+    rows = []
+    for run_group in run_groups(runs):
+        agg = aggregate(run_group, split)
+        if not agg["n"]:
+            continue
+        means = [np.nan if v is None else v for v in agg["group_acc"]["mean"]]
+        worst = int(np.nanargmin(means)) if not np.all(np.isnan(means)) else None
+        for g, name in enumerate(names):
+            rows.append({"run group": run_group.name, "method": run_group.method, "group": name, "g": g,
+                         "mean": agg["group_acc"]["mean"][g], "std": agg["group_acc"]["std"][g], "seeds": agg["n"],
+                         "worst": g == worst})
+    return pd.DataFrame(rows, columns=["run group", "method", "group", "g", "mean", "std", "seeds", "worst"])
+
+
+def seed_averages_table(runs: list[dict], split: str) -> pd.DataFrame:
+    """One row per run group: seeds, and every labelled figure as 'mean ± std' (percent)."""
+    from hsfm_core.analysis.seeds import format_mean_std, summary_table, run_groups
+
+    table = summary_table(run_groups(runs), split)
+    out = pd.DataFrame({"run group": table["group"], "seeds": table["seeds"]})
+    for key, label in AVERAGE_LABELS.items():
+        out[label] = [format_mean_std(m, s) for m, s in zip(table[f"{key}_mean"], table[f"{key}_std"])]
+    return out.set_index("run group")
+
+
 def predictions(store, run: dict, split: str) -> np.ndarray:
     """The run's predicted class for every example of `split` (store order)."""
     check_run_fits_store(run, store)

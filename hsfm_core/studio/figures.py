@@ -45,6 +45,44 @@ def accuracy_bars(table: pd.DataFrame) -> go.Figure:
     return figure
 
 
+def seed_accuracy_bars(table: pd.DataFrame) -> go.Figure:
+    """Grouped bars at the mean over seeds, ± one sample std as error bars, one colour per run group,
+    each run group's worst group hatched. `table` is `compare.seed_accuracy_table`."""
+    figure = go.Figure()
+    run_groups = table.groupby("run group", sort=False)
+    for colour, (name, rows) in zip(palette(run_groups.ngroups), run_groups):
+        seeds = int(rows["seeds"].iloc[0])
+        figure.add_bar(name=f"{name} ({seeds} seed{'s' if seeds > 1 else ''})", x=rows["group"], y=rows["mean"],
+                       marker_color=colour, error_y={"type": "data", "array": rows["std"].fillna(0)},
+                       marker_pattern_shape=["/" if w else "" for w in rows["worst"]],
+                       customdata=np.stack([rows["std"].fillna(np.nan), rows["seeds"]], axis=1),
+                       hovertemplate="%{x}<br>mean accuracy %{y:.1%} ± %{customdata[0]:.1%} (sample std over "
+                                     "%{customdata[1]} seeds)<extra>%{fullData.name}</extra>")
+    figure.update_layout(barmode="group", yaxis={"tickformat": ".0%", "range": [0, 1.05], "title": "mean accuracy"},
+                         xaxis_title="group (class · attribute)", height=420,
+                         legend={"orientation": "h", "y": -0.25}, margin={"t": 20})
+    return figure
+
+
+def sweep_heatmap(table: pd.DataFrame, x: str, y: str) -> go.Figure:
+    """Mean val worst-group accuracy over two swept settings (the best over any others, as labelled),
+    the selected configuration marked ★. `table` is `sweeps.results`."""
+    cells = table.groupby([y, x], sort=False)["val_wga_mean"].max().unstack(x)
+    figure = go.Figure(go.Heatmap(z=cells.to_numpy(dtype=float), x=[str(c) for c in cells.columns],
+                                  y=[str(i) for i in cells.index], colorscale="Viridis", zmin=0, zmax=1,
+                                  texttemplate="%{z:.1%}", colorbar={"title": "val WGA", "tickformat": ".0%"},
+                                  hovertemplate=f"{x} %{{x}}<br>{y} %{{y}}<br>mean val WGA %{{z:.1%}}<extra></extra>"))
+    chosen = table[table["selected"]]
+    if len(chosen):
+        figure.add_scatter(x=[str(chosen[x].iloc[0])], y=[str(chosen[y].iloc[0])], mode="text", text=["★"],
+                           textfont={"size": 28, "color": "white"}, name="selected on val", showlegend=False)
+    others = [c for c in table.columns if c not in (x, y) and c in table.attrs.get("grid", [])]
+    figure.update_layout(xaxis_title=x, yaxis_title=y, height=360, margin={"t": 30},
+                         title={"text": "mean val worst-group accuracy" + (f" (best over {', '.join(others)})"
+                                                                           if others else ""), "font": {"size": 13}})
+    return figure
+
+
 def colour_values(frame: pd.DataFrame, field: str, class_names, attribute_names, group_labels) -> pd.Series:
     """The category name of every map point under a colour field."""
     if field == "group":
@@ -62,10 +100,11 @@ def colour_values(frame: pd.DataFrame, field: str, class_names, attribute_names,
     raise ValueError(f"unknown colour field {field!r}; expected one of {COLOUR_FIELDS}")
 
 
-def projection_map(frame: pd.DataFrame, colours: pd.Series, drawn: np.ndarray, height: int = 640) -> go.Figure:
+def projection_map(frame: pd.DataFrame, colours: pd.Series, drawn: np.ndarray, height: int = 640,
+                   edit_notes: list[str] | None = None) -> go.Figure:
     """WebGL scatter of the map: `drawn` original points as a light backdrop coloured by
-    `colours`, support points before (circles) → after (diamonds) with arrows. Every marker
-    carries its frame position in `customdata`. The figure does not depend on the selection, so
+    `colours`, support points before (circles) → after (diamonds) with arrows; `edit_notes[i]`
+    (how far support example i moved) is in its hover. Every marker carries its frame position in `customdata`. The figure does not depend on the selection, so
     a lasso never makes the browser redraw the map (plotly highlights the selection itself)."""
     figure = go.Figure()
     categories = sorted(colours.unique(), key=str)
@@ -90,9 +129,10 @@ def projection_map(frame: pd.DataFrame, colours: pd.Series, drawn: np.ndarray, h
                 figure.add_scattergl(
                     x=frame["x"].to_numpy()[points], y=frame["y"].to_numpy()[points], mode="markers", name=name,
                     customdata=points, text=frame["support"].to_numpy()[points],
+                    hovertext=[edit_notes[int(i)] if edit_notes else "" for i in frame["support"].to_numpy()[points]],
                     marker={"size": 10, "symbol": symbol, "color": [colour_of[c] for c in colours.to_numpy()[points]],
                             "line": {"width": 1.5, "color": "black"}},
-                    hovertemplate=f"{name}<br>support #%{{text}}<extra></extra>")
+                    hovertemplate=f"{name}<br>support #%{{text}}<br>%{{hovertext}}<extra></extra>")
     figure.update_layout(dragmode="lasso", height=height, margin={"t": 10, "b": 10},
                          legend={"itemsizing": "constant"}, xaxis={"showticklabels": False, "title": None},
                          yaxis={"showticklabels": False, "title": None})

@@ -164,6 +164,17 @@ def latest_per_method(runs: list[dict]) -> dict[str, dict]:
     return {m: latest[m] for m in sorted(latest, key=lambda m: (methods.order_of(m), str(m)))}
 
 
+def default_compared(runs: list[dict]) -> list[str]:
+    """Every seed of the newest run group of each method (registry order): comparisons are over seeds."""
+    from hsfm_core.analysis.seeds import group_key
+
+    latest = latest_per_method(runs)
+    keys = {group_key(run) for run in latest.values()}
+    ordered = [run["method"] for run in latest.values()]
+    chosen = [r for r in runs if group_key(r) in keys]
+    return [r["run_id"] for r in sorted(chosen, key=lambda r: ordered.index(r["method"]))]
+
+
 def editor_labels() -> str:
     """'HSFM' (or 'HSFM / …'): the registered methods whose runs carry edited features."""
     from hsfm_core import methods
@@ -194,12 +205,13 @@ def run_pickers(store) -> tuple[list[dict], dict | None]:
         sidebar.info("No finished runs yet: train one on the Retrain page or with `python -m hsfm_core train`.")
         return [], None
 
-    default = [r["run_id"] for r in latest_per_method(runs).values()]
+    default = default_compared(runs)
     compared = [i for i in st.session_state.get(COMPARE_KEY, default) if i in by_id]
     st.session_state["w.compare"] = compared
     sidebar.multiselect("Runs to compare", list(by_id), key="w.compare", format_func=labels.get,
                         on_change=_persisted, args=("w.compare", COMPARE_KEY),
-                        help="Shown side by side on Groups; the newest run of each method is picked by default.")
+                        help="Shown side by side on Groups; every seed of each method's newest settings is picked by "
+                             "default, and runs that differ only in their seed are shown as mean ± std.")
     st.session_state[COMPARE_KEY] = st.session_state["w.compare"]
 
     edited = [r["run_id"] for r in runs if (r["path"] / "support.safetensors").is_file()]
@@ -240,6 +252,40 @@ def load_support(run: dict) -> dict:
 # -- heavy shared objects ------------------------------------------------------------------------------
 
 @st.cache_resource(show_spinner="Building the nearest-neighbour index…", max_entries=2, hash_funcs=STORE_HASH)
+@st.cache_data(max_entries=16, show_spinner="Measuring how far the edits moved…", hash_funcs=STORE_HASH)
+def _edit_diagnostics(store, run_id: str, _run) -> dict:
+    from hsfm_core.analysis.diagnostics import run_diagnostics
+
+    return run_diagnostics(store, load_support(_run))
+
+
+def edit_diagnostics(store, run: dict) -> dict:
+    """`analysis.diagnostics.run_diagnostics` of a run's edits, cached per (store, run)."""
+    return _edit_diagnostics(store, run["run_id"], run)
+
+
+def edit_summary(diagnostics: dict) -> str:
+    """One line: the median edit, relative to a feature, and how many edited points left the data."""
+    return (f"Median edit ‖Δ‖ = {diagnostics['median_edit_norm']:.3g} ({diagnostics['median_relative_edit_norm']:.0%} "
+            f"of its feature's norm); median distance to the nearest real feature {diagnostics['median_off_data_ratio']:.2f}× "
+            f"the store's typical nearest-neighbour distance; {diagnostics['off_data_share']:.0%} of the edited points "
+            f"are off the data (beyond {diagnostics['off_data_threshold']:.2f}×, where 99% of real features stay).")
+
+
+def warn_if_off_data(store, run: dict) -> None:
+    """The visible warning Decode and Neighbors show when the median edited feature has left the data."""
+    from hsfm_core.analysis.diagnostics import warning_text
+
+    with errors_shown("Cannot measure the edits", stop=False):
+        diagnostics = edit_diagnostics(store, run)
+        text = warning_text(diagnostics)
+        if text:
+            st.warning(f"**The edits are off the data.** {text} Try a run tuned on validation (Retrain → Sweep).",
+                       icon=":material/warning:")
+        else:
+            st.caption(edit_summary(diagnostics))
+
+
 def feature_index(store):
     """The FAISS index over all of the store's rows (built once, then read from `cache/`)."""
     from hsfm_core.analysis.retrieval import workspace_index
