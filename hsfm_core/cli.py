@@ -647,8 +647,9 @@ def _add_sweep(sub) -> None:
                    help="fixed settings for every configuration")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--device", default="auto")
-    p.add_argument("--submit", choices=("local", "slurm"), default="local",
-                   help="local: worker processes here (default); slurm: one background job per configuration")
+    p.add_argument("--submit", choices=("local", "slurm"), default=None,
+                   help="one background job per configuration, on this machine (the job limit applies) or on Slurm; "
+                        "prints the job ids and returns. Without it the sweep runs here and prints its table")
     p.add_argument("--max-parallel", type=int, help="configurations training at once (default: the job limit, 2)")
     p.add_argument("--partition", help="slurm partition")
     p.add_argument("--time", type=int, default=None, help="slurm time limit in minutes")
@@ -674,9 +675,13 @@ def _run_sweep(args) -> int:
         slurm = {"partition": args.partition, "time_min": args.time or 60, "gpus": args.gpus}
     request = sweeps.SweepRequest(method=args.method, grid=sweeps.parse_grid(args.method, args.grid),
                                   seeds=tuple(dict.fromkeys(args.seeds)), preset=args.preset,
-                                  overrides=tuple(args.overrides), device=args.device, executor=args.submit,
+                                  overrides=tuple(args.overrides), device=args.device, executor=args.submit or "local",
                                   slurm=slurm, max_parallel=args.max_parallel)
     total = len(request.configurations())
+    if args.submit:
+        launched = sweeps.submit(args.workspace, request)
+        print(json.dumps({"sweep_id": request.sweep_id, "jobs": launched, "status": "submitted" if launched else "done"}))
+        return 0
     if not args.quiet:
         print(f"sweep {request.sweep_id}: {total} configuration(s) × {len(request.seeds)} seed(s); "
               f"finished runs are kept (rerun to resume)", file=sys.stderr)

@@ -138,10 +138,9 @@ def list_jobs(workspace: str | os.PathLike) -> list[dict]:
 def job_limit(workspace: str | os.PathLike) -> int:
     """How many local jobs of this workspace train at once (`set_max_parallel`; default 2)."""
     path = Path(workspace, "jobs") / "settings.json"
-    if not path.is_file():
-        return DEFAULT_MAX_PARALLEL
     try:
-        return int(json.loads(path.read_text()).get("max_parallel", DEFAULT_MAX_PARALLEL))
+        return int(json.loads(path.read_text()).get("max_parallel", DEFAULT_MAX_PARALLEL)) if path.is_file() \
+            else DEFAULT_MAX_PARALLEL
     except (ValueError, TypeError, AttributeError):
         raise InputError(f"{path}: expected {{\"max_parallel\": N}}; fix or delete the file") from None
 
@@ -166,12 +165,12 @@ def slurm_parameters(options, job_id: str) -> dict:
             **({"additional_parameters": {str(k): v for k, v in o.extra.items()}} if o.extra else {})}
 
 
-def launch(workspace: str | os.PathLike, spec) -> dict:
-    """Check the request (a `TrainSpec`), register the job, submit it; → its record, at once. `InputError` for
-    a bad request, store or device (nothing registered) or a refused submission (the job stays, `failed`)."""
+def launch(workspace: str | os.PathLike, spec, run_id: str | None = None) -> dict:
+    """Check the request (a `TrainSpec`), register the job, submit it; → its record, at once. `InputError` (nothing
+    registered) for a bad request, store, device or taken `run_id`; a refused submission leaves the job `failed`."""
     from hsfm_core.features.encoders import resolve_device
     from hsfm_core.runs import new_run_id
-    from hsfm_core.train import open_store_for, run_ids_for
+    from hsfm_core.train import free_run_ids, open_store_for
 
     spec, workspace = spec.check(), Path(workspace).resolve()
     open_store_for(workspace, spec.method)
@@ -182,11 +181,12 @@ def launch(workspace: str | os.PathLike, spec) -> dict:
     if (limit := int(spec.max_parallel or job_limit(workspace))) < 1:
         raise InputError(f"the job limit must be ≥ 1, got {limit}")
     now = datetime.now(timezone.utc)
-    job_id, run_id = f"job-{now:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}", new_run_id(spec.method)
+    job_id, run_id = f"job-{now:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}", run_id or new_run_id(spec.method)
+    run_ids = free_run_ids(workspace, run_id, spec.seeds)
     (directory := job_dir(workspace, job_id)).joinpath("submitit").mkdir(parents=True)
     write_json_atomic(directory / "job.json", {
         "job_id": job_id, "workspace": str(workspace), "spec": spec.to_dict(), "run_id": run_id,
-        "run_ids": run_ids_for(run_id, spec.seeds), "max_parallel": limit if spec.executor == "local" else None,
+        "run_ids": run_ids, "max_parallel": limit if spec.executor == "local" else None,
         "created_at": now.isoformat(timespec="seconds"), "created_t": time.time(),
         # the caller's GPUs, restored by the worker: submitit's controller cannot leave CUDA_VISIBLE_DEVICES unset
         "env": {k: v for k, v in os.environ.items() if k == "CUDA_VISIBLE_DEVICES"},

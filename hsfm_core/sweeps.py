@@ -4,7 +4,8 @@ selected on validation only.
     sweeps/<sweep_id>/request.json   method, preset, grid, fixed overrides, seeds, placement
     sweeps/<sweep_id>/status         running | done | failed | cancelled
     sweeps/<sweep_id>/cancel         present when a cancel was asked for
-    sweeps/<sweep_id>/results.csv    one row per configuration (written after every configuration)
+    sweeps/<sweep_id>/results.csv    one row per configuration (written when a foreground sweep ends)
+    sweeps/<sweep_id>/jobs.json      the background jobs of a submitted sweep, {config: job id}
 
 Every (configuration, seed) is an ordinary run, `<sweep_id>-c<k>-s<seed>`, tagged in its config
 with `sweep` and `sweep_config`. The sweep id is a hash of the method, preset, grid and fixed
@@ -17,10 +18,12 @@ the selected one has the highest mean val worst-group accuracy over its seeds; t
 1e-9) go to the higher mean val adjusted average, then to the earlier configuration in grid order.
 Test figures are reported for every configuration and never read by `select`.
 
-Execution: configurations run in parallel worker processes (`spawn`), at most `max_parallel` at a
-time (default: the workspace's job limit); a configuration's seeds train in one `train` call, where
-HSFM batches or loops them by size (`methods/hsfm.py`). With `executor="slurm"` each configuration
-is a background job through `jobs.launch`.
+Execution. In the foreground (`run`, the CLI's default) configurations train in parallel worker
+processes (`spawn`), at most `max_parallel` at a time (default: the workspace's job limit). In the
+background (`submit`, the app's Sweep view and the CLI's `--submit local|slurm`) each configuration
+is one job of the existing job machinery (`jobs.launch`): local jobs wait for the workspace's
+concurrency slots, Slurm jobs go to the scheduler. Either way a configuration's seeds train in one
+`train` call, where HSFM batches or loops them by size (`methods/hsfm.py`).
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ class SweepRequest:
         pairs = [f"{name}={_text(value)}" for name, value in configuration.items()]
         return TrainSpec.create(self.method, preset=self.preset, overrides=[*self.overrides, *pairs], seeds=seeds,
                                 device=self.device, executor=self.executor, slurm=self.slurm,
-                                tags={"sweep": self.sweep_id, "sweep_config": k})
+                                max_parallel=self.max_parallel, tags={"sweep": self.sweep_id, "sweep_config": k})
 
 
 def _text(value) -> str:
@@ -201,12 +204,9 @@ def run(workspace: str | os.PathLike, request: SweepRequest,
     todo = pending(workspace, request)
     status = "done"
     try:
-        if request.executor == "slurm":
-            for k, configuration, seeds in todo:
-                jobs.launch(workspace, request.spec(configuration, seeds, k))  # a background job per configuration
-            status = "running" if todo else "done"
-        elif todo:
-            workers = min(int(request.max_parallel or jobs.job_limit(workspace)), len(todo))
+        if todo:
+            limit = int(request.max_parallel or jobs.job_limit(workspace))
+            workers = min(limit, len(todo))
             threads = max(1, (os.cpu_count() or 1) // workers)
             with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
                 futures = [pool.submit(_train_configuration, str(workspace), _request_dict(request), k, seeds, threads)
@@ -229,15 +229,73 @@ def run(workspace: str | os.PathLike, request: SweepRequest,
     return results(workspace, request)
 
 
+def submit(workspace: str | os.PathLike, request: SweepRequest) -> dict:
+    """Launch every unfinished configuration as a background job (`jobs.launch`), return {config: job id}.
+
+    Local jobs queue for the workspace's slots; Slurm jobs go to the scheduler. Follow it with `progress`."""
+    from hsfm_core import jobs
+
+    workspace = Path(workspace).resolve()
+    directory = create(workspace, request)
+    (directory / "cancel").unlink(missing_ok=True)
+    launched = {}
+    for k, configuration, seeds in pending(workspace, request):
+        for seed in seeds:  # an unfinished earlier attempt: train it again
+            path = run_dir(workspace, run_id_of(request, k, seed))
+            if path.exists():
+                shutil.rmtree(path)
+        record = jobs.launch(workspace, request.spec(configuration, seeds, k), run_id=f"{request.sweep_id}-c{k:02d}")
+        launched[str(k)] = record["job_id"]
+    write_json_atomic(directory / "jobs.json", launched)
+    write_text_atomic(directory / "status", ("submitted" if launched else "done") + "\n")
+    return launched
+
+
+def progress(workspace: str | os.PathLike, sweep_id: str) -> dict:
+    """{status, configurations, finished, table}: a sweep's state read from its runs (and jobs when submitted).
+
+    status: done (every seed finished), running (runs or jobs still active), cancelled, failed (some
+    runs ended without finishing), or new."""
+    from hsfm_core import jobs
+
+    request = load_request(workspace, sweep_id)
+    table = results(workspace, request)
+    recorded = status(workspace, sweep_id)
+    finished = int((table["seeds_done"] == table["seeds"]).sum())
+    if finished == len(table):
+        state = "done"
+    elif recorded == "submitted":
+        try:
+            launched = json.loads((sweep_dir(workspace, sweep_id) / "jobs.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            launched = {}
+        active = [j for j in launched.values() if jobs.get_job(workspace, j)["status"] in jobs.ACTIVE]
+        state = "running" if active else ("cancelled" if (sweep_dir(workspace, sweep_id) / "cancel").exists()
+                                          else "failed")
+    else:
+        state = recorded
+    return {"status": state, "configurations": len(table), "finished": finished, "table": table, "request": request}
+
+
 def _request_dict(request: SweepRequest) -> dict:
     return {**asdict(request), "seeds": list(request.seeds), "overrides": list(request.overrides)}
 
 
 def cancel(workspace: str | os.PathLike, sweep_id: str) -> None:
-    """Ask a running sweep to stop: workers end their runs `cancelled` at the next epoch; rerun to resume."""
+    """Stop a sweep: foreground workers end their runs `cancelled` at the next epoch, background jobs are
+    cancelled through the job layer. Running the sweep again resumes it."""
+    from hsfm_core import jobs
+
     directory = sweep_dir(workspace, sweep_id)
     load_request(workspace, sweep_id)
     write_text_atomic(directory / "cancel", time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
+    try:
+        launched = json.loads((directory / "jobs.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        launched = {}
+    for job_id in launched.values():
+        if jobs.get_job(workspace, job_id)["status"] in jobs.ACTIVE:
+            jobs.cancel(workspace, job_id)
 
 
 def results(workspace: str | os.PathLike, request: SweepRequest) -> pd.DataFrame:

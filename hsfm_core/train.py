@@ -54,6 +54,15 @@ def run_ids_for(run_id: str, seeds: Sequence[int]) -> list[str]:
     return [f"{run_id}-s{int(seed)}" for seed in dict.fromkeys(seeds)]
 
 
+def free_run_ids(workspace: str | os.PathLike, run_id: str, seeds: Sequence[int]) -> list[str]:
+    """`run_ids_for`, after checking that none exists yet: runs are never overwritten."""
+    run_ids = run_ids_for(run_id, seeds)
+    for rid in run_ids:
+        if run_dir(workspace, rid).exists():
+            raise InputError(f"{run_dir(workspace, rid)} already exists; runs are never overwritten")
+    return run_ids
+
+
 def train(workspace: str | os.PathLike, spec: TrainSpec | str, *, progress: Progress | None = None,
           run_id: str | None = None, **request) -> list[TrainedRun]:
     """Fit `spec.method` for each seed and write one finished run per seed.
@@ -71,10 +80,7 @@ def train(workspace: str | os.PathLike, spec: TrainSpec | str, *, progress: Prog
         raise TypeError(f"train(workspace, spec) takes no request keywords beside a TrainSpec: {sorted(request)}")
     method = methods.get(spec.method)
     base_id = run_id if run_id is not None else new_run_id(spec.method)
-    run_ids = run_ids_for(base_id, spec.seeds)
-    for rid in run_ids:  # all checked before the first run directory exists
-        if run_dir(workspace, rid).exists():
-            raise InputError(f"{run_dir(workspace, rid)} already exists; runs are never overwritten")
+    run_ids = free_run_ids(workspace, base_id, spec.seeds)  # all checked before the first run directory exists
     store = open_store_for(workspace, spec.method)
     settings, preset, why = spec.resolve(store)
     device = resolve_device(spec.device) if method.uses_device else torch.device("cpu")

@@ -15,6 +15,7 @@ from hsfm_core.errors import InputError
 from hsfm_core.methods.base import parse_seeds
 from hsfm_core.spec import TrainSpec
 from hsfm_core.studio import ui
+from hsfm_core.studio.sweep_view import sweep_section
 from hsfm_core.studio.figures import training_curves
 
 store, compared, focus = ui.page_header(
@@ -24,7 +25,8 @@ store, compared, focus = ui.page_header(
 workspace = store.path
 ui.start_job_warm_up()
 WATCH_KEY = "retrain.watch"  # the job this session follows
-CURVE_COLUMNS = ["epoch", "seed", "outer_loss", "head_loss", "val_avg", "val_wga"]  # what `training_curves` draws
+CURVE_COLUMNS = ["epoch", "seed", "outer_loss", "head_loss", "val_avg", "val_wga",  # what `training_curves` draws
+                 "median_relative_edit"]
 
 # -- the request --------------------------------------------------------------------------------------
 by_name = {m.name: m for m in methods.all_methods()}
@@ -33,12 +35,18 @@ left, right = st.columns(2)
 method = by_name[left.selectbox("Method", list(by_name), index=list(by_name).index((editors or list(by_name))[0]),
                                 format_func=lambda n: f"{by_name[n].label}: {by_name[n].description}",
                                 key="retrain.method")]
-default_preset = method.default_preset(store)[0]
-presets = list(method.presets) or ["default"]
-preset = right.selectbox("Preset", presets, key=f"retrain.{method.name}.preset", disabled=not method.presets,
+default_preset, default_why = method.default_preset(store)
+presets = (list(method.presets) + (["auto"] if method.has_auto else [])) or ["default"]
+preset = right.selectbox("Preset", presets, key=f"retrain.{method.name}.preset", disabled=len(presets) < 2,
                          index=presets.index(default_preset) if default_preset in presets else 0,
                          help="the settings below start from it")
-base = method.settings(preset if method.presets else None)
+with ui.errors_shown("Cannot derive the auto settings for this store"):
+    if preset == "auto":
+        base, why = ui.auto_settings(store, method.name)
+    else:
+        base, why = method.settings(preset if method.presets else None), "asked for"
+st.caption(f"Preset **{preset}** — " + (f"the default for this store: {default_why}" if preset == default_preset
+                                        else why) + (f". {why}" if preset == "auto" else "."))
 alias_of = {field: alias for alias, field in method.aliases.items()}
 
 with st.form("retrain.form"):
@@ -92,12 +100,14 @@ def pairs(text: str, what: str) -> dict:
 if launched:
     try:
         typed = {k: method.coerce(method.field_name(k), v) if isinstance(v, str) else v for k, v in values.items()}
-        overrides = method.overrides_from(preset if method.presets else None, typed) + extra.split()
+        overrides = method.overrides_from(preset if preset in method.presets else None, typed,
+                                          base=base if preset == "auto" else None) + extra.split()
         slurm = None
         if where == "a Slurm cluster":
             slurm = {"partition": partition.strip(), "time_min": int(time_min), "gpus": int(gpus),
                      "mem_gb": float(mem_gb) or None, "extra": pairs(sbatch, "sbatch option")}
-        spec = TrainSpec.create(method.name, preset=preset if method.presets else None, overrides=overrides,
+        spec = TrainSpec.create(method.name, preset=preset if preset in (*method.presets, "auto") else None,
+                                overrides=overrides,
                                 seeds=parse_seeds(seeds_text), device=device if method.uses_device else "auto",
                                 executor="slurm" if slurm else "local", slurm=slurm)
         job = jobs.launch(workspace, spec)
@@ -120,6 +130,9 @@ with st.expander("Jobs on this machine"), ui.errors_shown("Cannot read the job s
     st.session_state["retrain.limit"] = current_limit  # the file is the truth: another session may change it
     st.number_input("How many jobs train at once (the rest wait, queued)", 1, max(16, current_limit),
                     key="retrain.limit", on_change=save_job_limit)
+
+# -- sweeps: a grid of settings × seeds, one job per configuration, selected on validation ----------------
+sweep_section(workspace, store)
 
 # -- the jobs -------------------------------------------------------------------------------------------
 all_jobs = jobs.list_jobs(workspace)

@@ -13,6 +13,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from hsfm_core import jobs, methods
+from hsfm_core.features import FeatureStore
 from hsfm_core.runs import list_runs
 from hsfm_core.spec import TrainSpec
 from hsfm_core.studio import ui
@@ -43,6 +44,8 @@ def set_hsfm(at, **values) -> None:
     """Choose HSFM and set its settings boxes (waterbirds preset) by alias, e.g. n=4."""
     if at.selectbox(key="retrain.method").value != "hsfm":
         at.selectbox(key="retrain.method").set_value("hsfm").run()
+    if at.selectbox(key="retrain.hsfm.preset").value != "waterbirds":  # generated features default to `auto`
+        at.selectbox(key="retrain.hsfm.preset").set_value("waterbirds").run()
     for alias, value in values.items():
         field = methods.get("hsfm").aliases[alias]
         at.number_input(key=f"retrain.hsfm.waterbirds.{field}").set_value(value)
@@ -86,8 +89,14 @@ def test_the_form_is_read_from_the_registry(monkeypatch, workspace):
         assert labels == {f.name + (f" · {alias_of[f.name]}" if f.name in alias_of else "")
                           for f in dataclasses.fields(m.Settings)}, (m.name, labels)
         preset = at.selectbox(key=f"retrain.{m.name}.preset")
-        assert preset.options == (list(m.presets) or ["default"]) and preset.disabled == (not m.presets)
+        options = (list(m.presets) + (["auto"] if m.has_auto else [])) or ["default"]
+        assert preset.options == options and preset.disabled == (len(options) < 2)
+        assert preset.value == m.default_preset(FeatureStore.open(workspace))[0] or not m.presets  # the store's default
     choice.set_value("hsfm").run()
+    store = FeatureStore.open(workspace)
+    auto, why = methods.get("hsfm").auto_settings(store)  # the default here: the store's own scale
+    assert at.number_input(key="retrain.hsfm.auto.inner_lr").value == auto.inner_lr
+    assert any("Preset **auto**" in c.value and "ResNet-50" in c.value for c in at.caption)
     at.selectbox(key="retrain.hsfm.preset").set_value("celeba").run()  # another preset: its values in the boxes
     assert at.number_input(key="retrain.hsfm.celeba.n_support").value == methods.get("hsfm").presets["celeba"].n_support
 
@@ -180,3 +189,40 @@ def test_follow_any_job(monkeypatch, workspace):
     at.run()  # and it stays on the user's choice
     assert at.selectbox(key="retrain.watch_widget").value == first["job_id"]
     assert f"Done: {first['run_ids'][0]}" in at.success[0].value
+
+
+def test_sweep_view_launches_watches_and_opens_the_selection(monkeypatch, workspace):
+    """Retrain's Sweep section: a 2 × 2 grid over two seeds as background jobs, a live table and heatmap,
+    the configuration selected on validation opened in Groups."""
+    from hsfm_core import sweeps
+
+    at = retrain_page(monkeypatch, workspace)
+    at.selectbox(key="sweep.method").set_value(methods.get("hsfm")).run()
+    at.selectbox(key="sweep.preset.hsfm").set_value("waterbirds").run()
+    at.text_input(key="sweep.values.hsfm.inner_lr").set_value("1e-3, 1e-2")
+    at.text_input(key="sweep.values.hsfm.outer_lr").set_value("0.1, 1")
+    at.text_input(key="sweep.seeds").set_value("0, 1")
+    at.text_input(key="sweep.fixed").set_value("E=2 K_H=2 T=2 n=4 K_hard=8")
+    at.button(key="sweep.launch").click().run()
+    assert not at.exception, at.exception
+    (sweep,) = sweeps.list_sweeps(workspace)
+    assert sweep["configurations"] == 4 and sweep["seeds"] == [0, 1]
+
+    def finished(a) -> bool:
+        return any(m.value.startswith("**done**") for m in a.markdown)
+
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not finished(at):
+        at.run()
+        assert not at.exception, at.exception
+        time.sleep(1)
+    assert finished(at), [m.value for m in at.markdown][-3:]
+    table = next(d.value for d in at.dataframe if "selected" in d.value.columns)
+    assert len(table) == 4 and table["selected"].sum() == 1 and (table["seeds_done"] == 2).all()
+    assert any(c.key and c.key.startswith("sweep.heatmap") for c in at.get("plotly_chart"))
+    request = sweeps.load_request(workspace, sweep["sweep_id"])
+    chosen = sweeps.select(sweeps.results(workspace, request))
+    at.button(key=f"sweep.open.{sweep['sweep_id']}").click().run()
+    assert not at.exception, at.exception
+    assert at.session_state[ui.COMPARE_KEY] == [sweeps.run_id_of(request, chosen, s) for s in (0, 1)]
+    assert at.radio(key="groups.view").value == "mean ± std over seeds"  # on Groups, over the two seeds

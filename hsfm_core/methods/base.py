@@ -126,10 +126,10 @@ class Method:
             raise InputError(f"{self.name} setting {context or name!r}: {name} must be {kind.__name__}, "
                              f"got {raw!r}") from None
 
-    def overrides_from(self, preset: str | None, values: dict) -> list[str]:
+    def overrides_from(self, preset: str | None, values: dict, base=None) -> list[str]:
         """`key=value` overrides for the settings in `values` ({field or alias: value}) that differ from
-        the preset: what a form with one box per setting submits."""
-        base = dataclasses.asdict(self.settings(preset))
+        the preset (or from `base` settings, e.g. `auto`'s for a store): what a form with one box per setting submits."""
+        base = dataclasses.asdict(base if base is not None else self.settings(preset))
         out = []
         for key, value in values.items():
             name = self.field_name(key)

@@ -50,10 +50,12 @@ class DFR:
         self.seed = seed
 
     def _fit_l1(self, x, y, C):
-        if self.groups.n_classes == 2:
-            model = LogisticRegression(C=C, l1_ratio=1.0, solver="liblinear")  # pure L1 (sklearn ≥ 1.8 spelling)
+        # random_state: the solvers draw from numpy's global state otherwise, so a run would not be
+        # reproducible from its seed alone
+        if self.groups.n_classes == 2:  # pure L1 (sklearn ≥ 1.8 spelling)
+            model = LogisticRegression(C=C, l1_ratio=1.0, solver="liblinear", random_state=self.seed)
         else:
-            model = LogisticRegression(C=C, l1_ratio=1.0, solver="saga", max_iter=2000)
+            model = LogisticRegression(C=C, l1_ratio=1.0, solver="saga", max_iter=2000, random_state=self.seed)
         return model.fit(x, y)
 
     def fit(self, features: np.ndarray, y: np.ndarray, g: np.ndarray) -> "DFR":

@@ -170,23 +170,23 @@ def concept_bars(top: list[dict], title: str = "") -> go.Figure:
     return figure
 
 
-def epoch_history(entries: list[dict]) -> pd.DataFrame:
-    """One row per (epoch, seed) from a job's progress lines (`stage == "epoch"`)."""
-    rows = [{"epoch": e["epoch"], **seed} for e in entries if e.get("stage") == "epoch" for seed in e.get("per_seed", [])]
-    return pd.DataFrame(rows, columns=["epoch", "seed", "outer_loss", "head_loss", "val_avg", "val_wga"])
-
-
 def training_curves(history: pd.DataFrame) -> go.Figure:
-    """Outer loss and validation accuracy per epoch (`epoch_history`), one line per seed."""
+    """Outer loss, validation accuracy and (for feature editors) the median edit size ‖Δ‖/‖z‖ per epoch
+    (the runs' history.jsonl lines with their seed), one line per seed: growing edits show when an editor leaves the data."""
     from plotly.subplots import make_subplots
 
-    figure = make_subplots(rows=1, cols=2, subplot_titles=("outer loss on the hard set", "validation accuracy"))
+    edits = "median_relative_edit" in history and history["median_relative_edit"].notna().any()
+    titles = ("outer loss on the hard set", "validation accuracy") + (("median edit ‖Δ‖ / ‖z‖",) if edits else ())
+    figure = make_subplots(rows=1, cols=len(titles), subplot_titles=titles)
     for seed, rows in history.groupby("seed"):
         figure.add_scatter(x=rows["epoch"], y=rows["outer_loss"], mode="lines+markers", name=f"outer loss (seed {seed})",
                            row=1, col=1)
         for column, label in (("val_wga", "worst group"), ("val_avg", "average")):
             figure.add_scatter(x=rows["epoch"], y=rows[column], mode="lines+markers", name=f"val {label} (seed {seed})",
                                row=1, col=2)
+        if edits:
+            figure.add_scatter(x=rows["epoch"], y=rows["median_relative_edit"], mode="lines+markers",
+                               name=f"median ‖Δ‖/‖z‖ (seed {seed})", row=1, col=3)
     figure.update_yaxes(tickformat=".0%", row=1, col=2)
     figure.update_xaxes(title_text="epoch")
     figure.update_layout(height=320, margin={"t": 40})

@@ -286,6 +286,14 @@ def warn_if_off_data(store, run: dict) -> None:
             st.caption(edit_summary(diagnostics))
 
 
+@st.cache_data(max_entries=8, show_spinner="Deriving settings from the store's scale…", hash_funcs=STORE_HASH)
+def auto_settings(store, method_name: str):
+    """(settings, why) of a method's `auto` preset for this store, cached per store."""
+    from hsfm_core import methods
+
+    return methods.get(method_name).auto_settings(store)
+
+
 def feature_index(store):
     """The FAISS index over all of the store's rows (built once, then read from `cache/`)."""
     from hsfm_core.analysis.retrieval import workspace_index
