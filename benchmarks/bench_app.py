@@ -133,13 +133,13 @@ def pages_and_memory(env: dict) -> tuple[dict, dict, dict]:
 
             # Retrain: a short HSFM job; from the click on Launch run until the worker's first progress shows
             timed(timings, "open Retrain", page, nav(page, "Retrain"), "Launch run")
-            for label, value in (("n: support examples per class", "4"), ("E: epochs", "3")):
-                page.get_by_label(label).fill(value)
+            for label, value in (("n_support · n", "4"), ("epochs · E", "3")):
+                page.get_by_label(label, exact=True).fill(value)
             start = time.perf_counter()
             page.get_by_role("button", name="Launch run").click()
             page.get_by_text("Launched job").first.wait_for(timeout=60_000)
-            elapsed = page.locator("[data-testid='stMetric']", has_text="Elapsed")
-            while "—" in elapsed.inner_text() or not elapsed.inner_text().strip():
+            status = page.locator("[data-testid='stMetric']", has_text="Status")  # running: the runs exist
+            while "running" not in status.inner_text() and "done" not in status.inner_text():
                 page.wait_for_timeout(20)
             timings["Retrain: Launch run → first progress shown"] = round(time.perf_counter() - start, 3)
             page.get_by_text("Done:", exact=False).first.wait_for(timeout=600_000)

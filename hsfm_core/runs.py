@@ -1,4 +1,4 @@
-"""Run directories (DESIGN §3/§4): `<workspace>/runs/<run_id>/`.
+"""Run directories (docs/ARCHITECTURE.md §Runs): `<workspace>/runs/<run_id>/`.
 
     config.json         method, hyper-parameters, seed, device, store content hash, code version
     head.safetensors    weight, bias (final head); init.weight, init.bias (θ₀) when known

@@ -5,7 +5,9 @@ opens Neighbors. Full-page screenshots and click-to-view timings go to `test-art
 
 import json
 import os
+import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -154,50 +156,90 @@ def test_every_page_in_the_browser_with_a_real_lasso(app_workspace):
     (artifacts() / "browser-timings.json").write_text(json.dumps(timings, indent=2))
 
 
-def test_retrain_in_the_browser(app_workspace, tmp_path):
-    """Launch a short HSFM run from the Retrain page, watch its progress, find it on Groups."""
-    import shutil
-
-    from hsfm_core import jobs
+@contextmanager
+def retrain_in_browser(app_workspace, tmp_path):
+    """A copy of the app workspace served by a fresh app, a browser page on Retrain; every job killed after."""
     from tests.test_jobs import _kill_all
 
     require_chromium()
     workspace = tmp_path / "ws"
     shutil.copytree(app_workspace, workspace)
-    timings = {}
     try:
         with streamlit_app("--workspace", str(workspace), timeout=120) as url, browser_page() as page:
             page.goto(f"{url}/Retrain")
-            page.get_by_text("Launch run").first.wait_for(timeout=60_000)
-            wait_until_idle(page)
-            for label, value in (("n: support examples per class", "4"), ("T: inner steps", "2"),
-                                 ("K_H: outer steps per epoch", "2"), ("K_hard: hard examples per class", "8"),
-                                 ("E: epochs", "6")):
-                page.get_by_label(label).fill(value)
-            start = time.perf_counter()
-            page.get_by_role("button", name="Launch run").click()
-            page.get_by_text("Launched job").first.wait_for(timeout=30_000)
-            elapsed = page.locator("[data-testid='stMetric']", has_text="Elapsed")
-            while "—" in elapsed.inner_text() or not elapsed.inner_text().strip():  # the worker's first line
-                assert time.perf_counter() - start < 60, "no progress within a minute"
-                page.wait_for_timeout(50)
-            timings["click Launch run → first progress shown"] = round(time.perf_counter() - start, 3)
-            page.get_by_text("Done:", exact=False).first.wait_for(timeout=180_000)
-            timings["click Launch run → done shown"] = round(time.perf_counter() - start, 3)
-            wait_until_idle(page)
-            no_exception(page)
-            page.locator("[data-testid='stPlotlyChart']").first.wait_for(timeout=30_000)  # the training curves,
-            assert page.locator("[data-testid='stPlotlyChart']").count() == 1  # drawn after the app-wide rerun
-            shot(page, "retrain")
-            (job,) = jobs.list_jobs(workspace)
-            assert job["status"] == "done" and job["spec"]["overrides"] == ["n=4", "T=2", "K_H=2", "K_hard=8", "E=6"]
-            start = time.perf_counter()
-            page.get_by_role("button", name="Compare with the previous run", exact=False).click()
-            page.get_by_text("What changed").first.wait_for(timeout=30_000)
-            wait_until_idle(page)
-            timings["compare with the previous run → Groups"] = round(time.perf_counter() - start, 3)
-            assert "/Groups" in page.url
-            page.get_by_text(job["run_ids"][0], exact=False).first.wait_for(timeout=30_000)  # in the chart legend
+            yield workspace, page
     finally:
         _kill_all(workspace)
+
+
+def test_retrain_in_the_browser(app_workspace, tmp_path):
+    """Launch a short HSFM run from the Retrain page, watch its progress, find it on Groups."""
+    from hsfm_core import jobs
+
+    timings = {}
+    with retrain_in_browser(app_workspace, tmp_path) as (workspace, page):
+        page.get_by_text("Launch run").first.wait_for(timeout=60_000)
+        wait_until_idle(page)
+        for label, value in (("n_support · n", "4"), ("inner_steps · T", "2"), ("outer_steps · K_H", "2"),
+                             ("hard_per_class · K_hard", "8"), ("epochs · E", "6")):
+            page.get_by_label(label, exact=True).fill(value)
+        start = time.perf_counter()
+        page.get_by_role("button", name="Launch run").click()
+        page.get_by_text("Launched job").first.wait_for(timeout=30_000)
+        status = page.locator("[data-testid='stMetric']", has_text="Status")  # running: train() made its runs
+        while "running" not in status.inner_text() and "done" not in status.inner_text():
+            assert time.perf_counter() - start < 60, "no progress within a minute"
+            page.wait_for_timeout(50)
+        timings["click Launch run → first progress shown"] = round(time.perf_counter() - start, 3)
+        page.get_by_text("Done:", exact=False).first.wait_for(timeout=180_000)
+        timings["click Launch run → done shown"] = round(time.perf_counter() - start, 3)
+        wait_until_idle(page)
+        no_exception(page)
+        page.locator("[data-testid='stPlotlyChart']").first.wait_for(timeout=30_000)  # the training curves,
+        assert page.locator("[data-testid='stPlotlyChart']").count() == 1  # drawn after the app-wide rerun
+        shot(page, "retrain")
+        (job,) = jobs.list_jobs(workspace)
+        assert job["status"] == "done" and job["spec"]["overrides"] == ["n=4", "T=2", "K_H=2", "K_hard=8", "E=6"]
+        start = time.perf_counter()
+        page.get_by_role("button", name="Compare with the previous run", exact=False).click()
+        page.get_by_text("What changed").first.wait_for(timeout=30_000)
+        wait_until_idle(page)
+        timings["compare with the previous run → Groups"] = round(time.perf_counter() - start, 3)
+        assert "/Groups" in page.url
+        page.get_by_text(job["run_ids"][0], exact=False).first.wait_for(timeout=30_000)  # in the chart legend
     (artifacts() / "retrain-timings.json").write_text(json.dumps(timings, indent=2))
+
+
+def test_sweep_in_the_browser(app_workspace, tmp_path):
+    """Launch a tiny sweep from Retrain, watch it finish, open the configuration selected on validation in Groups."""
+    from hsfm_core import sweeps
+
+    timings = {}
+    with retrain_in_browser(app_workspace, tmp_path) as (workspace, page):
+        page.get_by_role("button", name="Launch sweep").wait_for(timeout=60_000)
+        wait_until_idle(page)
+        for label, value in (("inner_lr values", "1e-3, 1e-2"), ("outer_lr values", "0.1, 1"), ("Seeds of each configuration", "0, 1"),
+                             ("Fixed settings (key=value …)", "E=2 K_H=2 T=2 n=4 K_hard=8")):
+            field = page.get_by_label(label, exact=True).first
+            field.fill(value)
+            field.press("Enter")
+            wait_until_idle(page)
+        start = time.perf_counter()
+        page.get_by_role("button", name="Launch sweep").click()
+        page.get_by_text("configurations finished", exact=False).first.wait_for(timeout=60_000)
+        page.get_by_text("done", exact=True).first.wait_for(timeout=240_000)
+        page.get_by_role("button", name="Open the selected configuration in Groups").wait_for(timeout=60_000)
+        timings["click Launch sweep → done, selection offered"] = round(time.perf_counter() - start, 3)
+        wait_until_idle(page)
+        no_exception(page)
+        shot(page, "sweep")
+        (sweep,) = sweeps.list_sweeps(workspace)
+        request = sweeps.load_request(workspace, sweep["sweep_id"])
+        chosen = sweeps.select(sweeps.results(workspace, request))
+        page.get_by_role("button", name="Open the selected configuration in Groups").click()
+        page.get_by_text("What changed").first.wait_for(timeout=30_000)
+        wait_until_idle(page)
+        assert "/Groups" in page.url
+        page.get_by_text(f"c{chosen:02d}", exact=False).first.wait_for(timeout=30_000)  # the selection's run group
+        no_exception(page)
+    (artifacts() / "sweep-timings.json").write_text(json.dumps(timings, indent=2))

@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 from hsfm_core import methods
 from hsfm_core.demo import clip
-from hsfm_core.demo.build import DEMO_CLIP, MARKER, is_built
+from hsfm_core.demo.build import DEMO_CLIP, MARKER, default_demo_dir, is_built
 from hsfm_core.features import FeatureStore
 from hsfm_core.runs import list_runs
 
@@ -29,13 +29,14 @@ def first_launch(tmp_path_factory):
     os.environ.pop("HSFM_WORKSPACE", None)
     try:
         at = AppTest.from_file(APP, default_timeout=600).run()
+        workspace = default_demo_dir()
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    return at, cache / "demo-workspace-v1"
+    return at, workspace
 
 
 def test_bundled_clip_meets_its_card():

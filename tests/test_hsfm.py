@@ -25,7 +25,7 @@ torch.set_default_dtype(torch.float32)
 
 
 def reference_outer_loss(H, Y, W, b, Qx, Qy, steps, lr):
-    """An independent numpy float64 version of DESIGN §1 step 3.2 for one seed: T plain GD steps on
+    """An independent numpy float64 version of docs/ARCHITECTURE.md §HSFM step 3 for one seed: T plain GD steps on
     mean CE(H, θ') from θ, then mean CE(Q, θ'_T)."""
     def softmax(z):
         z = z - z.max(axis=1, keepdims=True)

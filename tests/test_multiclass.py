@@ -10,22 +10,20 @@ world of 3 classes × 2 attributes with a spurious attribute (tests/gaussian.py)
 """
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from streamlit.testing.v1 import AppTest
 
 from hsfm_core import methods
 from hsfm_core.features import FeatureStore
 from hsfm_core.features.importers import import_dfr, import_reference
 from hsfm_core.runs import list_runs, load_head, load_support
 from hsfm_core.train import summarize, train
+from tests.test_pages import open_page, texts
 from tests.gaussian import (MULTICLASS_ATTRIBUTES, MULTICLASS_CLASSES, USUAL_ATTRIBUTE, multiclass_problem,
                             multiclass_workspace)
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
 SIZES = (1500, 600, 600)
 SEEDS = [0, 1, 2]
 # Small settings per method, so that the whole module trains in seconds; a method registered later
@@ -156,19 +154,11 @@ def test_generic_csv_three_classes_extract_to_a_six_group_store(csv_workspace):
     assert {r["method"] for r in runs} == set(methods.names()) and all(r["status"] == "done" for r in runs)
 
 
-def open_app(monkeypatch, workspace, page: str | None = None) -> AppTest:
-    monkeypatch.setenv("HSFM_WORKSPACE", str(workspace))
-    at = AppTest.from_file(APP, default_timeout=180).run()
-    assert not at.exception, at.exception
-    if page:
-        at.switch_page(f"pages/{page}.py").run()
-    assert not at.exception, at.exception
+def open_app(monkeypatch, workspace, page: str | None = None):
+    """`test_pages.open_page`, and no error message either."""
+    at = open_page(monkeypatch, workspace, page)
     assert not at.error, [e.value for e in at.error]
     return at
-
-
-def texts(at) -> str:
-    return "\n".join([m.value for m in at.markdown] + [c.value for c in at.caption] + [i.value for i in at.info])
 
 
 def test_home_and_groups_pages_show_six_groups_and_every_method(monkeypatch, csv_workspace):

@@ -61,7 +61,7 @@ def group_name(run: dict) -> str:
     if config.get("preset"):
         parts.append(str(config["preset"]))
     if config.get("sweep"):
-        parts.append(f"sweep {config['sweep']} c{config.get('sweep_config')}")
+        parts.append(f"{config['sweep']} c{int(config.get('sweep_config') or 0):02d}")
     overrides = _overrides(run)
     if overrides:
         parts.append(" ".join(overrides))

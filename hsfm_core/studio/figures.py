@@ -39,7 +39,11 @@ def accuracy_bars(table: pd.DataFrame) -> go.Figure:
                        customdata=rows[["n", "ci_low", "ci_high"]],
                        hovertemplate="%{x}<br>accuracy %{y:.1%} (95% CI %{customdata[1]:.1%}–%{customdata[2]:.1%})"
                                      "<br>n = %{customdata[0]}<extra>%{fullData.name}</extra>")
-    figure.update_layout(barmode="group", yaxis={"tickformat": ".0%", "range": [0, 1.05], "title": "accuracy"},
+    return _group_bar_layout(figure, "accuracy")
+
+
+def _group_bar_layout(figure: go.Figure, y_title: str) -> go.Figure:
+    figure.update_layout(barmode="group", yaxis={"tickformat": ".0%", "range": [0, 1.05], "title": y_title},
                          xaxis_title="group (class · attribute)", height=420,
                          legend={"orientation": "h", "y": -0.25}, margin={"t": 20})
     return figure
@@ -58,10 +62,7 @@ def seed_accuracy_bars(table: pd.DataFrame) -> go.Figure:
                        customdata=np.stack([rows["std"].fillna(np.nan), rows["seeds"]], axis=1),
                        hovertemplate="%{x}<br>mean accuracy %{y:.1%} ± %{customdata[0]:.1%} (sample std over "
                                      "%{customdata[1]} seeds)<extra>%{fullData.name}</extra>")
-    figure.update_layout(barmode="group", yaxis={"tickformat": ".0%", "range": [0, 1.05], "title": "mean accuracy"},
-                         xaxis_title="group (class · attribute)", height=420,
-                         legend={"orientation": "h", "y": -0.25}, margin={"t": 20})
-    return figure
+    return _group_bar_layout(figure, "mean accuracy")
 
 
 def sweep_heatmap(table: pd.DataFrame, x: str, y: str) -> go.Figure:

@@ -50,7 +50,7 @@ def sweep_form(workspace, store) -> None:
         values[field] = column.text_input(f"{field} values", _suggested_values(base[field]),
                                           key=f"sweep.values.{method.name}.{field}", help="comma-separated")
     left, middle, right = st.columns(3)
-    seeds_text = left.text_input("Seeds", "0, 1, 2", key="sweep.seeds", help="≥ 3 seeds: one seed varies by ±2–3 points")
+    seeds_text = left.text_input("Seeds of each configuration", "0, 1, 2", key="sweep.seeds", help="≥ 3 seeds: one seed varies by ±2–3 points")
     fixed = middle.text_input("Fixed settings (key=value …)", "", key="sweep.fixed", help="e.g. E=20")
     parallel = right.number_input("Configurations at once", 1, 16, 2, key="sweep.parallel",
                                   help="local jobs of this workspace training at once (the job limit)")
