@@ -4,7 +4,8 @@ selected on validation only.
     sweeps/<sweep_id>/request.json   method, preset, grid, fixed overrides, seeds, placement
     sweeps/<sweep_id>/status         running | done | failed | cancelled
     sweeps/<sweep_id>/cancel         present when a cancel was asked for
-    sweeps/<sweep_id>/results.csv    one row per configuration (written when a foreground sweep ends)
+    sweeps/<sweep_id>/results.csv    one row per configuration: settings, run ids, seeds finished, val and test
+                                     mean ± std, selected (written when a foreground sweep ends)
     sweeps/<sweep_id>/jobs.json      the background jobs of a submitted sweep, {config: job id}
 
 Every (configuration, seed) is an ordinary run, `<sweep_id>-c<k>-s<seed>`, tagged in its config
@@ -311,7 +312,8 @@ def results(workspace: str | os.PathLike, request: SweepRequest) -> pd.DataFrame
                 except (OSError, ValueError):
                     continue
         row = {"config": k, **{name: _text(value) for name, value in configuration.items()},
-               "seeds_done": len(finished), "seeds": len(request.seeds)}
+               "seeds_done": len(finished), "seeds": len(request.seeds),
+               "run_ids": " ".join(run_id_of(request, k, seed) for seed in request.seeds)}
         for split in ("val", "test"):
             for key in FIGURES:
                 values = [(r["metrics"] or {}).get(split, {}).get(key) for r in finished]

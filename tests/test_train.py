@@ -205,3 +205,23 @@ def test_eval_of_a_run_that_no_longer_fits_the_store(tmp_path, capsys):
         shutil.copy(tmp_path / "other" / name, ws / name)
     assert cli("eval", "--workspace", ws, "--run", run.run_id) == 2
     assert "does not fit" in capsys.readouterr().err
+
+
+def test_seeds_one_after_another_match_the_batch(tmp_path, monkeypatch):
+    """Large supports train their seeds one by one (methods/hsfm.py): each run still gets its own whole
+    history, in order, and the same head as the batched pass (same ops per seed)."""
+    import hsfm_core.methods.hsfm as hsfm_module
+
+    ws = tmp_path / "ws"
+    gaussian_workspace(ws)
+    batched = train(ws, "hsfm", overrides=FAST, seeds=[0, 1], device="cpu")
+    monkeypatch.setattr(hsfm_module, "LOOP_SEEDS_FROM_SUPPORT_ROWS", 1)
+    seen = []
+    looped = train(ws, "hsfm", overrides=FAST, seeds=[0, 1], device="cpu",
+                   progress=lambda epoch, epochs, entries: seen.append((epoch, epochs, [e is not None for e in entries])))
+    assert seen[0] == (0, 6, []) and seen[1] == (1, 6, [True, False]) and seen[-1] == (6, 6, [False, True])
+    for a, b in zip(batched, looped):
+        history = [json.loads(line) for line in (b.path / "history.jsonl").read_text().splitlines()]
+        assert [h["epoch"] for h in history] == [1, 2, 3]
+        head_a, head_b = load_file(a.path / "head.safetensors"), load_file(b.path / "head.safetensors")
+        torch.testing.assert_close(head_a["weight"], head_b["weight"], rtol=1e-4, atol=1e-5)

@@ -58,6 +58,8 @@ def group_name(run: dict) -> str:
     method = run.get("method")
     label = methods.get(method).label if method in methods.names() else str(method or "?").upper()
     parts = [label]
+    if config.get("demo_label"):  # the demo's own runs say what they show ("the paper's Waterbirds settings")
+        return f"{label} · {config['demo_label']}"
     if config.get("preset"):
         parts.append(str(config["preset"]))
     if config.get("sweep"):

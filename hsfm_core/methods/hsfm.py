@@ -56,10 +56,12 @@ PRESETS = {
 AUTO_BASE = "waterbirds"  # n, T, K_H, K_hard, E of `auto` (only α and η depend on the store)
 AUTO_ETA_PER_STD = 0.022  # η = this × the features' RMS per-coordinate std (calibrated on the demo's sweep)
 AUTO_SAMPLE_ROWS = 20000
-# Seeds train batched (one pass of the same ops) while the support set is small, where per-op overhead
-# dominates; from this many support rows (C·n) on, one after another, where memory traffic dominates
-# and a batch costs more than the loop. Measured: benchmarks/bench_seed_batching.py (README).
-LOOP_SEEDS_FROM_SUPPORT_ROWS = 512
+# Seeds train batched (one pass of the same ops) while that is faster than one seed after another.
+# Measured on 2 CPU cores (benchmarks/bench_seed_batching.py, 5 seeds, d = 2048, CelebA-size val):
+# batched / loop = 0.26 at m = 32 support rows, 0.34 at 128, 0.49 at 512, 0.86 at 2048, and 0.92–0.96
+# for the full celeba preset (m = 2048, bench_hsfm). Batching never lost up to the largest preset; the
+# ratio climbs with m as the batch turns memory-bound, so from twice that size the seeds run one by one.
+LOOP_SEEDS_FROM_SUPPORT_ROWS = 4096
 # The paper's symbols, accepted wherever a field name is (`--set T=10 eta=0.5`).
 ALIASES = {"n": "n_support", "T": "inner_steps", "alpha": "inner_lr", "eta": "outer_lr", "K_H": "outer_steps",
            "K_hard": "hard_per_class", "E": "epochs"}

@@ -94,7 +94,7 @@ def _live(workspace, sweep_id: str) -> None:
     st.markdown(f"**{state['status']}** · {state['finished']} of {state['configurations']} configurations finished "
                 f"× {len(request.seeds)} seeds · selected on mean **val** worst-group accuracy (test is shown, never "
                 "used to select).")
-    shown = table[["config", *request.grid, "seeds_done", "seeds", "selected"]].copy()
+    shown = table[["config", *request.grid, "seeds_done", "seeds", "selected"]].copy()  # run ids: in results.csv
     for split in ("val", "test"):
         for key, label in (("wga", "WGA"), ("avg_adjusted", "adj. avg")):
             shown[f"{split} {label}"] = [format_mean_std(m, s) for m, s in
