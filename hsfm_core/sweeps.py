@@ -29,6 +29,7 @@ concurrency slots, Slurm jobs go to the scheduler. Either way a configuration's 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import itertools
 import json
@@ -179,10 +180,7 @@ def _train_configuration(workspace: str, request_dict: dict, k: int, seeds: list
 
     if cancel_flag.exists():
         return "cancelled"
-    for seed in seeds:  # an unfinished earlier attempt of this sweep's own run: train it again
-        path = run_dir(workspace, run_id_of(request, k, seed))
-        if path.exists():
-            shutil.rmtree(path)
+    _clear_unfinished(workspace, request, k, seeds)
     try:
         train(workspace, request.spec(configuration, seeds, k), progress=progress, run_id=f"{request.sweep_id}-c{k:02d}")
     except KeyboardInterrupt:
@@ -200,6 +198,12 @@ def run(workspace: str | os.PathLike, request: SweepRequest,
 
     workspace = Path(workspace).resolve()
     directory = create(workspace, request)
+    lock = open(directory / ".lock", "a")
+    try:  # one foreground run of a sweep at a time: two would train the same runs
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise InputError(f"sweep {request.sweep_id} is already running in another process") from None
     (directory / "cancel").unlink(missing_ok=True)
     write_text_atomic(directory / "status", "running\n")
     todo = pending(workspace, request)
@@ -227,6 +231,7 @@ def run(workspace: str | os.PathLike, request: SweepRequest,
     finally:
         write_text_atomic(directory / "status", status + "\n")
         write_results(workspace, request)
+        lock.close()
     return results(workspace, request)
 
 
@@ -239,12 +244,12 @@ def submit(workspace: str | os.PathLike, request: SweepRequest) -> dict:
     workspace = Path(workspace).resolve()
     directory = create(workspace, request)
     (directory / "cancel").unlink(missing_ok=True)
-    launched = {}
+    launched = _launched(workspace, request.sweep_id)
+    active = {k for k, job_id in launched.items() if jobs.get_job(workspace, job_id)["status"] in jobs.ACTIVE}
     for k, configuration, seeds in pending(workspace, request):
-        for seed in seeds:  # an unfinished earlier attempt: train it again
-            path = run_dir(workspace, run_id_of(request, k, seed))
-            if path.exists():
-                shutil.rmtree(path)
+        if str(k) in active:  # still queued or training from an earlier submit: not launched twice
+            continue
+        _clear_unfinished(workspace, request, k, seeds)
         record = jobs.launch(workspace, request.spec(configuration, seeds, k), run_id=f"{request.sweep_id}-c{k:02d}")
         launched[str(k)] = record["job_id"]
     write_json_atomic(directory / "jobs.json", launched)
@@ -266,16 +271,28 @@ def progress(workspace: str | os.PathLike, sweep_id: str) -> dict:
     if finished == len(table):
         state = "done"
     elif recorded == "submitted":
-        try:
-            launched = json.loads((sweep_dir(workspace, sweep_id) / "jobs.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            launched = {}
-        active = [j for j in launched.values() if jobs.get_job(workspace, j)["status"] in jobs.ACTIVE]
+        active = [j for j in _launched(workspace, sweep_id).values() if jobs.get_job(workspace, j)["status"] in jobs.ACTIVE]
         state = "running" if active else ("cancelled" if (sweep_dir(workspace, sweep_id) / "cancel").exists()
                                           else "failed")
     else:
         state = recorded
     return {"status": state, "configurations": len(table), "finished": finished, "table": table, "request": request}
+
+
+def _clear_unfinished(workspace, request: SweepRequest, k: int, seeds: list[int]) -> None:
+    """Remove this sweep's own unfinished attempts (failed, cancelled, killed) of configuration k, to retrain them."""
+    for seed in seeds:
+        path = run_dir(workspace, run_id_of(request, k, seed))
+        if path.exists():
+            shutil.rmtree(path)
+
+
+def _launched(workspace, sweep_id: str) -> dict:
+    """{configuration: job id} of a submitted sweep (empty when none or unreadable)."""
+    try:
+        return dict(json.loads((sweep_dir(workspace, sweep_id) / "jobs.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return {}
 
 
 def _request_dict(request: SweepRequest) -> dict:
@@ -290,11 +307,7 @@ def cancel(workspace: str | os.PathLike, sweep_id: str) -> None:
     directory = sweep_dir(workspace, sweep_id)
     load_request(workspace, sweep_id)
     write_text_atomic(directory / "cancel", time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
-    try:
-        launched = json.loads((directory / "jobs.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        launched = {}
-    for job_id in launched.values():
+    for job_id in _launched(workspace, sweep_id).values():
         if jobs.get_job(workspace, job_id)["status"] in jobs.ACTIVE:
             jobs.cancel(workspace, job_id)
 

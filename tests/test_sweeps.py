@@ -216,3 +216,17 @@ def test_auto_preset_follows_the_feature_scale(tmp_path):
     assert ratios[10.0][0] < ratios[1.0][0] < ratios[0.05][0]  # α shrinks as the head's scale does
     with pytest.raises(InputError, match="no 'auto' preset"):
         TrainSpec.create("dfr", preset="auto")
+
+
+def test_one_foreground_run_of_a_sweep_at_a_time(tmp_path):
+    import fcntl
+
+    ws = tmp_path / "ws"
+    gaussian_workspace(ws)
+    request = tiny_request()
+    directory = sweeps.create(ws, request)
+    with open(directory / ".lock", "a") as held:  # another process running this sweep
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(InputError, match="already running in another process"):
+            sweeps.run(ws, request)
+    assert not list_runs(ws)  # nothing trained, nothing removed
