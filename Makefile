@@ -1,5 +1,7 @@
 # Quick start: `make run` (the app) and `make test` (the whole suite). Both create .venv when
-# missing and install the pinned requirements; a stamp file skips the install when nothing changed.
+# missing, install the pinned requirements and then this checkout in editable mode (pyproject.toml:
+# the `hsfm` command, `import hsfm_core` from any folder); a stamp file skips the install when
+# nothing changed.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -12,8 +14,12 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed-run: requirements.txt | $(PY)
+# --no-deps: requirements.txt's exact pins are the dependencies; --no-build-isolation: build with the venv's
+# setuptools (no download per install).
+$(VENV)/.installed-run: requirements.txt pyproject.toml | $(PY)
 	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --quiet "setuptools>=64"
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 $(VENV)/.installed-test: requirements.txt requirements-test.txt $(VENV)/.installed-run

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from hsfm_core.errors import InputError
+from hsfm_core.resources import assets_dir
 
-DEFAULT_CONCEPTS = Path(__file__).resolve().parents[2] / "assets" / "concepts.txt"
+DEFAULT_CONCEPTS = assets_dir() / "concepts.txt"  # the checkout's assets/ or an installed copy
 DEFAULT_CONTRAST = ("water background", "land background")
 
 

@@ -25,10 +25,11 @@ from hsfm_core.demo import synthbirds
 from hsfm_core.errors import InputError
 from hsfm_core.features.encoders import load_encoder
 from hsfm_core.features.extract import extract
+from hsfm_core.resources import assets_dir
 from hsfm_core.spec import TrainSpec
 from hsfm_core.train import train
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
+ASSETS = assets_dir()  # the checkout's assets/ or an installed copy (hsfm_core/resources.py)
 DEMO_CLIP = ASSETS / "synthbirds-clip"
 DEMO_VERSION = 2  # 2: every method over seeds 0-2, plus HSFM's paper and validation-tuned settings
 DEMO_SEEDS = (0, 1, 2)  # ≥ 3 seeds: one HSFM seed varies by ±2–3 points of worst-group accuracy
