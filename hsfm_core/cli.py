@@ -100,18 +100,43 @@ def _run_import(args) -> int:
     return 0
 
 
-def _add_train(sub) -> None:
+class _MethodNames:
+    """The registry's method names as argparse `choices`, read only when a command line uses them: the
+    registry imports every method (torch), which `hsfm --help` must not pay for. (The argument needs a
+    metavar: argparse formats the choices of an argument without one when it is added.)"""
+
+    def __iter__(self):
+        from hsfm_core import methods
+
+        return iter(methods.names())
+
+    def __contains__(self, name) -> bool:
+        return name in list(self)
+
+
+def _methods_epilog() -> str:
     from hsfm_core import methods
 
-    p = sub.add_parser("train", help="train a head on a workspace (one run per seed): "
-                       + ", ".join(m.label for m in methods.all_methods()),
-                       epilog="methods:\n" + "\n".join(
-                           f"  {m.name:6} {m.description}\n         settings: {', '.join(m.field_types())}"
-                           + (f"; presets: {', '.join(m.presets)}" if m.presets else "")
-                           for m in methods.all_methods()),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    return "methods:\n" + "\n".join(
+        f"  {m.name:6} {m.description}\n         settings: {', '.join(m.field_types())}"
+        + (f"; presets: {', '.join(m.presets)}" if m.presets else "")
+        for m in methods.all_methods())
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose epilog may be a function, called when the help is shown (see _MethodNames)."""
+
+    def format_help(self) -> str:
+        if callable(self.epilog):
+            self.epilog = self.epilog()
+        return super().format_help()
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a head on a workspace (one run per seed); `train --help` lists the methods",
+                       epilog=_methods_epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workspace", required=True)
-    p.add_argument("--method", required=True, choices=methods.names())
+    p.add_argument("--method", required=True, choices=_MethodNames(), metavar="METHOD", help="one of the methods below")
     p.add_argument("--preset", default=None, help="a preset of the method (default: the method's own; see below)")
     p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override settings by field name or alias, e.g. T=10 eta=0.5 (HSFM), C=0.5 (ERM probe)")
@@ -228,7 +253,7 @@ def _run_eval(args) -> int:
 
     store = FeatureStore.open(args.workspace)
     run = find_run(args.workspace, args.run)
-    head = load_head(run)
+    head = load_head(run, store)
     metrics = evaluate_head(store, head["weight"], head["bias"])
     if args.json:
         print(json.dumps(metrics))
@@ -281,7 +306,8 @@ def _run_runs(args) -> int:
     from hsfm_core.runs import list_runs
 
     rows = []
-    runs = list_runs(args.workspace)
+    unreadable: list = []  # a run whose files are corrupt is named, never hides the others
+    runs = list_runs(args.workspace, unreadable=unreadable)
     for r in runs:
         test = (r["metrics"] or {}).get("test") or {}
         val = (r["metrics"] or {}).get("val") or {}
@@ -290,13 +316,16 @@ def _run_runs(args) -> int:
                      "test_avg_adjusted": test.get("avg_adjusted"), "val_wga": val.get("wga")})
     groups = _group_rows(runs)
     if args.json:
-        print(json.dumps({"runs": rows, "groups": groups}))
+        print(json.dumps({"runs": rows, "groups": groups,
+                          "unreadable": [{"run_id": i, "reason": why} for i, why in unreadable]}))
         return 0
     print(f"{'run':<44} {'method':<6} {'status':<9} {'seed':>4} {'test WGA':>9} {'test adj. avg':>13} {'val WGA':>8}")
     for r in rows:
         print(f"{r['run_id']:<44} {r['method'] or '?':<6} {r['status']:<9} {str(r['seed']):>4} "
               f"{_pct(r['test_wga']):>9} {_pct(r['test_avg_adjusted']):>13} {_pct(r['val_wga']):>8}")
-    if not rows:
+    for run_id, why in unreadable:
+        print(f"{run_id:<44} unreadable: {why}")
+    if not rows and not unreadable:
         print("(no runs yet: python -m hsfm_core train --workspace … --method …)")
     if any(g["seeds"] > 1 for g in groups):
         _print_groups(groups)
@@ -496,7 +525,7 @@ def _store_and_support(workspace: str, run_id: str):
     store = FeatureStore.open(workspace)
     run = find_run(workspace, run_id)
     check_run_fits_store(run, store)
-    return store, load_support(run)
+    return store, load_support(run, store)
 
 
 def _run_decode(args) -> int:
@@ -624,7 +653,11 @@ def _run_table(args) -> int:
     from hsfm_core.runs import list_runs
 
     store = FeatureStore.open(args.workspace)
-    runs = [r for r in list_runs(args.workspace) if r["config"].get("store_hash") in (None, store.content_hash)]
+    unreadable: list = []
+    runs = [r for r in list_runs(args.workspace, unreadable=unreadable)
+            if r["config"].get("store_hash") in (None, store.content_hash)]
+    for run_id, why in unreadable:
+        print(f"warning: run {run_id} left out: {why}", file=sys.stderr)
     text = paper_table(run_groups(runs), args.split, args.format)
     if args.out:
         write_text_atomic(args.out, text)
@@ -634,12 +667,11 @@ def _run_table(args) -> int:
 
 
 def _add_sweep(sub) -> None:
-    from hsfm_core import methods
-
     p = sub.add_parser("sweep", help="a grid over settings × seeds, each pair an ordinary run; selected on "
                        "validation worst-group accuracy only")
     p.add_argument("--workspace", required=True)
-    p.add_argument("--method", required=True, choices=methods.names())
+    p.add_argument("--method", required=True, choices=_MethodNames(), metavar="METHOD",
+                   help="a method name (`train --help` lists them)")
     p.add_argument("--preset", default=None)
     p.add_argument("--grid", nargs="+", action="extend", default=[], metavar="KEY=V1,V2",
                    help="values to try, same names as --set, e.g. alpha=5e-5,2e-4 eta=0.1,1")
@@ -730,12 +762,47 @@ def _store_summary(store) -> dict:
     m = store.manifest
     return {"store": str(Path(store.path).resolve()), "rows": m["n_rows"], "dim": m["dim"], "dtype": m["dtype"],
             "splits": m["splits"], "group_counts": m["group_counts"], "backbone": m["backbone"]["id"],
-            "content_hash": m["content_hash"], "runs": [r["run_id"] for r in list_runs(store.path)]}
+            "content_hash": m["content_hash"], "runs": [r["run_id"] for r in list_runs(store.path, unreadable=[])]}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m hsfm_core", description="HSFM Studio command line")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_app(sub) -> None:
+    p = sub.add_parser("app", help="start the Streamlit app (HSFM Studio) from any folder",
+                       description="Serve the app (app.py and pages/ of this installation) on HOST:PORT. Without "
+                                   "--workspace it opens the bundled demo workspace, building it on first launch.")
+    p.add_argument("--workspace", help="a workspace folder to open (default: $HSFM_WORKSPACE, else the demo)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--headless", action="store_true", help="do not open a browser window")
+    p.set_defaults(func=_run_app)
+
+
+def _run_app(args) -> int:
+    import os
+
+    from hsfm_core.resources import app_script
+
+    script = app_script()
+    if not script.is_file():
+        raise InputError(f"the app's script is missing: {script} (reinstall hsfm-studio)")
+    if not 1 <= args.port <= 65535:
+        raise InputError(f"--port must be in 1..65535, got {args.port}")
+    command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", args.host,
+               "--server.port", str(args.port), "--browser.gatherUsageStats", "false"]
+    if args.headless:
+        command += ["--server.headless", "true"]
+    if args.workspace:
+        workspace = Path(args.workspace).expanduser().resolve()
+        if not workspace.is_dir():
+            raise InputError(f"--workspace {args.workspace}: no such folder")
+        command += ["--", "--workspace", str(workspace)]
+    sys.stdout.flush()
+    os.execv(sys.executable, command)  # Streamlit becomes this process: Ctrl-C and kill PID reach it directly
+    return 0  # not reached
+
+
+def build_parser(prog: str = "python -m hsfm_core") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="HSFM Studio command line")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_extract(sub)
     _add_import(sub)
     _add_train(sub)
@@ -748,11 +815,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_retrieval(sub)
     _add_decode(sub)
     _add_project(sub)
+    _add_app(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def console_main() -> int:
+    """The `hsfm` command (pyproject.toml [project.scripts]): the same commands as `python -m hsfm_core`."""
+    return main(prog="hsfm")
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m hsfm_core") -> int:
+    args = build_parser(prog).parse_args(argv)
     try:
         return args.func(args)
     except InputError as exc:
