@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from hsfm_core import methods
+from hsfm_core.analysis.compare import run_label
+from hsfm_core.analysis.seeds import run_groups
 from hsfm_core.errors import InputError
 from hsfm_core.features import FeatureStore
 from hsfm_core.groups import binary
@@ -76,6 +78,10 @@ def test_train_with_the_official_preset_gives_the_authors_predictions(tmp_path, 
         head = load_head(next(r for r in list_runs(tmp_path) if r["run_id"] == run.run_id))
         assert np.sum(predict(test.features, head["weight"], head["bias"]) != their_pred) <= 2
         assert run.metrics["test"]["wga"] == pytest.approx(min(test_accs), abs=0.002)
+    # the app names the recipe: run labels and the run group
+    recorded = list_runs(tmp_path)
+    assert run_label(recorded[0]) == f"DFR · official · {recorded[0]['run_id']}"
+    assert [g.name for g in run_groups(recorded)] == ["DFR · official"]
 
 
 def test_default_is_val_scaler_and_unchanged(tmp_path, world):

@@ -11,7 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from hsfm_core.studio import ui
-from hsfm_core.analysis.compare import predictions, prediction_flips
+from hsfm_core.analysis.compare import predictions, prediction_flips, run_label
 from hsfm_core.analysis.decode import clip_space_map, decode_run, encode_concepts, read_concepts
 from hsfm_core.features import FeatureStore
 from hsfm_core.analysis.projection import project
@@ -75,10 +75,10 @@ def test_groups_page_shows_each_runs_groups_and_what_changed(monkeypatch, app_wo
     at = open_page(monkeypatch, app_workspace, "1_Groups")
     runs = runs_by_method(app_workspace)
     averages = at.dataframe[0].value
-    assert averages.loc[f"HSFM · {runs['hsfm']['run_id']}", "worst-group accuracy"] == runs["hsfm"]["metrics"]["test"]["wga"]
+    assert averages.loc[run_label(runs["hsfm"]), "worst-group accuracy"] == runs["hsfm"]["metrics"]["test"]["wga"]
     at.radio[0].set_value("val").run()
     averages = at.dataframe[0].value
-    assert averages.loc[f"ERM · {runs['erm']['run_id']}", "worst-group accuracy"] == runs["erm"]["metrics"]["val"]["wga"]
+    assert averages.loc[run_label(runs["erm"]), "worst-group accuracy"] == runs["erm"]["metrics"]["val"]["wga"]
     confusion = at.dataframe[2].value
     assert confusion.drop(columns="accuracy").to_numpy().sum() == 40
     # what changed, ERM → HSFM on val, against a direct computation
@@ -89,7 +89,7 @@ def test_groups_page_shows_each_runs_groups_and_what_changed(monkeypatch, app_wo
     assert counts["broken"].sum() == (flips["change"] == "broken").sum()
     # fewer runs compared in the sidebar → fewer rows everywhere, and no flips view
     at.sidebar.multiselect[0].set_value([runs["dfr"]["run_id"]]).run()
-    assert list(at.dataframe[0].value.index) == [f"DFR · {runs['dfr']['run_id']}"]
+    assert list(at.dataframe[0].value.index) == [f"DFR · val_scaler · {runs['dfr']['run_id']}"]
     assert "Compare two or more runs" in texts(at)
 
 

@@ -117,7 +117,7 @@ def test_launch_watch_finish_and_compare(monkeypatch, workspace):
     assert at.metric[0].value == "done" and at.metric[3].value.endswith("%")  # val WGA of the last epoch
     assert len(at.get("plotly_chart")) == 1  # the training curves
     (new,) = {r["run_id"] for r in list_runs(workspace)} - before
-    assert f"HSFM · {new}" in at.sidebar.multiselect[0].options  # in the pickers at once
+    assert f"HSFM · waterbirds · {new}" in at.sidebar.multiselect[0].options  # in the pickers at once
     compare = at.button(key="retrain.compare")
     assert "Compare with the previous run (hsfm-" in compare.label
     compare.click().run()

@@ -31,8 +31,10 @@ def method_label(name: str | None) -> str:
 
 
 def run_label(run: dict) -> str:
-    """'HSFM · hsfm-20261129-…-s0' — what pickers and legends show."""
-    return f"{method_label(run.get('method'))} · {run['run_id']}"
+    """'HSFM · waterbirds · hsfm-20261129-…-s0' — what pickers and legends show: the method, the preset
+    (the recipe: DFR's official or val_scaler) when the run recorded one, and the run id."""
+    preset = (run.get("config") or {}).get("preset")
+    return " · ".join([method_label(run.get("method")), *([str(preset)] if preset else []), run["run_id"]])
 
 
 def _runs_with_metrics(runs: list[dict], split: str):
