@@ -27,15 +27,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 
 from hsfm_core import __version__
 from hsfm_core.errors import InputError
 from hsfm_core.fsutil import write_bytes_atomic, write_json_atomic, write_text_atomic
+from hsfm_core.safe_io import read_json, read_safetensors, read_text
 
 RUNS_DIR = "runs"
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 PROCESS_FILE = "process.json"
+DIED = "the process ended without finishing (killed, or the machine stopped); its partial history is kept"
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -85,9 +87,10 @@ def process_record() -> dict:
 def read_process(path: Path) -> dict | None:
     """A run's `process.json`, or None (not written, or an import)."""
     try:
-        return json.loads((Path(path) / PROCESS_FILE).read_text())
-    except (OSError, ValueError):
+        record = read_json(Path(path) / PROCESS_FILE, "process record")
+    except InputError:
         return None
+    return record if isinstance(record.get("pid"), int) and isinstance(record.get("started"), (int, float)) else None
 
 
 def process_alive(info: dict | None) -> bool | None:
@@ -129,7 +132,7 @@ class RunWriter:
         return (self.path / "status").read_text().strip()
 
     def update_config(self, **fields) -> None:
-        config = json.loads((self.path / "config.json").read_text())
+        config = read_json(self.path / "config.json", "run config")
         write_json_atomic(self.path / "config.json", {**config, **fields})
 
     def append_history(self, entry: dict) -> None:
@@ -162,7 +165,10 @@ def end_unfinished_run(workspace: str | os.PathLike, run_id: str, status: str, m
     assert status in ("failed", "cancelled"), status
     path = run_dir(workspace, run_id)
     status_file = path / "status"
-    if not status_file.is_file() or status_file.read_text().strip() not in ("queued", "running"):
+    try:
+        if not status_file.is_file() or read_text(status_file, "run status").strip() not in ("queued", "running"):
+            return False
+    except InputError:
         return False
     if message:
         write_text_atomic(path / "error.txt", message.rstrip() + "\n")
@@ -194,39 +200,70 @@ def write_finished_run(workspace: str | os.PathLike, run_id: str, config: dict, 
 
 
 def read_run(path: Path) -> dict:
-    """One run's id, status, method, config and (when present) metrics."""
-    config = json.loads((path / "config.json").read_text())
-    status = (path / "status").read_text().strip() if (path / "status").is_file() else "unknown"
-    metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").is_file() else None
-    return {"run_id": path.name, "path": path, "status": status, "method": config.get("method"),
+    """One run's id, status, method, config and (when present) metrics; InputError naming the file
+    when one cannot be read. A `queued`/`running` run whose recorded process is gone (SIGKILL, a
+    crashed machine) is marked `failed` here, so every reader sees the same."""
+    config = read_json(path / "config.json", "run config")
+    status = _read_status(path)
+    if status in ("queued", "running") and process_alive(read_process(path)) is False:
+        if end_unfinished_run(path.parent.parent, path.name, "failed", DIED):
+            status = "failed"
+        else:
+            status = _read_status(path)  # it finished just now
+    metrics = None
+    if (path / "metrics.json").is_file():
+        metrics = read_json(path / "metrics.json", "run metrics")
+        bad = [k for k, v in metrics.items() if not isinstance(v, dict)]
+        if bad:
+            raise InputError(f"{path / 'metrics.json'}: expected {{split: {{metric: value}}}}; "
+                             f"{bad[0]!r} holds a {type(metrics[bad[0]]).__name__}")
+    method = config.get("method")
+    if method is not None and not isinstance(method, str):
+        raise InputError(f"{path / 'config.json'}: 'method' must be a string, found {method!r:.40}")
+    return {"run_id": path.name, "path": path, "status": status, "method": method,
             "config": config, "metrics": metrics}
+
+
+def _read_status(path: Path) -> str:
+    if not (path / "status").is_file():
+        return "unknown"
+    status = read_text(path / "status", "run status").strip()
+    if status not in STATUSES:
+        raise InputError(f"{path / 'status'}: {status!r:.40} is not a run status ({', '.join(STATUSES)})")
+    return status
 
 
 def list_runs(workspace: str | os.PathLike, unreadable: list | None = None) -> list[dict]:
     """Every run of a workspace, in run-id order (ids start with method and UTC time).
 
-    With `unreadable` (a list), a run whose config or metrics cannot be read is left out and
-    (run id, reason) is appended there; without it, the error propagates."""
+    With `unreadable` (a list), a run whose files cannot be read is left out and (run id, reason)
+    is appended there; without it, the first such run's InputError propagates."""
+    if not Path(workspace).is_dir():
+        raise InputError(f"workspace {workspace} not found (no such folder)")
     runs = Path(workspace) / RUNS_DIR
     if not runs.is_dir():
         return []
     out = []
     for d in sorted(runs.iterdir()):
-        if d.name.startswith(".") or not (d / "config.json").is_file():
+        if d.name.startswith(".") or not d.is_dir():
+            continue
+        if not (d / "config.json").exists():
+            if unreadable is not None and any(d.iterdir()):  # files but no config: name it, not skip it
+                unreadable.append((d.name, f"{d / 'config.json'}: run config not found"))
             continue
         try:
             out.append(read_run(d))
-        except (OSError, ValueError) as exc:
+        except InputError as exc:
             if unreadable is None:
                 raise
-            unreadable.append((d.name, f"{type(exc).__name__}: {exc}"))
+            unreadable.append((d.name, str(exc)))
     return out
 
 
 def find_run(workspace: str | os.PathLike, run_id: str) -> dict:
     path = _run_dir(workspace, run_id)
     if not (path / "config.json").is_file():
-        known = ", ".join(r["run_id"] for r in list_runs(workspace)) or "none"
+        known = ", ".join(r["run_id"] for r in list_runs(workspace, unreadable=[])) or "none"
         raise InputError(f"no run {run_id!r} in {Path(workspace) / RUNS_DIR} (runs: {known})")
     return read_run(path)
 
@@ -240,15 +277,46 @@ def check_run_fits_store(run: dict, store) -> None:
                          f"{store.path} now has {store.content_hash}): retrain it, or open the store it came from")
 
 
-def load_support(run: dict) -> dict[str, torch.Tensor]:
+def load_support(run: dict, store=None) -> dict[str, torch.Tensor]:
+    """A run's support set, checked: before/after n × d, labels and indices n; with `store`, d is
+    the store's and every index a row of it (or −1, an imported reference run's)."""
     path = run["path"] / "support.safetensors"
     if not path.is_file():
         raise InputError(f"run {run['run_id']} ({run['method']}) has no support set: only HSFM runs edit features")
-    return load_file(path)
+    support = read_safetensors(path, "support set", required=("before", "after", "indices", "labels"))
+    before, after, indices, labels = (support[k] for k in ("before", "after", "indices", "labels"))
+    n = len(after) if after.ndim else 0
+    if after.ndim != 2 or before.shape != after.shape or indices.shape != (n,) or labels.shape != (n,):
+        raise InputError(f"{path}: before {tuple(before.shape)}, after {tuple(after.shape)}, indices "
+                         f"{tuple(indices.shape)}, labels {tuple(labels.shape)}; expected n × d, n × d, n and n")
+    if indices.is_floating_point() or labels.is_floating_point() or not after.is_floating_point():
+        raise InputError(f"{path}: indices and labels must be integers and before/after floats")
+    if store is not None:
+        if after.shape[1] != store.dim:
+            raise InputError(f"{path}: support features are {after.shape[1]}-d; the store's are {store.dim}-d")
+        bad = torch.nonzero((indices < -1) | (indices >= len(store.meta))).flatten()
+        if len(bad):
+            i = int(bad[0])
+            raise InputError(f"{path}: support example {i} points at row {int(indices[i])}, which {store.path} "
+                             f"does not have (rows 0…{len(store.meta) - 1}; {len(bad)} bad index(es))")
+        bad = torch.nonzero((labels < 0) | (labels >= len(store.class_names))).flatten()
+        if len(bad):
+            raise InputError(f"{path}: support example {int(bad[0])} has label {int(labels[bad[0]])}; "
+                             f"the store has classes 0…{len(store.class_names) - 1}")
+    return support
 
 
-def load_head(run: dict) -> dict[str, torch.Tensor]:
+def load_head(run: dict, store=None) -> dict[str, torch.Tensor]:
+    """A run's head {weight C × d, bias C}, checked against `store` when given."""
     path = run["path"] / "head.safetensors"
     if not path.is_file():
         raise InputError(f"run {run['run_id']} has no head.safetensors (status {run['status']})")
-    return load_file(path)
+    head = read_safetensors(path, "head", required=("weight", "bias"))
+    weight, bias = head["weight"], head["bias"]
+    if weight.ndim != 2 or bias.shape != (weight.shape[0],) or not weight.is_floating_point():
+        raise InputError(f"{path}: weight {tuple(weight.shape)} {weight.dtype}, bias {tuple(bias.shape)}; "
+                         f"expected a float C × d weight and a C bias")
+    if store is not None and tuple(weight.shape) != (len(store.class_names), store.dim):
+        raise InputError(f"{path}: weight {tuple(weight.shape)}; {store.path} needs "
+                         f"({len(store.class_names)}, {store.dim}) ({len(store.class_names)} classes, {store.dim}-d)")
+    return head

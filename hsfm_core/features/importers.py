@@ -39,6 +39,7 @@ from hsfm_core.data.table import COLUMNS, SPLITS, label_names
 from hsfm_core.errors import InputError
 from hsfm_core.features.store import FeatureStore, write_store
 from hsfm_core.groups import Groups
+from hsfm_core.safe_io import read_npz, read_torch_weights
 
 REFERENCE_RUN_FILE = "hsfm_best.pt"
 CLASS_OPTION = "class names (--class-names)"
@@ -70,8 +71,7 @@ def _check_part(part: _Part) -> None:
             continue
         if arr.shape != (n,):
             raise InputError(f"{source}: {name} has shape {arr.shape}, expected ({n},) to match the features")
-        if arr.dtype.kind not in "iub" and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
-            raise InputError(f"{source}: {name} must be whole numbers, got dtype {arr.dtype}")
+        arr = _whole(arr, source, name)
         bad = np.flatnonzero(arr < 0)
         if len(bad):
             raise InputError(f"{source}: row {bad[0]}: {name} value {arr[bad[0]]} is negative")
@@ -178,10 +178,28 @@ def _manifest(kind: str, source: Path, groups: Groups) -> dict:
 
 
 def _load_pt(path: Path) -> object:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(f"{path}: cannot read as a weights-only torch file ({type(exc).__name__}: {exc})") from None
+    return read_torch_weights(path, "torch weights file")
+
+
+def _features(values: np.ndarray, source: str) -> np.ndarray:
+    """Real numbers only: complex embeddings would lose their imaginary part, strings are no features."""
+    if values.dtype.kind not in "fiu":
+        raise InputError(f"{source}: features must be real numbers, got dtype {values.dtype}"
+                         + (" (complex values are refused: casting would drop the imaginary part)"
+                            if values.dtype.kind == "c" else ""))
+    return values.astype(np.float32, copy=False)
+
+
+def _whole(values: np.ndarray, source: str, name: str) -> np.ndarray:
+    """Integer labels: whole, finite numbers (1.0 is 1; 0.5, 1.9 or NaN are refused, never truncated)."""
+    if values.dtype.kind not in "iubf":
+        raise InputError(f"{source}: {name} must be whole numbers, got dtype {values.dtype}")
+    if values.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(values) | (values != np.round(values)))
+        if len(bad):
+            raise InputError(f"{source}: row {bad[0]}: {name} value {values[bad[0]]} is not a whole number "
+                             f"({len(bad)} such row(s); labels are never truncated)")
+    return values.astype(np.int64)
 
 
 def _as_numpy(obj: object, key: str, path: Path) -> np.ndarray:
@@ -190,7 +208,8 @@ def _as_numpy(obj: object, key: str, path: Path) -> np.ndarray:
         raise InputError(f"{path}: missing key {key!r} (found {found})")
     value = obj[key]
     if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        return (value.float() if value.dtype == torch.bfloat16 else value).numpy()  # numpy has no bfloat16
     if isinstance(value, np.ndarray) and value.dtype != object:
         return value
     raise InputError(f"{path}: {key!r} must be a tensor, got {type(value).__name__}")
@@ -209,7 +228,7 @@ def import_reference(path: str | os.PathLike, out: str | os.PathLike, *, overwri
         if not file.is_file():
             continue
         obj = _load_pt(file)
-        part = _Part(split, str(file), _as_numpy(obj, "features", file).astype(np.float32, copy=False),
+        part = _Part(split, str(file), _features(_as_numpy(obj, "features", file), str(file)),
                      _as_numpy(obj, "labels", file), g=_as_numpy(obj, "envs", file))
         _check_part(part)
         part.y, part.g = part.y.astype(np.int64), part.g.astype(np.int64)
@@ -232,23 +251,32 @@ def read_reference_run(file: Path, dim: int, n_classes: int = 2) -> dict:
     theta = obj.get("theta") if isinstance(obj, dict) else None
     if not isinstance(theta, dict) or not {"weight", "bias"} <= set(theta):
         raise InputError(f"{file}: expected 'theta' with 'weight' and 'bias'")
-    weight, bias = theta["weight"].float(), theta["bias"].float()
+    weight = torch.as_tensor(_features(_as_numpy(theta, "weight", Path(f"{file} theta")), f"{file}: theta.weight"))
+    bias = torch.as_tensor(_features(_as_numpy(theta, "bias", Path(f"{file} theta")), f"{file}: theta.bias"))
     if tuple(weight.shape) != (n_classes, dim) or tuple(bias.shape) != (n_classes,):
         raise InputError(f"{file}: theta.weight {tuple(weight.shape)} / bias {tuple(bias.shape)}; expected "
                          f"({n_classes}, {dim}) / ({n_classes},) for {n_classes} classes and {dim}-d features")
     support = {
-        "before": torch.as_tensor(_as_numpy(obj, "support_init", file)).float(),
-        "after": torch.as_tensor(_as_numpy(obj, "support_emb", file)).float(),
-        "labels": torch.as_tensor(_as_numpy(obj, "support_labels", file)).long(),
+        "before": torch.as_tensor(_features(_as_numpy(obj, "support_init", file), f"{file}: support_init")),
+        "after": torch.as_tensor(_features(_as_numpy(obj, "support_emb", file), f"{file}: support_emb")),
+        "labels": torch.as_tensor(_whole(_as_numpy(obj, "support_labels", file), str(file), "support_labels")),
         # positions in the reference code's train split, which an imported store rarely holds
-        "reference_indices": torch.as_tensor(_as_numpy(obj, "init_indices", file)).long(),
+        "reference_indices": torch.as_tensor(_whole(_as_numpy(obj, "init_indices", file), str(file), "init_indices")),
     }
-    if support["before"].shape != support["after"].shape or support["after"].shape[1:] != (dim,):
+    if support["before"].shape != support["after"].shape or support["after"].ndim != 2 \
+            or support["after"].shape[1:] != (dim,):
         raise InputError(f"{file}: support_init {tuple(support['before'].shape)} and support_emb "
                          f"{tuple(support['after'].shape)} must both be n × {dim}")
     n = len(support["after"])
     if support["labels"].shape != (n,) or support["reference_indices"].shape != (n,):
         raise InputError(f"{file}: support_labels and init_indices must hold {n} values, one per support row")
+    bad = torch.nonzero((support["labels"] < 0) | (support["labels"] >= n_classes)).flatten()
+    if len(bad):
+        raise InputError(f"{file}: support example {int(bad[0])} has label {int(support['labels'][bad[0]])}; "
+                         f"expected 0…{n_classes - 1}")
+    for name in ("before", "after"):
+        if not torch.isfinite(support[name]).all() or not (torch.isfinite(weight).all() and torch.isfinite(bias).all()):
+            raise InputError(f"{file}: theta and the support features must be finite (NaN or inf found)")
     support["indices"] = torch.full((n,), -1, dtype=torch.long)  # no store row: see reference_indices
     tensor_keys = ("theta", "support_init", "support_emb", "support_labels", "init_indices")
     saved = {k: _scalar_or_none(v) for k, v in obj.items() if k not in tensor_keys}
@@ -297,31 +325,25 @@ def import_dfr(path: str | os.PathLike, out: str | os.PathLike, *, overwrite: bo
     file = Path(path)
     if not file.is_file():
         raise InputError(f"--path {file}: DFR .npz file not found")
-    try:
-        npz = np.load(file, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{file}: cannot read as .npz ({exc})") from None
+    npz = read_npz(file, "DFR .npz archive")  # truncated, not a zip, object arrays: InputError
     parts = []
-    with npz:
-        for split in SPLITS:
-            keys = [f"{k}_{split}" for k in ("embeddings", "y", "g", "p")]
-            present = [k for k in keys if k in npz.files]
-            if not present:
-                continue
-            if len(present) != len(keys):
-                missing = sorted(set(keys) - set(present))
-                raise InputError(f"{file}: split {split!r} has {', '.join(present)} but lacks {', '.join(missing)}")
-            try:
-                features, y, g, p = (npz[k] for k in keys)
-            except ValueError as exc:  # object arrays would need pickle: refused
-                raise InputError(f"{file}: {exc}") from None
-            part = _Part(split, f"{file} [{split}]", features.astype(np.float32, copy=False), y, a=p, g=g)
-            _check_part(part)
-            part.y, part.a, part.g = y.astype(np.int64), p.astype(np.int64), g.astype(np.int64)
-            parts.append(part)
-        if not parts:
-            raise InputError(f"{file}: no embeddings_train / embeddings_val / embeddings_test arrays "
-                             f"(found {', '.join(npz.files) or 'nothing'})")
+    for split in SPLITS:
+        keys = [f"{k}_{split}" for k in ("embeddings", "y", "g", "p")]
+        present = [k for k in keys if k in npz]
+        if not present:
+            continue
+        if len(present) != len(keys):
+            missing = sorted(set(keys) - set(present))
+            raise InputError(f"{file}: split {split!r} has {', '.join(present)} but lacks {', '.join(missing)}")
+        features, y, g, p = (npz[k] for k in keys)
+        source = f"{file} [{split}]"
+        part = _Part(split, source, _features(features, source), y, a=p, g=g)
+        _check_part(part)
+        part.y, part.a, part.g = (_whole(v, source, name) for v, name in ((y, "labels"), (p, "attribute"), (g, "groups")))
+        parts.append(part)
+    if not parts:
+        raise InputError(f"{file}: no embeddings_train / embeddings_val / embeddings_test arrays "
+                         f"(found {', '.join(npz) or 'nothing'})")
     groups = _dfr_groups(parts, class_names, attribute_names, str(file))
     features, meta = _assemble(parts, groups)
     return write_store(out, features, meta, _manifest("dfr", file, groups), overwrite=overwrite)
