@@ -13,7 +13,10 @@ A job keeps only what no run can hold:
 
 A job is `queued` until `train` has created its runs (a slot, then loading), then `running`, then
 `done`, `failed` or `cancelled`. Nothing is kept in memory: readers find jobs after a restart, and end
-a job whose process vanished (psutil: pid + start time here; `sacct` on Slurm) `failed`, with its runs.
+a job whose process vanished `failed`, with its runs: here psutil (pid + start time); on Slurm the queue
+(`squeue`, which also gives a pending job's reason), then `sacct` once the controller has forgotten the job;
+when accounting is disabled too, a job that left the queue without writing its end has ended.
+Scheduler commands run with their output captured: stdout stays for results.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -30,6 +34,7 @@ import sys
 import time
 import traceback
 import uuid
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -42,12 +47,21 @@ LOCAL_TIME_LIMIT_MIN = 7 * 24 * 60  # submitit's local default is 2 minutes: far
 KILLED = "the job's process ended without finishing (killed?)"
 NEVER_STARTED_S = 120  # a job.json without a scheduler handle after this long was never submitted
 SLOT_POLL_S = 0.25
-SLURM_STATE_TTL_S = 20.0  # the app polls every second: ask sacct at most this often per job
+SLURM_STATE_TTL_S = 10.0  # the app polls every second: ask squeue/sacct at most this often per job
+SLURM_COMMAND_TIMEOUT_S = 30
 _SLURM_ACTIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED",
                  "PREEMPTED", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "READY")
 _JOB_ID = re.compile(r"^job-[0-9]{8}-[0-9]{6}-[0-9a-f]{4}$")
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent  # what the worker needs on PYTHONPATH
-_slurm_states: dict[str, tuple[float, str | None]] = {}  # a cache of sacct's answers, nothing else
+# Pending reasons that no wait resolves: the request exceeds what the partition, account or QOS allows
+NEVER_STARTS = {"PartitionConfig": "the request exceeds what the partition's nodes have (CPUs, GPUs or memory)",
+                "PartitionNodeLimit": "the request exceeds the partition's node limits",
+                "PartitionTimeLimit": "the time limit exceeds the partition's",
+                "BadConstraints": "no node matches the constraints",
+                "InvalidAccount": "the account is not valid", "InvalidQOS": "the QOS is not valid",
+                "QOSMaxCpuPerJobLimit": "more CPUs than the QOS allows", "QOSMaxGRESPerJob": "more GPUs than the QOS allows",
+                "QOSMaxWallDurationPerJobLimit": "a longer time limit than the QOS allows"}
+_slurm_states: dict[str, tuple[float, dict | None]] = {}  # a cache of the scheduler's answers, nothing else
 
 
 def job_dir(workspace: str | os.PathLike, job_id: str) -> Path:
@@ -57,7 +71,14 @@ def job_dir(workspace: str | os.PathLike, job_id: str) -> Path:
 
 
 def _read(directory: Path) -> dict:
-    return json.loads((directory / "job.json").read_text())
+    path = directory / "job.json"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(record, dict):
+            raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+        return record
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{path}: unreadable job record ({type(exc).__name__}: {exc})") from None
 
 
 def _update(directory: Path, **fields) -> dict:
@@ -78,14 +99,48 @@ def _scheduler_job(record: dict):
     return kind(folder=record["submitit_folder"], job_id=record["submitit_job_id"])
 
 
-def _slurm_state(record: dict) -> str | None:
-    """Slurm's state of the job (COMPLETED, FAILED, …), or None when sacct cannot say; cached per job."""
+def _slurm(*args: str) -> subprocess.CompletedProcess | None:
+    """A Slurm command, its output captured (never on our stdout/stderr); None when it is missing or hangs."""
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        return subprocess.run(list(args), capture_output=True, text=True, timeout=SLURM_COMMAND_TIMEOUT_S,
+                              stdin=subprocess.DEVNULL)
+    return None
+
+
+def _ask_slurm(slurm_id: str) -> dict | None:
+    """{state, reason, source} of a Slurm job, or None when nothing can be concluded (no Slurm client here, the
+    controller not answering). squeue first (every job the controller still holds, ended ones included until
+    MinJobAge, with the pending reason); then sacct; state GONE when neither has it (accounting disabled, or
+    sacct has no record): the job has left the queue."""
+    queue = _slurm("squeue", "--noheader", "--states=all", f"--jobs={slurm_id}", "--format=%T|%r")
+    if queue is None:
+        return None
+    if queue.returncode == 0 and queue.stdout.strip():
+        state, _, reason = queue.stdout.strip().splitlines()[0].partition("|")
+        return {"state": state.strip(), "reason": None if reason.strip() in ("", "None") else reason.strip(),
+                "source": "squeue"}
+    if "invalid job id" not in (queue.stderr + queue.stdout).lower():
+        return None  # the controller did not answer: nothing can be said
+    accounting = _slurm("sacct", "--noheader", "--allocations", "--parsable2", "--format=State,Reason",
+                        f"--jobs={slurm_id}")
+    if accounting is None:
+        return None
+    answer = (accounting.stdout + accounting.stderr).strip()
+    if accounting.returncode == 0 and answer:
+        state, _, reason = answer.splitlines()[0].partition("|")
+        return {"state": state.split()[0], "reason": None if reason.strip() in ("", "None") else reason.strip(),
+                "source": "sacct"}
+    if accounting.returncode == 0 or "accounting storage is disabled" in answer.lower():
+        why = "accounting is disabled" if answer else "sacct has no record of it"
+        return {"state": "GONE", "reason": f"Slurm no longer lists job {slurm_id} and {why}", "source": "squeue"}
+    return None
+
+
+def _slurm_state(record: dict, fresh: bool = False) -> dict | None:
+    """The scheduler's view of a Slurm job (`_ask_slurm`), asked at most every SLURM_STATE_TTL_S per job."""
     cached = _slurm_states.get(record["job_id"])
-    if not cached or time.monotonic() - cached[0] >= SLURM_STATE_TTL_S:
-        state = None
-        with contextlib.suppress(Exception):  # no sacct here, or it failed: nothing can be concluded
-            state = (_scheduler_job(record).get_info(mode="force").get("State") or "UNKNOWN").split()[0]
-        _slurm_states[record["job_id"]] = cached = (time.monotonic(), None if state == "UNKNOWN" else state)
+    if fresh or not cached or time.monotonic() - cached[0] >= SLURM_STATE_TTL_S:
+        _slurm_states[record["job_id"]] = cached = (time.monotonic(), _ask_slurm(str(record["submitit_job_id"])))
     return cached[1]
 
 
@@ -97,10 +152,28 @@ def _gone(workspace: Path, record: dict) -> str | None:
         old = time.time() - record["created_t"] > NEVER_STARTED_S
         return "the job was registered but never submitted" if old else None
     if record["spec"]["executor"] == "slurm":
-        state = _slurm_state(record)
-        return None if state is None or state in _SLURM_ACTIVE else f"{KILLED} — Slurm says {state}"
+        info = _slurm_state(record)
+        if info is None or info["state"] in _SLURM_ACTIVE:
+            return None
+        if info["state"] == "GONE":
+            return f"{KILLED} — {info['reason']}"
+        return f"{KILLED} — Slurm says {info['state']}" + (f" ({info['reason']})" if info["reason"] else "")
     writers = [p for rid in record["run_ids"] if (p := read_process(run_dir(workspace, rid)))]
     return None if any(process_alive(p) is not False for p in writers or [record.get("controller")]) else KILLED
+
+
+def _last_sign_of_life(workspace: Path, record: dict) -> float | None:
+    """When the job's process was last seen working, from its own records: the newest history line or run start,
+    else the worker's start. A death found late is dated here, not at the moment a reader noticed it."""
+    from hsfm_core.runs import read_process, run_dir
+
+    times = [(record.get("worker") or {}).get("t")]
+    for rid in record["run_ids"]:
+        path = run_dir(workspace, rid)
+        times.append((read_process(path) or {}).get("at"))
+        with contextlib.suppress(OSError):
+            times.append((path / "history.jsonl").stat().st_mtime)
+    return max((t for t in times if t), default=None)
 
 
 def get_job(workspace: str | os.PathLike, job_id: str) -> dict:
@@ -115,23 +188,47 @@ def get_job(workspace: str | os.PathLike, job_id: str) -> dict:
     if record.get("status") in ("done", "failed", "cancelled"):  # a job.json of the earlier layout
         record.setdefault("ended", {"status": record["status"], "error": record.get("error"), "t": None})
     if not record.get("ended") and (reason := _gone(workspace, record)) is not None:
-        status, error = ("cancelled", None) if record.get("cancel_requested") else ("failed", reason)
+        slurm = _slurm_states.get(job_id, (0, None))[1] if record["spec"]["executor"] == "slurm" else None
+        if record.get("cancel_requested"):
+            status, error = "cancelled", None
+        elif slurm and slurm["state"] == "CANCELLED":  # scancel from outside the project, before the worker could say so
+            status, error = "cancelled", f"cancelled outside the project (Slurm says CANCELLED)"
+        else:
+            status, error = "failed", reason
         for rid in record["run_ids"]:
             end_unfinished_run(workspace, rid, status, error)
-        record = _update(directory, ended={"status": status, "error": error, "t": time.time()})
+        now = time.time()
+        record = _update(directory, ended={"status": status, "error": error, "detected_t": now,
+                                           "t": min(now, _last_sign_of_life(workspace, record) or now)})
     ended, trace = record.get("ended") or {}, directory / "error.txt"
     started = any(run_dir(workspace, rid).exists() for rid in record["run_ids"])  # then the runs say how it goes
+    status = ended.get("status") or ("running" if started else "queued")
+    pending = None
+    if status == "queued" and record["spec"]["executor"] == "slurm" and record.get("submitit_job_id"):
+        slurm = _slurm_states.get(job_id, (0, None))[1]
+        if slurm and slurm["state"] == "PENDING" and slurm["reason"]:
+            pending = {"reason": slurm["reason"], "never_starts": NEVER_STARTS.get(slurm["reason"])}
     return {**record, "executor": record["spec"]["executor"], "error": ended.get("error"),
-            "traceback": trace.read_text() if trace.is_file() else None,
-            "status": ended.get("status") or ("running" if started else "queued")}
+            "traceback": trace.read_text() if trace.is_file() else None, "status": status, "pending": pending}
 
 
-def list_jobs(workspace: str | os.PathLike) -> list[dict]:
-    """Every job of the workspace, oldest launch first."""
+def list_jobs(workspace: str | os.PathLike, unreadable: list | None = None) -> list[dict]:
+    """Every job of the workspace, oldest launch first. A job whose job.json cannot be read (damaged, or not
+    written yet) is left out; with `unreadable` (a list) it is named there: {job_id, path, error}."""
     out = []
     for d in sorted(Path(workspace, "jobs").glob("job-*")):
-        with contextlib.suppress(InputError, OSError, ValueError, KeyError, TypeError):  # half-created or damaged
+        if not d.is_dir() or not _JOB_ID.match(d.name):
+            continue
+        if not (d / "job.json").exists() and time.time() - d.stat().st_mtime < NEVER_STARTED_S:
+            continue  # being created by launch() right now
+        try:
+            if not (d / "job.json").exists():
+                raise InputError(f"{d / 'job.json'}: missing (the job was never registered completely)")
             out.append(get_job(workspace, d.name))
+        except (InputError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            if unreadable is not None:
+                unreadable.append({"job_id": d.name, "path": str(d / "job.json"),
+                                   "error": str(exc) if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"})
     return sorted(out, key=lambda r: (r["created_t"], r["job_id"]))  # ids of one second are random
 
 
@@ -152,17 +249,42 @@ def set_max_parallel(workspace: str | os.PathLike, n: int) -> None:
     write_json_atomic(Path(workspace, "jobs") / "settings.json", {"max_parallel": int(n)})
 
 
-def slurm_parameters(options, job_id: str) -> dict:
-    """`SlurmExecutor.update_parameters` keywords (sbatch vocabulary) for a job's `SlurmOptions`."""
+def time_limit_warning_s(time_min: float) -> int:
+    """Seconds before a Slurm job's time limit at which it is warned (SIGUSR2, to end its runs cleanly): 10 % of
+    the limit, at least 5 s, at most 90 s — 6 s for 1 min, 90 s from 15 min on. A fixed 90 s exceeded short
+    limits (the job was told at once) and cost every job up to 90 s of its time."""
+    return int(min(90, max(5, float(time_min) * 60 // 10)))
+
+
+def slurm_parameters(options, job_id: str, workspace: str | os.PathLike | None = None) -> dict:
+    """`SlurmExecutor.update_parameters` keywords (sbatch vocabulary) for a job's `SlurmOptions`. The job runs in
+    the workspace (`--chdir`; it must be on a filesystem the nodes share), not in the folder it was submitted from."""
     o, m = options.check(), float(options.mem_gb or 0)
     mem = f"{int(m)}GB" if m.is_integer() else f"{int(m * 1024)}MB"
+    extra = {**({"chdir": str(workspace)} if workspace is not None else {}), **{str(k): v for k, v in o.extra.items()}}
     return {"job_name": f"hsfm-{job_id}", "partition": o.partition, "time": int(o.time_min), "nodes": 1,
-            "ntasks_per_node": 1, "signal_delay_s": 90,
+            "ntasks_per_node": 1, "signal_delay_s": time_limit_warning_s(o.time_min),
             "setup": [*o.setup, f"export PYTHONPATH={_PROJECT_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}"],
             **({"gpus_per_node": int(o.gpus)} if int(o.gpus) > 0 else {}),
             **({"cpus_per_task": int(o.cpus)} if o.cpus is not None else {}),
             **({"mem": mem} if o.mem_gb is not None else {}),
-            **({"additional_parameters": {str(k): v for k, v in o.extra.items()}} if o.extra else {})}
+            **({"additional_parameters": extra} if extra else {})}
+
+
+def check_slurm_here(options) -> None:
+    """What can be checked before submitting to Slurm (InputError, nothing registered): the Slurm commands are on
+    PATH and the partition exists. What cannot be seen from here — the workspace on a filesystem the nodes
+    share, this interpreter (`sys.executable`) and the project at the same paths there — is the README's."""
+    if shutil.which("sbatch") is None or shutil.which("squeue") is None:
+        raise InputError("Slurm: sbatch/squeue not found on PATH; submit from a machine of the cluster "
+                         "(a login node) with the Slurm client installed")
+    answer = _slurm("sinfo", "--noheader", "--format=%R")
+    if answer is not None and answer.returncode == 0:
+        known = sorted(set(answer.stdout.split()))
+        unknown = [p for p in str(options.partition).split(",") if p not in known]
+        if unknown:
+            raise InputError(f"Slurm partition {', '.join(unknown)!s} does not exist here; partitions: "
+                             f"{', '.join(known) or 'none'}")
 
 
 def launch(workspace: str | os.PathLike, spec, run_id: str | None = None) -> dict:
@@ -178,6 +300,8 @@ def launch(workspace: str | os.PathLike, spec, run_id: str | None = None) -> dic
         resolve_device(spec.device)
     elif not re.match(r"^(auto|cpu|cuda(:[0-9]+)?)$", spec.device):
         raise InputError(f"unknown device {spec.device!r}; expected auto, cpu or cuda[:N]")
+    else:
+        check_slurm_here(spec.slurm)
     if (limit := int(spec.max_parallel or job_limit(workspace))) < 1:
         raise InputError(f"the job limit must be ≥ 1, got {limit}")
     now = datetime.now(timezone.utc)
@@ -198,8 +322,8 @@ def launch(workspace: str | os.PathLike, spec, run_id: str | None = None) -> dic
             import submitit
 
             executor = submitit.SlurmExecutor(folder=directory / "submitit")
-            executor.update_parameters(**{**slurm_parameters(spec.slurm, job_id),
-                                          **({"time": int(spec.time_limit_min)} if spec.time_limit_min else {})})
+            options = replace(spec.slurm, time_min=int(spec.time_limit_min)) if spec.time_limit_min else spec.slurm
+            executor.update_parameters(**slurm_parameters(options, job_id, workspace))
             _update(directory, submitit_job_id=str(executor.submit(_worker_main, str(workspace), job_id).job_id))
     except Exception as exc:
         message = f"submission failed: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
@@ -247,8 +371,10 @@ class _Worker:
     and while queued), a time limit once (SIGUSR2). Whichever comes first raises once; a signal after that
     does nothing, so it cannot interrupt the cleanup that ends the runs and the job."""
 
-    def __init__(self, directory: Path):
-        self.directory, self.armed = directory, True
+    def __init__(self, directory: Path, deadline: float | None = None):
+        # deadline: when Slurm ends the job (its time limit). Slurm checks limits about every 30 s, so the
+        # SIGUSR2 warning can come as late as the SIGTERM at the limit: a SIGTERM that close is the limit too.
+        self.directory, self.armed, self.deadline = directory, True, deadline
 
     def disarm(self) -> bool:  # → whether the stop was still to come (the caller owns it now)
         armed, self.armed = self.armed, False
@@ -256,7 +382,10 @@ class _Worker:
 
     def on_signal(self, signum, frame) -> None:
         if self.disarm():
-            raise _TimeLimit() if signum == signal.SIGUSR2 else KeyboardInterrupt(signal.Signals(signum).name)
+            at_limit = signum == signal.SIGTERM and self.deadline is not None and time.time() > self.deadline - 40
+            if signum == signal.SIGUSR2 or (at_limit and not _read(self.directory).get("cancel_requested")):
+                raise _TimeLimit()
+            raise KeyboardInterrupt(signal.Signals(signum).name)
 
     def check(self) -> None:  # a cancel that could not signal this process (another host), or a job a reader ended
         record = _read(self.directory)
@@ -292,6 +421,13 @@ class _Worker:
             os.environ.update(record["env"])
         try:
             print(f"[job] {record['job_id']} started (pid {os.getpid()} on {socket.gethostname()})", flush=True)
+            from hsfm_core.runs import process_record
+
+            worker = process_record()  # when it started (the ETA's time limit counts from here), where, which Slurm job
+            if spec["executor"] == "slurm":
+                limit_min = spec["time_limit_min"] or spec["slurm"]["time_min"]
+                self.deadline = worker["started"] + 60 * float(limit_min)
+            _update(self.directory, worker={**worker, "t": worker["at"]})
             self.check()
             slot = self.acquire_slot(workspace, record) if spec["executor"] == "local" else None
             from hsfm_core.spec import TrainSpec
@@ -355,9 +491,16 @@ def job_progress(workspace: str | os.PathLike, job_id: str) -> dict:
     eta = 0.0 if record["status"] == "done" else None
     if record["status"] in ACTIVE and epoch and epochs and started_t:
         eta = max(0.0, (last_t - started_t) / epoch * (epochs - epoch) - (time.time() - last_t))
+    time_left, ends_at_limit = None, False
+    limit_min = record["spec"]["time_limit_min"] or (record["spec"].get("slurm") or {}).get("time_min")
+    if record["status"] in ACTIVE and limit_min and (record.get("worker") or {}).get("t"):
+        time_left = max(0.0, record["worker"]["t"] + 60 * float(limit_min) - time.time())
+        if eta is not None and eta > time_left:  # the limit comes first: the job will not finish its epochs
+            eta, ends_at_limit = time_left, True
     end = (record.get("ended") or {}).get("t") or time.time()
     return {"job_id": job_id, "status": record["status"], "epoch": epoch, "epochs": epochs, "history": history,
-            "elapsed_s": end - record["created_t"], "eta_s": eta, "error": record["error"],
+            "elapsed_s": max(0.0, end - record["created_t"]), "eta_s": eta, "time_left_s": time_left,
+            "ends_at_time_limit": ends_at_limit, "pending": record["pending"], "error": record["error"],
             "run_ids": record["run_ids"]}
 
 
@@ -374,7 +517,8 @@ def log_tail(workspace: str | os.PathLike, job_id: str, n_lines: int = 40) -> di
 def cancel(workspace: str | os.PathLike, job_id: str) -> dict:
     """Ask a queued or running job to stop; → its record, at once. The flag first (the worker reads it at each
     epoch and while queued), then SIGINT to the worker, the child of submitit's controller (never the
-    controller: its SIGINT kills the worker 1 s later, maybe mid-cleanup). Slurm: scancel (SIGTERM)."""
+    controller: its SIGINT kills the worker 1 s later, maybe mid-cleanup). Slurm: scancel (SIGTERM); a job
+    Slurm no longer runs (or has forgotten) is ended `cancelled` here at once."""
     import psutil
 
     from hsfm_core.runs import process_alive
@@ -382,7 +526,8 @@ def cancel(workspace: str | os.PathLike, job_id: str) -> dict:
     if get_job(workspace, job_id)["status"] in ACTIVE:
         record = _update(job_dir(workspace, job_id), cancel_requested=True)
         if record["spec"]["executor"] == "slurm" and record.get("submitit_job_id"):
-            _scheduler_job(record).cancel(check=False)
+            _slurm("scancel", str(record["submitit_job_id"]))  # quiet: a job already gone makes it complain
+            _slurm_state(record, fresh=True)
         elif process_alive(controller := record.get("controller")):
             with contextlib.suppress(psutil.Error):
                 for worker in psutil.Process(controller["pid"]).children():
