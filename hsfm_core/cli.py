@@ -348,7 +348,9 @@ def _job_row(workspace, job) -> dict:
             "method": job["spec"]["method"], "seeds": job["spec"]["seeds"], "runs": job["run_ids"],
             "epoch": progress["epoch"], "epochs": progress["epochs"],
             "val_wga": sum(last) / len(last) if last else None, "elapsed_s": progress["elapsed_s"],
-            "eta_s": progress["eta_s"], "error": job["error"], "created_at": job["created_at"]}
+            "eta_s": progress["eta_s"], "time_left_s": progress["time_left_s"],
+            "ends_at_time_limit": progress["ends_at_time_limit"], "pending": job["pending"],
+            "error": job["error"], "created_at": job["created_at"]}
 
 
 def _seconds(x) -> str:
@@ -365,6 +367,11 @@ def _print_jobs(workspace, job_list) -> None:
               f"{_pct(r['val_wga']):>8} {_seconds(r['elapsed_s']):>8} {_seconds(r['eta_s']):>6}  {', '.join(r['runs'])}")
         if r["error"]:
             print(f"{'':<26} error: {r['error']}")
+        if r["pending"]:  # Slurm's reason for not starting it, and whether waiting can help
+            never = r["pending"]["never_starts"]
+            print(f"{'':<26} pending: {r['pending']['reason']}" + (f" — Slurm will not start it: {never}" if never else ""))
+        if r["ends_at_time_limit"]:
+            print(f"{'':<26} the time limit comes first: {_seconds(r['time_left_s'])} left, the epochs need more")
 
 
 def _add_jobs(sub) -> None:
@@ -391,12 +398,16 @@ def _run_jobs(args) -> int:
             print("--- stderr ---")
             print(tail["stderr"])
         return 0
-    job_list = list_jobs(args.workspace)
+    unreadable: list = []
+    job_list = list_jobs(args.workspace, unreadable)
     if args.json:
-        print(json.dumps([_job_row(args.workspace, j) for j in job_list]))
+        print(json.dumps([_job_row(args.workspace, j) for j in job_list] +
+                         [{"job_id": u["job_id"], "status": "unreadable", "error": u["error"]} for u in unreadable]))
         return 0
     _print_jobs(args.workspace, job_list)
-    if not job_list:
+    for u in unreadable:  # a damaged job.json is named, not hidden
+        print(f"{u['job_id']:<26} unreadable: {u['error']}")
+    if not job_list and not unreadable:
         print("(no jobs yet: python -m hsfm_core train … --submit local)")
     return 0
 
