@@ -42,7 +42,10 @@ class ERMProbe:
     def fit(self, features: np.ndarray, y: np.ndarray, n_classes: int = 2) -> "ERMProbe":
         ERMSettings(self.C, self.max_iter)  # range checks
         require_all_classes(y, n_classes, "train split")
-        model = LogisticRegression(C=self.C, max_iter=self.max_iter)
+        # lbfgs draws no random numbers; the fixed random_state keeps the probe independent of numpy's global
+        # state should the solver ever change. θ₀ is one head per store (ERM, HSFM and AFR runs of every
+        # seed share it), so it takes no run seed.
+        model = LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=0)
         model.fit(np.asarray(features, dtype=np.float32), y)
         self.head_ = LinearHead.from_sklearn(model.coef_, model.intercept_)
         self.n_iter_ = int(np.max(model.n_iter_))
