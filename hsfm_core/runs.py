@@ -217,6 +217,14 @@ def read_run(path: Path) -> dict:
         if bad:
             raise InputError(f"{path / 'metrics.json'}: expected {{split: {{metric: value}}}}; "
                              f"{bad[0]!r} holds a {type(metrics[bad[0]]).__name__}")
+        for split, figures in metrics.items():
+            for key in ("wga", "avg_plain", "avg_adjusted", "mean_group"):
+                value = figures.get(key)
+                if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                    raise InputError(f"{path / 'metrics.json'}: {split}.{key} must be a number or null, found {value!r:.40}")
+            for key in ("group_acc", "group_n", "group_ci"):
+                if key in figures and not isinstance(figures[key], list):
+                    raise InputError(f"{path / 'metrics.json'}: {split}.{key} must be a list")
     method = config.get("method")
     if method is not None and not isinstance(method, str):
         raise InputError(f"{path / 'config.json'}: 'method' must be a string, found {method!r:.40}")
@@ -317,6 +325,6 @@ def load_head(run: dict, store=None) -> dict[str, torch.Tensor]:
         raise InputError(f"{path}: weight {tuple(weight.shape)} {weight.dtype}, bias {tuple(bias.shape)}; "
                          f"expected a float C × d weight and a C bias")
     if store is not None and tuple(weight.shape) != (len(store.class_names), store.dim):
-        raise InputError(f"{path}: weight {tuple(weight.shape)}; {store.path} needs "
-                         f"({len(store.class_names)}, {store.dim}) ({len(store.class_names)} classes, {store.dim}-d)")
+        raise InputError(f"{path}: a head of shape {tuple(weight.shape)} does not fit {store.path} "
+                         f"({len(store.class_names)} classes, {store.dim}-d features): was the store replaced?")
     return head

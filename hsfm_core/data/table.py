@@ -20,7 +20,6 @@ value below the largest must occur, and the names are "class 0" … / "attribute
 
 from __future__ import annotations
 
-import os
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,6 +206,11 @@ def make_table(
     options: dict | None = None,
 ) -> DatasetTable:
     check_splits_nonempty(np.asarray(split), source)
+    for column, values in (("id", list(map(str, sample_id))), ("image", list(image_path))):
+        repeated = pd.Series(values)[pd.Series(values).duplicated()].unique().tolist()
+        if repeated:
+            raise InputError(f"{source}: {len(repeated)} {column}(s) listed more than once: {listed(repeated)}; "
+                             f"each image must appear once (a repeat would count twice in training and metrics)")
     groups = Groups(tuple(class_names), tuple(attribute_names))
     y, a = np.asarray(y, dtype=np.int64), np.asarray(a, dtype=np.int64)
     groups.check_labels(y, a, str(source))  # readers check with line numbers first; this is the backstop
@@ -239,22 +243,27 @@ def check_images(table: DatasetTable, verify_headers: bool = True) -> None:
     files that are not images at all; files that open but fail to decode are caught during
     extraction and reported the same way.
     """
-    from PIL import Image, UnidentifiedImageError
+    from hsfm_core.safe_io import check_image_header, resolve_image
 
     root = table.image_root
-    missing, unreadable = [], []
+    missing, unreadable, outside = [], [], []
     for rel in table.frame["image_path"]:
-        path = os.path.join(root, rel)
-        if not os.path.isfile(path):
+        try:
+            path = resolve_image(root, rel)  # symlinks followed: nothing outside the root is read
+        except InputError:
+            outside.append(rel)
+            continue
+        if not path.is_file():
             missing.append(rel)
             continue
         if verify_headers:
             try:
-                with Image.open(path) as im:
-                    im.size  # noqa: B018  (the header is parsed by open)
-            except (UnidentifiedImageError, OSError):
+                check_image_header(path)  # decompression bombs count as unreadable
+            except InputError:
                 unreadable.append(rel)
     problems = []
+    if outside:
+        problems.append(f"{len(outside)} image path(s) lead outside {root} (a symlink?): {listed(outside)}")
     if missing:
         problems.append(f"{len(missing)} image file(s) missing under {root}: {listed(missing)}")
     if unreadable:

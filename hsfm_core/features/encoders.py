@@ -136,15 +136,11 @@ def _probe_dim(clip, preprocess, device) -> int:
 
 # -- ResNet-50 ERM checkpoint --------------------------------------------------------------
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from hsfm_core.safe_io import read_safetensors, read_torch_weights
 
-        return load_file(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a pickled whole model, or not a checkpoint at all
-        raise InputError(f"{path}: cannot read as a weights-only checkpoint ({type(exc).__name__}: {exc}); "
-                         f"save the model's state_dict() instead of the model object") from None
+    if path.suffix == ".safetensors":
+        return read_safetensors(path, "checkpoint")
+    obj = read_torch_weights(path, "checkpoint")  # a pickled whole model is refused, saying why
     for key in ("model_state_dict", "state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

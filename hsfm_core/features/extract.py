@@ -21,6 +21,7 @@ from hsfm_core.data.table import DatasetTable, check_images, listed
 from hsfm_core.errors import InputError
 from hsfm_core.features.encoders import Encoder
 from hsfm_core.features.store import INIT_HEAD, FeatureStore, StoreWriter
+from hsfm_core.safe_io import open_image, read_bytes, resolve_image
 
 
 class ImageRows(torch.utils.data.Dataset):
@@ -36,10 +37,10 @@ class ImageRows(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         try:
-            with Image.open(self.paths[i]) as im:
-                return self.preprocess(im.convert("RGB")), i, True
-        except (OSError, ValueError, SyntaxError):
+            image = open_image(self.paths[i])  # decompression bombs and broken files alike: flagged
+        except InputError:
             return self.placeholder, i, False
+        return self.preprocess(image), i, True
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -103,7 +104,7 @@ def extract(
         raise InputError(f"the checkpoint's fc has {encoder.init_head['weight'].shape[0]} outputs but the dataset "
                          f"has {len(table.class_names)} classes")
 
-    paths = [os.path.join(table.image_root, p) for p in part.frame["image_path"]]
+    paths = [str(resolve_image(table.image_root, p)) for p in part.frame["image_path"]]  # inside the root only
     loader = torch.utils.data.DataLoader(
         ImageRows(paths, encoder.preprocess), batch_size=batch_size, num_workers=num_workers,
         # spawn: forking after torch/OpenMP has started can hang the child on these machines
@@ -178,7 +179,7 @@ def merge_shards(shard_dirs: list[str | os.PathLike], out: str | os.PathLike, ov
             writer.features[start : start + len(s.features)] = s.features
             start += len(s.features)
         if first.get("init_head"):
-            heads = {(s.path / INIT_HEAD).read_bytes() for s in ordered}
+            heads = {read_bytes(s.path / INIT_HEAD, "initial head") for s in ordered}
             if len(heads) != 1:
                 raise InputError("cannot merge: the shards carry different initial heads (different checkpoints?)")
             writer.add_file(INIT_HEAD, heads.pop())

@@ -169,13 +169,7 @@ class FeatureStore:
         """θ₀ saved at extraction (a ResNet checkpoint's `fc`): {"weight", "bias"} tensors, or None."""
         if not self.manifest.get("init_head"):
             return None
-        head = read_safetensors(self.path / INIT_HEAD, "initial head", required=("weight", "bias"))
-        if tuple(head["weight"].shape) != (len(self.class_names), self.dim) or \
-                tuple(head["bias"].shape) != (len(self.class_names),):
-            raise InputError(f"{self.path / INIT_HEAD}: weight {tuple(head['weight'].shape)} / bias "
-                             f"{tuple(head['bias'].shape)}; expected ({len(self.class_names)}, {self.dim}) / "
-                             f"({len(self.class_names)},)")
-        return head
+        return read_safetensors(self.path / INIT_HEAD, "initial head", required=("weight", "bias"))  # shapes: train
 
     # -- selecting -------------------------------------------------------------------------
     def rows(self, split: str | None = None, groups: Iterable[int] | None = None) -> np.ndarray:
@@ -400,9 +394,13 @@ def _check_meta(meta: pd.DataFrame, manifest: dict, where: Path) -> None:
         if meta[column].dtype.kind not in "iu":
             raise InputError(f"{where}: column {column!r} must hold integers, found {meta[column].dtype}")
     row_id = meta["row_id"].to_numpy()
-    if not np.array_equal(row_id, np.arange(len(meta))):
-        i = int(np.flatnonzero(row_id != np.arange(len(meta)))[0])
-        raise InputError(f"{where}: row {i}: row_id {row_id[i]}; row ids must be 0, 1, 2, … in order")
+    shard = manifest.get("shard") or {}
+    first = shard.get("rows", [0])[0] if isinstance(shard.get("rows"), list) and shard["rows"] else 0
+    first = first if type(first) is int else 0  # a shard keeps the dataset-wide row ids of its block
+    expected = np.arange(first, first + len(meta))
+    if not np.array_equal(row_id, expected):
+        i = int(np.flatnonzero(row_id != expected)[0])
+        raise InputError(f"{where}: row {i}: row_id {row_id[i]}; row ids must be {first}, {first + 1}, … in order")
     _check_groups(meta, Groups(manifest["class_names"], manifest["attribute_names"]), str(where))
     split = meta["split"]
     unknown = ~split.isin(SPLITS).to_numpy()

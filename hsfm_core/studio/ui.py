@@ -230,17 +230,10 @@ def run_pickers(store) -> tuple[list[dict], dict | None]:
 
 @st.cache_resource(max_entries=8)
 def _support(run_dir: str):
-    from safetensors.torch import load_file
+    from hsfm_core.runs import load_support as read_support
 
-    path = Path(run_dir) / "support.safetensors"
-    try:
-        support = load_file(path)
-    except Exception as exc:  # a truncated or foreign file
-        raise InputError(f"{path} cannot be read: {type(exc).__name__}: {exc}") from None
-    missing = {"before", "after", "indices", "labels"} - set(support)
-    if missing:
-        raise InputError(f"{path} lacks {', '.join(sorted(missing))}")
-    return support
+    path = Path(run_dir)  # through the reading layer: truncated, incomplete or misshapen files are InputError
+    return read_support({"path": path, "run_id": path.name, "method": None})
 
 
 def load_support(run: dict) -> dict:
@@ -370,20 +363,21 @@ def thumbnail(path: str, size: int = THUMB_PX) -> bytes | None:
     """A PNG thumbnail (longest side `size`), or None when the image cannot be read."""
     import io
 
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
+
+    from hsfm_core.safe_io import open_image
 
     try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            image.thumbnail((size, size))
-            if max(image.size) < size:  # small images (the 64-px demo) are shown enlarged, not blurred
-                scale = size / max(image.size)
-                image = image.resize((round(image.width * scale), round(image.height * scale)), Image.NEAREST)
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-            return buffer.getvalue()
-    except (OSError, UnidentifiedImageError):
+        image = open_image(path)  # bombs and broken files: None, shown blank
+    except InputError:
         return None
+    image.thumbnail((size, size))
+    if max(image.size) < size:  # small images (the 64-px demo) are shown enlarged, not blurred
+        scale = size / max(image.size)
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.NEAREST)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def image_grid(store, rows, captions: list[str], key: str, page_size: int = 32, size: int = THUMB_PX) -> None:
@@ -402,13 +396,23 @@ def image_grid(store, rows, captions: list[str], key: str, page_size: int = 32, 
         page = st.number_input(f"Page (of {pages}, {page_size} images each)", 1, pages, 1, key=f"{key}.page")
     start = (page - 1) * page_size
     shown_rows, shown_captions = rows[start:start + page_size], captions[start:start + page_size]
-    pictures = [thumbnail(str(store.image_path(int(row))), size) for row in shown_rows]
+    pictures = [thumbnail(str(path), size) if (path := _image_inside_root(store, int(row))) else None
+                for row in shown_rows]
     missing = [str(row) for row, data in zip(shown_rows, pictures) if data is None]
     if missing:
         st.caption(f"{len(missing)} image(s) could not be read (rows {', '.join(missing[:10])}); shown blank.")
     # one image element for the whole page of thumbnails: far cheaper than one element per picture
     st.image([data if data is not None else _blank(size) for data in pictures], caption=list(shown_captions),
              width=size)
+
+
+def _image_inside_root(store, row: int) -> Path | None:
+    """The row's image, resolved by the reading layer's one rule (symlinks followed, nothing outside the
+    image root is read); None when it leaves the root."""
+    try:
+        return store.image_path(row)
+    except InputError:
+        return None
 
 
 @st.cache_data(show_spinner=False)
