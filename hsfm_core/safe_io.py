@@ -80,7 +80,7 @@ def read_safetensors(path: str | os.PathLike, what: str = "tensor file",
     try:
         tensors = load(data)
     except Exception as exc:  # SafetensorError (truncated, bad header), or anything the parser raises
-        raise InputError(f"{path}: the {what} is not a complete safetensors file ({_why(exc)})") from None
+        raise InputError(f"{path} cannot be read: the {what} is not a complete safetensors file ({_why(exc)})") from None
     missing = [k for k in required if k not in tensors]
     if missing:
         raise InputError(f"{path}: the {what} lacks {', '.join(repr(k) for k in missing)} "
