@@ -1,6 +1,7 @@
 """AFR (hsfm_core/methods/afr.py): the weights, the step, selection on val only, the spurious and the
 3-class worlds, runs end to end, the checkpoint θ₀, and bad settings."""
 
+import dataclasses
 import json
 import math
 
@@ -325,3 +326,67 @@ def test_cuda_matches_cpu():
     assert gpu.weight.device.type == "cpu"
     torch.testing.assert_close(gpu.weight, cpu.weight, rtol=1e-3, atol=1e-4)
     assert [e["val_wga"] for e in gpu.grid] == pytest.approx([e["val_wga"] for e in cpu.grid], abs=0.01)
+
+
+# -- the authors' notebook, on identical features (tests/reference_afr.py) -------------------------------
+AUDIT = AFRSettings(gamma_grid=(1.0, 4.0, 10.0), lambda_grid=(0.0, 0.1), steps=80)
+
+
+@pytest.fixture(scope="module")
+def audit_world(tmp_path_factory):
+    path = tmp_path_factory.mktemp("afr-audit")
+    return gaussian_workspace(path, d=32, sizes=(2000, 500, 800))
+
+
+def _authors_inputs(store, seed):
+    """The reweighting set, θ₀ and val/test of one seed, as the notebook's `emb_dict`."""
+    train_, val, test = store.select("train"), store.select("val"), store.select("test")
+    rest, rw = reweighting_split(len(train_.rows), 0.2, seed)
+    init, _ = initial_head(store, train_rows=rest)
+    f = lambda a: torch.tensor(np.array(a), dtype=torch.float32)  # noqa: E731  (a copy: memmaps are read-only)
+    i = lambda a: torch.tensor(np.array(a), dtype=torch.long)  # noqa: E731
+    emb = dict(e=f(train_.features[rw]), y=i(train_.y[rw]), g=i(train_.g[rw]), val_e=f(val.features), val_y=i(val.y),
+               val_g=i(val.g), test_e=f(test.features), test_y=i(test.y), test_g=i(test.g),
+               w0=init.weight.float(), b0=init.bias.float())
+    config = dict(lr_choices=[AUDIT.lr], gamma_choices=list(AUDIT.gamma_grid),
+                  reg_coeff_choices=list(AUDIT.lambda_grid), balance_classes_choices=[True],
+                  num_epochs=AUDIT.steps, early_stop="wga")
+    return emb, config, (train_.features[rw], train_.y[rw], val.features, val.y, val.g, init.weight, init.bias)
+
+
+@pytest.mark.parametrize("recipe", ["official", "zero_init"])
+def test_recipes_match_the_authors_notebook(audit_world, recipe):
+    """official = their `sweep` + `train` seed for seed (Δ from nn.Linear's initialisation under
+    torch.manual_seed(seed)); zero_init = the same with Δ starting at 0 (λ = 0 heads: the proximal and
+    the explicit L2 step coincide). Same (γ, λ), same early-stopping step, the same test predictions."""
+    from hsfm_core.heads import predict
+    from hsfm_core.methods.afr import fit_afr_official
+    from tests.reference_afr import sweep
+
+    settings = dataclasses.replace(AUDIT, recipe=recipe, lambda_grid=AUDIT.lambda_grid if recipe == "official" else (0.0,))
+    test = audit_world.select("test")
+    steps = []
+    for seed in range(3):
+        emb, config, args = _authors_inputs(audit_world, seed)
+        config["reg_coeff_choices"] = list(settings.lambda_grid)
+        _, their_wga, their_pred, (_, gamma, lam, _), their_step = sweep(
+            emb, config, seed=seed, init="random" if recipe == "official" else "zero")
+        if recipe == "official":
+            fit = fit_afr_official(*args, settings, audit_world.groups.n_groups, seed)
+        else:
+            fit = fit_afr(*args, settings, audit_world.groups.n_groups)
+        assert (fit.gamma, fit.lam, fit.step) == (gamma, lam, their_step), (recipe, seed)
+        assert np.sum(predict(test.features, fit.weight, fit.bias) != their_pred.numpy()) <= 2
+        steps.append(their_step)
+    assert len(set(steps)) > 1  # the seeds lead to different runs: agreement is seed for seed
+
+
+def test_official_is_a_preset_and_recorded(tmp_path):
+    assert AFR.settings("official").recipe == "official" and AFR.settings().recipe == "zero_init"
+    with pytest.raises(InputError, match="recipe must be one of zero_init, official"):
+        AFR.settings(None, ["recipe=paper"])
+    ws = tmp_path / "ws"
+    gaussian_workspace(ws)
+    (run,) = train(ws, "afr", preset="official", overrides=FAST)
+    config = json.loads((run.path / "config.json").read_text())
+    assert config["preset"] == "official" and config["fitted"]["recipe"] == "official"
