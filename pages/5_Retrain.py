@@ -135,7 +135,10 @@ with st.expander("Jobs on this machine"), ui.errors_shown("Cannot read the job s
 sweep_section(workspace, store)
 
 # -- the jobs -------------------------------------------------------------------------------------------
-all_jobs = jobs.list_jobs(workspace)
+unreadable_jobs: list = []
+all_jobs = jobs.list_jobs(workspace, unreadable_jobs)
+for bad in unreadable_jobs:  # named, not hidden
+    st.warning(f"Job {bad['job_id']} cannot be read: {bad['error']}")
 active = any(j["status"] in jobs.ACTIVE for j in all_jobs)
 if not all_jobs:
     st.info("No jobs yet: launch one above.")
@@ -203,7 +206,15 @@ def show_jobs() -> None:
     cols[0].metric("Status", status)
     cols[1].metric("Elapsed", f"{progress['elapsed_s']:.0f} s" if progress["elapsed_s"] is not None else "—",
                    help="since the launch")
-    cols[2].metric("Time left (estimate)", f"{progress['eta_s']:.0f} s" if progress["eta_s"] is not None else "—")
+    cols[2].metric("Time left (estimate)", f"{progress['eta_s']:.0f} s" if progress["eta_s"] is not None else "—",
+                   help="the epochs still to train at the pace so far, bounded by the job's time limit")
+    if progress["ends_at_time_limit"]:
+        st.warning(f"The time limit comes first: {progress['time_left_s']:.0f} s left, not enough for the remaining "
+                   "epochs. The job will end `failed` (time limit) with its partial history.")
+    if job.get("pending"):  # Slurm's reason for not starting it yet
+        never = job["pending"]["never_starts"]
+        (st.error if never else st.info)(f"Slurm has not started it: {job['pending']['reason']}"
+                                         + (f" — {never}; it will never start. Cancel it and submit with less." if never else ""))
     history = pd.DataFrame(progress["history"]).reindex(columns=CURVE_COLUMNS)  # the runs' history.jsonl
     latest = history[history["epoch"] == history["epoch"].max()]["val_wga"].dropna()
     cols[3].metric("Val worst-group accuracy", f"{latest.mean():.1%}" if len(latest) else "—")
