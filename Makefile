@@ -15,10 +15,10 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 # --no-deps: requirements.txt's exact pins are the dependencies; --no-build-isolation: build with the venv's
-# setuptools (no download per install).
+# setuptools (no download per install; 70.1 builds wheels without the `wheel` package).
 $(VENV)/.installed-run: requirements.txt pyproject.toml | $(PY)
 	$(PY) -m pip install -r requirements.txt
-	$(PY) -m pip install --quiet "setuptools>=64"
+	$(PY) -m pip install --quiet "setuptools>=70.1"
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
