@@ -169,7 +169,7 @@ def test_runs_table_and_eval_show_seed_statistics(tmp_path, capsys):
     assert groups[0]["seeds"] == 3 and groups[0]["test"]["wga"]["std"] is not None
     run_id = groups[0]["run_ids"][0]
     assert main(["eval", "--workspace", str(ws), "--run", run_id]) == 0
-    assert "run group DFR (3 seeds" in capsys.readouterr().out
+    assert "run group DFR · val_scaler (3 seeds" in capsys.readouterr().out  # the recipe is in the name
     out_file = tmp_path / "table.tex"
     assert main(["table", "--workspace", str(ws), "--format", "latex", "--out", str(out_file)]) == 0
     assert r"\begin{tabular}" in out_file.read_text() and "DFR" in out_file.read_text()
