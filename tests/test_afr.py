@@ -326,6 +326,11 @@ def test_cuda_matches_cpu():
     assert gpu.weight.device.type == "cpu"
     torch.testing.assert_close(gpu.weight, cpu.weight, rtol=1e-3, atol=1e-4)
     assert [e["val_wga"] for e in gpu.grid] == pytest.approx([e["val_wga"] for e in cpu.grid], abs=0.01)
+    from hsfm_core.methods.afr import fit_afr_official  # the official recipe: Δ's start drawn on the CPU either way
+
+    cpu = fit_afr_official(x, y, xv, yv, gv, W0, b0, settings, 6, seed=3)
+    gpu = fit_afr_official(x, y, xv, yv, gv, W0, b0, settings, 6, seed=3, device="cuda")
+    torch.testing.assert_close(gpu.weight, cpu.weight, rtol=1e-3, atol=1e-4)
 
 
 # -- the authors' notebook, on identical features (tests/reference_afr.py) -------------------------------
