@@ -81,8 +81,8 @@ def _map_inputs(store, run: dict | None, rows: np.ndarray | None, params: Projec
     rows = np.arange(store.manifest["n_rows"]) if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
     if len(rows) < params.n_neighbors + 1:
         raise InputError(f"a map needs more than n_neighbors = {params.n_neighbors} points, got {len(rows)}")
-    support = load_support(run) if run is not None and (run["path"] / "support.safetensors").is_file() else None
-    head = load_head(run) if run is not None else None
+    support = load_support(run, store) if run is not None and (run["path"] / "support.safetensors").is_file() else None
+    head = load_head(run, store) if run is not None else None  # checked against the store before any UMAP fit
     path = Path(store.path) / "cache" / f"umap-{_key(store, support, head, rows, params)}.parquet"
     return path, rows, support, head
 
