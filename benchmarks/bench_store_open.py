@@ -1,6 +1,13 @@
-"""Opening a 200k × 512 float16 store and selecting one split: time and resident memory.
+"""Opening a 200k × 512 float16 store and selecting one split: time and resident memory; and what
+the commit lock and the checks on open add to opening the demo store (issue 12, target ≤ 10 ms).
 
     python -m benchmarks.bench_store_open [--rows 200000] [--dim 512]
+    python -m benchmarks.bench_store_open --overhead [--workspace DIR] [--repeats 50]
+
+`--overhead` opens the demo workspace (built by `python -m hsfm_core demo build`) or, when it is not
+built, a store of the demo's shape (SynthBirds: 11,788 rows × 64 float32, image paths); it times
+`FeatureStore.open` against the bare reads it does (manifest JSON, features memory-mapped, meta
+parquet) and prints the median of each and their difference: the lock plus every check.
 
 Writes a CelebA-sized store of random features once (cached under /tmp), then measures in a
 fresh child process: `FeatureStore.open` + `select("train")` (a memory-mapped view), and
@@ -75,8 +82,81 @@ def child(path: str) -> None:
                       "rss_after_materialise_mb": rss_dense, "peak_rss_mb": hwm_dense}))
 
 
+def demo_shaped_store(path: Path) -> Path:
+    """A store with the demo's counts, dimension and image paths (when the demo is not built)."""
+    import numpy as np
+    import pandas as pd
+
+    from hsfm_core.demo.synthbirds import WATERBIRDS_COUNTS
+    from hsfm_core.features import write_store
+
+    split, y, a = [], [], []
+    for name, counts in WATERBIRDS_COUNTS.items():
+        for g, count in enumerate(counts):
+            split += [name] * count
+            y += [g // 2] * count
+            a += [g % 2] * count
+    n = len(split)
+    y, a = np.array(y), np.array(a)
+    meta = pd.DataFrame({"row_id": np.arange(n), "sample_id": [str(i + 1) for i in range(n)], "split": split,
+                         "y": y, "a": a, "g": 2 * y + a,
+                         "image_path": [f"{'water' if c else 'land'}bird/{i:05d}.png" for i, c in enumerate(y)]})
+    manifest = {"dataset": {"format": "waterbirds", "source": "synthetic", "options": {}}, "image_root": str(path),
+                "class_names": ["landbird", "waterbird"], "attribute_names": ["land background", "water background"],
+                "backbone": {"kind": "open_clip", "model": None, "pretrained": None, "id": "bench"},
+                "clip_space": True, "text_encoder": None, "shard": None}
+    features = np.random.default_rng(0).normal(size=(n, 64)).astype(np.float32)
+    write_store(path, features, meta, manifest, overwrite=True)
+    return path
+
+
+def overhead(workspace: str | None, repeats: int) -> None:
+    """Median time of FeatureStore.open vs. its bare reads, in one warm process."""
+    import statistics
+
+    from hsfm_core.demo.build import default_demo_dir, is_built
+    from hsfm_core.features import FeatureStore
+    from hsfm_core.safe_io import read_json, read_npy, read_parquet
+
+    if workspace:
+        path, what = Path(workspace), "given workspace"
+    elif is_built(default_demo_dir()):
+        path, what = default_demo_dir(), "the built demo workspace"
+    else:
+        path, what = demo_shaped_store(CACHE / "demo-shaped"), "a store of the demo's shape (demo not built)"
+
+    def bare():
+        read_json(path / "manifest.json")
+        read_npy(path / "features.npy", mmap=True)
+        read_parquet(path / "meta.parquet")
+
+    def full():
+        FeatureStore.open(path)
+
+    timings = {}
+    for name, work in (("bare reads", bare), ("FeatureStore.open", full)):
+        work()  # warm: imports and page cache
+        samples = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            work()
+            samples.append(time.perf_counter() - t0)
+        timings[name] = statistics.median(samples)
+    store = FeatureStore.open(path)
+    added = timings["FeatureStore.open"] - timings["bare reads"]
+    print(f"{what}: {path} ({store.manifest['n_rows']:,} rows × {store.dim} {store.manifest['dtype']})")
+    print(f"bare reads (manifest, features mmap, meta parquet): {1000 * timings['bare reads']:.2f} ms median of {repeats}")
+    print(f"FeatureStore.open (commit lock + manifest, meta and count checks): "
+          f"{1000 * timings['FeatureStore.open']:.2f} ms median of {repeats}")
+    print(f"added by the lock and the checks: {1000 * added:.2f} ms (target ≤ 10 ms)")
+    print(json.dumps({"store": str(path), "rows": store.manifest["n_rows"], "bare_ms": 1000 * timings["bare reads"],
+                      "open_ms": 1000 * timings["FeatureStore.open"], "added_ms": 1000 * added}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--overhead", action="store_true", help="what the lock and checks add to opening the demo store")
+    parser.add_argument("--workspace", help="with --overhead: this store instead of the demo")
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--child")
@@ -84,6 +164,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return child(args.child)
+    if args.overhead:
+        return overhead(args.workspace, max(args.repeats, 50) if args.repeats == 3 else args.repeats)
     path = CACHE / f"store-{args.rows}x{args.dim}-f16"
     if not (path / "manifest.json").is_file():
         t0 = time.perf_counter()
