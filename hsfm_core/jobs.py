@@ -119,8 +119,9 @@ def _ask_slurm(slurm_id: str) -> dict | None:
         state, _, reason = queue.stdout.strip().splitlines()[0].partition("|")
         return {"state": state.strip(), "reason": None if reason.strip() in ("", "None") else reason.strip(),
                 "source": "squeue"}
-    if "invalid job id" not in (queue.stderr + queue.stdout).lower():
+    if queue.returncode != 0 and "invalid job id" not in (queue.stderr + queue.stdout).lower():
         return None  # the controller did not answer: nothing can be said
+    # here the controller answered without the job: an unknown id, or an array task cancelled before it was split off
     accounting = _slurm("sacct", "--noheader", "--allocations", "--parsable2", "--format=State,Reason",
                         f"--jobs={slurm_id}")
     if accounting is None:
@@ -287,14 +288,14 @@ def check_slurm_here(options) -> None:
                              f"{', '.join(known) or 'none'}")
 
 
-def launch(workspace: str | os.PathLike, spec, run_id: str | None = None) -> dict:
-    """Check the request (a `TrainSpec`), register the job, submit it; → its record, at once. `InputError` (nothing
-    registered) for a bad request, store, device or taken `run_id`; a refused submission leaves the job `failed`."""
+def _register(workspace: Path, spec, run_id: str | None, folder: Path | None = None) -> Path:
+    """Check one request and write its job.json (not submitted yet); → the job's directory. `folder`: submitit's
+    folder when several jobs share one (a job array), else the job's own."""
     from hsfm_core.features.encoders import resolve_device
     from hsfm_core.runs import new_run_id
     from hsfm_core.train import free_run_ids, open_store_for
 
-    spec, workspace = spec.check(), Path(workspace).resolve()
+    spec = spec.check()
     open_store_for(workspace, spec.method)
     if spec.executor == "local":  # the device must exist here; a Slurm node's cannot be seen from here
         resolve_device(spec.device)
@@ -314,22 +315,64 @@ def launch(workspace: str | os.PathLike, spec, run_id: str | None = None) -> dic
         "created_at": now.isoformat(timespec="seconds"), "created_t": time.time(),
         # the caller's GPUs, restored by the worker: submitit's controller cannot leave CUDA_VISIBLE_DEVICES unset
         "env": {k: v for k, v in os.environ.items() if k == "CUDA_VISIBLE_DEVICES"},
-        "submitit_folder": str(directory / "submitit"), "submitit_job_id": None, "cancel_requested": False})
+        "submitit_folder": str(folder or directory / "submitit"), "submitit_job_id": None, "cancel_requested": False})
+    return directory
+
+
+def _slurm_executor(folder: Path, spec, job_id: str, workspace: Path):
+    import submitit
+
+    executor = submitit.SlurmExecutor(folder=folder)
+    options = replace(spec.slurm, time_min=int(spec.time_limit_min)) if spec.time_limit_min else spec.slurm
+    executor.update_parameters(**slurm_parameters(options, job_id, workspace))
+    return executor
+
+
+def _submission_failed(directories: list[Path], exc: Exception) -> InputError:
+    message = f"submission failed: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
+    for directory in directories:
+        _update(directory, ended={"status": "failed", "error": message, "t": time.time()})
+    return InputError(message)
+
+
+def launch(workspace: str | os.PathLike, spec, run_id: str | None = None) -> dict:
+    """Check the request (a `TrainSpec`), register the job, submit it; → its record, at once. `InputError` (nothing
+    registered) for a bad request, store, device or taken `run_id`; a refused submission leaves the job `failed`."""
+    workspace = Path(workspace).resolve()
+    directory = _register(workspace, spec, run_id)
     try:
         if spec.executor == "local":
             _submit_detached(directory)
         else:
-            import submitit
-
-            executor = submitit.SlurmExecutor(folder=directory / "submitit")
-            options = replace(spec.slurm, time_min=int(spec.time_limit_min)) if spec.time_limit_min else spec.slurm
-            executor.update_parameters(**slurm_parameters(options, job_id, workspace))
-            _update(directory, submitit_job_id=str(executor.submit(_worker_main, str(workspace), job_id).job_id))
+            executor = _slurm_executor(directory / "submitit", spec, directory.name, workspace)
+            _update(directory, submitit_job_id=str(executor.submit(_worker_main, str(workspace), directory.name).job_id))
     except Exception as exc:
-        message = f"submission failed: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
-        _update(directory, ended={"status": "failed", "error": message, "t": time.time()})
-        raise InputError(message) from exc
-    return get_job(workspace, job_id)
+        raise _submission_failed([directory], exc) from exc
+    return get_job(workspace, directory.name)
+
+
+def launch_array(workspace: str | os.PathLike, requests: list[tuple]) -> list[dict]:
+    """Several Slurm requests [(TrainSpec, run_id)] with the same Slurm options as ONE job array (submitit's
+    `executor.batch()`: one sbatch, one task per request); each task is an ordinary job of this module (its own
+    job.json, runs, status, cancel), its scheduler handle `<array id>_<task>`. → their records, in order."""
+    workspace = Path(workspace).resolve()
+    if not requests:
+        return []
+    if {spec.executor for spec, _ in requests} != {"slurm"} or len({repr(s.slurm) for s, _ in requests}) != 1:
+        raise InputError("a job array needs Slurm requests with the same Slurm options")
+    directories: list[Path] = []
+    for spec, run_id in requests:  # every request is checked before anything is submitted
+        folder = directories[0] / "submitit" if directories else None
+        directories.append(_register(workspace, spec, run_id, folder))
+    try:
+        executor = _slurm_executor(directories[0] / "submitit", requests[0][0], directories[0].name, workspace)
+        with executor.batch():
+            submitted = [executor.submit(_worker_main, str(workspace), d.name) for d in directories]
+        for directory, job in zip(directories, submitted):
+            _update(directory, submitit_job_id=str(job.job_id))
+    except Exception as exc:
+        raise _submission_failed(directories, exc) from exc
+    return [get_job(workspace, d.name) for d in directories]
 
 
 def _submit_detached(directory: Path) -> None:

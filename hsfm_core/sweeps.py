@@ -22,8 +22,9 @@ Test figures are reported for every configuration and never read by `select`.
 Execution. In the foreground (`run`, the CLI's default) configurations train in parallel worker
 processes (`spawn`), at most `max_parallel` at a time (default: the workspace's job limit). In the
 background (`submit`, the app's Sweep view and the CLI's `--submit local|slurm`) each configuration
-is one job of the existing job machinery (`jobs.launch`): local jobs wait for the workspace's
-concurrency slots, Slurm jobs go to the scheduler. Either way a configuration's seeds train in one
+is one job of the existing job machinery: local jobs (`jobs.launch`) wait for the workspace's
+concurrency slots; on Slurm the configurations go as ONE job array (`jobs.launch_array`, submitit's
+`executor.batch()`), one task per configuration, each task an ordinary job (status, cancel). Either way a configuration's seeds train in one
 `train` call, where HSFM batches or loops them by size (`methods/hsfm.py`).
 """
 
@@ -246,12 +247,15 @@ def submit(workspace: str | os.PathLike, request: SweepRequest) -> dict:
     (directory / "cancel").unlink(missing_ok=True)
     launched = _launched(workspace, request.sweep_id)
     active = {k for k, job_id in launched.items() if jobs.get_job(workspace, job_id)["status"] in jobs.ACTIVE}
-    for k, configuration, seeds in pending(workspace, request):
-        if str(k) in active:  # still queued or training from an earlier submit: not launched twice
-            continue
+    todo = [(k, request.spec(configuration, seeds, k), seeds) for k, configuration, seeds in pending(workspace, request)
+            if str(k) not in active]  # still queued or training from an earlier submit: not launched twice
+    for k, _, seeds in todo:
         _clear_unfinished(workspace, request, k, seeds)
-        record = jobs.launch(workspace, request.spec(configuration, seeds, k), run_id=f"{request.sweep_id}-c{k:02d}")
-        launched[str(k)] = record["job_id"]
+    if request.executor == "slurm":  # one sbatch: a job array, one task per configuration
+        records = jobs.launch_array(workspace, [(spec, f"{request.sweep_id}-c{k:02d}") for k, spec, _ in todo])
+        launched.update({str(k): record["job_id"] for (k, _, _), record in zip(todo, records)})
+    for k, spec, _ in todo if request.executor != "slurm" else ():
+        launched[str(k)] = jobs.launch(workspace, spec, run_id=f"{request.sweep_id}-c{k:02d}")["job_id"]
     write_json_atomic(directory / "jobs.json", launched)
     write_text_atomic(directory / "status", ("submitted" if launched else "done") + "\n")
     return launched

@@ -235,3 +235,42 @@ def test_a_time_limit_reached(ws, cluster):
     assert _run_status(ws, rid) == "failed"
     trained_s = (ws / "runs" / rid / "history.jsonl").stat().st_mtime - final["worker"]["started"]
     assert trained_s > 45, trained_s  # with USR2@90 the job was told to stop at its first check (~26 s)
+
+
+def test_a_sweep_is_one_job_array_every_run_done_and_cancel_cancels_every_task(ws, cluster):
+    """4 configurations × 2 seeds on Slurm: one sbatch (a submitit job array, one task per configuration), every
+    run done; a second sweep cancelled while its tasks run or wait: every task ends cancelled."""
+    from hsfm_core import sweeps
+
+    if cluster["accounting"] != "none":
+        pytest.skip("the array path is the same with accounting; it runs once, in the main set-up")
+
+    def request(overrides) -> sweeps.SweepRequest:
+        return sweeps.SweepRequest(method="hsfm", grid=sweeps.parse_grid("hsfm", ["alpha=1e-3,2e-3", "T=1,2"]),
+                                   seeds=(0, 1), overrides=tuple(overrides), device="cpu", executor="slurm",
+                                   slurm={"partition": cluster["partition"], "time_min": 10})
+
+    finite = request(["E=2", "K_H=1", "n=4", "K_hard=8"])
+    launched = sweeps.submit(ws, finite)
+    records = [jobs.get_job(ws, launched[str(k)]) for k in range(4)]
+    array_id = records[0]["submitit_job_id"].split("_")[0]
+    assert [r["submitit_job_id"] for r in records] == [f"{array_id}_{k}" for k in range(4)]
+    script = (Path(records[0]["submitit_folder"]) / f"{array_id}_submission.sh").read_text()
+    assert "#SBATCH --array=0-3" in script  # one submission for the four configurations
+    state = _until(lambda: (p := sweeps.progress(ws, finite.sweep_id))["status"] not in ("running", "new") and p,
+                   240, "the sweep to end")
+    assert state["status"] == "done" and state["finished"] == 4, [jobs.get_job(ws, j)["error"] for j in launched.values()]
+    assert all(jobs.get_job(ws, j)["status"] == "done" for j in launched.values())
+    assert {_run_status(ws, sweeps.run_id_of(finite, k, s)) for k in range(4) for s in (0, 1)} == {"done"}
+
+    endless = request(ENDLESS[:1] + ["K_H=1", "n=4", "K_hard=8"])
+    launched = sweeps.submit(ws, endless)
+    _until(lambda: any(_epochs(ws, j) >= 1 for j in launched.values()), 120, "a task training")
+    sweeps.cancel(ws, endless.sweep_id)
+    finals = [_ended(ws, j, 60) for j in launched.values()]
+    assert [f["status"] for f in finals] == ["cancelled"] * 4
+    assert sweeps.progress(ws, endless.sweep_id)["status"] == "cancelled"
+    array_id = finals[0]["submitit_job_id"].split("_")[0]
+    queue = subprocess.run(["squeue", "--noheader", f"--jobs={array_id}", "--format=%T"], capture_output=True,
+                           text=True, timeout=30).stdout.split()
+    assert not set(queue) & {"PENDING", "RUNNING"}, queue
