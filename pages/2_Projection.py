@@ -8,14 +8,14 @@ import streamlit as st
 
 from hsfm_core.studio import ui
 from hsfm_core.studio.figures import COLOUR_FIELDS, colour_values, projection_map
-from hsfm_core.analysis.projection import (BACKDROP_MAX_POINTS, ProjectionParams, backdrop_sample, is_cached,
-                                  points_in_region, selection_summary)
+from hsfm_core.analysis.projection import (BACKDROP_MAX_POINTS, FOREGROUND_MAX_POINTS, ProjectionParams,
+                                           backdrop_sample, map_status, points_in_region, selection_summary,
+                                           start_map)
 
 store, compared, focus = ui.page_header(
     "Projection",
     "UMAP of the original features and the edited support features, fitted together so that an edit is "
     "drawn among its real neighbours. The map shows neighbourhoods: 2-D distances have no exact meaning.")
-ui.start_umap_warm_up()
 if focus is None:
     st.info(f"No {ui.editor_labels()} run with edited features is picked, so the map shows the original features only.")
 
@@ -39,12 +39,39 @@ with st.form("projection.params"):
     submitted = st.form_submit_button("Compute map")
 
 params = ProjectionParams(n_neighbors=n_neighbors, min_dist=min_dist)
+
+
+@st.fragment(run_every=1.0)
+def map_progress(params: ProjectionParams) -> None:
+    """The background worker's progress, polled each second; the whole page reruns once the map is on disk."""
+    status = map_status(store, focus, params=params)
+    if status.state == "ready":
+        st.rerun()
+    if status.state == "failed":
+        st.error(f"The map could not be computed: {status.stage}")
+        if st.button("Try again"):
+            start_map(store, focus, params=params)
+            st.rerun()
+        return
+    if status.state == "absent":  # e.g. its worker was stopped
+        start_map(store, focus, params=params)
+    st.progress(status.fraction, text=f"Computing the map in the background ({store.manifest['n_rows']:,} points): "
+                                      f"{status.stage} — {status.elapsed_s:.0f} s of about {status.estimate_s:.0f} s. "
+                                      "It is cached once done; the other pages work meanwhile.")
+
+
 with ui.errors_shown("Cannot draw the map"):
-    cached = is_cached(store, focus, params=params)
-    if not cached and not submitted:
-        st.info(f"This map is not computed yet. Press **Compute map**: about {max(5, store.manifest['n_rows'] // 2000)} s "
-                "for this workspace, plus up to a minute the first time in a server process (UMAP compiles itself).")
-        st.stop()
+    status = map_status(store, focus, params=params)
+    n_points = store.manifest["n_rows"]
+    if status.state != "ready":
+        if params != ProjectionParams() and not submitted:
+            st.info(f"This map is not computed yet. Press **Compute map**: about {status.estimate_s:.0f} s for "
+                    f"this workspace, in the background (the default map is computed on the first visit).")
+            st.stop()
+        if n_points >= FOREGROUND_MAX_POINTS:
+            start_map(store, focus, params=params)
+            map_progress(params)
+            st.stop()
     with st.spinner("Fitting UMAP on the originals and the edits…"):
         frame = ui.map_frame(store, focus, n_neighbors, min_dist)
 map_name = f"{store.content_hash}:{focus['run_id'] if focus else '-'}:{n_neighbors}:{min_dist}"

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from hsfm_core.cli import main
+from hsfm_core.errors import InputError
 from hsfm_core.analysis.projection import ProjectionParams, neighbour_agreement, project
 from hsfm_core.runs import find_run
 from hsfm_core.train import train
@@ -52,3 +53,42 @@ def test_neighbour_agreement():
     high = rng.normal(size=(200, 5))
     assert neighbour_agreement(high, high, np.arange(10), metric="euclidean") == 1.0
     assert neighbour_agreement(high, rng.normal(size=(200, 2)), np.arange(50), metric="euclidean") < 0.3
+
+
+def test_knn_graph_matches_exact_cosine_neighbours():
+    from sklearn.neighbors import NearestNeighbors
+
+    from hsfm_core.analysis.projection import knn_graph
+
+    x = np.random.default_rng(0).normal(size=(400, 12)).astype(np.float32)
+    indices, distances = knn_graph(x, 10)
+    exact_d, exact_i = NearestNeighbors(n_neighbors=10, metric="cosine").fit(x).kneighbors(x)
+    assert (indices[:, 0] == np.arange(400)).all()  # each point is its own first neighbour, as umap expects
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(indices, exact_i)]) > 0.99
+    np.testing.assert_allclose(np.sort(distances, axis=1), np.sort(exact_d, axis=1), atol=1e-5)
+
+
+def test_a_large_map_is_computed_in_a_worker_process_then_read_from_the_cache(tmp_path):
+    """Above FOREGROUND_MAX_POINTS the map is fitted by `python -m hsfm_core.analysis.projection` (FAISS
+    graph, umap with numba's cache), with its stage on disk; a second start is a cache hit."""
+    from hsfm_core.analysis import projection
+    from hsfm_core.features import FeatureStore
+
+    ws = tmp_path / "ws"
+    gaussian_workspace(ws, d=16, sizes=(2600, 1000, 1000))  # 4,600 points: umap's approximate path
+    (hsfm,) = train(ws, "hsfm", overrides=TINY_HSFM)
+    store, run = FeatureStore.open(ws), find_run(ws, hsfm.run_id)
+    assert projection.default_map_run(ws)["run_id"] == hsfm.run_id
+    assert projection.map_status(store, run).state == "absent"
+    started = projection.start_map(store, run)
+    assert started.state == "running" and started.estimate_s > 0
+    assert projection.start_map(store, run).state == "running"  # a second request does not start another
+    path = projection.wait_for_map(store, run, timeout=300)
+    frame = pd.read_parquet(path)
+    support = int((frame["kind"] == "edited").sum())
+    assert len(frame) == 4600 + support and support > 0 and np.isfinite(frame[["x", "y"]].to_numpy()).all()
+    job = json.loads(path.with_suffix(".job.json").read_text())
+    assert job["stage"] == "done" and job["points"] == 4600 + support
+    assert projection.start_map(store, run).state == "ready" and path.stat().st_mtime_ns == path.stat().st_mtime_ns
+    with pytest.raises(InputError, match="more than n_neighbors = 5000"):  # checked before a worker starts
+        projection.start_map(store, run, params=projection.ProjectionParams(n_neighbors=5000))

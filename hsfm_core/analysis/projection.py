@@ -11,18 +11,37 @@ when fitting jointly against 0.15 with `fit` + `transform`.
 AlignedUMAP was not used: it aligns two separate embeddings, which places the edits relative to
 their own slice rather than among the real data they are compared with.
 
+Neighbours. The k-NN graph UMAP starts from is computed by FAISS (`retrieval.FeatureIndex`,
+cosine on normalised features: exact up to `EXACT_KNN_MAX_ROWS`, an IVF index above) and handed to
+umap as `precomputed_knn`. pynndescent's `nn_descent` cannot be cached by numba ("uses dynamic
+globals"), so it recompiled in every process: 45–50 s of the first map per server process on 2 cores
+(measured, `benchmarks/bench_first_run.py --numba`). FAISS also makes the 200k-row graph a minute.
+
+Compilation. umap-learn 0.5 declares most of its numba kernels without `cache=True`; `_import_umap`
+imports it with numba's on-disk cache switched on for the kernels it declares, so they compile once
+per installation (cache files beside the sources, or in NUMBA_CACHE_DIR) and load in a later process.
+Maps are computed in a separate process (`start_map`, `python -m hsfm_core.analysis.projection`):
+a Streamlit server never blocks on a fit and never holds umap's memory.
+
 Caching. A map is a parquet file in `<workspace>/cache/`, keyed by the store's content hash, the
 run's support tensors, the selected rows and the UMAP parameters: a second request is a file read.
-`random_state` makes maps reproducible (and makes umap use one thread); `warm_up()` pays numba's
-JIT on a tiny input, off the request path.
+`random_state` makes maps reproducible (and makes umap's layout use one thread).
 
 2-D distances have no exact meaning: the map shows neighbourhoods, not metric distances.
 """
 
 from __future__ import annotations
 
+import argparse
+import fcntl
 import hashlib
 import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,6 +49,12 @@ import numpy as np
 import pandas as pd
 
 from hsfm_core.errors import InputError
+
+EXACT_KNN_MAX_ROWS = 50_000  # above: the k-NN graph through an IVF index (recall measured in bench_scale)
+KNN_IVF_NPROBE = 16  # lists searched per point when building the graph (UMAP tolerates an approximate graph)
+UMAP_SMALL_DATA = 4096  # umap computes all pairwise distances itself below this many points
+FOREGROUND_MAX_POINTS = 4096  # smaller maps take a few seconds: the page computes them in the request
+
 
 @dataclass(frozen=True)
 class ProjectionParams:
@@ -39,21 +64,53 @@ class ProjectionParams:
     random_state: int = 0
 
 
-def warm_up() -> None:
-    """Compile umap's numba kernels on a tiny input (about 10–30 s once per process)."""
-    import umap
+@contextmanager
+def _numba_cache_by_default():
+    """While umap is imported, `numba.njit` / `numba.jit` default to `cache=True`: the kernels umap
+    declares are compiled once and then loaded from disk. Kernels that numba cannot cache only warn."""
+    import numba
 
+    njit, jit = numba.njit, numba.jit
+
+    def cached(decorator):
+        def wrapper(*args, **kwargs):
+            kwargs.setdefault("cache", True)
+            return decorator(*args, **kwargs)
+        return wrapper
+
+    numba.njit, numba.jit = cached(njit), cached(jit)
+    try:
+        yield
+    finally:
+        numba.njit, numba.jit = njit, jit
+
+
+def _import_umap():
+    """umap, imported with numba's cache on for its kernels (see the module docstring)."""
+    if "umap" not in sys.modules:
+        with _numba_cache_by_default(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*Cannot cache compiled function.*")
+            import umap  # noqa: F401
+    return sys.modules["umap"]
+
+
+def _umap_version() -> str:
+    from importlib.metadata import version
+
+    return version("umap-learn")  # without importing umap (numba) into the server
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) the kernels a map uses, on a tiny input."""
     x = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
-    umap.UMAP(n_neighbors=10, metric="cosine", random_state=0, n_epochs=10).fit_transform(x)
+    embed_jointly(x, np.empty((0, 8), np.float32), ProjectionParams(n_neighbors=10), n_epochs=10)
 
 
 def _key(store, support: dict | None, head: dict | None, rows: np.ndarray, params: ProjectionParams) -> str:
     """Everything the file depends on: the store, rows, parameters, the edits and the head that
     decides `correct`."""
-    import umap
-
     h = hashlib.blake2b(digest_size=12)
-    h.update(json.dumps([store.content_hash, asdict(params), umap.__version__]).encode())
+    h.update(json.dumps([store.content_hash, asdict(params), _umap_version()]).encode())
     h.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
     for name, tensors in (("support", support), ("head", head)):
         h.update(name.encode() + (b"" if tensors is None else b"+"))
@@ -62,14 +119,48 @@ def _key(store, support: dict | None, head: dict | None, rows: np.ndarray, param
     return h.hexdigest()
 
 
-def embed_jointly(originals: np.ndarray, edits: np.ndarray, params: ProjectionParams) -> np.ndarray:
-    """2-D coordinates for originals and edits fitted together: (n_originals + n_edits) × 2."""
-    import umap
+def knn_graph(data: np.ndarray, k: int, metric: str = "cosine") -> tuple[np.ndarray, np.ndarray]:
+    """(indices, distances), each n × k, of every point's k nearest points (itself included, first
+    when exact), by FAISS: exact up to EXACT_KNN_MAX_ROWS rows, IVF above. Cosine distance = 1 − cos."""
+    from hsfm_core.analysis.retrieval import FeatureIndex
 
+    if metric != "cosine":
+        raise InputError(f"maps are computed with the cosine metric, got {metric!r}")
+    n = len(data)
+    kind = "exact" if n <= EXACT_KNN_MAX_ROWS else "ivf"
+    index = FeatureIndex.build(data, kind=kind)
+    if kind == "ivf":
+        import faiss
+
+        faiss.extract_index_ivf(index.index).nprobe = KNN_IVF_NPROBE
+    indices, scores = index.search(data, k) if n > 1 else index.search(np.concatenate([data, data]), k)
+    indices, scores = indices[:n], scores[:n]
+    missing = indices < 0  # an IVF search can return fewer than k: repeat the last neighbour found
+    if missing.any():
+        last = np.maximum.accumulate(np.where(missing, 0, np.arange(k))[None].repeat(n, 0), axis=1)
+        indices = np.take_along_axis(indices, last, axis=1)
+        scores = np.take_along_axis(scores, last, axis=1)
+    return indices.astype(np.int64), np.clip(1.0 - scores, 0.0, 2.0).astype(np.float32)
+
+
+def embed_jointly(originals: np.ndarray, edits: np.ndarray, params: ProjectionParams,
+                  n_epochs: int | None = None, progress=None) -> np.ndarray:
+    """2-D coordinates for originals and edits fitted together: (n_originals + n_edits) × 2."""
     data = np.concatenate([np.asarray(originals, dtype=np.float32), np.asarray(edits, dtype=np.float32)])
-    reducer = umap.UMAP(n_neighbors=params.n_neighbors, min_dist=params.min_dist, metric=params.metric,
-                        random_state=params.random_state)
-    return reducer.fit_transform(data).astype(np.float32)
+    report = progress or (lambda stage, fraction: None)
+    knn = (None, None, None)
+    if len(data) >= UMAP_SMALL_DATA:  # below, umap takes all pairwise distances itself
+        report(f"Finding each point's {params.n_neighbors} nearest neighbours (FAISS)", 0.05)
+        knn = (*knn_graph(data, params.n_neighbors, params.metric), None)
+    report("Loading UMAP", 0.25)
+    umap = _import_umap()
+    report("Laying out the map (UMAP)", 0.3)
+    with warnings.catch_warnings():  # precomputed_knn without a search index: no transform(), as intended
+        warnings.filterwarnings("ignore", message=".*precomputed_knn.*|.*n_jobs value.*|.*search index.*")
+        reducer = umap.UMAP(n_neighbors=params.n_neighbors, min_dist=params.min_dist, metric=params.metric,
+                            random_state=params.random_state, n_epochs=n_epochs,
+                            precomputed_knn=knn)
+        return reducer.fit_transform(data).astype(np.float32)
 
 
 def _map_inputs(store, run: dict | None, rows: np.ndarray | None, params: ProjectionParams):
@@ -94,7 +185,7 @@ def is_cached(store, run: dict | None = None, rows: np.ndarray | None = None,
 
 
 def project(store, run: dict | None = None, rows: np.ndarray | None = None,
-            params: ProjectionParams = ProjectionParams()) -> Path:
+            params: ProjectionParams = ProjectionParams(), progress=None) -> Path:
     """The map's parquet file (computed once, then read from the cache).
 
     Columns: x, y, kind ("original" / "edited" / "support"), row (store row), support (index in the
@@ -108,7 +199,7 @@ def project(store, run: dict | None = None, rows: np.ndarray | None = None,
         return path
 
     edits = support["after"].numpy() if support is not None else np.empty((0, store.dim), np.float32)
-    coords = embed_jointly(store.features[rows], edits, params)
+    coords = embed_jointly(store.features[rows], edits, params, progress=progress)
     meta = store.meta.iloc[rows]
     frame = pd.DataFrame({"x": coords[: len(rows), 0], "y": coords[: len(rows), 1], "kind": "original",
                           "row": rows, "support": -1, "split": meta["split"].to_numpy(),
@@ -141,6 +232,189 @@ def project(store, run: dict | None = None, rows: np.ndarray | None = None,
     with atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False)
     return path
+
+
+# -- maps computed in the background ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MapStatus:
+    state: str  # "ready" | "running" | "failed" | "absent"
+    path: Path  # the map's parquet file
+    stage: str = ""  # what the worker is doing (running), or the error (failed)
+    elapsed_s: float = 0.0
+    estimate_s: float = 0.0
+
+    @property
+    def fraction(self) -> float:
+        """Elapsed time over the estimate, capped below 1 (an estimate, not a measurement of work)."""
+        return min(0.95, self.elapsed_s / self.estimate_s) if self.estimate_s else 0.0
+
+
+_spawned: dict[str, tuple[subprocess.Popen, float]] = {}  # map path → worker started by this process
+
+
+def estimate_seconds(n_points: int) -> float:
+    """A map's expected time on 2 CPU cores, numba's cache warm: FAISS graph plus UMAP's layout
+    (fitted to benchmarks/bench_first_run.py and bench_scale.py: about 15 s at 12k points, 2 min at 200k)."""
+    return 8.0 + n_points / 1_800
+
+
+def _job_file(path: Path) -> Path:
+    return path.with_suffix(".job.json")
+
+
+def _lock_file(path: Path) -> Path:
+    return path.with_suffix(".lock")
+
+
+def _worker_holds_lock(path: Path) -> bool:
+    lock = _lock_file(path)
+    if not lock.exists():
+        return False
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def map_status(store, run: dict | None = None, rows: np.ndarray | None = None,
+               params: ProjectionParams = ProjectionParams()) -> MapStatus:
+    """Whether the map is on disk, being computed by a worker process, failed, or not started."""
+    path, rows, support, _ = _map_inputs(store, run, rows, params)
+    if path.is_file():
+        return MapStatus("ready", path)
+    job = {}
+    try:
+        job = json.loads(_job_file(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        pass
+    n_points = len(rows) + (0 if support is None else len(support["after"]))
+    estimate = float(job.get("estimate_s") or estimate_seconds(n_points))
+    started = float(job.get("started") or _spawned.get(str(path), (None, time.time()))[1])
+    ours = _spawned.get(str(path))
+    if _worker_holds_lock(path) or (ours is not None and ours[0].poll() is None):
+        return MapStatus("running", path, job.get("stage", "Starting the map's worker process"),
+                         time.time() - started, estimate)
+    if job.get("error"):
+        return MapStatus("failed", path, job["error"])
+    return MapStatus("absent", path, estimate_s=estimate)
+
+
+def start_map(store, run: dict | None = None, rows: np.ndarray | None = None,
+              params: ProjectionParams = ProjectionParams(), env: dict | None = None) -> MapStatus:
+    """Compute the map in a separate process unless it is on disk or already being computed; returns
+    its status. The worker writes its stage to `<map>.job.json` and holds `<map>.lock` while it works;
+    a second start while it runs (another session, another server) does nothing."""
+    status = map_status(store, run, rows, params)
+    if status.state in ("ready", "running"):
+        return status
+    path = status.path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _job_file(path).unlink(missing_ok=True)  # a failed attempt is retried from scratch
+    command = [sys.executable, "-m", "hsfm_core.analysis.projection", str(store.path),
+               "--n-neighbors", str(params.n_neighbors), "--min-dist", str(params.min_dist),
+               "--random-state", str(params.random_state)]
+    if run is not None:
+        command += ["--run-id", run["run_id"]]
+    if rows is not None:
+        rows_file = path.with_suffix(".rows.npy")
+        np.save(rows_file, np.unique(np.asarray(rows, dtype=np.int64)))
+        command += ["--rows", str(rows_file)]
+    log = open(path.with_suffix(".log"), "ab")
+    try:  # its own session: the map finishes even if the server that asked for it stops
+        worker = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  start_new_session=True, env={**os.environ, **(env or {})})
+    finally:
+        log.close()
+    _spawned[str(path)] = (worker, time.time())
+    return map_status(store, run, rows, params)
+
+
+def start_warm_up() -> subprocess.Popen:
+    """Compile umap's kernels into numba's on-disk cache in a separate process (a few seconds once
+    they are cached), so that the first map of a fresh installation does not pay it."""
+    return subprocess.Popen([sys.executable, "-m", "hsfm_core.analysis.projection", "--warm-up"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def default_map_run(workspace) -> dict | None:
+    """The run the Projection page opens on: the newest done run with edited features (run ids sort by
+    method, then start time) — the same rule as the sidebar's default (`studio.ui.run_pickers`)."""
+    from hsfm_core.runs import list_runs
+
+    edited = [r for r in list_runs(workspace, unreadable=[])
+              if r["status"] == "done" and r["metrics"] and (r["path"] / "support.safetensors").is_file()]
+    return edited[-1] if edited else None
+
+
+def wait_for_map(store, run: dict | None = None, rows: np.ndarray | None = None,
+                 params: ProjectionParams = ProjectionParams(), timeout: float = 600, poll: float = 0.5) -> Path:
+    """Block until a started map is on disk (tests, benchmarks); InputError when its worker failed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = map_status(store, run, rows, params)
+        if status.state == "ready":
+            return status.path
+        if status.state == "failed":
+            raise InputError(f"the map could not be computed: {status.stage}")
+        if status.state == "absent":
+            raise InputError("the map is not being computed (start_map first)")
+        if time.monotonic() > deadline:
+            raise InputError(f"the map was not ready within {timeout:.0f} s (stage: {status.stage})")
+        time.sleep(poll)
+
+
+def _run_worker(argv: list[str] | None = None) -> int:
+    """`python -m hsfm_core.analysis.projection WORKSPACE [--run-id ID] …`: compute one map, with its
+    stage in `<map>.job.json`, under `<map>.lock`."""
+    from hsfm_core.features import FeatureStore
+    from hsfm_core.fsutil import atomic_path
+    from hsfm_core.runs import find_run
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--warm-up"]:
+        warm_up()
+        return 0
+    parser = argparse.ArgumentParser(prog="python -m hsfm_core.analysis.projection")
+    parser.add_argument("workspace")
+    parser.add_argument("--run-id")
+    parser.add_argument("--rows", help="a .npy file of store rows (default: every row)")
+    parser.add_argument("--n-neighbors", type=int, default=ProjectionParams.n_neighbors)
+    parser.add_argument("--min-dist", type=float, default=ProjectionParams.min_dist)
+    parser.add_argument("--random-state", type=int, default=ProjectionParams.random_state)
+    args = parser.parse_args(argv)
+    store = FeatureStore.open(args.workspace)
+    run = find_run(args.workspace, args.run_id) if args.run_id else None
+    rows = np.load(args.rows, allow_pickle=False) if args.rows else None
+    params = ProjectionParams(n_neighbors=args.n_neighbors, min_dist=args.min_dist, random_state=args.random_state)
+    path, rows_, support, _ = _map_inputs(store, run, rows, params)
+    n_points = len(rows_) + (0 if support is None else len(support["after"]))
+    started, estimate = time.time(), estimate_seconds(n_points)
+
+    def write(**fields) -> None:
+        with atomic_path(_job_file(path)) as tmp:
+            Path(tmp).write_text(json.dumps({"pid": os.getpid(), "started": started, "estimate_s": estimate,
+                                             "points": n_points, **fields}))
+
+    with open(_lock_file(path), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return 0  # another worker computes this map
+        if path.is_file():
+            return 0
+        write(stage="Starting")
+        try:
+            project(store, run, rows, params, progress=lambda stage, fraction: write(stage=stage))
+        except Exception as exc:  # recorded for the page, which offers to try again
+            write(stage="failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+        write(stage="done", seconds=time.time() - started)
+    return 0
 
 
 def neighbour_agreement(high: np.ndarray, low: np.ndarray, queries: np.ndarray, k: int = 10,
@@ -217,3 +491,7 @@ def selection_summary(frame: pd.DataFrame, positions: np.ndarray, group_labels: 
             row["accuracy"] = float(members["correct"].mean()) if len(members) else float("nan")
         rows.append(row)
     return pd.DataFrame(rows).set_index("group")
+
+
+if __name__ == "__main__":
+    sys.exit(_run_worker())

@@ -4,6 +4,11 @@ It goes through exactly the pipeline a user runs on real data (`read_dataset("wa
 `extract`, `train`); nothing downstream knows it is the demo. The build writes into its target
 folder and records `demo.json` last: a folder without it is an unfinished build and is rebuilt.
 A file lock keeps two app sessions from building the same folder at once.
+
+The build ends by starting the demo's default Projection map (the newest edited run, default UMAP
+parameters) in a separate process (`analysis.projection.start_map`), so that the first visit to
+Projection finds it on disk; the page shows the worker's progress until then. A warm-up process
+compiles umap's kernels into numba's cache while the images are drawn.
 """
 
 from __future__ import annotations
@@ -80,15 +85,37 @@ def _build_lock(path: Path):
         yield
 
 
+def start_default_map(out: Path, wait: bool = False):
+    """Compute the map the Projection page opens on in a background process (nothing when it is on
+    disk or being computed); with `wait`, block until it is written. → its MapStatus."""
+    from hsfm_core.analysis import projection
+    from hsfm_core.features import FeatureStore
+
+    store = FeatureStore.open(out)
+    run = projection.default_map_run(out)
+    status = projection.start_map(store, run)
+    if wait:
+        projection.wait_for_map(store, run)
+        status = projection.map_status(store, run)
+    return status
+
+
 def build_demo(out: str | os.PathLike | None = None, *, seed: int = 0, workers: int = 2, force: bool = False,
-               progress: Progress | None = None) -> Path:
-    """Build the demo workspace at `out` (default: `default_demo_dir()`) unless it is already built."""
+               progress: Progress | None = None, default_map: str = "background") -> Path:
+    """Build the demo workspace at `out` (default: `default_demo_dir()`) unless it is already built.
+
+    `default_map`: "background" starts the default Projection map in a separate process and returns
+    (the app shows Home meanwhile), "wait" returns once it is on disk, "none" leaves it to the page."""
+    if default_map not in ("background", "wait", "none"):
+        raise InputError(f"default_map must be background, wait or none, not {default_map!r}")
     out = Path(out) if out is not None else default_demo_dir()
     report = progress or (lambda message, fraction: None)
     if not DEMO_CLIP.is_dir():
         raise InputError(f"the bundled CLIP is missing: {DEMO_CLIP} (python -m hsfm_core demo train-clip)")
     with _build_lock(out):
         if is_built(out) and not force:
+            if default_map != "none":
+                start_default_map(out, wait=default_map == "wait")  # e.g. a build from before maps were built
             return out
         if out.exists() and any(out.iterdir()):
             if not ((out / MARKER).exists() or (out / BUILDING).exists()):
@@ -99,6 +126,10 @@ def build_demo(out: str | os.PathLike | None = None, *, seed: int = 0, workers: 
         timings = {}
         t0 = time.perf_counter()
 
+        if default_map != "none":
+            from hsfm_core.analysis.projection import start_warm_up
+
+            warm_up = start_warm_up()  # numba compiles umap's kernels while the images are drawn
         report("Drawing SynthBirds images (11,788 PNGs)", 0.0)
         total = sum(map(sum, synthbirds.WATERBIRDS_COUNTS.values()))
         synthbirds.write_dataset(out / DATA_DIR, seed=seed, workers=workers,
@@ -125,5 +156,9 @@ def build_demo(out: str | os.PathLike | None = None, *, seed: int = 0, workers: 
         (out / MARKER).write_text(json.dumps({"version": DEMO_VERSION, "seed": seed, "images": total,
                                               "clip": str(DEMO_CLIP), "runs": runs, "timings": timings}, indent=2))
         (out / BUILDING).unlink()
+        if default_map != "none":
+            warm_up.wait()
+            report("Demo workspace ready; computing its map in the background", 1.0)
+            start_default_map(out, wait=default_map == "wait")
         report("Demo workspace ready", 1.0)
     return out
