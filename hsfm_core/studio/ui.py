@@ -334,12 +334,14 @@ def _warm_up_in_background(name: str, _work) -> None:
     threading.Thread(target=_work, name=f"warm-up-{name}", daemon=True).start()
 
 
+@st.cache_resource(show_spinner=False)
 def start_umap_warm_up() -> None:
-    """Compile umap's numba kernels in the background, so that the first map a user asks for does
-    not also pay the JIT."""
-    from hsfm_core.analysis.projection import warm_up
+    """Once per server: load (or, on a fresh installation, compile into numba's on-disk cache) umap's
+    kernels in a separate process, so that the first map a user asks for does not pay the JIT. Maps
+    are computed in their own processes (`analysis.projection.start_map`), never in the server."""
+    from hsfm_core.analysis.projection import start_warm_up
 
-    _warm_up_in_background("umap", warm_up)
+    start_warm_up()
 
 
 def start_job_warm_up() -> None:
