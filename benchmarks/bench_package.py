@@ -1,7 +1,7 @@
 """The package's costs (docs/ARCHITECTURE.md §Package): installing the checkout, starting the `hsfm`
 command, and running examples/quickstart.py.
 
-    python -m benchmarks.bench_package [--repeats 10] [--example cold,warm] [--no-index-install]
+    python -m benchmarks.bench_package [--repeats 10] [--example cold,warm] [--cache DIR] [--skip-install] [--no-index-install]
 
 (1) `pip install -e .` into a fresh venv that already has the pinned requirements. The fresh venv is
 `python -m venv`, then, as the Makefile does, pip upgraded and setuptools ≥ 70.1 (not timed); "already has the pinned
@@ -88,8 +88,7 @@ def bench_help(work: Path, repeats: int) -> None:
         print(f"  {label}: median {statistics.median(times):.3f} s, max {max(times):.3f} s over {repeats} runs")
 
 
-def bench_example(work: Path, kinds: list[str]) -> None:
-    cache = work / "cache"
+def bench_example(work: Path, kinds: list[str], cache: Path) -> None:
     for kind in ("cold", "warm"):
         if kind not in kinds:
             continue
@@ -106,19 +105,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=10, help="runs of each --help command")
     parser.add_argument("--example", default="cold,warm", help="cold, warm, both (cold,warm) or none")
+    parser.add_argument("--cache", type=Path, help="HSFM_CACHE_DIR for the example (default: a new temporary folder; "
+                        "give one whose demo is built to time `warm` alone)")
+    parser.add_argument("--skip-install", action="store_true", help="skip (1)")
     parser.add_argument("--no-index-install", action="store_true",
                         help="skip the plain `pip install -e .` (it needs the package index or pip's cache)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-package-") as tmp:
         work = Path(tmp)
-        print("(1) install")
-        bench_install(work, plain=not args.no_index_install)
+        if not args.skip_install:
+            print("(1) install")
+            bench_install(work, plain=not args.no_index_install)
         print("(2) start time, from another folder")
         bench_help(work, args.repeats)
         kinds = [k for k in args.example.split(",") if k in ("cold", "warm")]
         if kinds:
             print("(3) the example, from another folder")
-            bench_example(work, kinds)
+            bench_example(work, kinds, args.cache or work / "cache")
 
 
 if __name__ == "__main__":
