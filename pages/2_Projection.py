@@ -152,8 +152,8 @@ def map_and_selection() -> None:
     meta = store.meta
     ui.image_grid(store, rows, [f"{labels[g]} · row {r}" for r, g in zip(rows, meta["g"].to_numpy()[rows])],
                   key="projection.grid")
-    st.download_button("Export the selection (CSV)", frame.iloc[selected].to_csv(index=False),
-                       file_name="selection.csv", mime="text/csv")
+    st.download_button("Export the selection (CSV)", lambda: frame.iloc[selected].to_csv(index=False),
+                       file_name="selection.csv", mime="text/csv")  # written on click: a lasso stays quick
 
 
 map_and_selection()

@@ -105,12 +105,9 @@ def test_every_page_in_the_browser_with_a_real_lasso(app_workspace):
         shot(page, "groups")
         timings["open Groups (first visit)"] = timings.pop("open Groups")
 
-        open_page(page, "Projection", "Compute map", timings)
-        start = time.perf_counter()
-        page.get_by_role("button", name="Compute map").click()
+        open_page(page, "Projection", "Colour by", timings, timeout_ms=240_000)  # the map, with no click
         page.locator("[data-testid='stPlotlyChart'] .nsewdrag").first.wait_for(timeout=240_000)
-        wait_until_idle(page, 240_000)
-        timings["compute map (cold UMAP in a fresh server)"] = round(time.perf_counter() - start, 3)
+        timings["open Projection (first visit: the map is computed without a click)"] = timings.pop("open Projection")
         no_exception(page)
         assert page.locator(IMAGES).count() == 0
         lasso(page)

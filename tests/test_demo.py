@@ -88,3 +88,24 @@ def test_second_launch_reuses_the_demo(first_launch, monkeypatch):
     monkeypatch.delenv("HSFM_WORKSPACE", raising=False)
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert not at.exception and (workspace / MARKER).stat().st_mtime_ns == stamp
+
+
+def test_first_projection_visit_finds_the_demo_map_without_a_click(first_launch, monkeypatch):
+    """The build started the default map in a worker process: once it is on disk, Projection draws
+    it on the first visit, with no Compute map click (docs/ARCHITECTURE.md §Demo)."""
+    from hsfm_core.analysis.projection import ProjectionParams, default_map_run, map_status, wait_for_map
+
+    _, workspace = first_launch
+    store = FeatureStore.open(workspace)
+    run = default_map_run(workspace)
+    assert run is not None and run["method"] == "hsfm"
+    assert map_status(store, run).state in ("running", "ready")  # started by the build, not by a page
+    path = wait_for_map(store, run, timeout=600)
+    assert map_status(store, run, params=ProjectionParams()).path == path
+    monkeypatch.setenv("HSFM_CACHE_DIR", str(workspace.parent))
+    monkeypatch.delenv("HSFM_WORKSPACE", raising=False)
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.switch_page("pages/2_Projection.py").run()
+    assert not at.exception, at.exception
+    assert at.session_state["hsfm.focus_run"] == run["run_id"]  # the sidebar's default is the map's run
+    assert len(at.get("plotly_chart")) == 1 and not at.get("progress")

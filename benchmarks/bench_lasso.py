@@ -1,0 +1,91 @@
+"""Lasso → view on the Projection map, in headless chromium (software WebGL) on this machine.
+
+    python -m benchmarks.bench_lasso [--workspace DIR] [--lassos 7]
+
+Serves `app.py` on DIR (default: the demo workspace of $HSFM_CACHE_DIR / the user cache, built if
+missing), opens Projection, waits for the map (computed in the background on a first visit), then
+draws `--lassos` lassos, each a vertical strip of the plot area left of the previous one's (a new
+lasso must start outside the last selection: plotly drags a selection grabbed inside it). A time
+runs from the mouse-up that closes the lasso until the selection's text has changed, the script is
+idle and the first page of thumbnails has loaded. Prints each time and p50 / p90 (s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+from tests.browser import browser_page, streamlit_server, wait_until_idle
+from tests.test_browser import IMAGES, lasso
+
+MAP = "[data-testid='stPlotlyChart'] .nsewdrag"
+
+
+def strip(i: int, n: int) -> list[tuple[float, float]]:
+    """The i-th of n non-overlapping vertical strips of the plot area (fractions), right to left."""
+    width = 0.9 / n
+    x1 = 0.95 - i * width
+    x0 = x1 - 0.8 * width
+    return [(x0, 0.03), (x1, 0.03), (x1, 0.97), (x0, 0.97), (x0, 0.03)]
+
+
+def open_map(page, url: str, timeout_ms: int = 600_000) -> float:
+    """Go to Projection and wait until the map is drawn; → seconds."""
+    start = time.perf_counter()
+    page.goto(f"{url}/Projection")
+    page.locator(MAP).first.wait_for(timeout=timeout_ms)
+    wait_until_idle(page, timeout_ms)
+    return time.perf_counter() - start
+
+
+def selection_text(page) -> str:
+    found = page.get_by_text("Selection:", exact=False)
+    return found.first.inner_text() if found.count() else ""
+
+
+def lasso_times(page, n: int) -> list[float]:
+    """n lassos on the drawn map; → seconds from each mouse-up until the new counts and thumbnails show."""
+    times = []
+    for i in range(n):
+        before = selection_text(page)
+        lasso(page, strip(i, n))
+        start = time.perf_counter()
+        page.wait_for_function(
+            "t => { const e = [...document.querySelectorAll('[data-testid=\"stMarkdownContainer\"]')]"
+            ".find(e => e.innerText.includes('Selection:')); return e && e.innerText !== t; }",
+            arg=before, timeout=60_000)
+        wait_until_idle(page)
+        if "Selection: 0 images" not in selection_text(page):
+            page.wait_for_function(f"() => {{ const i = document.querySelector(\"{IMAGES}\"); "
+                                   "return i && i.complete && i.naturalWidth > 0; }", timeout=60_000)
+        times.append(time.perf_counter() - start)
+        assert page.locator("[data-testid='stException']").count() == 0
+    return times
+
+
+def summary(times: list[float]) -> dict:
+    return {"n": len(times), "each_s": [round(t, 3) for t in times],
+            "p50_s": round(float(np.percentile(times, 50)), 3), "p90_s": round(float(np.percentile(times, 90)), 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workspace", help="default: the demo workspace (built if missing)")
+    parser.add_argument("--lassos", type=int, default=7)
+    args = parser.parse_args()
+    if args.workspace is None:
+        from hsfm_core.demo.build import build_demo
+
+        args.workspace = str(build_demo(default_map="wait"))
+    with streamlit_server("--workspace", args.workspace, timeout=120) as (url, _), browser_page() as page:
+        first = open_map(page, url)
+        times = lasso_times(page, args.lassos)
+    print(json.dumps({"workspace": args.workspace, "open Projection until the map shows_s": round(first, 3),
+                      "lasso → counts, accuracy and first thumbnails": summary(times)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
