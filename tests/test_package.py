@@ -174,6 +174,27 @@ def test_installed_copy_finds_its_assets_and_app(installed_copy, tmp_path):
     assert files(bundled) == expected, "the wheel's bundled files differ from assets/, pages/ and app.py"
 
 
+def test_installed_app_and_its_pages_run_from_the_installed_copy(installed_copy, app_workspace, tmp_path):
+    """Home and every page of the installed app.py (pages/ beside it), in a fresh process that imports
+    the installed hsfm_core: Streamlit's AppTest, headless."""
+    pages = sorted(p.name for p in (installed_copy / "hsfm_core" / "_bundled" / "pages").glob("*.py"))
+    code = f"""
+import hsfm_core
+from streamlit.testing.v1 import AppTest
+assert hsfm_core.__file__.startswith({str(installed_copy)!r}), hsfm_core.__file__
+at = AppTest.from_file({str(installed_copy / "hsfm_core" / "_bundled" / "app.py")!r}, default_timeout=300).run()
+assert not at.exception, at.exception
+for page in {pages!r}:
+    at.switch_page("pages/" + page).run()
+    assert not at.exception, (page, at.exception)
+    print("ran", page)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=580,
+                          env=_env(PYTHONPATH=str(installed_copy), HSFM_WORKSPACE=str(app_workspace)))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.split() == [word for page in pages for word in ("ran", page)]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
