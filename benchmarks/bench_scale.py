@@ -44,26 +44,38 @@ def scaled_counts(n_rows: int) -> dict[str, list[int]]:
     return {split: [max(8, round(c * n_rows / CELEBA_ROWS)) for c in counts] for split, counts in CELEBA_COUNTS.items()}
 
 
-def make_workspace(path: Path, n_rows: int = CELEBA_ROWS, dim: int = 512, seed: int = 0) -> Path:
-    """A store of generated features in CelebA's group proportions (no images)."""
+def make_workspace(path: Path, n_rows: int = CELEBA_ROWS, dim: int = 512, seed: int = 0,
+                   images_per_identity: int = 20) -> Path:
+    """A store of generated features in CelebA's group proportions (no images).
+
+    Like face embeddings, the features lie near a low-dimensional set: each row belongs to an
+    "identity" (CelebA has about 20 images per identity) whose centre is random in a 32-d subspace,
+    plus a weak class direction, a strong attribute direction and small isotropic noise — so nearest
+    neighbours mean something and an IVF index is tested as on real features."""
     from hsfm_core.features import write_store
     from hsfm_core.groups import Groups
 
     rng = np.random.default_rng(seed)
     groups = Groups(MANIFEST["class_names"], MANIFEST["attribute_names"])
     counts = scaled_counts(n_rows)
-    ys, as_, splits = [], [], []
-    for split, per_group in counts.items():
-        for g, n in enumerate(per_group):
+    per_group = [sum(counts[s][g] for s in counts) for g in range(4)]
+    first_id = np.cumsum([0] + [max(1, n // images_per_identity) for n in per_group])
+    ys, as_, splits, ids = [], [], [], []
+    for split, split_counts in counts.items():
+        for g, n in enumerate(split_counts):
             y, a = divmod(g, 2)  # g = A·y + a with A = 2
             ys.append(np.full(n, y)), as_.append(np.full(n, a)), splits.append(np.full(n, split))
-    y, a, split = np.concatenate(ys), np.concatenate(as_), np.concatenate(splits)
+            ids.append(rng.integers(first_id[g], first_id[g + 1], size=n))
+    y, a, split, identity = map(np.concatenate, (ys, as_, splits, ids))
     n = len(y)
-    core, spurious = rng.normal(size=dim), rng.normal(size=dim)
-    core, spurious = core / np.linalg.norm(core), spurious / np.linalg.norm(spurious)
-    x = rng.normal(size=(n, dim)).astype(np.float32) / np.sqrt(dim)  # unit-scale noise
-    x += np.outer(0.15 * (2 * y - 1), core).astype(np.float32)  # the class: weak
-    x += np.outer(0.45 * (2 * a - 1), spurious).astype(np.float32)  # the attribute: strong
+    basis = np.linalg.qr(rng.normal(size=(dim, 34)))[0].T.astype(np.float32)  # 34 orthonormal directions
+    core, spurious, subspace = basis[0], basis[1], basis[2:]
+    centres = (rng.normal(size=(first_id[-1], 32)) / np.sqrt(32)).astype(np.float32) @ subspace
+    x = np.empty((n, dim), dtype=np.float32)
+    for start in range(0, n, 50_000):
+        part = slice(start, min(start + 50_000, n))
+        x[part] = centres[identity[part]] + rng.normal(scale=0.25 / np.sqrt(dim), size=(part.stop - start, dim))
+        x[part] += np.outer(0.3 * (2 * y[part] - 1), core) + np.outer(0.6 * (2 * a[part] - 1), spurious)
     meta = pd.DataFrame({"row_id": np.arange(n), "sample_id": [f"{i:06d}.jpg" for i in range(n)], "split": split,
                          "y": y, "a": a, "g": groups.group_of(y, a), "image_path": ""})
     write_store(path, x, meta, MANIFEST)

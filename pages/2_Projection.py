@@ -53,8 +53,8 @@ def map_progress(params: ProjectionParams) -> None:
             start_map(store, focus, params=params)
             st.rerun()
         return
-    if status.state == "absent":  # e.g. its worker was stopped
-        start_map(store, focus, params=params)
+    if status.state == "absent":  # its worker was stopped before it finished
+        status = start_map(store, focus, params=params)
     st.progress(status.fraction, text=f"Computing the map in the background ({store.manifest['n_rows']:,} points): "
                                       f"{status.stage} — {status.elapsed_s:.0f} s of about {status.estimate_s:.0f} s. "
                                       "It is cached once done; the other pages work meanwhile.")
@@ -64,12 +64,13 @@ with ui.errors_shown("Cannot draw the map"):
     status = map_status(store, focus, params=params)
     n_points = store.manifest["n_rows"]
     if status.state != "ready":
-        if params != ProjectionParams() and not submitted:
+        if status.state == "absent" and params != ProjectionParams() and not submitted:
             st.info(f"This map is not computed yet. Press **Compute map**: about {status.estimate_s:.0f} s for "
                     f"this workspace, in the background (the default map is computed on the first visit).")
             st.stop()
         if n_points >= FOREGROUND_MAX_POINTS:
-            start_map(store, focus, params=params)
+            if status.state == "absent" or submitted:  # a failed map waits for "Try again" or the button
+                start_map(store, focus, params=params)
             map_progress(params)
             st.stop()
     with st.spinner("Fitting UMAP on the originals and the edits…"):
