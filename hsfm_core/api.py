@@ -87,7 +87,8 @@ def open_workspace(path: str | os.PathLike) -> Workspace:
 def demo_workspace(path: str | os.PathLike | None = None, *,
                    progress: Callable[[str, float], None] | None = None) -> Workspace:
     """Open the bundled demo workspace (SynthBirds encoded by the bundled CLIP, every method over
-    seeds 0–2), building it first when it is not built yet (about 1 min on 2 CPU cores).
+    seeds 0–2), building it first when it is not built yet (about 1 min on 2 CPU cores). Unlike the
+    app's first launch, it starts no background process (the app's Projection map is computed later).
 
     Args:
         path: where the demo lives (default: the app's, `~/.cache/hsfm-studio/demo-workspace-v2`;
@@ -102,7 +103,8 @@ def demo_workspace(path: str | os.PathLike | None = None, *,
     """
     from hsfm_core.demo.build import build_demo
 
-    return open_workspace(build_demo(path, progress=progress))
+    # default_map="none": a library call starts no background process (the app computes its map itself)
+    return open_workspace(build_demo(path, progress=progress, default_map="none"))
 
 
 def _workspace(workspace: Workspace | str | os.PathLike) -> Workspace:
