@@ -100,7 +100,8 @@ class FeatureStore:
         file of another write than the manifest is refused, so a mixed store never opens."""
         path = Path(path)
         if not path.is_dir():
-            raise InputError(f"{path}: no such folder, so no feature store (or workspace) there")
+            raise InputError(f"{path}: " + ("a file, not a feature store folder" if path.exists()
+                                            else "no such folder, so no feature store (or workspace) there"))
         with _commit_lock(path, shared=True):
             manifest_path = path / MANIFEST
             if not manifest_path.is_file():
