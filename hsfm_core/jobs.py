@@ -103,7 +103,7 @@ def _slurm(*args: str) -> subprocess.CompletedProcess | None:
     """A Slurm command, its output captured (never on our stdout/stderr); None when it is missing or hangs."""
     with contextlib.suppress(OSError, subprocess.TimeoutExpired):
         return subprocess.run(list(args), capture_output=True, text=True, timeout=SLURM_COMMAND_TIMEOUT_S,
-                              stdin=subprocess.DEVNULL)
+                              stdin=subprocess.DEVNULL, check=False)
     return None
 
 
@@ -193,7 +193,7 @@ def get_job(workspace: str | os.PathLike, job_id: str) -> dict:
         if record.get("cancel_requested"):
             status, error = "cancelled", None
         elif slurm and slurm["state"] == "CANCELLED":  # scancel from outside the project, before the worker could say so
-            status, error = "cancelled", f"cancelled outside the project (Slurm says CANCELLED)"
+            status, error = "cancelled", "cancelled outside the project (Slurm says CANCELLED)"
         else:
             status, error = "failed", reason
         for rid in record["run_ids"]:
@@ -251,9 +251,9 @@ def set_max_parallel(workspace: str | os.PathLike, n: int) -> None:
 
 
 def time_limit_warning_s(time_min: float) -> int:
-    """Seconds before a Slurm job's time limit at which it is warned (SIGUSR2, to end its runs cleanly): 10 % of
-    the limit, at least 5 s, at most 90 s — 6 s for 1 min, 90 s from 15 min on. A fixed 90 s exceeded short
-    limits (the job was told at once) and cost every job up to 90 s of its time."""
+    """Seconds before a Slurm job's end at which its worker stops at an epoch's end to end its runs cleanly (and
+    `--signal=USR2@N`): 10 % of the limit, at least 5 s, at most 90 s — 6 s for 1 min, 90 s from 15 min on. A
+    fixed 90 s exceeded short limits (the job was told at once) and cost every job up to 90 s of its time."""
     return int(min(90, max(5, float(time_min) * 60 // 10)))
 
 
@@ -411,26 +411,38 @@ class _TimeLimit(BaseException):
 class _Worker:
     """One job inside its submitit process (`run`: slot → train(...) → the job's ending), and its one
     asynchronous stop: a cancel reaches it twice (the signal, and the flag in job.json read at every epoch
-    and while queued), a time limit once (SIGUSR2). Whichever comes first raises once; a signal after that
-    does nothing, so it cannot interrupt the cleanup that ends the runs and the job."""
+    and while queued), a time limit as the worker's own clock (an epoch ending within the warning margin of
+    the job's end), SIGUSR2 or a SIGTERM at the limit. Whichever comes first raises once; a signal after that
+    does nothing, so it cannot interrupt the cleanup that ends the runs and the job.
 
-    def __init__(self, directory: Path, deadline: float | None = None):
-        # deadline: when Slurm ends the job (its time limit). Slurm checks limits about every 30 s, so the
-        # SIGUSR2 warning can come as late as the SIGTERM at the limit: a SIGTERM that close is the limit too.
-        self.directory, self.armed, self.deadline = directory, True, deadline
+    Slurm sends SIGUSR2 at its first periodic check (about every 30 s) after end − margin − 30 s, so the
+    warning can come up to 30 s + margin early: a 1-minute job was told at 26–40 s. The worker therefore keeps
+    training until `margin` before its real end time (squeue's EndTime) and only then stops; a warning that
+    comes earlier just says the limit is near."""
+
+    def __init__(self, directory: Path, deadline: float | None = None, margin_s: float = 0.0):
+        self.directory, self.armed, self.deadline, self.margin_s = directory, True, deadline, margin_s
 
     def disarm(self) -> bool:  # → whether the stop was still to come (the caller owns it now)
         armed, self.armed = self.armed, False
         return armed
 
+    def near_limit(self, slack_s: float = 0.0) -> bool:
+        return self.deadline is not None and time.time() >= self.deadline - self.margin_s - slack_s
+
     def on_signal(self, signum, frame) -> None:
+        if signum == signal.SIGUSR2 and self.deadline is not None and not self.near_limit(slack_s=1.0):
+            return  # Slurm's early warning: the epoch loop stops at the margin (`check`)
         if self.disarm():
-            at_limit = signum == signal.SIGTERM and self.deadline is not None and time.time() > self.deadline - 40
+            at_limit = signum == signal.SIGTERM and self.near_limit(slack_s=35.0)
             if signum == signal.SIGUSR2 or (at_limit and not _read(self.directory).get("cancel_requested")):
                 raise _TimeLimit()
             raise KeyboardInterrupt(signal.Signals(signum).name)
 
     def check(self) -> None:  # a cancel that could not signal this process (another host), or a job a reader ended
+        if self.armed and self.near_limit():
+            self.disarm()
+            raise _TimeLimit()
         record = _read(self.directory)
         if record.get("cancel_requested") or record.get("ended"):
             self.disarm()
@@ -466,11 +478,12 @@ class _Worker:
             print(f"[job] {record['job_id']} started (pid {os.getpid()} on {socket.gethostname()})", flush=True)
             from hsfm_core.runs import process_record
 
-            worker = process_record()  # when it started (the ETA's time limit counts from here), where, which Slurm job
+            worker = process_record()  # when it started, where, which Slurm job
             if spec["executor"] == "slurm":
                 limit_min = spec["time_limit_min"] or spec["slurm"]["time_min"]
-                self.deadline = worker["started"] + 60 * float(limit_min)
-            _update(self.directory, worker={**worker, "t": worker["at"]})
+                self.margin_s = time_limit_warning_s(limit_min)
+                self.deadline = _slurm_end_time(worker["slurm_job_id"]) or worker["started"] + 60 * float(limit_min)
+            _update(self.directory, worker={**worker, "t": worker["at"], "deadline": self.deadline})
             self.check()
             slot = self.acquire_slot(workspace, record) if spec["executor"] == "local" else None
             from hsfm_core.spec import TrainSpec
@@ -511,6 +524,14 @@ class _Worker:
         return status
 
 
+def _slurm_end_time(slurm_id: str | None) -> float | None:
+    """When Slurm will end this job (its EndTime, from squeue), or None."""
+    answer = _slurm("squeue", "--noheader", f"--jobs={slurm_id}", "--format=%e") if slurm_id else None
+    with contextlib.suppress(ValueError, IndexError, AttributeError):
+        return datetime.fromisoformat(answer.stdout.split()[0]).timestamp()  # the controller's local time
+    return None
+
+
 def _worker_main(workspace: str, job_id: str) -> str:
     """What submitit runs (two strings in its pickle): the job's worker. → the job's status."""
     return _Worker(job_dir(workspace, job_id)).run(Path(workspace))
@@ -536,8 +557,8 @@ def job_progress(workspace: str | os.PathLike, job_id: str) -> dict:
         eta = max(0.0, (last_t - started_t) / epoch * (epochs - epoch) - (time.time() - last_t))
     time_left, ends_at_limit = None, False
     limit_min = record["spec"]["time_limit_min"] or (record["spec"].get("slurm") or {}).get("time_min")
-    if record["status"] in ACTIVE and limit_min and (record.get("worker") or {}).get("t"):
-        time_left = max(0.0, record["worker"]["t"] + 60 * float(limit_min) - time.time())
+    if record["status"] in ACTIVE and limit_min and (worker := record.get("worker") or {}).get("t"):
+        time_left = max(0.0, (worker.get("deadline") or worker["t"] + 60 * float(limit_min)) - time.time())
         if eta is not None and eta > time_left:  # the limit comes first: the job will not finish its epochs
             eta, ends_at_limit = time_left, True
     end = (record.get("ended") or {}).get("t") or time.time()

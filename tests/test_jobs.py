@@ -463,8 +463,6 @@ def test_slurm_commands_missing_is_an_input_error(ws, monkeypatch):
 
 def test_a_damaged_job_record_is_named_not_hidden(ws):
     """A job.json that cannot be read is listed as unreadable, with its file and the reason (the CLI shows it)."""
-    from hsfm_core.cli import main
-
     bad = ws / "jobs" / "job-20000101-000000-abcd"
     bad.mkdir(parents=True)
     (bad / "job.json").write_text('{"job_id": "job-20000101-000000-abcd", "spec": ')

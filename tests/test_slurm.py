@@ -52,7 +52,7 @@ def cluster(request):
         assert up.returncode == 0, f".ci/slurm-up.sh failed:\n{up.stderr[-3000:]}"
     here = _accounting_here()
     if here != mode:
-        why = (f"no Slurm controller answers here (`scontrol ping`); .ci/run brings one up" if here is None else
+        why = ("no Slurm controller answers here (`scontrol ping`); .ci/run brings one up" if here is None else
                f"the Slurm here runs with accounting {here}; this set-up ({mode}) runs in CI (.ci/run)")
         (pytest.fail if REQUIRED else pytest.skip)(why)
     info = subprocess.run(["sinfo", "--noheader", "--format=%P|%c"], capture_output=True, text=True, timeout=30)
