@@ -123,7 +123,7 @@ def test_launch_watch_finish_and_compare(monkeypatch, workspace):
     compare.click().run()
     assert at.session_state[ui.COMPARE_KEY][-1] == new and at.session_state[ui.COMPARE_KEY][0].startswith("hsfm-")
     at.switch_page("pages/1_Groups.py").run()
-    assert [i.split(" · ")[1] for i in at.dataframe[0].value.index] == at.session_state[ui.COMPARE_KEY]
+    assert [i.split(" · ")[-1] for i in at.dataframe[0].value.index] == at.session_state[ui.COMPARE_KEY]
 
 
 def test_bad_settings_are_refused_and_nothing_is_started(monkeypatch, workspace):
@@ -135,7 +135,7 @@ def test_bad_settings_are_refused_and_nothing_is_started(monkeypatch, workspace)
     assert "The run was not launched" in at.error[0].value and "alpha" in at.error[0].value
     at.text_input(key="retrain.extra").set_value("")
     at.selectbox(key="retrain.method").set_value("dfr").run()
-    at.text_input(key="retrain.dfr.default.c_grid").set_value("1, x")  # a list setting, parsed by the method
+    at.text_input(key="retrain.dfr.val_scaler.c_grid").set_value("1, x")  # a list setting, parsed by the method
     launch(at)
     assert "The run was not launched" in at.error[0].value and "c_grid" in at.error[0].value
     at.selectbox(key="retrain.method").set_value("hsfm").run()
