@@ -20,7 +20,6 @@ folders are never touched.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import uuid
