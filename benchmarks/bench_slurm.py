@@ -2,7 +2,7 @@
 submit to the worker's first progress line, and from an outside `scancel` or `kill -9` of the worker until
 `jobs` shows the end — without accounting (sacct disabled: the queue is the only source) and with slurmdbd.
 
-    sudo .venv/bin/python -m benchmarks.bench_slurm [--repeats 2] [--modes none slurmdbd] [--tests]
+    sudo .venv/bin/python -m benchmarks.bench_slurm [--repeats 2] [--modes none slurmdbd] [--time-limit] [--tests]
 
 Needs root (it starts and stops the daemons through .ci/slurm-up.sh / slurm-down.sh, by their pids). Each mode
 starts from stopped daemons (packages installed: apt's time is not counted). The job is an endless tiny HSFM
@@ -78,11 +78,25 @@ def _one(workspace: Path, end_by: str) -> dict:
             "end_seen_s": time.perf_counter() - t1, "status": final["status"]}
 
 
+def _time_limited(workspace: Path) -> dict:
+    """An endless job with `--time 1`: how much of its minute it trained before it ended at its time limit."""
+    partition = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True).stdout.split()[0].rstrip("*")
+    spec = TrainSpec.create("hsfm", overrides=ENDLESS, device="cpu", executor="slurm",
+                            slurm={"partition": partition, "time_min": 1})
+    record = jobs.launch(workspace, spec)
+    final = _until(lambda: (j := jobs.get_job(workspace, record["job_id"]))["status"] not in jobs.ACTIVE and j,
+                   300, 1.0, "the time limit")
+    history = workspace / "runs" / record["run_ids"][0] / "history.jsonl"
+    return {"status": final["status"], "error": final["error"],
+            "trained_s": history.stat().st_mtime - final["worker"]["started"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--modes", nargs="+", default=["none", "slurmdbd"], choices=["none", "slurmdbd"])
     parser.add_argument("--tests", action="store_true", help="also time pytest tests/test_slurm.py")
+    parser.add_argument("--time-limit", action="store_true", help="also run a --time 1 job to its limit (~1 min)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: the cluster's daemons are started and stopped here")
@@ -105,6 +119,10 @@ def main() -> None:
                         print(f"  {end_by:<8} submit (launch returns) {row['submit_s']:.1f} s · running "
                               f"{row['running_s']:.1f} s · first progress line {row['first_progress_s']:.1f} s · "
                               f"{end_by} → `jobs` shows {row['status']}: {row['end_seen_s']:.1f} s")
+                if args.time_limit:
+                    limited = _time_limited(workspace)
+                    print(f"  --time 1: the worker trained {limited['trained_s']:.0f} s of its minute, then "
+                          f"{limited['status']}: {limited['error']}")
             for key, label in [("first_progress_s", "submit → first progress line"), ("running_s", "submit → running")]:
                 values = [r[key] for r in rows]
                 print(f"  {label}: median {statistics.median(values):.1f} s (min {min(values):.1f}, max {max(values):.1f})")
