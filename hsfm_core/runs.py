@@ -119,6 +119,7 @@ class RunWriter:
         except FileExistsError:
             raise InputError(f"{self.path} already exists; runs are never overwritten") from None
         self.run_id = run_id
+        end_dead_runs(workspace)  # a trainer killed earlier (SIGKILL, OOM) is marked failed by the next one
         write_json_atomic(self.path / PROCESS_FILE, process_record())
         write_json_atomic(self.path / "config.json", {**config, "run_id": run_id, "started_at": now()})
         (self.path / "history.jsonl").touch()
@@ -174,6 +175,21 @@ def end_unfinished_run(workspace: str | os.PathLike, run_id: str, status: str, m
         write_text_atomic(path / "error.txt", message.rstrip() + "\n")
     write_text_atomic(status_file, status + "\n")
     return True
+
+
+def end_dead_runs(workspace: str | os.PathLike) -> list[str]:
+    """Mark `failed` every queued/running run whose recorded process is gone on this host; → their ids."""
+    ended = []
+    runs = Path(workspace) / RUNS_DIR
+    for path in sorted(runs.iterdir()) if runs.is_dir() else []:
+        try:
+            unfinished = (path / "status").is_file() and read_text(path / "status").strip() in ("queued", "running")
+        except InputError:
+            continue
+        if unfinished and process_alive(read_process(path)) is False \
+                and end_unfinished_run(workspace, path.name, "failed", DIED):
+            ended.append(path.name)
+    return ended
 
 
 def write_finished_run(workspace: str | os.PathLike, run_id: str, config: dict, head: dict[str, torch.Tensor],

@@ -409,11 +409,27 @@ def test_7_a_killed_trainer_is_shown_failed(ws, capsys):
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)
+    assert (run["path"] / "status").read_text().strip() == "running"  # nobody has looked yet
     code, out, _ = cli(capsys, "runs", "--workspace", ws, "--json")
     row = next(r for r in json.loads(out)["runs"] if r["run_id"] == run["run_id"])
     assert row["status"] == "failed"
     assert "the process ended without finishing" in (run["path"] / "error.txt").read_text()
     assert (run["path"] / "history.jsonl").stat().st_size > 0  # its partial history is kept
+
+
+def test_7_the_next_train_marks_a_dead_run_failed(ws):
+    from hsfm_core.runs import process_record
+    from hsfm_core.train import train
+
+    dead = run_of(ws, "erm")
+    (dead / "status").write_text("running\n")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    record = {**process_record(), "pid": gone.pid, "started": 1.0}  # a pid that no longer runs this process
+    (dead / "process.json").write_text(json.dumps(record))
+    train(ws, "erm", seeds=[5])
+    assert (dead / "status").read_text().strip() == "failed"
+    assert "the process ended without finishing" in (dead / "error.txt").read_text()
 
 
 # -- 8. bad caches on import ---------------------------------------------------------------------------
