@@ -46,13 +46,26 @@ def selection_text(page) -> str:
     return found.first.inner_text() if found.count() else ""
 
 
-def lasso_times(page, n: int) -> list[float]:
-    """n lassos on the drawn map; → seconds from each mouse-up until the new counts and thumbnails show."""
+WATCH = """() => { window.__lasso = {}; const t0 = performance.now(); const app = document.querySelector('[data-testid="stApp"]');
+  const seen = () => { const s = document.querySelector('[data-test-script-state]');
+    const state = s && s.getAttribute('data-test-script-state');
+    if (state === 'running' && !window.__lasso.running) window.__lasso.running = performance.now();
+    if (state === 'notRunning' && window.__lasso.running && !window.__lasso.idle) window.__lasso.idle = performance.now(); };
+  window.__lasso.observer = new MutationObserver(seen);
+  window.__lasso.observer.observe(app, {attributes: true, subtree: true, attributeFilter: ['data-test-script-state']}); }"""
+
+
+def lasso_times(page, n: int, phases: list | None = None) -> list[float]:
+    """n lassos on the drawn map; → seconds from each mouse-up until the new counts and thumbnails show.
+    With `phases` (a list), each lasso's (mouse-up → the server's rerun starts, the rerun, after it)
+    is appended, from the page's script-state attribute."""
     times = []
     for i in range(n):
         before = selection_text(page)
+        page.evaluate(WATCH)
         lasso(page, strip(i, n))
         start = time.perf_counter()
+        up = page.evaluate("() => performance.now()")
         page.wait_for_function(
             "t => { const e = [...document.querySelectorAll('[data-testid=\"stMarkdownContainer\"]')]"
             ".find(e => e.innerText.includes('Selection:')); return e && e.innerText !== t; }",
@@ -62,6 +75,13 @@ def lasso_times(page, n: int) -> list[float]:
             page.wait_for_function(f"() => {{ const i = document.querySelector(\"{IMAGES}\"); "
                                    "return i && i.complete && i.naturalWidth > 0; }", timeout=60_000)
         times.append(time.perf_counter() - start)
+        if phases is not None:
+            marks = page.evaluate("() => { window.__lasso.observer.disconnect(); return window.__lasso; }")
+            end = page.evaluate("() => performance.now()")
+            if marks.get("running") and marks.get("idle"):
+                phases.append({"to rerun start_s": round((marks["running"] - up) / 1000, 3),
+                               "rerun (server + drawing)_s": round((marks["idle"] - marks["running"]) / 1000, 3),
+                               "after the rerun (thumbnails)_s": round((end - marks["idle"]) / 1000, 3)})
         assert page.locator("[data-testid='stException']").count() == 0
     return times
 
@@ -82,9 +102,10 @@ def main() -> None:
         args.workspace = str(build_demo(default_map="wait"))
     with streamlit_server("--workspace", args.workspace, timeout=120) as (url, _), browser_page() as page:
         first = open_map(page, url)
-        times = lasso_times(page, args.lassos)
+        phases: list = []
+        times = lasso_times(page, args.lassos, phases)
     print(json.dumps({"workspace": args.workspace, "open Projection until the map shows_s": round(first, 3),
-                      "lasso → counts, accuracy and first thumbnails": summary(times)}, indent=2))
+                      "lasso → counts, accuracy and first thumbnails": summary(times), "phases": phases}, indent=2))
 
 
 if __name__ == "__main__":

@@ -479,18 +479,22 @@ def backdrop_sample(frame: pd.DataFrame, max_points: int = BACKDROP_MAX_POINTS, 
 
 def selection_summary(frame: pd.DataFrame, positions: np.ndarray, group_labels: list[str]) -> pd.DataFrame:
     """Per group among the selected map points: how many originals, how many edited points and,
-    when the map has a run, the run's accuracy on the selected originals."""
-    chosen = frame.iloc[np.asarray(positions, dtype=np.int64)]
-    originals = chosen[chosen["kind"] != "edited"]
-    rows = []
-    for g, name in enumerate(group_labels):
-        members = originals[originals["group"] == g]
-        row = {"group": name, "points": len(members), "edited": int(((chosen["kind"] == "edited")
-                                                                       & (chosen["group"] == g)).sum())}
-        if "correct" in frame:
-            row["accuracy"] = float(members["correct"].mean()) if len(members) else float("nan")
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("group")
+    when the map has a run, the run's accuracy on the selected originals (counted with bincount:
+    a lasso over 100k points stays milliseconds)."""
+    positions = np.asarray(positions, dtype=np.int64)
+    n = len(group_labels)
+    group = frame["group"].to_numpy()[positions]
+    edited = frame["kind"].to_numpy()[positions] == "edited"
+    known = (group >= 0) & (group < n)
+    points = np.bincount(group[~edited & known], minlength=n)
+    table = pd.DataFrame({"group": list(group_labels), "points": points,
+                          "edited": np.bincount(group[edited & known], minlength=n)})
+    if "correct" in frame:
+        correct = frame["correct"].to_numpy()[positions][~edited & known].astype(float)
+        right = np.bincount(group[~edited & known], weights=correct, minlength=n)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            table["accuracy"] = np.where(points > 0, right / np.maximum(points, 1), np.nan)
+    return table.set_index("group")
 
 
 if __name__ == "__main__":
