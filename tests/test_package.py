@@ -250,3 +250,12 @@ def test_quickstart_runs_outside_the_repository_against_an_installed_copy(instal
     assert "plotly" in (tmp_path / "out" / "quickstart-groups.html").read_text()
     demo = json.loads(next(cache.glob("demo-workspace-v*/demo.json")).read_text())
     assert Path(demo["clip"]).is_relative_to(installed_copy), "the demo was not built from the installed copy"
+    import psutil
+
+    def started_here(p: psutil.Process) -> bool:  # e.g. a detached map or numba warm-up worker
+        try:
+            return any(str(tmp_path) in part for part in p.cmdline()) or p.cwd().startswith(str(tmp_path))
+        except psutil.Error:
+            return False
+
+    assert not [p.cmdline() for p in psutil.process_iter() if started_here(p)], "the example left a process behind"
