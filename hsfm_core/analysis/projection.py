@@ -133,8 +133,11 @@ def knn_graph(data: np.ndarray, k: int, metric: str = "cosine") -> tuple[np.ndar
         import faiss
 
         faiss.extract_index_ivf(index.index).nprobe = KNN_IVF_NPROBE
-    indices, scores = index.search(data, k) if n > 1 else index.search(np.concatenate([data, data]), k)
-    indices, scores = indices[:n], scores[:n]
+    indices, scores = np.empty((n, k), np.int64), np.empty((n, k), np.float32)
+    for start in range(0, n, 16_384):  # chunk by chunk: no second normalised copy of every feature
+        part = data[start:start + 16_384]
+        found = index.search(part if len(part) > 1 else np.concatenate([part, part]), k)
+        indices[start:start + len(part)], scores[start:start + len(part)] = (a[:len(part)] for a in found)
     missing = indices < 0  # an IVF search can return fewer than k: repeat the last neighbour found
     if missing.any():
         last = np.maximum.accumulate(np.where(missing, 0, np.arange(k))[None].repeat(n, 0), axis=1)
