@@ -52,6 +52,7 @@ from hsfm_core.errors import InputError
 
 EXACT_KNN_MAX_ROWS = 50_000  # above: the k-NN graph through an IVF index (recall measured in bench_scale)
 KNN_IVF_NPROBE = 16  # lists searched per point when building the graph (UMAP tolerates an approximate graph)
+KNN_PCA_DIM = 64  # above EXACT_KNN_MAX_ROWS the graph is searched on the features' top principal components
 UMAP_SMALL_DATA = 4096  # umap computes all pairwise distances itself below this many points
 FOREGROUND_MAX_POINTS = 4096  # smaller maps take a few seconds: the page computes them in the request
 
@@ -128,8 +129,12 @@ def knn_graph(data: np.ndarray, k: int, metric: str = "cosine") -> tuple[np.ndar
         raise InputError(f"maps are computed with the cosine metric, got {metric!r}")
     n = len(data)
     kind = "exact" if n <= EXACT_KNN_MAX_ROWS else "ivf"
-    index = FeatureIndex.build(data, kind=kind)
-    if kind == "ivf":
+    if kind == "exact":
+        index = FeatureIndex.build(data, kind=kind)
+    else:  # every point is a query: on the top principal components of the normalised features (as
+        # umap's docs advise for large inputs), with 4√n lists — 200k × 512 in about a minute on 2 cores
+        data = _principal_components(data, KNN_PCA_DIM)
+        index = FeatureIndex.build(data, kind=kind, nlist=int(4 * np.sqrt(n)))
         import faiss
 
         faiss.extract_index_ivf(index.index).nprobe = KNN_IVF_NPROBE
@@ -144,6 +149,23 @@ def knn_graph(data: np.ndarray, k: int, metric: str = "cosine") -> tuple[np.ndar
         indices = np.take_along_axis(indices, last, axis=1)
         scores = np.take_along_axis(scores, last, axis=1)
     return indices.astype(np.int64), np.clip(1.0 - scores, 0.0, 2.0).astype(np.float32)
+
+
+def _principal_components(data: np.ndarray, dim: int, sample: int = 20_000, seed: int = 0) -> np.ndarray:
+    """The normalised rows projected on the top `dim` principal directions of a random sample of them."""
+    from hsfm_core.analysis.retrieval import normalized
+
+    if data.shape[1] <= dim:
+        return data
+    rng = np.random.default_rng(seed)
+    fit = normalized(data[np.sort(rng.choice(len(data), size=min(sample, len(data)), replace=False))])
+    mean = fit.mean(axis=0)
+    _, _, vt = np.linalg.svd(fit - mean, full_matrices=False)
+    basis = np.ascontiguousarray(vt[:dim].T)
+    out = np.empty((len(data), dim), np.float32)
+    for start in range(0, len(data), 16_384):
+        out[start:start + 16_384] = (normalized(data[start:start + 16_384]) - mean) @ basis
+    return out
 
 
 def embed_jointly(originals: np.ndarray, edits: np.ndarray, params: ProjectionParams,
