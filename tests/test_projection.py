@@ -92,3 +92,20 @@ def test_a_large_map_is_computed_in_a_worker_process_then_read_from_the_cache(tm
     assert projection.start_map(store, run).state == "ready" and path.stat().st_mtime_ns == path.stat().st_mtime_ns
     with pytest.raises(InputError, match="more than n_neighbors = 5000"):  # checked before a worker starts
         projection.start_map(store, run, params=projection.ProjectionParams(n_neighbors=5000))
+
+
+def test_large_inputs_get_an_approximate_graph_on_principal_components(monkeypatch):
+    """Above EXACT_KNN_MAX_ROWS: IVF on the top principal components; still mostly the exact neighbours
+    on data with structure (clusters in a low-dimensional subspace, as features have)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    from hsfm_core.analysis import projection
+
+    monkeypatch.setattr(projection, "EXACT_KNN_MAX_ROWS", 500)
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(60, 16)) @ rng.normal(size=(16, 128))
+    x = (centres[rng.integers(0, 60, 3000)] + 0.3 * rng.normal(size=(3000, 128))).astype(np.float32)
+    indices, distances = projection.knn_graph(x, 10)
+    assert indices.shape == distances.shape == (3000, 10) and (indices >= 0).all()
+    exact = NearestNeighbors(n_neighbors=10, metric="cosine").fit(x).kneighbors(x[:300], return_distance=False)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(indices[:300], exact)]) > 0.6
