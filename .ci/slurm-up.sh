@@ -28,7 +28,7 @@ stop() {  # a daemon this script started (its recorded pid only)
 }
 until_ok() { local n=$1; shift; for _ in $(seq "$n"); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done; return 1; }
 [ "$(id -u)" = 0 ] || die "run as root: it installs packages and starts slurmd"
-T0=$(date +%s.%N)
+T0=$(date +%s%N)
 
 # 1. packages
 PKGS="munge slurmctld slurmd slurm-client"
@@ -152,4 +152,5 @@ if ! until_ok 150 node_ready; then
     scontrol update NodeName="$HOST" State=RESUME 2>/dev/null || true
     until_ok 25 node_ready || die "node $HOST is $(sinfo -h -n "$HOST" -o %T) (see $BASE/log/slurmd.log)"
 fi
-log "up in $(printf '%.1f' "$(echo "$(date +%s.%N) - $T0" | bc 2>/dev/null || echo 0)") s: $(sinfo -h -o '%P %D %T %c CPUs' | head -1), accounting $ACCOUNTING"
+ms=$(( ($(date +%s%N) - T0) / 1000000 ))
+log "up in $((ms / 1000)).$((ms % 1000 / 100)) s: $(sinfo -h -o '%P %D %T %c CPUs' | head -1), accounting $ACCOUNTING"
