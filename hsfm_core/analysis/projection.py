@@ -182,9 +182,12 @@ def embed_jointly(originals: np.ndarray, edits: np.ndarray, params: ProjectionPa
     report("Laying out the map (UMAP)", 0.3)
     with warnings.catch_warnings():  # precomputed_knn without a search index: no transform(), as intended
         warnings.filterwarnings("ignore", message=".*precomputed_knn.*|.*n_jobs value.*|.*search index.*")
+        # Above EXACT_KNN_MAX_ROWS the layout starts from PCA, not umap's spectral embedding: the
+        # spectral init lays out each connected component of the graph separately, and a large
+        # store's graph (tight clusters: identities, near-duplicates) can have thousands of them.
         reducer = umap.UMAP(n_neighbors=params.n_neighbors, min_dist=params.min_dist, metric=params.metric,
-                            random_state=params.random_state, n_epochs=n_epochs,
-                            precomputed_knn=knn)
+                            random_state=params.random_state, n_epochs=n_epochs, precomputed_knn=knn,
+                            init="pca" if len(data) > EXACT_KNN_MAX_ROWS else "spectral")
         return reducer.fit_transform(data).astype(np.float32)
 
 
