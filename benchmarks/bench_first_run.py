@@ -1,6 +1,6 @@
 """The first launch as a new user meets it, in headless chromium on this machine.
 
-    python -m benchmarks.bench_first_run [--fresh-numba] [--numba-only]
+    python -m benchmarks.bench_first_run [--fresh-numba] [--numba-only | --no-numba]
 
 1. A fresh machine: an empty HSFM_CACHE_DIR (no demo workspace) — server start → Home shown (the
    demo build included), then → Projection's map shown without a click (the build starts the map in
@@ -84,6 +84,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--fresh-numba", action="store_true", help="also start with an empty NUMBA_CACHE_DIR")
     parser.add_argument("--numba-only", action="store_true", help="only part 3")
+    parser.add_argument("--no-numba", action="store_true", help="parts 1 and 2 only")
     args = parser.parse_args()
     figures: dict = {}
     if not args.numba_only:
@@ -94,7 +95,9 @@ def main() -> None:
         figures["fresh machine"] = launch(env)
         figures["later launch"] = launch(env)
         figures["env"] = env
-    figures["map worker, numba"] = numba_costs()
+        print(json.dumps(figures, indent=2, ensure_ascii=False), flush=True)
+    if not args.no_numba:
+        figures["map worker, numba"] = numba_costs()
     print(json.dumps(figures, indent=2, ensure_ascii=False))
 
 
