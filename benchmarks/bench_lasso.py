@@ -46,14 +46,17 @@ def selection_text(page) -> str:
     return found.first.inner_text() if found.count() else ""
 
 
-WATCH = """() => { window.__lasso = {}; const t0 = performance.now(); const app = document.querySelector('[data-testid="stApp"]');
-  const seen = () => { const s = document.querySelector('[data-test-script-state]');
-    const state = s && s.getAttribute('data-test-script-state');
-    if (state === 'running' && !window.__lasso.running) window.__lasso.running = performance.now();
-    if (state === 'notRunning' && window.__lasso.running && !window.__lasso.idle) window.__lasso.idle = performance.now(); };
-  window.__lasso.observer = new MutationObserver(seen);
-  window.__lasso.observer.observe(app, {attributes: true, subtree: true, attributeFilter: ['data-test-script-state']}); }"""
-
+# Records, from now on, every moment the script goes idle and every image that finishes loading.
+WATCH = """() => { window.__lasso = {idle: [], running: [], images: []};
+  const state = () => { const s = document.querySelector('[data-test-script-state]'); return s && s.getAttribute('data-test-script-state'); };
+  let last = state();
+  window.__lasso.observer = new MutationObserver(() => { const now = state(); if (now !== last) {
+      (now === 'notRunning' ? window.__lasso.idle : window.__lasso.running).push(performance.now()); last = now; } });
+  window.__lasso.observer.observe(document.querySelector('[data-testid="stApp"]'),
+      {attributes: true, subtree: true, attributeFilter: ['data-test-script-state']});
+  window.__lasso.onload = e => { if (e.target.tagName === 'IMG') window.__lasso.images.push(performance.now()); };
+  document.addEventListener('load', window.__lasso.onload, true); }"""
+SETTLE_MS = 2500  # after the mouse-up, how long the view must stay unchanged to count as final
 
 # the new selection's text is shown, the script is idle, and the grid's first thumbnail has loaded
 DONE = f"""t => {{ const e = [...document.querySelectorAll('[data-testid="stMarkdownContainer"]')]
@@ -64,6 +67,7 @@ DONE = f"""t => {{ const e = [...document.querySelectorAll('[data-testid="stMark
   const i = document.querySelector({json.dumps(IMAGES)});
   if (i) return i.complete && i.naturalWidth > 0;
   return document.body.innerText.includes('imported without images'); }}"""  # a store without images: row numbers
+
 
 
 def draw_lasso(page, corners) -> float:
@@ -83,9 +87,10 @@ def draw_lasso(page, corners) -> float:
 
 
 def lasso_times(page, n: int, phases: list | None = None) -> list[float]:
-    """n lassos on the drawn map; → seconds from each mouse-up until the new counts and thumbnails show.
-    With `phases` (a list), each lasso's (mouse-up → the server's rerun starts, the rerun, after it)
-    is appended, from the page's script-state attribute."""
+    """n lassos on the drawn map; → seconds from each mouse-up until the view is final: the selection's
+    text has changed, and the last rerun it caused has ended and its thumbnails have loaded. (Streamlit
+    may rerun while the lasso is still being drawn, on a partial selection: only the last update counts.)
+    With `phases` (a list), each lasso's figures are appended."""
     times = []
     for i in range(n):
         before = selection_text(page)
@@ -94,15 +99,17 @@ def lasso_times(page, n: int, phases: list | None = None) -> list[float]:
         mouse_up_s = time.perf_counter() - start  # the browser's own selection work, before any rerun
         up = page.evaluate("() => performance.now()") - 1000 * (time.perf_counter() - start)
         page.wait_for_function(DONE, arg=before, timeout=60_000, polling=25)
-        times.append(time.perf_counter() - start)
+        page.wait_for_timeout(SETTLE_MS)
+        wait_until_idle(page)
+        marks = page.evaluate("() => { window.__lasso.observer.disconnect(); "
+                              "document.removeEventListener('load', window.__lasso.onload, true); return window.__lasso; }")
+        end = max(marks["idle"] + marks["images"], default=up)
+        times.append(max(0.0, (end - up) / 1000))
         if phases is not None:
-            marks = page.evaluate("() => { window.__lasso.observer.disconnect(); return window.__lasso; }")
-            end = page.evaluate("() => performance.now()")
-            if marks.get("running") and marks.get("idle"):
-                phases.append({"mouse-up handler (plotly's selection)_s": round(mouse_up_s, 3),
-                               "to rerun start_s": round((marks["running"] - up) / 1000, 3),
-                               "rerun (server + drawing)_s": round((marks["idle"] - marks["running"]) / 1000, 3),
-                               "after the rerun (thumbnails)_s": round((end - marks["idle"]) / 1000, 3)})
+            phases.append({"mouse-up handler (plotly's selection)_s": round(mouse_up_s, 3),
+                           "reruns during the drag": sum(t < up for t in marks["running"]),
+                           "reruns after the mouse-up": sum(t >= up for t in marks["running"]),
+                           "last rerun ended, after the mouse-up_s": round((max(marks["idle"], default=up) - up) / 1000, 3)})
         assert page.locator("[data-testid='stException']").count() == 0
     return times
 
