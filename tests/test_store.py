@@ -162,3 +162,21 @@ def test_labels_and_groups_must_fit_the_manifest(tmp_path):
     store = write_store(tmp_path / "ws", features, meta3, three)
     assert store.n_groups == 9 and store.groups.names[5] == "c1 · a2"
     assert sum(store.manifest["group_counts"]["train"]) == 20 and len(store.manifest["group_counts"]["test"]) == 9
+
+
+def test_meta_read_from_several_row_groups_opens(tmp_path):
+    """Large stores' meta.parquet comes back as chunked Arrow text (202,599 CelebA rows did); the open
+    checks must read it whole, and still catch a bad path in a later chunk."""
+    import pyarrow.parquet as pq
+
+    features, meta = make_arrays()
+    write_store(tmp_path / "ws", features, meta, MANIFEST)
+    path = tmp_path / "ws" / "meta.parquet"
+    table = pq.read_table(path)
+    pq.write_table(table, path, row_group_size=7)  # schema metadata (the write stamp) is kept
+    assert len(FeatureStore.open(tmp_path / "ws").meta) == len(meta)
+    bad = table.set_column(table.schema.get_field_index("image_path"), "image_path",
+                           [[*meta["image_path"][:30], "../outside.png", *meta["image_path"][31:]]])
+    pq.write_table(bad, path, row_group_size=7)
+    with pytest.raises(InputError, match="row 30: image path '../outside.png'"):
+        FeatureStore.open(tmp_path / "ws")

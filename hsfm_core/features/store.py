@@ -432,6 +432,8 @@ def _strings(meta: pd.DataFrame, column: str, where: Path):
         values = pa.array(meta[column], from_pandas=True)
     except (pa.ArrowException, TypeError, ValueError):
         values = None
+    if isinstance(values, pa.ChunkedArray):  # Arrow-backed text read from several row groups (large stores)
+        values = values.combine_chunks()
     if values is None or not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)) \
             or values.null_count:
         raise InputError(f"{where}: column {column!r} must hold text in every row, found {meta[column].dtype}"
