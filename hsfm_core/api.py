@@ -91,7 +91,7 @@ def demo_workspace(path: str | os.PathLike | None = None, *,
     app's first launch, it starts no background process (the app's Projection map is computed later).
 
     Args:
-        path: where the demo lives (default: the app's, `~/.cache/hsfm-studio/demo-workspace-v2`;
+        path: where the demo lives (default: the app's, `~/.cache/hsfm-studio/demo-workspace-v3`;
             `HSFM_CACHE_DIR` moves it).
         progress: called as `progress(message, fraction_done)` while building.
 

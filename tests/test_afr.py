@@ -386,12 +386,16 @@ def test_recipes_match_the_authors_notebook(audit_world, recipe):
     assert len(set(steps)) > 1  # the seeds lead to different runs: agreement is seed for seed
 
 
-def test_official_is_a_preset_and_recorded(tmp_path):
-    assert AFR.settings("official").recipe == "official" and AFR.settings().recipe == "zero_init"
-    with pytest.raises(InputError, match="recipe must be one of zero_init, official"):
+def test_official_is_the_default_recipe_and_recorded(tmp_path):
+    assert AFR.settings().recipe == "official" and AFR.settings("waterbirds").recipe == "official"
+    assert AFR.settings("zero_init").recipe == "zero_init"
+    with pytest.raises(InputError, match="recipe must be one of official, zero_init"):
         AFR.settings(None, ["recipe=paper"])
     ws = tmp_path / "ws"
     gaussian_workspace(ws)
-    (run,) = train(ws, "afr", preset="official", overrides=FAST)
+    (run,) = train(ws, "afr", overrides=FAST)
     config = json.loads((run.path / "config.json").read_text())
-    assert config["preset"] == "official" and config["fitted"]["recipe"] == "official"
+    assert config["preset"] == "default" and config["fitted"]["recipe"] == "official"
+    (run,) = train(ws, "afr", preset="zero_init", overrides=FAST)
+    config = json.loads((run.path / "config.json").read_text())
+    assert config["preset"] == "zero_init" and config["fitted"]["recipe"] == "zero_init"

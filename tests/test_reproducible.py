@@ -18,7 +18,7 @@ from tests.gaussian import TINY_HSFM, gaussian_workspace
 
 # small settings so that every method trains in about a second; presets beyond each default
 SMALL = {"dfr": ["n_refits=3"], "afr": ["steps=40", "gamma=1,4", "lambda=0,0.1"], "hsfm": TINY_HSFM}
-CASES = [(m.name, None) for m in methods.all_methods()] + [("dfr", "official"), ("afr", "official")]
+CASES = [(m.name, None) for m in methods.all_methods()] + [("dfr", "official"), ("afr", "zero_init")]
 
 
 def scramble_global_generators(seed: int) -> None:

@@ -36,7 +36,7 @@ from hsfm_core.train import train
 
 ASSETS = assets_dir()  # the checkout's assets/ or an installed copy (hsfm_core/resources.py)
 DEMO_CLIP = ASSETS / "synthbirds-clip"
-DEMO_VERSION = 2  # 2: every method over seeds 0-2, plus HSFM's paper and validation-tuned settings
+DEMO_VERSION = 3  # 2: every method over seeds 0-2, plus HSFM's paper and validation-tuned settings; 3: AFR runs the authors' recipe (its default), the default map is built too
 DEMO_SEEDS = (0, 1, 2)  # ≥ 3 seeds: one HSFM seed varies by ±2–3 points of worst-group accuracy
 TUNED = ASSETS / "demo-hsfm-tuned.json"  # the validation sweep's choice, with its command and table
 MARKER = "demo.json"
