@@ -7,7 +7,7 @@ submit to the worker's first progress line, and from an outside `scancel` or `ki
 Needs root (it starts and stops the daemons through .ci/slurm-up.sh / slurm-down.sh, by their pids). Each mode
 starts from stopped daemons (packages installed: apt's time is not counted). The job is an endless tiny HSFM
 run on a small Gaussian workspace: what is timed is the scheduler and the job layer, not training. The end is
-seen the way the app sees it: `get_job` polled every second with the default SLURM_STATE_TTL_S (the scheduler
+seen the way the app sees it: `get_job` polled every second with the default slurm.STATE_TTL_S (the scheduler
 is asked at most that often per job), so a detection costs up to that TTL after Slurm itself knows. `--tests`
 also times `pytest tests/test_slurm.py` (both modes). At the end the daemons are stopped.
 """
@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hsfm_core import jobs
+from hsfm_core import jobs, slurm
 from hsfm_core.runs import read_process
 from hsfm_core.spec import TrainSpec
 from tests.gaussian import gaussian_workspace
@@ -100,7 +100,7 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: the cluster's daemons are started and stopped here")
-    print(f"Slurm latency (SLURM_STATE_TTL_S = {jobs.SLURM_STATE_TTL_S:.0f} s, get_job polled every 1 s; "
+    print(f"Slurm latency (SLURM_STATE_TTL_S = {slurm.STATE_TTL_S:.0f} s, get_job polled every 1 s; "
           f"{os.cpu_count()} CPUs; timings vary with the machine's load)")
     try:
         for mode in args.modes:

@@ -16,7 +16,8 @@ A job is `queued` until `train` has created its runs (a slot, then loading), the
 a job whose process vanished `failed`, with its runs: here psutil (pid + start time); on Slurm the queue
 (`squeue`, which also gives a pending job's reason), then `sacct` once the controller has forgotten the job;
 when accounting is disabled too, a job that left the queue without writing its end has ended.
-Scheduler commands run with their output captured: stdout stays for results.
+Scheduler commands run with their output captured: stdout stays for results (hsfm_core/slurm.py holds the
+conversation with Slurm: sbatch parameters, checks before submitting, a job's state).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import fcntl
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -38,8 +38,10 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from hsfm_core import slurm
 from hsfm_core.errors import InputError
 from hsfm_core.fsutil import write_json_atomic, write_text_atomic
+from hsfm_core.resources import CHECKOUT  # what the worker needs on PYTHONPATH
 
 ACTIVE = ("queued", "running")
 DEFAULT_MAX_PARALLEL = 2
@@ -47,21 +49,8 @@ LOCAL_TIME_LIMIT_MIN = 7 * 24 * 60  # submitit's local default is 2 minutes: far
 KILLED = "the job's process ended without finishing (killed?)"
 NEVER_STARTED_S = 120  # a job.json without a scheduler handle after this long was never submitted
 SLOT_POLL_S = 0.25
-SLURM_STATE_TTL_S = 10.0  # the app polls every second: ask squeue/sacct at most this often per job
-SLURM_COMMAND_TIMEOUT_S = 30
-_SLURM_ACTIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED",
-                 "PREEMPTED", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "READY")
 _JOB_ID = re.compile(r"^job-[0-9]{8}-[0-9]{6}-[0-9a-f]{4}$")
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent  # what the worker needs on PYTHONPATH
-# Pending reasons that no wait resolves: the request exceeds what the partition, account or QOS allows
-NEVER_STARTS = {"PartitionConfig": "the request exceeds what the partition's nodes have (CPUs, GPUs or memory)",
-                "PartitionNodeLimit": "the request exceeds the partition's node limits",
-                "PartitionTimeLimit": "the time limit exceeds the partition's",
-                "BadConstraints": "no node matches the constraints",
-                "InvalidAccount": "the account is not valid", "InvalidQOS": "the QOS is not valid",
-                "QOSMaxCpuPerJobLimit": "more CPUs than the QOS allows", "QOSMaxGRESPerJob": "more GPUs than the QOS allows",
-                "QOSMaxWallDurationPerJobLimit": "a longer time limit than the QOS allows"}
-_slurm_states: dict[str, tuple[float, dict | None]] = {}  # a cache of the scheduler's answers, nothing else
+
 
 
 def job_dir(workspace: str | os.PathLike, job_id: str) -> Path:
@@ -99,52 +88,6 @@ def _scheduler_job(record: dict):
     return kind(folder=record["submitit_folder"], job_id=record["submitit_job_id"])
 
 
-def _slurm(*args: str) -> subprocess.CompletedProcess | None:
-    """A Slurm command, its output captured (never on our stdout/stderr); None when it is missing or hangs."""
-    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-        return subprocess.run(list(args), capture_output=True, text=True, timeout=SLURM_COMMAND_TIMEOUT_S,
-                              stdin=subprocess.DEVNULL, check=False)
-    return None
-
-
-def _ask_slurm(slurm_id: str) -> dict | None:
-    """{state, reason, source} of a Slurm job, or None when nothing can be concluded (no Slurm client here, the
-    controller not answering). squeue first (every job the controller still holds, ended ones included until
-    MinJobAge, with the pending reason); then sacct; state GONE when neither has it (accounting disabled, or
-    sacct has no record): the job has left the queue."""
-    queue = _slurm("squeue", "--noheader", "--states=all", f"--jobs={slurm_id}", "--format=%T|%r")
-    if queue is None:
-        return None
-    if queue.returncode == 0 and queue.stdout.strip():
-        state, _, reason = queue.stdout.strip().splitlines()[0].partition("|")
-        return {"state": state.strip(), "reason": None if reason.strip() in ("", "None") else reason.strip(),
-                "source": "squeue"}
-    if queue.returncode != 0 and "invalid job id" not in (queue.stderr + queue.stdout).lower():
-        return None  # the controller did not answer: nothing can be said
-    # here the controller answered without the job: an unknown id, or an array task cancelled before it was split off
-    accounting = _slurm("sacct", "--noheader", "--allocations", "--parsable2", "--format=State,Reason",
-                        f"--jobs={slurm_id}")
-    if accounting is None:
-        return None
-    answer = (accounting.stdout + accounting.stderr).strip()
-    if accounting.returncode == 0 and answer:
-        state, _, reason = answer.splitlines()[0].partition("|")
-        return {"state": state.split()[0], "reason": None if reason.strip() in ("", "None") else reason.strip(),
-                "source": "sacct"}
-    if accounting.returncode == 0 or "accounting storage is disabled" in answer.lower():
-        why = "accounting is disabled" if answer else "sacct has no record of it"
-        return {"state": "GONE", "reason": f"Slurm no longer lists job {slurm_id} and {why}", "source": "squeue"}
-    return None
-
-
-def _slurm_state(record: dict, fresh: bool = False) -> dict | None:
-    """The scheduler's view of a Slurm job (`_ask_slurm`), asked at most every SLURM_STATE_TTL_S per job."""
-    cached = _slurm_states.get(record["job_id"])
-    if fresh or not cached or time.monotonic() - cached[0] >= SLURM_STATE_TTL_S:
-        _slurm_states[record["job_id"]] = cached = (time.monotonic(), _ask_slurm(str(record["submitit_job_id"])))
-    return cached[1]
-
-
 def _gone(workspace: Path, record: dict) -> str | None:
     """Why an unfinished job can no longer finish, or None (local: its runs' writer, else submitit's controller)."""
     from hsfm_core.runs import process_alive, read_process, run_dir
@@ -153,8 +96,8 @@ def _gone(workspace: Path, record: dict) -> str | None:
         old = time.time() - record["created_t"] > NEVER_STARTED_S
         return "the job was registered but never submitted" if old else None
     if record["spec"]["executor"] == "slurm":
-        info = _slurm_state(record)
-        if info is None or info["state"] in _SLURM_ACTIVE:
+        info = slurm.state(record["job_id"], record["submitit_job_id"])
+        if info is None or info["state"] in slurm.ACTIVE_STATES:
             return None
         if info["state"] == "GONE":
             return f"{KILLED} — {info['reason']}"
@@ -189,10 +132,10 @@ def get_job(workspace: str | os.PathLike, job_id: str) -> dict:
     if record.get("status") in ("done", "failed", "cancelled"):  # a job.json of the earlier layout
         record.setdefault("ended", {"status": record["status"], "error": record.get("error"), "t": None})
     if not record.get("ended") and (reason := _gone(workspace, record)) is not None:
-        slurm = _slurm_states.get(job_id, (0, None))[1] if record["spec"]["executor"] == "slurm" else None
+        seen = slurm.last_state(job_id) if record["spec"]["executor"] == "slurm" else None
         if record.get("cancel_requested"):
             status, error = "cancelled", None
-        elif slurm and slurm["state"] == "CANCELLED":  # scancel from outside the project, before the worker could say so
+        elif seen and seen["state"] == "CANCELLED":  # scancel from outside the project, before the worker could say so
             status, error = "cancelled", "cancelled outside the project (Slurm says CANCELLED)"
         else:
             status, error = "failed", reason
@@ -206,9 +149,9 @@ def get_job(workspace: str | os.PathLike, job_id: str) -> dict:
     status = ended.get("status") or ("running" if started else "queued")
     pending = None
     if status == "queued" and record["spec"]["executor"] == "slurm" and record.get("submitit_job_id"):
-        slurm = _slurm_states.get(job_id, (0, None))[1]
-        if slurm and slurm["state"] == "PENDING" and slurm["reason"]:
-            pending = {"reason": slurm["reason"], "never_starts": NEVER_STARTS.get(slurm["reason"])}
+        seen = slurm.last_state(job_id)
+        if seen and seen["state"] == "PENDING" and seen["reason"]:
+            pending = {"reason": seen["reason"], "never_starts": slurm.NEVER_STARTS.get(seen["reason"])}
     return {**record, "executor": record["spec"]["executor"], "error": ended.get("error"),
             "traceback": trace.read_text() if trace.is_file() else None, "status": status, "pending": pending}
 
@@ -250,44 +193,6 @@ def set_max_parallel(workspace: str | os.PathLike, n: int) -> None:
     write_json_atomic(Path(workspace, "jobs") / "settings.json", {"max_parallel": int(n)})
 
 
-def time_limit_warning_s(time_min: float) -> int:
-    """Seconds before a Slurm job's end at which its worker stops at an epoch's end to end its runs cleanly (and
-    `--signal=USR2@N`): 10 % of the limit, at least 5 s, at most 90 s — 6 s for 1 min, 90 s from 15 min on. A
-    fixed 90 s exceeded short limits (the job was told at once) and cost every job up to 90 s of its time."""
-    return int(min(90, max(5, float(time_min) * 60 // 10)))
-
-
-def slurm_parameters(options, job_id: str, workspace: str | os.PathLike | None = None) -> dict:
-    """`SlurmExecutor.update_parameters` keywords (sbatch vocabulary) for a job's `SlurmOptions`. The job runs in
-    the workspace (`--chdir`; it must be on a filesystem the nodes share), not in the folder it was submitted from."""
-    o, m = options.check(), float(options.mem_gb or 0)
-    mem = f"{int(m)}GB" if m.is_integer() else f"{int(m * 1024)}MB"
-    extra = {**({"chdir": str(workspace)} if workspace is not None else {}), **{str(k): v for k, v in o.extra.items()}}
-    return {"job_name": f"hsfm-{job_id}", "partition": o.partition, "time": int(o.time_min), "nodes": 1,
-            "ntasks_per_node": 1, "signal_delay_s": time_limit_warning_s(o.time_min),
-            "setup": [*o.setup, f"export PYTHONPATH={_PROJECT_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}"],
-            **({"gpus_per_node": int(o.gpus)} if int(o.gpus) > 0 else {}),
-            **({"cpus_per_task": int(o.cpus)} if o.cpus is not None else {}),
-            **({"mem": mem} if o.mem_gb is not None else {}),
-            **({"additional_parameters": extra} if extra else {})}
-
-
-def check_slurm_here(options) -> None:
-    """What can be checked before submitting to Slurm (InputError, nothing registered): the Slurm commands are on
-    PATH and the partition exists. What cannot be seen from here — the workspace on a filesystem the nodes
-    share, this interpreter (`sys.executable`) and the project at the same paths there — is the README's."""
-    if shutil.which("sbatch") is None or shutil.which("squeue") is None:
-        raise InputError("Slurm: sbatch/squeue not found on PATH; submit from a machine of the cluster "
-                         "(a login node) with the Slurm client installed")
-    answer = _slurm("sinfo", "--noheader", "--format=%R")
-    if answer is not None and answer.returncode == 0:
-        known = sorted(set(answer.stdout.split()))
-        unknown = [p for p in str(options.partition).split(",") if p not in known]
-        if unknown:
-            raise InputError(f"Slurm partition {', '.join(unknown)!s} does not exist here; partitions: "
-                             f"{', '.join(known) or 'none'}")
-
-
 def _register(workspace: Path, spec, run_id: str | None, folder: Path | None = None) -> Path:
     """Check one request and write its job.json (not submitted yet); → the job's directory. `folder`: submitit's
     folder when several jobs share one (a job array), else the job's own."""
@@ -302,7 +207,7 @@ def _register(workspace: Path, spec, run_id: str | None, folder: Path | None = N
     elif not re.match(r"^(auto|cpu|cuda(:[0-9]+)?)$", spec.device):
         raise InputError(f"unknown device {spec.device!r}; expected auto, cpu or cuda[:N]")
     else:
-        check_slurm_here(spec.slurm)
+        slurm.check_here(spec.slurm)
     if (limit := int(spec.max_parallel or job_limit(workspace))) < 1:
         raise InputError(f"the job limit must be ≥ 1, got {limit}")
     now = datetime.now(timezone.utc)
@@ -324,7 +229,7 @@ def _slurm_executor(folder: Path, spec, job_id: str, workspace: Path):
 
     executor = submitit.SlurmExecutor(folder=folder)
     options = replace(spec.slurm, time_min=int(spec.time_limit_min)) if spec.time_limit_min else spec.slurm
-    executor.update_parameters(**slurm_parameters(options, job_id, workspace))
+    executor.update_parameters(**slurm.sbatch_parameters(options, job_id, workspace))
     return executor
 
 
@@ -380,7 +285,7 @@ def _submit_detached(directory: Path) -> None:
     has no public way to detach a local job: LocalExecutor starts its controller as a child of the caller,
     in its session and process group, where the app server's Ctrl-C or its terminal closing would stop the
     job. In the submitter's session the controller and the worker carry on after it exits: jobs outlive the app."""
-    pythonpath = os.pathsep.join(filter(None, (str(_PROJECT_ROOT), os.environ.get("PYTHONPATH"))))
+    pythonpath = os.pathsep.join(filter(None, (str(CHECKOUT), os.environ.get("PYTHONPATH"))))
     env, log_path = {**os.environ, "PYTHONPATH": pythonpath}, directory / "submitit" / "controller.log"
     with open(log_path, "ab") as log:
         done = subprocess.run([sys.executable, "-c", "import sys; from hsfm_core.jobs import _submit_here; "
@@ -481,8 +386,8 @@ class _Worker:
             worker = process_record()  # when it started, where, which Slurm job
             if spec["executor"] == "slurm":
                 limit_min = spec["time_limit_min"] or spec["slurm"]["time_min"]
-                self.margin_s = time_limit_warning_s(limit_min)
-                self.deadline = _slurm_end_time(worker["slurm_job_id"]) or worker["started"] + 60 * float(limit_min)
+                self.margin_s = slurm.time_limit_warning_s(limit_min)
+                self.deadline = slurm.end_time(worker["slurm_job_id"]) or worker["started"] + 60 * float(limit_min)
             _update(self.directory, worker={**worker, "t": worker["at"], "deadline": self.deadline})
             self.check()
             slot = self.acquire_slot(workspace, record) if spec["executor"] == "local" else None
@@ -522,14 +427,6 @@ class _Worker:
             if slot is not None:
                 slot.close()
         return status
-
-
-def _slurm_end_time(slurm_id: str | None) -> float | None:
-    """When Slurm will end this job (its EndTime, from squeue), or None."""
-    answer = _slurm("squeue", "--noheader", f"--jobs={slurm_id}", "--format=%e") if slurm_id else None
-    with contextlib.suppress(ValueError, IndexError, AttributeError):
-        return datetime.fromisoformat(answer.stdout.split()[0]).timestamp()  # the controller's local time
-    return None
 
 
 def _worker_main(workspace: str, job_id: str) -> str:
@@ -590,8 +487,8 @@ def cancel(workspace: str | os.PathLike, job_id: str) -> dict:
     if get_job(workspace, job_id)["status"] in ACTIVE:
         record = _update(job_dir(workspace, job_id), cancel_requested=True)
         if record["spec"]["executor"] == "slurm" and record.get("submitit_job_id"):
-            _slurm("scancel", str(record["submitit_job_id"]))  # quiet: a job already gone makes it complain
-            _slurm_state(record, fresh=True)
+            slurm.command("scancel", str(record["submitit_job_id"]))  # quiet: a job already gone makes it complain
+            slurm.state(job_id, record["submitit_job_id"], fresh=True)
         elif process_alive(controller := record.get("controller")):
             with contextlib.suppress(psutil.Error):
                 for worker in psutil.Process(controller["pid"]).children():

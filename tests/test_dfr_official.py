@@ -11,7 +11,6 @@ from hsfm_core import methods
 from hsfm_core.analysis.compare import run_label
 from hsfm_core.analysis.seeds import run_groups
 from hsfm_core.errors import InputError
-from hsfm_core.features import FeatureStore
 from hsfm_core.groups import binary
 from hsfm_core.heads import predict
 from hsfm_core.methods.dfr import DFR, OfficialDFR

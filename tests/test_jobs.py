@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from hsfm_core import jobs
+from hsfm_core import jobs, slurm
 from hsfm_core.errors import InputError
 from hsfm_core.runs import list_runs, process_alive, read_process
 from hsfm_core.spec import SlurmOptions, TrainSpec
@@ -393,7 +393,7 @@ def test_slurm_submission_script(ws, tmp_path, monkeypatch):
     for options, present, absent in [({"partition": "cpu", "mem_gb": 1.5}, {"mem": "1536MB"}, "gpus_per_node"),
                                      ({"partition": "cpu"}, {"time": 60, "signal_delay_s": 90}, "mem"),
                                      ({"partition": "cpu", "time_min": 1}, {"signal_delay_s": 6}, "mem")]:
-        params = jobs.slurm_parameters(SlurmOptions.from_value(options), job_id)
+        params = slurm.sbatch_parameters(SlurmOptions.from_value(options), job_id)
         assert present.items() <= params.items() and absent not in params
     for bad, message in [({"partition": ""}, "needs a partition"), ({"partition": "a b"}, "partition"),
                          ({"partition": "p", "time_min": 0}, "time limit"),
@@ -407,8 +407,8 @@ def test_slurm_submission_script(ws, tmp_path, monkeypatch):
 
 def test_the_time_limit_warning_scales_with_the_limit():
     """SIGUSR2 comes 10 % of the limit before it (5 s to 90 s): a fixed 90 s told a 1-minute job at once."""
-    assert [jobs.time_limit_warning_s(m) for m in (1, 2, 10, 15, 60, 600)] == [6, 12, 60, 90, 90, 90]
-    assert jobs.time_limit_warning_s(0.5) == 5
+    assert [slurm.time_limit_warning_s(m) for m in (1, 2, 10, 15, 60, 600)] == [6, 12, 60, 90, 90, 90]
+    assert slurm.time_limit_warning_s(0.5) == 5
 
 
 @pytest.mark.slow
@@ -443,14 +443,14 @@ def test_cli_submit_list_and_cancel(ws, capsys):
 
 def test_slurm_state_is_asked_at_most_once_per_ttl(monkeypatch):
     calls = []
-    monkeypatch.setattr(jobs, "_ask_slurm", lambda slurm_id: calls.append(slurm_id) or {
+    monkeypatch.setattr(slurm, "ask", lambda slurm_id: calls.append(slurm_id) or {
         "state": "CANCELLED", "reason": None, "source": "squeue"})
-    record = {"job_id": "job-20000101-000000-abcd", "submitit_job_id": "7"}
-    assert jobs._slurm_state(record) == jobs._slurm_state(record) and calls == ["7"]
+    key = "job-20000101-000000-abcd"
+    assert slurm.state(key, "7") == slurm.state(key, "7") == slurm.last_state(key) and calls == ["7"]
     # a page polling every second does not run squeue every second; a cancel asks afresh
-    jobs._slurm_state(record, fresh=True)
-    monkeypatch.setattr(jobs, "SLURM_STATE_TTL_S", 0.0)
-    jobs._slurm_state(record)
+    slurm.state(key, "7", fresh=True)
+    monkeypatch.setattr(slurm, "STATE_TTL_S", 0.0)
+    slurm.state(key, "7")
     assert calls == ["7", "7", "7"]
 
 

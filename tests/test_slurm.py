@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from hsfm_core import jobs
+from hsfm_core import jobs, slurm
 from hsfm_core.errors import InputError
 from hsfm_core.runs import read_process
 from hsfm_core.spec import TrainSpec
@@ -63,7 +63,7 @@ def cluster(request):
 @pytest.fixture()
 def ws(tmp_path, cluster, monkeypatch):
     """A Gaussian workspace; every Slurm job launched in it is scancelled at the end."""
-    monkeypatch.setattr(jobs, "SLURM_STATE_TTL_S", 0.0)  # these tests follow state changes second by second
+    monkeypatch.setattr(slurm, "STATE_TTL_S", 0.0)  # these tests follow state changes second by second
     path = tmp_path / "ws"
     gaussian_workspace(path)
     yield path
@@ -237,7 +237,7 @@ def test_a_time_limit_reached(time_limited, monkeypatch):
     """--time 1: the margin is 6 s (not 90 s: the whole minute); the worker trains until 6 s before the job's
     end, then ends its job and run `failed` with the reason, having trained most of its minute."""
     ws, record = time_limited
-    monkeypatch.setattr(jobs, "SLURM_STATE_TTL_S", 0.0)
+    monkeypatch.setattr(slurm, "STATE_TTL_S", 0.0)
     script = (Path(record["submitit_folder"]) / f"{record['submitit_job_id']}_submission.sh").read_text()
     assert "#SBATCH --signal=USR2@6" in script and "#SBATCH --time=1" in script
     final = _ended(ws, record["job_id"], 150)
