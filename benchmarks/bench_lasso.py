@@ -18,10 +18,9 @@ import time
 
 import numpy as np
 
-from tests.browser import browser_page, streamlit_server, wait_until_idle
+from tests.browser import MAP_AREA as MAP, browser_page, lasso, streamlit_server, wait_until_idle
 from tests.test_browser import IMAGES
 
-MAP = "[data-testid='stPlotlyChart'] .nsewdrag"
 
 
 def strip(i: int, n: int) -> list[tuple[float, float]]:
@@ -69,23 +68,6 @@ DONE = f"""t => {{ const e = [...document.querySelectorAll('[data-testid="stMark
   return document.body.innerText.includes('imported without images'); }}"""  # a store without images: row numbers
 
 
-
-def draw_lasso(page, corners) -> float:
-    """Mouse down, round the polygon (fractions of the plot area); → perf_counter() just before the
-    mouse-up that closes it (plotly selects and restyles the points inside the mouse-up handler)."""
-    area = page.locator(MAP).first
-    box = area.bounding_box()
-    x0, y0, w, h = box["x"], box["y"], box["width"], box["height"]
-    page.mouse.move(x0 + corners[0][0] * w, y0 + corners[0][1] * h)
-    page.mouse.down()
-    for a, b in zip(corners, corners[1:]):
-        for t in (0.25, 0.5, 0.75, 1.0):
-            page.mouse.move(x0 + (a[0] + t * (b[0] - a[0])) * w, y0 + (a[1] + t * (b[1] - a[1])) * h)
-    start = time.perf_counter()
-    page.mouse.up()
-    return start
-
-
 def lasso_times(page, n: int, phases: list | None = None) -> list[float]:
     """n lassos on the drawn map; → seconds from each mouse-up until the view is final: the selection's
     text has changed, and the last rerun it caused has ended and its thumbnails have loaded. (Streamlit
@@ -95,7 +77,7 @@ def lasso_times(page, n: int, phases: list | None = None) -> list[float]:
     for i in range(n):
         before = selection_text(page)
         page.evaluate(WATCH)
-        start = draw_lasso(page, strip(i, n))
+        start = lasso(page, strip(i, n))
         mouse_up_s = time.perf_counter() - start  # the browser's own selection work, before any rerun
         up = page.evaluate("() => performance.now()") - 1000 * (time.perf_counter() - start)
         page.wait_for_function(DONE, arg=before, timeout=60_000, polling=25)

@@ -95,3 +95,25 @@ def browser_page():
 def wait_until_idle(page, timeout_ms: int = 60_000) -> None:
     page.wait_for_selector("[data-testid='stApp'][data-test-connection-state='CONNECTED']", timeout=timeout_ms)
     page.wait_for_selector("[data-test-script-state='notRunning']", timeout=timeout_ms)
+
+
+MAP_AREA = "[data-testid='stPlotlyChart'] .nsewdrag"  # plotly's drag layer: where a lasso is drawn
+LASSO = [(0.15, 0.15), (0.85, 0.12), (0.88, 0.85), (0.2, 0.9), (0.15, 0.15)]  # fractions of the plot area
+
+
+def lasso(page, corners=LASSO) -> float:
+    """Mouse down, round the polygon (fractions of the plot area), mouse up; → perf_counter() just before the
+    mouse-up that closes it (plotly selects and restyles the points inside the mouse-up handler)."""
+    area = page.locator(MAP_AREA).first
+    area.wait_for(state="visible")
+    area.scroll_into_view_if_needed()
+    box = area.bounding_box()
+    x0, y0, w, h = box["x"], box["y"], box["width"], box["height"]
+    page.mouse.move(x0 + corners[0][0] * w, y0 + corners[0][1] * h)
+    page.mouse.down()
+    for a, b in zip(corners, corners[1:]):
+        for t in (0.25, 0.5, 0.75, 1.0):
+            page.mouse.move(x0 + (a[0] + t * (b[0] - a[0])) * w, y0 + (a[1] + t * (b[1] - a[1])) * h)
+    start = time.perf_counter()
+    page.mouse.up()
+    return start

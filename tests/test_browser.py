@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import browser_page, require_chromium, streamlit_app, wait_until_idle
+from tests.browser import browser_page, lasso, require_chromium, streamlit_app, wait_until_idle
 from tests.test_app import small_workspace
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -52,24 +52,6 @@ def shot(page, name: str) -> None:
         page.screenshot(path=str(artifacts() / f"{name}.png"), full_page=True)
     finally:
         page.set_viewport_size(size)
-
-
-LASSO = [(0.15, 0.15), (0.85, 0.12), (0.88, 0.85), (0.2, 0.9), (0.15, 0.15)]  # fractions of the plot area
-
-
-def lasso(page, corners=LASSO) -> None:
-    """Mouse down, move round a polygon (fractions of the plot area), mouse up."""
-    area = page.locator("[data-testid='stPlotlyChart'] .nsewdrag").first
-    area.wait_for(state="visible")
-    area.scroll_into_view_if_needed()
-    box = area.bounding_box()
-    x0, y0, w, h = box["x"], box["y"], box["width"], box["height"]
-    page.mouse.move(x0 + corners[0][0] * w, y0 + corners[0][1] * h)
-    page.mouse.down()
-    for a, b in zip(corners, corners[1:]):
-        for t in (0.25, 0.5, 0.75, 1.0):
-            page.mouse.move(x0 + (a[0] + t * (b[0] - a[0])) * w, y0 + (a[1] + t * (b[1] - a[1])) * h)
-    page.mouse.up()
 
 
 def test_home_page_renders_the_workspace(tmp_path):
