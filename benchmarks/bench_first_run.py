@@ -24,9 +24,8 @@ import sys
 import tempfile
 import time
 
-from tests.browser import browser_page, streamlit_server, wait_until_idle
+from tests.browser import MAP_AREA as MAP, browser_page, streamlit_server, wait_until_idle
 
-MAP = "[data-testid='stPlotlyChart'] .nsewdrag"
 
 FIT = """
 import time, sys, warnings

@@ -798,7 +798,8 @@ def _run_app(args) -> int:
     if not 1 <= args.port <= 65535:
         raise InputError(f"--port must be in 1..65535, got {args.port}")
     command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", args.host,
-               "--server.port", str(args.port), "--browser.gatherUsageStats", "false"]
+               "--server.port", str(args.port), "--browser.gatherUsageStats", "false",
+               "--server.fileWatcherType", "none"]  # as .streamlit/config.toml: no source watcher in a tool
     if args.headless:
         command += ["--server.headless", "true"]
     if args.workspace:

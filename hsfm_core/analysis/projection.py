@@ -34,6 +34,7 @@ run's support tensors, the selected rows and the UMAP parameters: a second reque
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -100,12 +101,6 @@ def _umap_version() -> str:
     from importlib.metadata import version
 
     return version("umap-learn")  # without importing umap (numba) into the server
-
-
-def warm_up() -> None:
-    """Compile (or load from numba's cache) the kernels a map uses, on a tiny input."""
-    x = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
-    embed_jointly(x, np.empty((0, 8), np.float32), ProjectionParams(n_neighbors=10), n_epochs=10)
 
 
 def _key(store, support: dict | None, head: dict | None, rows: np.ndarray, params: ProjectionParams) -> str:
@@ -362,14 +357,6 @@ def start_map(store, run: dict | None = None, rows: np.ndarray | None = None,
     return map_status(store, run, rows, params)
 
 
-def start_warm_up() -> subprocess.Popen:
-    """Compile umap's kernels into numba's on-disk cache in a separate process (a few seconds once
-    they are cached), so that the first map of a fresh installation does not pay it."""
-    return subprocess.Popen([sys.executable, "-m", "hsfm_core.analysis.projection", "--warm-up"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
-
-
 def default_map_run(workspace) -> dict | None:
     """The run the Projection page opens on: the newest done run with edited features (run ids sort by
     method, then start time) — the same rule as the sidebar's default (`studio.ui.run_pickers`)."""
@@ -405,9 +392,8 @@ def _run_worker(argv: list[str] | None = None) -> int:
     from hsfm_core.runs import find_run
 
     argv = sys.argv[1:] if argv is None else argv
-    if argv == ["--warm-up"]:
-        warm_up()
-        return 0
+    with contextlib.suppress(OSError):  # background work: the server's pages and any training come first
+        os.nice(10)
     parser = argparse.ArgumentParser(prog="python -m hsfm_core.analysis.projection")
     parser.add_argument("workspace")
     parser.add_argument("--run-id")

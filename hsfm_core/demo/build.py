@@ -7,8 +7,10 @@ A file lock keeps two app sessions from building the same folder at once.
 
 The build ends by starting the demo's default Projection map (the newest edited run, default UMAP
 parameters) in a separate process (`analysis.projection.start_map`), so that the first visit to
-Projection finds it on disk; the page shows the worker's progress until then. A warm-up process
-compiles umap's kernels into numba's cache while the images are drawn.
+Projection finds it on disk; the page shows the worker's progress until then. Nothing runs beside the
+build: on 2 cores a concurrent numba warm-up, or the map started before the last runs, slowed the
+build's torch work by more than it saved (measured by benchmarks/bench_first_run.py; README
+"Measured"), and umap's kernels are cached on disk after the first map anyway.
 """
 
 from __future__ import annotations
@@ -126,10 +128,6 @@ def build_demo(out: str | os.PathLike | None = None, *, seed: int = 0, workers: 
         timings = {}
         t0 = time.perf_counter()
 
-        if default_map != "none":
-            from hsfm_core.analysis.projection import start_warm_up
-
-            warm_up = start_warm_up()  # numba compiles umap's kernels while the images are drawn
         report("Drawing SynthBirds images (11,788 PNGs)", 0.0)
         total = sum(map(sum, synthbirds.WATERBIRDS_COUNTS.values()))
         synthbirds.write_dataset(out / DATA_DIR, seed=seed, workers=workers,
@@ -157,7 +155,6 @@ def build_demo(out: str | os.PathLike | None = None, *, seed: int = 0, workers: 
                                               "clip": str(DEMO_CLIP), "runs": runs, "timings": timings}, indent=2))
         (out / BUILDING).unlink()
         if default_map != "none":
-            warm_up.wait()
             report("Demo workspace ready; computing its map in the background", 1.0)
             start_default_map(out, wait=default_map == "wait")
         report("Demo workspace ready", 1.0)

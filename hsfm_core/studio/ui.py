@@ -334,16 +334,6 @@ def _warm_up_in_background(name: str, _work) -> None:
     threading.Thread(target=_work, name=f"warm-up-{name}", daemon=True).start()
 
 
-@st.cache_resource(show_spinner=False)
-def start_umap_warm_up() -> None:
-    """Once per server: load (or, on a fresh installation, compile into numba's on-disk cache) umap's
-    kernels in a separate process, so that the first map a user asks for does not pay the JIT. Maps
-    are computed in their own processes (`analysis.projection.start_map`), never in the server."""
-    from hsfm_core.analysis.projection import start_warm_up
-
-    start_warm_up()
-
-
 def start_job_warm_up() -> None:
     """Import what `jobs.launch` checks a request with (the trainer, sklearn, submitit) and ask
     torch about CUDA once, in the background, so that the first Launch run is as quick as later ones."""
