@@ -63,13 +63,18 @@ def streamlit_server(*app_args: str, env: dict | None = None, timeout: float = 6
             time.sleep(0.2)
         yield url, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log_file.close()
+
+
+def stop(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """Stop a process we started, by its PID: terminate, then kill if it has not ended within `timeout`."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @contextmanager

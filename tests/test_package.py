@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,8 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+from tests.browser import free_port, stop
 
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -195,16 +196,10 @@ for page in {pages!r}:
     assert done.stdout.split() == [word for page in pages for word in ("ran", page)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_installed_hsfm_app_serves_its_bundled_app_from_another_folder(installed_copy, app_workspace, tmp_path):
     import psutil
 
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([str(installed_copy / "bin" / "hsfm"), "app", "--headless", "--port", str(port),
                              "--workspace", str(app_workspace)], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, env=_env(PYTHONPATH=str(installed_copy)))
@@ -222,12 +217,7 @@ def test_installed_hsfm_app_serves_its_bundled_app_from_another_folder(installed
         assert str(installed_copy / "hsfm_core" / "_bundled" / "app.py") in cmdline
         assert cmdline[-2:] == ["--workspace", str(app_workspace.resolve())]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout=20)
         proc.stdout.close()
 
 
