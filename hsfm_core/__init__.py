@@ -26,7 +26,7 @@ These names load on first use (module `__getattr__`), so `import hsfm_core` impo
 nor the rest of the package; the `hsfm` command's `--help` stays fast for the same reason.
 """
 
-__version__ = "0.1.0"
+from hsfm_core.version import __version__  # noqa: F401  (one definition, see version.py)
 
 __all__ = [
     "InputError",

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save
 
-from hsfm_core import __version__
+from hsfm_core.version import __version__
 from hsfm_core.errors import InputError
 from hsfm_core.fsutil import write_bytes_atomic, write_json_atomic, write_text_atomic
 from hsfm_core.safe_io import read_json, read_safetensors, read_text

@@ -34,7 +34,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from hsfm_core import __version__
+from hsfm_core.version import __version__
 from hsfm_core.data.table import COLUMNS, SPLITS, group_counts
 from hsfm_core.errors import InputError
 from hsfm_core.groups import Groups
