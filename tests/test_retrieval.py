@@ -89,7 +89,7 @@ def test_neighbors_and_edit_shift_cli(tmp_path, capsys):
     capsys.readouterr()
     assert main(["neighbors", "--workspace", str(ws), "--run", hsfm.run_id, "--support", "5", "-k", "4"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert len(out["neighbors"]) == 4 and out["neighbors"][0]["row"] == out["support_row"]  # itself, unedited
+    assert len(out["neighbors"]) == 4 and out["neighbors"][0]["row"] == out["row"]  # itself, unedited
     assert out["neighbors"][0]["cosine"] == pytest.approx(1.0, abs=1e-5)
     assert {"split", "y", "a", "g"} <= set(out["neighbors"][1])
     assert main(["edit-shift", "--workspace", str(ws), "--run", hsfm.run_id, "-k", "8"]) == 0
