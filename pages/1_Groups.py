@@ -2,10 +2,10 @@
 
 import streamlit as st
 
+from hsfm_core.analysis.compare import AVERAGE_LABELS, run_label
+from hsfm_core.analysis.seeds import run_groups
+from hsfm_core.instruments import tables
 from hsfm_core.studio import ui
-from hsfm_core.analysis.compare import (AVERAGE_LABELS, accuracy_table, averages_table, confusion_by_group, flip_counts,
-                                        prediction_flips, run_label, seed_accuracy_table, seed_averages_table)
-from hsfm_core.analysis.seeds import paper_table, run_groups
 from hsfm_core.studio.figures import accuracy_bars, seed_accuracy_bars
 
 store, compared, focus = ui.page_header(
@@ -27,25 +27,26 @@ several = any(len(g.finished(split)) > 1 for g in groups_of_seeds)
 view = right.radio("Show", ["mean ± std over seeds", "single runs"], index=0 if several else 1, horizontal=True,
                    key="groups.view", help="Runs that differ only in their seed form a run group; one seed of HSFM "
                                            "varies by ±2–3 points, so compare means over seeds.")
-table = accuracy_table(store, compared, split)
+workspace = ui.workspace_of(store)
+table = tables.accuracy_table(workspace, compared, split)
 if view == "single runs":
     st.plotly_chart(accuracy_bars(table), width="stretch")
 else:
-    st.plotly_chart(seed_accuracy_bars(seed_accuracy_table(store, compared, split)), width="stretch")
+    st.plotly_chart(seed_accuracy_bars(tables.group_table(workspace, split, compared)), width="stretch")
     st.caption("Bars at the mean over each run group's finished seeds; error bars ± one sample standard deviation "
                "(none for a single seed). Hatched: the run group's worst group (of the means).")
 
 st.markdown(f"**Averages on {split}** — each one labelled; papers mean different things by “average”.")
 if view == "single runs":
-    averages = averages_table(store, compared, split)
+    averages = tables.averages_table(workspace, compared, split, over_seeds=False)
     st.dataframe(averages.style.format(lambda v: f"{v:.1%}" if isinstance(v, float) else ("—" if v is None else v)),
                  width="stretch")
 else:
-    st.dataframe(seed_averages_table(compared, split), width="stretch")
+    st.dataframe(tables.averages_table(workspace, compared, split), width="stretch")
 downloads = st.columns(3)
 for column, (fmt, suffix, mime) in zip(downloads, (("markdown", "md", "text/markdown"), ("latex", "tex", "text/x-tex"),
                                                    ("csv", "csv", "text/csv"))):
-    column.download_button(f"Table as {fmt}", paper_table(groups_of_seeds, split, fmt),
+    column.download_button(f"Table as {fmt}", tables.summary_table(workspace, split, compared, fmt),
                            file_name=f"hsfm-{split}-comparison.{suffix}", mime=mime, key=f"groups.download.{fmt}",
                            help="The compared run groups as a paper's table: worst-group accuracy and adjusted "
                                 "average, mean ± std, and the number of seeds.")
@@ -60,7 +61,7 @@ labels = {r["run_id"]: run_label(r) for r in compared}
 chosen = st.selectbox("Run", list(labels), format_func=labels.get, key="groups.confusion_run")
 with ui.errors_shown("Cannot evaluate that run", stop=False):
     predicted = ui.run_predictions(store, next(r for r in compared if r["run_id"] == chosen), split)
-    st.dataframe(confusion_by_group(store, predicted, split).style.format({"accuracy": "{:.1%}"}, na_rep="—"))
+    st.dataframe(tables.confusion(workspace, predicted, split).style.format({"accuracy": "{:.1%}"}, na_rep="—"))
 
 
 @st.fragment
@@ -78,9 +79,8 @@ def what_changed() -> None:
         return
     runs = {r["run_id"]: r for r in compared}
     with ui.errors_shown("Cannot compare those runs", stop=False):
-        flips = prediction_flips(store, ui.run_predictions(store, runs[before], split),
-                                 ui.run_predictions(store, runs[after], split), split)
-        counts = flip_counts(flips, store)
+        flips, counts = tables.prediction_flips(workspace, ui.run_predictions(store, runs[before], split),
+                                                ui.run_predictions(store, runs[after], split), split)
         st.markdown(f"**{(flips['change'] == 'fixed').sum():,} {split} images fixed, "
                     f"{(flips['change'] == 'broken').sum():,} broken** going from {labels[before]} to {labels[after]}.")
         st.dataframe(counts)

@@ -5,9 +5,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from hsfm_core.instruments.decode import DEFAULT_CONTRAST, vocabulary as checked_vocabulary
 from hsfm_core.studio import ui
-from hsfm_core.analysis.decode import (DEFAULT_CONTRAST, decode_edit_selection, decode_run, describe_selection,
-                              read_concepts)
 from hsfm_core.studio.figures import concept_bars
 
 store, compared, focus = ui.page_header(
@@ -27,7 +26,7 @@ if not store.manifest.get("clip_space"):
 
 with st.expander("Concept vocabulary (editable)", expanded=False):
     if "decode.vocabulary" not in st.session_state:
-        concepts, categories = read_concepts()
+        concepts, categories = checked_vocabulary()
         st.session_state["decode.vocabulary"] = pd.DataFrame({"concept": concepts, "category": categories})
     elif "decode.editor" not in st.session_state and "decode.edited" in st.session_state:
         # Streamlit forgot the editor's edits while another page was shown: start again from the edited list
@@ -37,18 +36,12 @@ with st.expander("Concept vocabulary (editable)", expanded=False):
     st.session_state["decode.edited"] = vocabulary
     st.caption("Add, edit or delete rows; the embeddings are recomputed (and cached) for the new list.")
 
-concepts = [str(c).strip() for c in vocabulary["concept"].fillna("")]
-categories = [str(c).strip() or "custom" for c in vocabulary["category"].fillna("")]
-kept = [(c, k) for c, k in zip(concepts, categories) if c]
-duplicates = sorted({c for c, _ in kept if [x for x, _ in kept].count(c) > 1})
-if duplicates or len(kept) < 2:
-    st.error("The vocabulary needs at least two concepts and no duplicates"
-             + (f" (repeated: {', '.join(duplicates)})" if duplicates else "") + ".")
-    st.stop()
-concepts, categories = (list(t) for t in zip(*kept))
-
+with ui.errors_shown("Cannot use this vocabulary"):
+    words = checked_vocabulary(words=(vocabulary["concept"].fillna("").astype(str).tolist(),
+                                      vocabulary["category"].fillna("").astype(str).tolist()))
+concepts = words[0]
 with ui.errors_shown("Cannot decode with this store"):
-    bank, to_clip = ui.concept_bank(store, concepts, categories, bridge)
+    ui.concept_bank(store, words, bridge)
 
 left, right, third = st.columns(3)
 positive = left.selectbox("Contrast: toward", concepts, key="decode.positive",
@@ -64,7 +57,7 @@ else:
     ui.warn_if_off_data(store, focus)
     with ui.errors_shown("Cannot decode this run", stop=False):
         support = ui.load_support(focus)
-        decoded = decode_run(store, support, bank, to_clip, store.class_names, top=top, contrast=contrast)
+        decoded = ui.decode(store, focus, words, top, contrast, bridge)
         st.header("Mean edit per class")
         columns = st.columns(len(decoded["per_class"]))
         for column, entry in zip(columns, decoded["per_class"]):
@@ -89,7 +82,7 @@ else:
         if indices[example] >= 0:
             with picture:
                 ui.image_grid(store, [indices[example]], [describe(example)], key="decode.picture", size=160)
-        chosen = decode_edit_selection(support, [example], bank, to_clip, top=top, contrast=contrast)
+        chosen = ui.decode(store, focus, words, top, contrast, bridge, support=[example])["selection"]
         bars.metric("Contrast", f"{chosen['contrast']:+.3f}")
         bars.plotly_chart(concept_bars(chosen["top"]), width="stretch", key="decode.example_bars")
         table = pd.DataFrame(decoded["per_example"])
@@ -108,14 +101,13 @@ else:
         rows = np.asarray(selection["rows"], dtype=np.int64)
         if len(rows):
             st.markdown(f"**{len(rows):,} selected images: their mean − their class mean** (what sets them apart)")
-            described = describe_selection(store, rows, bank, to_clip, top=top)
+            described = ui.describe_selection(store, rows, words, top, bridge)
             columns = st.columns(len(described["per_class"]))
             for column, entry in zip(columns, described["per_class"]):
-                column.plotly_chart(concept_bars(entry["top"], f"{store.class_names[entry['class']]} ({entry['n']})"),
+                column.plotly_chart(concept_bars(entry["top"], f"{entry['name']} ({entry['n']})"),
                                     width="stretch", key=f"decode.selection{entry['class']}")
         if selection["support"] and focus is not None and selection.get("run_id") == focus["run_id"]:
             st.markdown(f"**Mean edit of the {len(selection['support'])} selected support examples**")
-            chosen = decode_edit_selection(ui.load_support(focus), selection["support"], bank, to_clip, top=top,
-                                           contrast=contrast)
+            chosen = ui.decode(store, focus, words, top, contrast, bridge, support=selection["support"])["selection"]
             st.metric("Contrast", f"{chosen['contrast']:+.3f}")
             st.plotly_chart(concept_bars(chosen["top"]), width="stretch", key="decode.selection_edits")

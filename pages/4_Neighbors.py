@@ -1,12 +1,10 @@
 """Neighbors: the nearest real images (FAISS, cosine) to a feature before and after its edit —
 the retrieval counterpart of decoding an edited feature into an image."""
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
 from hsfm_core.studio import ui
-from hsfm_core.analysis.retrieval import edit_shift
 
 store, compared, focus = ui.page_header(
     "Neighbors",
@@ -14,17 +12,13 @@ store, compared, focus = ui.page_header(
     "“what does the original feature look like?” and the right one “what does the edited feature look like?”.")
 labels = store.groups.names
 group_of = store.meta["g"].to_numpy()
-index = None
-with ui.errors_shown("Cannot build the nearest-neighbour index"):
-    index = ui.feature_index(store)
-
 modes = (["A support example", "Any image (store row)"] if focus is not None else ["Any image (store row)"])
 mode = st.radio("Query", modes, horizontal=True, key="neighbors.mode")
 k = st.slider("Neighbours shown", 4, 48, 16, step=4, key="neighbors.k")
 
 with ui.errors_shown("Cannot read the run's edits"):
     support = ui.load_support(focus) if focus is not None else None
-queries = {}  # title → (query vector, the query's own row, left out of its neighbours)
+queries = {}  # title → the query, as the facade's `neighbors` takes it
 if mode == "A support example":
     ui.warn_if_off_data(store, focus)
     indices = support["indices"].numpy()
@@ -39,47 +33,38 @@ if mode == "A support example":
 
     chosen = st.selectbox("Support example", options, format_func=describe, key="neighbors.support")
     row = int(indices[chosen])
-    queries["Nearest to the original feature"] = (support["before"][chosen].numpy(), row)
-    queries["Nearest to the edited feature"] = (support["after"][chosen].numpy(), row)
+    queries["Nearest to the original feature"] = {"support": chosen, "edited": False}
+    queries["Nearest to the edited feature"] = {"support": chosen, "edited": True}
 else:
     row = st.number_input("Store row", 0, store.manifest["n_rows"] - 1, 0, key="neighbors.row")
-    queries["Nearest to this image's feature"] = (np.asarray(store.features[row], dtype=np.float32), row)
+    queries["Nearest to this image's feature"] = {"row": row, "edited": False}
     if support is not None and row in support["indices"].tolist():
-        i = support["indices"].tolist().index(row)
-        queries["Nearest to its edited feature"] = (support["after"][i].numpy(), row)
+        queries["Nearest to its edited feature"] = {"row": row, "edited": True}
 
 if row >= 0:
     st.markdown(f"**Query: row {row} · {labels[group_of[row]]} · {store.meta['split'].iat[row]}**")
     ui.image_grid(store, [row], ["the query image"], key="neighbors.query", size=128)
 
 columns = st.columns(len(queries))
-for column, (title, (vector, own)) in zip(columns, queries.items()):
+for column, (title, query) in zip(columns, queries.items()):
     with column, ui.errors_shown("Cannot search the neighbours", stop=False):
         st.subheader(title)
-        ids, scores = index.search(vector[None, :], k + 1)
-        keep = (ids[0] != own) & (ids[0] >= 0)
-        ids, scores = ids[0][keep][:k], scores[0][keep][:k]
-        counts = pd.Series([labels[group_of[i]] for i in ids]).value_counts().reindex(labels, fill_value=0)
+        found = ui.neighbors(store, focus if support is not None else None, k=k, **query)["neighbors"]
+        ids = [n["row"] for n in found]
+        counts = pd.Series([labels[n["g"]] for n in found]).value_counts().reindex(labels, fill_value=0)
         st.dataframe(counts.rename("neighbours").to_frame().T, width="stretch")
-        ui.image_grid(store, ids, [f"{labels[group_of[i]]} · cos {s:.3f}" for i, s in zip(ids, scores)],
+        ui.image_grid(store, ids, [f"{labels[n['g']]} · cos {n['cosine']:.3f}" for n in found],
                       key=f"neighbors.{title}", page_size=k)
 
 if support is not None:
     st.header("Edit shift for the whole run")
-
-    @st.cache_data(show_spinner="Searching neighbours of every support example…", max_entries=16)
-    def shift(run_id: str, content_hash: str, k: int) -> dict:
-        known = support["indices"].numpy() >= 0
-        return edit_shift(index, store.meta["a"].to_numpy(), support["indices"].numpy()[known],
-                          support["labels"].numpy()[known], support["before"].numpy()[known],
-                          support["after"].numpy()[known], k=k)
 
     if not (support["indices"].numpy() >= 0).any():
         st.caption("This run's support examples are not rows of this store (an imported reference run), "
                    "so their own attribute is unknown and the edit shift cannot be computed.")
         st.stop()
     with ui.errors_shown("Cannot compute the edit shift"):
-        result = shift(focus["run_id"], store.content_hash, 16)
+        result = ui.edit_shift(store, focus, 16)
     st.caption(f"Share of each support example's {result['k']} nearest real images whose spurious attribute differs "
                "from its own: a rise from the original to the edited feature means the edits moved the examples "
                "toward the other attribute.")

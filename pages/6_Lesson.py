@@ -193,14 +193,12 @@ with ui.errors_shown("This step cannot be shown for this workspace", stop=False)
                         f"**{len(support['indices'])}** training features, which it *edits* ({method.description}). "
                         f"Worst-group accuracy: **{wga(run):.0%}**{before}.")
             if store.manifest.get("clip_space"):
-                from hsfm_core.analysis.decode import DEFAULT_CONTRAST, decode_run, read_concepts
+                from hsfm_core.instruments.decode import DEFAULT_CONTRAST, vocabulary
 
                 with ui.errors_shown("Cannot decode the edits", stop=False):
-                    concepts, categories = read_concepts()
-                    bank, to_clip = ui.concept_bank(store, concepts, categories)
-                    shown = set(DEFAULT_CONTRAST) <= set(concepts)  # the vocabulary file may lack them
-                    decoded = decode_run(store, support, bank, to_clip, list(classes), top=3,
-                                         contrast=DEFAULT_CONTRAST if shown else tuple(concepts[:2]))
+                    words = vocabulary()
+                    shown = set(DEFAULT_CONTRAST) <= set(words[0])  # the vocabulary file may lack them
+                    decoded = ui.decode(store, run, words, 3, DEFAULT_CONTRAST if shown else tuple(words[0][:2]))
                     st.markdown("**What do the edits say?** Comparing each class's average edit with CLIP's words:")
                     for entry in decoded["per_class"]:
                         words = ", ".join(f"“{t['concept']}”" for t in entry["top"])
@@ -216,12 +214,10 @@ with ui.errors_shown("This step cannot be shown for this workspace", stop=False)
                 row = int(support["indices"][first])
                 st.markdown("One edited training image, and the real images nearest to its feature before and "
                             "after the edit:")
-                index = ui.feature_index(store)
                 columns = st.columns(2)
-                for column, (title, vector) in zip(columns, [("before", support["before"][first]),
-                                                             ("after", support["after"][first])]):
-                    ids, _ = index.search(vector.numpy()[None, :], 7)
-                    ids = [i for i in ids[0] if i != row][:6]
+                for column, title in zip(columns, ("before", "after")):
+                    found = ui.neighbors(store, run, support=first, edited=title == "after", k=6)["neighbors"]
+                    ids = [n["row"] for n in found]
                     with column:
                         st.markdown(f"**{title} the edit**")
                         ui.image_grid(store, ids, [labels[store.meta['g'].iat[i]] for i in ids],

@@ -62,7 +62,7 @@ def _contrast(bank, contrast) -> tuple[str, str]:
 def decode(workspace: Workspace | str | os.PathLike, run: dict | str, *, concepts: str | os.PathLike | None = None,
            words: tuple[Sequence[str], Sequence[str]] | None = None, top: int = 10,
            contrast: tuple[str, str] = DEFAULT_CONTRAST, bridge: Workspace | str | os.PathLike | None = None,
-           support: Sequence[int] | None = None) -> dict:
+           support: Sequence[int] | None = None, diagnostics: bool = True) -> dict:
     """Read a feature editor's edits in words: each class's mean edit Δ = after − before (and each
     support example's) scored by cosine against CLIP text concepts, with a named contrast.
 
@@ -75,6 +75,8 @@ def decode(workspace: Workspace | str | os.PathLike, run: dict | str, *, concept
         contrast: (positive, negative): the contrast is cos(Δ, positive) − cos(Δ, negative).
         bridge: a CLIP store of the same images, for stores that are not in a CLIP space (ResNet-50).
         support: also score the mean edit of these support examples (→ "selection").
+        diagnostics: add "edit_diagnostics" (a nearest-neighbour search over the store; a view that
+            already shows them passes False).
 
     Returns:
         {"run", "concepts" (bank size), "text_encoder", "contrast": {positive, negative},
@@ -102,7 +104,8 @@ def decode(workspace: Workspace | str | os.PathLike, run: dict | str, *, concept
     out = {"run": run["run_id"], "concepts": len(bank.concepts), "text_encoder": text_encoder, **result}
     if support is not None:
         out["selection"] = decode_edit_selection(tensors, list(support), bank, to_clip, top, contrast)
-    out["edit_diagnostics"] = edit_diagnostics(ws, run)
+    if diagnostics:
+        out["edit_diagnostics"] = edit_diagnostics(ws, run)
     return out
 
 

@@ -244,16 +244,23 @@ def load_support(run: dict) -> dict:
 
 # -- heavy shared objects ------------------------------------------------------------------------------
 
-@st.cache_resource(show_spinner="Building the nearest-neighbour index…", max_entries=2, hash_funcs=STORE_HASH)
+def workspace_of(store):
+    """The facade's `Workspace` over the cached store (docs/ARCHITECTURE.md §Instruments): pages call the
+    instruments through the caches below, never the analysis modules."""
+    from hsfm_core.workspace import Workspace
+
+    return Workspace(Path(store.path), store)
+
+
 @st.cache_data(max_entries=16, show_spinner="Measuring how far the edits moved…", hash_funcs=STORE_HASH)
 def _edit_diagnostics(store, run_id: str, _run) -> dict:
-    from hsfm_core.analysis.diagnostics import run_diagnostics
+    from hsfm_core.instruments.retrieval import edit_diagnostics as diagnose
 
-    return run_diagnostics(store, load_support(_run))
+    return diagnose(workspace_of(store), _run)
 
 
 def edit_diagnostics(store, run: dict) -> dict:
-    """`analysis.diagnostics.run_diagnostics` of a run's edits, cached per (store, run)."""
+    """The facade's `edit_diagnostics` of a run's edits, cached per (store, run)."""
     return _edit_diagnostics(store, run["run_id"], run)
 
 
@@ -267,11 +274,9 @@ def edit_summary(diagnostics: dict) -> str:
 
 def warn_if_off_data(store, run: dict) -> None:
     """The visible warning Decode and Neighbors show when the median edited feature has left the data."""
-    from hsfm_core.analysis.diagnostics import warning_text
-
     with errors_shown("Cannot measure the edits", stop=False):
         diagnostics = edit_diagnostics(store, run)
-        text = warning_text(diagnostics)
+        text = diagnostics["warning"]
         if text:
             st.warning(f"**The edits are off the data.** {text} Try a run tuned on validation (Retrain → Sweep).",
                        icon=":material/warning:")
@@ -287,38 +292,86 @@ def auto_settings(store, method_name: str):
     return methods.get(method_name).auto_settings(store)
 
 
-def feature_index(store):
-    """The FAISS index over all of the store's rows (built once, then read from `cache/`)."""
-    from hsfm_core.analysis.retrieval import workspace_index
-
-    return workspace_index(store)
+def _bridge_stamp(bridge: str | None) -> int:
+    """A bridge store replaced at the same path is read afresh."""
+    manifest = Path(bridge) / "manifest.json" if bridge else None
+    return manifest.stat().st_mtime_ns if manifest is not None and manifest.exists() else 0
 
 
 @st.cache_resource(show_spinner="Encoding the concepts with the CLIP text tower…", max_entries=8,
                    hash_funcs=STORE_HASH)
-def _concept_bank(store, concepts: tuple, categories: tuple, bridge: str | None,
-                  bridge_stamp: int):  # bridge_stamp: a bridge store replaced at the same path is refitted
-    from hsfm_core.analysis.decode import clip_space_map, encode_concepts
-    from hsfm_core.features import FeatureStore
+def _concept_bank(store, words: tuple, bridge: str | None, bridge_stamp: int):
+    from hsfm_core.instruments.decode import concept_bank as build
 
-    to_clip, text_encoder = clip_space_map(store, FeatureStore.open(bridge) if bridge else None)
-    bank = encode_concepts(text_encoder, list(concepts), list(categories), cache_dir=Path(store.path) / "cache")
-    return bank, to_clip
+    return build(workspace_of(store), words=words, bridge=bridge)
 
 
-def concept_bank(store, concepts: list[str], categories: list[str], bridge: str | None = None):
-    """(ConceptBank, map into CLIP space) for the store; raises InputError when it cannot decode."""
-    stamp = (Path(bridge) / "manifest.json").stat().st_mtime_ns if bridge and (Path(bridge) / "manifest.json").exists() else 0
-    return _concept_bank(store, tuple(concepts), tuple(categories), bridge, stamp)
+def concept_bank(store, words: tuple[tuple, tuple], bridge: str | None = None):
+    """The facade's (ConceptBank, map into CLIP space, text encoder) for the store; InputError when it
+    cannot decode (a page checks this before it offers anything to decode)."""
+    return _concept_bank(store, tuple(map(tuple, words)), bridge, _bridge_stamp(bridge))
+
+
+@st.cache_data(max_entries=64, show_spinner="Reading the edits in CLIP words…", hash_funcs=STORE_HASH)
+def _decode(store, run_id: str, words: tuple, top: int, contrast: tuple, bridge: str | None, bridge_stamp: int,
+            support: tuple | None, _run) -> dict:
+    from hsfm_core.instruments.decode import decode as decode_run
+
+    return decode_run(workspace_of(store), _run, words=words, top=top, contrast=contrast, bridge=bridge,
+                      support=list(support) if support is not None else None, diagnostics=False)
+
+
+def decode(store, run: dict, words: tuple[tuple, tuple], top: int, contrast: tuple[str, str],
+           bridge: str | None = None, support: list[int] | None = None) -> dict:
+    """The facade's `decode` (what `hsfm decode --json` prints, less the edit diagnostics, which pages
+    show through `warn_if_off_data`), cached per (store, run, vocabulary, top, contrast, bridge, selection)."""
+    return _decode(store, run["run_id"], tuple(map(tuple, words)), top, tuple(contrast), bridge,
+                   _bridge_stamp(bridge), tuple(support) if support is not None else None, run)
+
+
+@st.cache_data(max_entries=32, show_spinner="Reading the selection in CLIP words…", hash_funcs=STORE_HASH)
+def _describe_selection(store, rows: tuple, words: tuple, top: int, bridge: str | None, bridge_stamp: int) -> dict:
+    from hsfm_core.instruments.decode import describe_selection as describe
+
+    return describe(workspace_of(store), list(rows), words=words, top=top, bridge=bridge)
+
+
+def describe_selection(store, rows, words: tuple[tuple, tuple], top: int, bridge: str | None = None) -> dict:
+    """The facade's `describe_selection` of store rows, cached per (store, rows, vocabulary, top, bridge)."""
+    return _describe_selection(store, tuple(int(r) for r in rows), tuple(map(tuple, words)), top, bridge,
+                               _bridge_stamp(bridge))
+
+
+@st.cache_data(max_entries=64, show_spinner=False, hash_funcs=STORE_HASH)
+def _neighbors(store, run_id: str | None, support: int | None, row: int | None, edited: bool, k: int, _run) -> dict:
+    from hsfm_core.instruments.retrieval import neighbors as search
+
+    return search(workspace_of(store), _run, support, row=row, edited=edited, k=k, exclude_query=True)
+
+
+def neighbors(store, run: dict | None, *, support: int | None = None, row: int | None = None, edited: bool = False,
+              k: int = 16) -> dict:
+    """The facade's `neighbors` (the query's own row left out), cached per (store, run, query, k)."""
+    return _neighbors(store, run["run_id"] if run else None, support, row, edited, k, run)
+
+
+@st.cache_data(max_entries=16, show_spinner="Searching neighbours of every support example…", hash_funcs=STORE_HASH)
+def _edit_shift(store, run_id: str, k: int, _run) -> dict:
+    from hsfm_core.instruments.retrieval import edit_shift as shift
+
+    return shift(workspace_of(store), _run, k=k)
+
+
+def edit_shift(store, run: dict, k: int = 16) -> dict:
+    """The facade's `edit_shift` of a run, cached per (store, run, k)."""
+    return _edit_shift(store, run["run_id"], k, run)
 
 
 @st.cache_resource(max_entries=8, show_spinner=False, hash_funcs=STORE_HASH)
 def _map_frame(store, run_id: str | None, n_neighbors: int, min_dist: float, _run):
-    import pandas as pd
+    from hsfm_core.instruments.projection import project
 
-    from hsfm_core.analysis.projection import ProjectionParams, project
-
-    return pd.read_parquet(project(store, _run, params=ProjectionParams(n_neighbors=n_neighbors, min_dist=min_dist)))
+    return project(workspace_of(store), _run, n_neighbors=n_neighbors, min_dist=min_dist)
 
 
 def map_frame(store, run: dict | None, n_neighbors: int, min_dist: float):
@@ -420,9 +473,9 @@ def _blank(size: int) -> bytes:
 
 @st.cache_data(max_entries=64, show_spinner=False, hash_funcs=STORE_HASH)
 def _predictions(store, run_id: str, split: str, _run) -> np.ndarray:
-    from hsfm_core.analysis.compare import predictions
+    from hsfm_core.instruments.tables import predictions
 
-    return predictions(store, _run, split)
+    return predictions(workspace_of(store), _run, split)
 
 
 def run_predictions(store, run: dict, split: str) -> np.ndarray:
