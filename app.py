@@ -13,7 +13,7 @@ import streamlit as st
 from hsfm_core import methods
 from hsfm_core.studio import ui
 from hsfm_core.studio.figures import palette
-from hsfm_core.analysis.compare import averages_table, seed_averages_table, example_rows, train_correlation
+from hsfm_core.instruments import tables
 from hsfm_core.workspace import group_count_table
 
 PAGES = [
@@ -89,7 +89,7 @@ def home() -> None:
         st.plotly_chart(px.bar(long, x="split", y="examples", color="group", barmode="group", height=300,
                                color_discrete_sequence=palette(store.n_groups)), width="stretch")
 
-    correlation = train_correlation(store)
+    correlation = tables.train_correlation(ui.workspace_of(store))
     if correlation is not None and len(correlation):
         st.markdown("**The train correlation** — what a head can learn instead of the class")
         st.write(" · ".join(f"{r['share with usual attribute']:.0%} of train {r['class']} examples have "
@@ -100,7 +100,7 @@ def home() -> None:
         split = st.radio("Example images from", store.splits, horizontal=True,
                          index=store.splits.index("test") if "test" in store.splits else 0)
         names = store.groups.names
-        for g, rows in example_rows(store, split, per_group=8).items():
+        for g, rows in tables.example_rows(ui.workspace_of(store), split, per_group=8).items():
             st.markdown(f"**{names[g]}** ({len(store.rows(split, [g])):,} in {split})")
             ui.image_grid(store, rows, [f"row {r}" for r in rows], key=f"home.g{g}", page_size=8)
     else:
@@ -110,9 +110,9 @@ def home() -> None:
         st.header("Runs compared")
         split = "test" if store.has_split("test") else "val"
         st.markdown(f"**Run groups on {split}**: runs that differ only in their seed, mean ± sample std (%)")
-        st.dataframe(seed_averages_table(compared, split), width="stretch")
+        st.dataframe(tables.averages_table(ui.workspace_of(store), compared, split), width="stretch")
         with st.expander("Each run"):
-            st.dataframe(averages_table(store, compared, split).style.format(
+            st.dataframe(tables.averages_table(ui.workspace_of(store), compared, split, over_seeds=False).style.format(
                 lambda v: f"{v:.1%}" if isinstance(v, float) else v), width="stretch")
         st.caption("Change the runs in the sidebar; every page uses the same choice.")
 

@@ -10,7 +10,7 @@ import streamlit as st
 
 from hsfm_core import methods
 from hsfm_core.studio import ui
-from hsfm_core.analysis.compare import accuracy_table, example_rows, train_correlation
+from hsfm_core.instruments import tables
 from hsfm_core.analysis.seeds import aggregate, format_mean_std, run_groups
 from hsfm_core.studio.figures import accuracy_bars
 from hsfm_core.workspace import group_count_table
@@ -39,7 +39,7 @@ if not demo:
 
 
 def pictures(split: str, per_group: int = 6, groups=None) -> None:
-    for g, rows in example_rows(store, split, per_group, seed=1).items():
+    for g, rows in tables.example_rows(ui.workspace_of(store), split, per_group, seed=1).items():
         if groups is None or g in groups:
             st.markdown(f"**{labels[g]}**")
             ui.image_grid(store, rows, [labels[g]] * len(rows), key=f"lesson.{step}.{g}",
@@ -124,7 +124,7 @@ with ui.errors_shown("This step cannot be shown for this workspace", stop=False)
                     + (" The bird is small; the background is big." if demo else ""))
     elif step == 1:
         st.header("A shortcut in the training set")
-        correlation = train_correlation(store)
+        correlation = tables.train_correlation(ui.workspace_of(store))
         if correlation is not None:
             for _, r in correlation.iterrows():
                 st.markdown(f"- **{r['share with usual attribute']:.0%}** of training *{r['class']}* images show "
@@ -144,7 +144,7 @@ with ui.errors_shown("This step cannot be shown for this workspace", stop=False)
         st.header("The usual model fails the rare groups")
         first = need(usual)
         if first:
-            st.plotly_chart(accuracy_bars(accuracy_table(store, [first], "test")), width="stretch")
+            st.plotly_chart(accuracy_bars(tables.accuracy_table(ui.workspace_of(store), [first], "test")), width="stretch")
             over_seeds([usual])
             worst = first["metrics"]["test"]["worst_group"]
             st.markdown(f"Trained the usual way ({usual.label}), the model is right on "
@@ -167,7 +167,7 @@ with ui.errors_shown("This step cannot be shown for this workspace", stop=False)
             st.info(f"This workspace has no finished {' or '.join(m.label for m in others)} run evaluated on test "
                     "yet; train one on the Retrain page.")
         if first and retrained:
-            st.plotly_chart(accuracy_bars(accuracy_table(store, [first] + [r for _, r in retrained], "test")),
+            st.plotly_chart(accuracy_bars(tables.accuracy_table(ui.workspace_of(store), [first] + [r for _, r in retrained], "test")),
                             width="stretch")
             over_seeds([usual] + [m for m, _ in retrained])
             st.markdown("The image encoder (the backbone) turns each image into a feature vector; a small linear "
@@ -184,7 +184,7 @@ with ui.errors_shown("This step cannot be shown for this workspace", stop=False)
         for method, run in edited:
             settings_story(method)
             baseline_runs = [latest[m.name] for m in baselines if m.name in latest]
-            st.plotly_chart(accuracy_bars(accuracy_table(store, baseline_runs + [run], "test")), width="stretch",
+            st.plotly_chart(accuracy_bars(tables.accuracy_table(ui.workspace_of(store), baseline_runs + [run], "test")), width="stretch",
                             key=f"lesson.bars.{method.name}")
             over_seeds([method])
             support = ui.load_support(run)

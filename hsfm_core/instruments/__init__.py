@@ -10,7 +10,7 @@ and its API return value are the same dict.
 | module        | instruments |
 | ------------- | ----------- |
 | evaluation    | evaluate, run_group_summary |
-| tables        | runs_overview, group_table, summary_table, accuracy_table, averages_table, predictions, confusion, prediction_flips |
+| tables        | runs_overview, group_table, summary_table, accuracy_table, averages_table, predictions, confusion, prediction_flips, train_correlation, example_rows |
 | projection    | project_map, project, projection_figure |
 | decode        | decode, describe_selection, concept_figure |
 | retrieval     | neighbors, edit_shift, edit_diagnostics |

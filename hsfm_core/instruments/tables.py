@@ -162,3 +162,21 @@ def prediction_flips(workspace: Workspace | str | os.PathLike, before: np.ndarra
     ws = as_workspace(workspace)
     flips = flips_of(ws.store, before, after, _split(split))
     return flips, flip_counts(flips, ws.store)
+
+
+def train_correlation(workspace: Workspace | str | os.PathLike) -> pd.DataFrame | None:
+    """Per class, the share of its training images that show its usual attribute (the shortcut the
+    data teaches), or None without a train split."""
+    from hsfm_core.analysis.compare import train_correlation as correlation
+
+    return correlation(as_workspace(workspace).store)
+
+
+def example_rows(workspace: Workspace | str | os.PathLike, split: str, per_group: int, seed: int = 0) -> dict[int, np.ndarray]:
+    """Up to `per_group` store rows of each group of `split`, drawn with `seed` (the pictures of Home and
+    the Lesson)."""
+    from hsfm_core.analysis.compare import example_rows as rows
+
+    if split not in ("train", *SPLITS):
+        raise InputError(f"split {split!r}: expected train, val or test")
+    return rows(as_workspace(workspace).store, split, per_group, seed)
