@@ -7,6 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8501
+PYTEST_WORKERS ?= auto
 
 .PHONY: run test venv clean-venv
 
@@ -31,8 +32,10 @@ venv: $(VENV)/.installed-run
 run: $(VENV)/.installed-run
 	$(PY) -m streamlit run app.py --server.address $(HOST) --server.port $(PORT) --browser.gatherUsageStats false $(if $(WORKSPACE),-- --workspace $(WORKSPACE),)
 
+# The suite on every core (pytest-xdist): tests/conftest.py keeps the shared fixtures built once, the
+# Slurm tests on one worker and the browser tests one at a time. PYTEST_WORKERS=0: one process.
 test: $(VENV)/.installed-test
-	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
