@@ -50,6 +50,7 @@ def home() -> None:
     st.title("HSFM Studio")
     st.caption("Hard-Set-Guided Feature-Space Meta-Learning: see what edited features encode, "
                "compare groups before and after, retrain the head live.")
+    read_only_banner()
 
     current = ui.workspace_path()
     with st.expander(f"Workspace: `{current}`" + (" (the bundled demo)" if ui.is_demo(current) else ""),
@@ -117,11 +118,23 @@ def home() -> None:
         st.caption("Change the runs in the sidebar; every page uses the same choice.")
 
     st.header("What each page answers")
-    for path, title, question in PAGES:
+    for path, title, question in shown_pages():
         st.page_link(path, label=f"**{title}** — {question}")
+
+
+def shown_pages() -> list[tuple[str, str, str]]:
+    """Every page, less Retrain on a read-only server (a class watching, not launching)."""
+    read_only = ui.server_settings()["read_only"]
+    return [page for page in PAGES if not (read_only and page[1] == "Retrain")]
+
+
+def read_only_banner() -> None:
+    if ui.server_settings()["read_only"]:
+        st.info("**Read-only mode**: this server shows the workspace but launches nothing (Retrain is hidden). "
+                "The command line and the Python API still train.", icon=":material/lock:")
 
 
 # st.navigation (rather than the pages/ folder's automatic menu) so that the menu reads Home, Groups, …
 navigation = st.navigation([st.Page(home, title="Home", icon=":material/home:", default=True)]
-                           + [st.Page(path, title=title, url_path=title) for path, title, _ in PAGES])
+                           + [st.Page(path, title=title, url_path=title) for path, title, _ in shown_pages()])
 navigation.run()

@@ -22,7 +22,13 @@ store, compared, focus = ui.page_header(
     "Retrain",
     "Runs train in background processes (submitit): the page never waits, a refresh or a restart of the "
     "app does not stop them, and a finished run appears in every page's run pickers at once.")
+if ui.server_settings()["read_only"]:  # hidden from the menu; reached by its address, it still launches nothing
+    st.error("This server is read-only (`hsfm app --read-only` or HSFM_READ_ONLY=1): nothing can be launched here. "
+             "Train with `python -m hsfm_core train` or the Python API, or ask the teacher.")
+    st.stop()
 workspace = store.path
+session = ui.session_id()
+cap = ui.server_settings()["jobs_per_session"]
 ui.start_job_warm_up()
 WATCH_KEY = "retrain.watch"  # the job this session follows
 CURVE_COLUMNS = ["epoch", "seed", "outer_loss", "head_loss", "val_avg", "val_wga",  # what `training_curves` draws
@@ -87,6 +93,11 @@ with st.form("retrain.form"):
     launched = st.form_submit_button("Launch run", type="primary")
 
 
+def own(job: dict) -> bool:
+    """Whether this browser session launched the job (its request carries the session's tag)."""
+    return ((job.get("spec") or {}).get("tags") or {}).get("session") == session
+
+
 def pairs(text: str, what: str) -> dict:
     out = {}
     for item in text.split():
@@ -109,7 +120,11 @@ if launched:
         spec = TrainSpec.create(method.name, preset=preset if preset in (*method.presets, "auto") else None,
                                 overrides=overrides,
                                 seeds=parse_seeds(seeds_text), device=device if method.uses_device else "auto",
-                                executor="slurm" if slurm else "local", slurm=slurm)
+                                executor="slurm" if slurm else "local", slurm=slurm, tags={"session": session})
+        mine = [j for j in jobs.list_jobs(workspace) if j["status"] in jobs.ACTIVE and own(j)]
+        if len(mine) >= cap:
+            raise InputError(f"this session already has {len(mine)} job(s) queued or running, and this server allows "
+                             f"{cap} per session; wait for one to end or cancel one")
         job = jobs.launch(workspace, spec)
     except InputError as exc:
         st.error(f"The run was not launched: {exc}")
@@ -151,7 +166,8 @@ def method_label(name: str) -> str:
 
 def job_label(job: dict) -> str:
     spec = job["spec"]
-    return f"{job['job_id']} · {method_label(spec['method'])} · seeds {','.join(map(str, spec['seeds']))} · {job['status']}"
+    return (f"{job['job_id']} · {method_label(spec['method'])} · seeds {','.join(map(str, spec['seeds']))} · "
+            f"{job['status']}" + (" · yours" if own(job) else ""))
 
 
 def previous_run(run_id: str, method_name: str) -> str | None:
@@ -184,7 +200,8 @@ def show_jobs() -> None:
         st.rerun(scope="app")  # a job has ended: refresh the run pickers (and stop polling if none is left)
     ids = [j["job_id"] for j in current]
     by_id = {j["job_id"]: j for j in current}
-    table = pd.DataFrame([{"job": j["job_id"], "method": method_label(j["spec"]["method"]), "status": j["status"],
+    table = pd.DataFrame([{"yours": "✓" if own(j) else "", "job": j["job_id"],
+                           "method": method_label(j["spec"]["method"]), "status": j["status"],
                            "where": j["executor"], "seeds": ", ".join(map(str, j["spec"]["seeds"])),
                            "settings": " ".join(j["spec"]["overrides"]) or "preset", "runs": ", ".join(j["run_ids"]),
                            "created": j["created_at"]} for j in reversed(current)])

@@ -185,6 +185,10 @@ def _add_app(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=8501)
     p.add_argument("--headless", action="store_true", help="do not open a browser window")
+    p.add_argument("--read-only", action="store_true",
+                   help="a class watching: hide Retrain and launch nothing from the app (the CLI and API still train)")
+    p.add_argument("--jobs-per-session", type=int, metavar="N",
+                   help="the most jobs one browser session may have queued or running (default 3)")
     p.set_defaults(func=_run_app)
 
 
@@ -203,11 +207,18 @@ def _run_app(args) -> int:
                "--server.fileWatcherType", "none"]  # as .streamlit/config.toml: no source watcher in a tool
     if args.headless:
         command += ["--server.headless", "true"]
+    if args.jobs_per_session is not None and args.jobs_per_session < 1:
+        raise InputError(f"--jobs-per-session must be ≥ 1, got {args.jobs_per_session}")
+    script_args = []  # after `--`: read by the app (studio/ui.py: default_workspace, server_settings)
     if args.workspace:
         workspace = Path(args.workspace).expanduser().resolve()
         if not workspace.is_dir():
             raise InputError(f"--workspace {args.workspace}: no such folder")
-        command += ["--", "--workspace", str(workspace)]
+        script_args += ["--workspace", str(workspace)]
+    script_args += ["--read-only"] if args.read_only else []
+    script_args += ["--jobs-per-session", str(args.jobs_per_session)] if args.jobs_per_session else []
+    if script_args:
+        command += ["--", *script_args]
     sys.stdout.flush()
     os.execv(sys.executable, command)  # Streamlit becomes this process: Ctrl-C and kill PID reach it directly
     return 0  # not reached

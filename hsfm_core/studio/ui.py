@@ -116,9 +116,49 @@ def workspace_path() -> Path:
 
 
 def is_demo(path: Path) -> bool:
-    from hsfm_core.demo.build import default_demo_dir
+    """Whether the workspace is a demo build of this version, wherever it was built (`hsfm demo build
+    --out /srv/class`): recognised by its own record, `demo.json`, not by its path."""
+    from hsfm_core.demo.build import is_built
 
-    return Path(path).resolve() == default_demo_dir().resolve()
+    return is_built(path)
+
+
+# -- the server's settings (a teacher's: docs/ARCHITECTURE.md §App, README "Teaching with the Studio") ------
+
+READ_ONLY_ENV = "HSFM_READ_ONLY"
+JOBS_PER_SESSION_ENV = "HSFM_JOBS_PER_SESSION"
+DEFAULT_JOBS_PER_SESSION = 3
+
+
+@st.cache_resource
+def server_settings() -> dict:
+    """{"read_only", "jobs_per_session"} for this server: `-- --read-only --jobs-per-session N` after
+    `streamlit run app.py` (what `hsfm app --read-only` passes), else $HSFM_READ_ONLY and
+    $HSFM_JOBS_PER_SESSION. Read once per server: every session gets the same rules."""
+    import argparse
+    import os
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--read-only", action="store_true")
+    parser.add_argument("--jobs-per-session", type=int)
+    args, _ = parser.parse_known_args(sys.argv[1:])
+    read_only = args.read_only or os.environ.get(READ_ONLY_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    cap = args.jobs_per_session
+    if cap is None:
+        text = os.environ.get(JOBS_PER_SESSION_ENV, "").strip()
+        cap = int(text) if text.isdigit() else DEFAULT_JOBS_PER_SESSION
+    return {"read_only": read_only, "jobs_per_session": max(1, cap)}
+
+
+SESSION_KEY = "hsfm.session"
+
+
+def session_id() -> str:
+    """A random id of this browser session, kept in its session state: launches are tagged with it, so
+    each session sees its own jobs marked, and the per-session job cap counts them."""
+    import uuid
+
+    return st.session_state.setdefault(SESSION_KEY, uuid.uuid4().hex)
 
 
 @st.cache_resource(show_spinner="Opening the feature store…", max_entries=4)
@@ -460,7 +500,7 @@ def _image_inside_root(store, row: int) -> Path | None:
         return None
 
 
-@st.cache_data(show_spinner=False)
+@st.cache_data(show_spinner=False, max_entries=8)
 def _blank(size: int) -> bytes:
     import io
 
