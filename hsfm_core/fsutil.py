@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from hsfm_core.errors import InputError
 
 
 @contextmanager
@@ -19,8 +22,13 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     `target` is untouched.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    if target.is_dir():
+        raise InputError(f"{target} is a folder; give a file path to write")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise _unwritable(target, exc) from None
     os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a plain open() would follow the umask
     os.close(fd)
     tmp_path = Path(tmp)
@@ -28,10 +36,34 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp_path, target)
+        try:
+            os.replace(tmp_path, target)
+        except OSError as exc:  # the target became a folder meanwhile, or cannot be replaced
+            raise _unwritable(target, exc) from None
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+# A path that cannot be written (a folder, a file where a folder should be, no permission, read-only) is the
+# caller's input: an InputError naming it. Other failures (a full disk, an I/O error) stay OSErrors.
+_PATH_ERRORS = {errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.EACCES, errno.EPERM, errno.EROFS,
+                errno.ENAMETOOLONG, errno.ENOENT, errno.ELOOP}
+
+
+def _unwritable(target: Path, exc: OSError) -> OSError | InputError:
+    if exc.errno not in _PATH_ERRORS:
+        return exc
+    where = exc.filename if exc.filename and str(exc.filename) != str(target) else None
+    if where and Path(where).name.startswith(f".{target.name}."):  # our temporary file: the folder is the problem
+        where = None
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR) and where:
+        why = f"{where} is a file, not a folder"
+    elif exc.errno == errno.EISDIR:
+        why = "it is a folder"
+    else:
+        why = (exc.strerror or type(exc).__name__) + (f" ({where})" if where else "")
+    return InputError(f"cannot write {target}: {why}")
 
 
 def current_umask() -> int:

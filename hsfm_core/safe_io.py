@@ -12,6 +12,7 @@ the caller; this module only guarantees "a value of the expected kind, or InputE
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -50,18 +51,40 @@ def read_text(path: str | os.PathLike, what: str = "text file") -> str:
         raise InputError(f"{path}: the {what} is not UTF-8 text (byte {exc.start}: {data[exc.start:exc.start + 1]!r})") from None
 
 
-def read_json(path: str | os.PathLike, what: str = "JSON file", expect: type | tuple[type, ...] | None = dict) -> Any:
-    """A JSON document whose top level is `expect` (dict by default; None: anything)."""
+def read_json(path: str | os.PathLike, what: str = "JSON file", expect: type | tuple[type, ...] | None = dict,
+              allow_nan: bool = True) -> Any:
+    """A JSON document whose top level is `expect` (dict by default; None: anything). `allow_nan=False`:
+    standard JSON only — NaN, Infinity and numbers beyond float range (1e400) are refused, so what is read
+    can be printed again as JSON that every parser accepts."""
     text = read_text(path, what)
+    hooks = {} if allow_nan else {"parse_constant": _refuse_constant, "parse_float": _finite_float}
     try:
-        value = json.loads(text)
+        value = json.loads(text, **hooks)
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: the {what} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except _NotStandard as exc:
+        raise InputError(f"{path}: the {what} holds {exc}, which is not a JSON number (NaN and Infinity are not "
+                         f"standard JSON)") from None
     except RecursionError:
         raise InputError(f"{path}: the {what} is nested too deeply to read") from None
     if expect is not None and not isinstance(value, expect):
         names = " or ".join(_json_kind(t) for t in (expect if isinstance(expect, tuple) else (expect,)))
         raise InputError(f"{path}: the {what} must hold a JSON {names}, found a {_json_kind(type(value))}")
+    return value
+
+
+class _NotStandard(Exception):
+    """A JSON constant or number that standard JSON does not have (not a ValueError: json must not wrap it)."""
+
+
+def _refuse_constant(name: str):
+    raise _NotStandard(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotStandard(f"{text[:40]} (beyond float range)")
     return value
 
 
@@ -167,6 +190,8 @@ def resolve_image(root: str | os.PathLike, relative: str) -> Path:
     climbs out with `..`, or resolves (through a symlink anywhere on the way) outside `root`."""
     root_real = Path(os.path.realpath(root))
     rel = str(relative)
+    if "\x00" in rel:
+        raise InputError(f"image path {relative!r} holds a NUL byte; no file can have that name")
     if not rel or os.path.isabs(rel) or (len(rel) > 1 and rel[1] == ":"):
         raise InputError(f"image path {relative!r} must be relative to the image root {root}")
     real = Path(os.path.realpath(os.path.join(root_real, rel)))
@@ -205,6 +230,68 @@ def check_image_header(path: str | os.PathLike) -> None:
         raise InputError(f"{path}: refused as a decompression bomb ({exc})") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise InputError(f"{path}: not a readable image ({_why(exc)})") from None
+
+
+def check_fields(mapping: Any, where: str, required: Mapping[str, Any] = {}, optional: Mapping[str, Any] = {}) -> dict:
+    """`mapping` is a JSON object whose `required` keys are present and whose `optional` keys, when present and
+    not null, hold values of their type; a type is a Python type, a tuple of types, or a callable → bool
+    (e.g. `positive_int`). Bool is never an int or a number. → the mapping; InputError naming the key otherwise."""
+    if not isinstance(mapping, dict):
+        raise InputError(f"{where}: expected a JSON object, found a {_json_kind(type(mapping))}")
+    for key, kind in [*required.items(), *optional.items()]:
+        if key not in mapping:
+            if key in required:
+                raise InputError(f"{where}: missing key {key!r}")
+            continue
+        value = mapping[key]
+        if value is None and key in optional:
+            continue
+        if not _is(value, kind):
+            expected = getattr(kind, "expected", None) or " or ".join(
+                _json_kind(t) for t in (kind if isinstance(kind, tuple) else (kind,)))
+            raise InputError(f"{where}: key {key!r} must be {_article(expected)}, found {value!r:.60}")
+    return mapping
+
+
+def _is(value: Any, kind) -> bool:
+    if callable(kind) and not isinstance(kind, type):
+        return bool(kind(value))
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        return False
+    return isinstance(value, kinds)
+
+
+def _article(expected: str) -> str:
+    return expected if expected.split(" ")[0] in ("a", "an", "one", "null") else f"a {expected}"
+
+
+def described(expected: str):
+    """Name what a type test (for `check_fields`) accepts: `@described("an integer ≥ 1")`."""
+    def decorate(test):
+        test.expected = expected
+        return test
+    return decorate
+
+
+@described("an integer ≥ 1")
+def positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+@described("a finite number")
+def finite_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float range
+        return False
+
+
+@described("a list of strings")
+def string_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 def require_keys(mapping: Mapping, types: Mapping[str, type | tuple[type, ...]], where: str) -> None:
