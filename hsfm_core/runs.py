@@ -32,7 +32,7 @@ from safetensors.torch import save
 from hsfm_core.version import __version__
 from hsfm_core.errors import InputError
 from hsfm_core.fsutil import write_bytes_atomic, write_json_atomic, write_text_atomic
-from hsfm_core.safe_io import read_json, read_safetensors, read_text
+from hsfm_core.safe_io import check_fields, described, finite_number, read_json, read_safetensors, read_text
 
 RUNS_DIR = "runs"
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
@@ -84,18 +84,35 @@ def process_record() -> dict:
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "at": time.time()}
 
 
+MAX_PID = 2**31 - 1  # pids are C ints (Linux caps them at 2**22)
+
+
+@described("a process id (an integer 1…2**31−1)")
+def _pid(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_PID
+
+
+PROCESS_FIELDS = {"pid": _pid, "started": finite_number}
+PROCESS_OPTIONAL = {"host": str, "slurm_job_id": (str, int), "at": finite_number}
+
+
+def check_process(record, where: str) -> dict:
+    """A process record (`process_record`'s keys with their types); InputError naming the key otherwise."""
+    return check_fields(record, where, PROCESS_FIELDS, PROCESS_OPTIONAL)
+
+
 def read_process(path: Path) -> dict | None:
-    """A run's `process.json`, or None (not written, or an import)."""
-    try:
-        record = read_json(Path(path) / PROCESS_FILE, "process record")
-    except InputError:
+    """A run's `process.json`: None when there is none (an import, or a run being created); InputError when it
+    is there but is not a process record (so a reader names the run instead of guessing it alive or dead)."""
+    file = Path(path) / PROCESS_FILE
+    if not file.is_file() and not file.is_symlink():
         return None
-    return record if isinstance(record.get("pid"), int) and isinstance(record.get("started"), (int, float)) else None
+    return check_process(read_json(file, "process record", allow_nan=False), str(file))
 
 
 def process_alive(info: dict | None) -> bool | None:
     """Whether the process of a `process_record` still runs: True or False on its own host, None
-    where it cannot be seen (another host, no record). A zombie has finished."""
+    where it cannot be seen (another host, no record, a record that names no process). A zombie has finished."""
     import psutil
 
     if not info or info.get("host") != socket.gethostname():
@@ -105,6 +122,8 @@ def process_alive(info: dict | None) -> bool | None:
         return abs(process.create_time() - float(info["started"])) < 0.01 and process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+    except (KeyError, TypeError, ValueError, OverflowError):  # not a pid psutil can look up
+        return None
 
 
 class RunWriter:
@@ -184,11 +203,11 @@ def end_dead_runs(workspace: str | os.PathLike) -> list[str]:
     for path in sorted(runs.iterdir()) if runs.is_dir() else []:
         try:
             unfinished = (path / "status").is_file() and read_text(path / "status").strip() in ("queued", "running")
-        except InputError:
+            if unfinished and process_alive(read_process(path)) is False \
+                    and end_unfinished_run(workspace, path.name, "failed", DIED):
+                ended.append(path.name)
+        except InputError:  # another run's damaged files: its readers name it; nothing to end here
             continue
-        if unfinished and process_alive(read_process(path)) is False \
-                and end_unfinished_run(workspace, path.name, "failed", DIED):
-            ended.append(path.name)
     return ended
 
 
@@ -228,24 +247,35 @@ def read_run(path: Path) -> dict:
             status = _read_status(path)  # it finished just now
     metrics = None
     if (path / "metrics.json").is_file():
-        metrics = read_json(path / "metrics.json", "run metrics")
-        bad = [k for k, v in metrics.items() if not isinstance(v, dict)]
-        if bad:
-            raise InputError(f"{path / 'metrics.json'}: expected {{split: {{metric: value}}}}; "
-                             f"{bad[0]!r} holds a {type(metrics[bad[0]]).__name__}")
-        for split, figures in metrics.items():
-            for key in ("wga", "avg_plain", "avg_adjusted", "mean_group"):
-                value = figures.get(key)
-                if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                    raise InputError(f"{path / 'metrics.json'}: {split}.{key} must be a number or null, found {value!r:.40}")
-            for key in ("group_acc", "group_n", "group_ci"):
-                if key in figures and not isinstance(figures[key], list):
-                    raise InputError(f"{path / 'metrics.json'}: {split}.{key} must be a list")
+        metrics = _check_metrics(read_json(path / "metrics.json", "run metrics", allow_nan=False), path / "metrics.json")
     method = config.get("method")
     if method is not None and not isinstance(method, str):
         raise InputError(f"{path / 'config.json'}: 'method' must be a string, found {method!r:.40}")
     return {"run_id": path.name, "path": path, "status": status, "method": method,
             "config": config, "metrics": metrics}
+
+
+def _check_metrics(metrics: dict, where: Path) -> dict:
+    """`{split: §Metrics}` as `metrics.group_metrics` writes it: the figures numbers or null, `group_acc` a list
+    of them (every reader of runs aggregates it), `group_n` and `group_ci` lists when present."""
+    bad = [k for k, v in metrics.items() if not isinstance(v, dict)]
+    if bad:
+        raise InputError(f"{where}: expected {{split: {{metric: value}}}}; {bad[0]!r} holds a "
+                         f"{type(metrics[bad[0]]).__name__}")
+    for split, figures in metrics.items():
+        for key in ("wga", "avg_plain", "avg_adjusted", "mean_group"):
+            value = figures.get(key)
+            if value is not None and not finite_number(value):
+                raise InputError(f"{where}: {split}.{key} must be a number or null, found {value!r:.40}")
+        if not isinstance(figures.get("group_acc"), list):
+            raise InputError(f"{where}: {split}.group_acc must be a list of per-group accuracies (number or null), "
+                             f"found {figures.get('group_acc')!r:.40}")
+        if not all(v is None or finite_number(v) for v in figures["group_acc"]):
+            raise InputError(f"{where}: {split}.group_acc must hold numbers or null")
+        for key in ("group_n", "group_ci"):
+            if key in figures and not isinstance(figures[key], list):
+                raise InputError(f"{where}: {split}.{key} must be a list")
+    return metrics
 
 
 def _read_status(path: Path) -> str:
