@@ -41,10 +41,12 @@ from pathlib import Path
 from hsfm_core import slurm
 from hsfm_core.errors import InputError
 from hsfm_core.fsutil import write_json_atomic, write_text_atomic
+from hsfm_core.safe_io import check_fields, described, finite_number, positive_int, read_json, string_list
 from hsfm_core.resources import CHECKOUT  # what the worker needs on PYTHONPATH
 
 ACTIVE = ("queued", "running")
 DEFAULT_MAX_PARALLEL = 2
+DEFAULT_MAX_SWEEP_RUNS = 500  # configurations × seeds; a larger sweep needs `yes` (the CLI's --yes)
 LOCAL_TIME_LIMIT_MIN = 7 * 24 * 60  # submitit's local default is 2 minutes: far too short for training
 KILLED = "the job's process ended without finishing (killed?)"
 NEVER_STARTED_S = 120  # a job.json without a scheduler handle after this long was never submitted
@@ -59,15 +61,56 @@ def job_dir(workspace: str | os.PathLike, job_id: str) -> Path:
     return Path(workspace, "jobs") / job_id
 
 
+@described("an object of strings")
+def string_map(value) -> bool:
+    return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+
+
+# job.json's keys with their JSON types (safe_io.check_fields): what every reader of a job relies on.
+_RECORD = {"job_id": str, "spec": dict, "run_ids": string_list, "created_t": finite_number,
+           "submitit_folder": str}
+_RECORD_OPTIONAL = {"workspace": str, "run_id": str, "max_parallel": positive_int, "created_at": str, "env": string_map,
+                    "submitit_job_id": str, "cancel_requested": bool, "controller": dict, "worker": dict,
+                    "ended": dict, "status": str, "error": str}
+_SPEC = {"method": str, "seeds": list, "executor": str}
+_SPEC_OPTIONAL = {"time_limit_min": finite_number, "slurm": dict, "preset": str, "overrides": string_list,
+                  "device": str, "max_parallel": positive_int, "tags": dict}
+_WORKER_OPTIONAL = {"pid": int, "started": finite_number, "t": finite_number, "deadline": finite_number,
+                    "at": finite_number, "host": str}
+_ENDED_OPTIONAL = {"status": str, "error": str, "t": finite_number, "detected_t": finite_number}
+
+
 def _read(directory: Path) -> dict:
+    """job.json, checked key by key (valid JSON of the wrong types is an InputError naming the key, never a
+    TypeError in whichever reader meets it first)."""
+    from hsfm_core.runs import check_process, run_dir
+
     path = directory / "job.json"
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(record, dict):
-            raise ValueError(f"expected a JSON object, got {type(record).__name__}")
-        return record
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InputError(f"{path}: unreadable job record ({type(exc).__name__}: {exc})") from None
+    where = f"{path}: unreadable job record"
+    record = check_fields(read_json(path, "job record", allow_nan=False), where, _RECORD, _RECORD_OPTIONAL)
+    spec = check_fields(record["spec"], f"{where} (spec)", _SPEC, _SPEC_OPTIONAL)
+    if spec["executor"] not in ("local", "slurm"):
+        raise InputError(f"{where}: spec.executor must be local or slurm, found {spec['executor']!r:.40}")
+    if spec["executor"] == "slurm" and record.get("submitit_job_id") is not None:
+        check_fields(spec.get("slurm"), f"{where} (spec.slurm)", {"time_min": finite_number})
+    for rid in record["run_ids"]:
+        try:
+            run_dir(directory, rid)  # a plain run id (no path)
+        except InputError as exc:
+            raise InputError(f"{where}: {exc}") from None
+    if record.get("controller") is not None:
+        check_process(record["controller"], f"{where} (controller)")
+    if record.get("worker") is not None:
+        check_fields(record["worker"], f"{where} (worker)", optional=_WORKER_OPTIONAL)
+    if record.get("ended") is not None:
+        ended = check_fields(record["ended"], f"{where} (ended)", {"status": str}, _ENDED_OPTIONAL)
+        if ended["status"] not in ("done", "failed", "cancelled"):
+            raise InputError(f"{where}: ended.status must be done, failed or cancelled, found {ended['status']!r:.40}")
+    if record.get("status") is not None and record["status"] not in ("done", "failed", "cancelled"):
+        raise InputError(f"{where}: status must be done, failed or cancelled, found {record['status']!r:.40}")
+    if record["job_id"] != directory.name:
+        raise InputError(f"{where}: it describes job {record['job_id']!r:.60}, not {directory.name}")
+    return record
 
 
 def _update(directory: Path, **fields) -> dict:
@@ -176,21 +219,39 @@ def list_jobs(workspace: str | os.PathLike, unreadable: list | None = None) -> l
     return sorted(out, key=lambda r: (r["created_t"], r["job_id"]))  # ids of one second are random
 
 
+def settings(workspace: str | os.PathLike) -> dict:
+    """The workspace's job settings, `jobs/settings.json`, with the defaults filled in:
+    {"max_parallel": local jobs training at once (2), "max_sweep_runs": the largest sweep (configurations ×
+    seeds) run without `yes` (500)}. InputError naming the file and key for anything else."""
+    path = Path(workspace, "jobs") / "settings.json"
+    found = read_json(path, "job settings", allow_nan=False) if path.exists() else {}
+    check_fields(found, f"{path} (fix or delete the file)", optional={"max_parallel": positive_int,
+                                                                     "max_sweep_runs": positive_int})
+    return {"max_parallel": found.get("max_parallel") or DEFAULT_MAX_PARALLEL,
+            "max_sweep_runs": found.get("max_sweep_runs") or DEFAULT_MAX_SWEEP_RUNS}
+
+
 def job_limit(workspace: str | os.PathLike) -> int:
     """How many local jobs of this workspace train at once (`set_max_parallel`; default 2)."""
+    return settings(workspace)["max_parallel"]
+
+
+def _write_setting(workspace: str | os.PathLike, key: str, n: int, what: str) -> None:
+    if isinstance(n, bool) or int(n) != n or int(n) < 1:
+        raise InputError(f"{what} must be an integer ≥ 1, got {n}")
     path = Path(workspace, "jobs") / "settings.json"
-    try:
-        return int(json.loads(path.read_text()).get("max_parallel", DEFAULT_MAX_PARALLEL)) if path.is_file() \
-            else DEFAULT_MAX_PARALLEL
-    except (ValueError, TypeError, AttributeError):
-        raise InputError(f"{path}: expected {{\"max_parallel\": N}}; fix or delete the file") from None
+    current = read_json(path, "job settings", allow_nan=False) if path.exists() else {}
+    write_json_atomic(path, {**current, key: int(n)})  # the other settings stay
 
 
 def set_max_parallel(workspace: str | os.PathLike, n: int) -> None:
     """How many local jobs of this workspace train at once (the rest wait `queued`); for later launches."""
-    if int(n) < 1:
-        raise InputError(f"the job limit must be ≥ 1, got {n}")
-    write_json_atomic(Path(workspace, "jobs") / "settings.json", {"max_parallel": int(n)})
+    _write_setting(workspace, "max_parallel", n, "the job limit")
+
+
+def set_max_sweep_runs(workspace: str | os.PathLike, n: int) -> None:
+    """The largest sweep (configurations × seeds) this workspace runs without being told `yes`."""
+    _write_setting(workspace, "max_sweep_runs", n, "the sweep size limit")
 
 
 def _register(workspace: Path, spec, run_id: str | None, folder: Path | None = None) -> Path:
