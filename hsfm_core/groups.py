@@ -97,6 +97,15 @@ class Groups:
                 raise InputError(f"{source}: row {i + first_row}: {what} {values[i]} is outside 0…{size - 1} "
                                  f"({len(bad)} bad row(s) in all)")
 
+    def require_rows(self, g: np.ndarray, minimum: int, where: str, why: str) -> None:
+        """Every group g = 0…G−1 (not only those up to the largest present) has at least `minimum` rows in `g`;
+        else InputError naming each group short of it, with its count."""
+        counts = self.counts(g)
+        short = [f"{self.name(k)} (group {k}: {n} row{'s' if n != 1 else ''})" for k, n in enumerate(counts) if n < minimum]
+        if short:
+            raise InputError(f"{where} has fewer than {minimum} rows of {', '.join(short)}; {why}, so it needs at least "
+                             f"{minimum} rows of every group 0…{self.n_groups - 1}")
+
     def partition(self, g: np.ndarray) -> list[np.ndarray]:
         """Row positions of each group, g = 0 … G−1 (SpuCo's group partition)."""
         g = np.asarray(g)

@@ -13,6 +13,7 @@ from typing import Iterable, Sequence
 
 from hsfm_core import methods
 from hsfm_core.errors import InputError
+from hsfm_core.methods.base import check_seeds
 
 EXECUTORS = ("local", "slurm")
 
@@ -78,8 +79,8 @@ class TrainSpec:
         """A checked request; InputError with the one-line reason for anything wrong."""
         try:
             seeds = tuple(dict.fromkeys(int(s) for s in seeds))
-        except (TypeError, ValueError):
-            raise InputError(f"seeds must be one or more integers ≥ 0, got {list(seeds)}") from None
+        except (TypeError, ValueError, OverflowError):
+            raise InputError(f"seeds must be one or more integers 0…2**32 − 1, got {list(seeds)!r:.80}") from None
         spec = cls(method=method, preset=preset, overrides=tuple(str(o) for o in overrides), seeds=seeds,
                    device=str(device), executor=executor,
                    slurm=SlurmOptions.from_value(slurm) if executor == "slurm" else None,
@@ -88,8 +89,7 @@ class TrainSpec:
 
     def check(self) -> "TrainSpec":
         method = methods.get(self.method)
-        if not self.seeds or min(self.seeds) < 0:
-            raise InputError(f"seeds must be one or more integers ≥ 0, got {list(self.seeds)}")
+        check_seeds(self.seeds)  # 0…2**32 − 1: refused here, before any run folder exists
         if self.executor not in EXECUTORS:
             raise InputError(f"unknown executor {self.executor!r}; expected local or slurm")
         if self.executor == "slurm" and self.slurm is None:

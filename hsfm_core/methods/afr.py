@@ -89,7 +89,7 @@ import numpy as np
 import torch
 
 from hsfm_core.errors import InputError
-from hsfm_core.methods.base import FittedHead, Method, check_positive
+from hsfm_core.methods.base import MIN_VAL_ROWS_PER_GROUP, FittedHead, Method, check_positive
 from hsfm_core.methods.erm import initial_head, require_all_classes
 
 # γ: the range of the paper's CelebA grid (1–3) joined to that of its Waterbirds grid (4–20), in 10
@@ -372,6 +372,7 @@ class AFR(Method):
     aliases = ALIASES
     presets = PRESETS
     needs = ("train", "val")
+    val_rows_per_group = MIN_VAL_ROWS_PER_GROUP  # γ, λ and the step are chosen on val worst-group accuracy
     uses_device = True
 
     def default_preset(self, store=None):

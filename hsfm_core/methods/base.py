@@ -16,6 +16,9 @@ import torch
 
 from hsfm_core.errors import InputError
 
+MAX_SEED = 2**32 - 1  # scikit-learn's random_state and numpy's RandomState take 0…2**32−1 (torch more)
+MIN_VAL_ROWS_PER_GROUP = 2  # the fewest validation rows of every group a method that selects on val groups needs
+
 # progress(epoch, epochs, entries): called with epoch 0 and no entries when fitting starts, then
 # after every epoch with one history entry per seed, None for a seed not training in that epoch
 # (when seeds run one after another, `epoch` counts over all of them); methods without epochs never call it.
@@ -55,6 +58,10 @@ class Method:
     aliases: ClassVar[dict[str, str]] = {}  # other accepted names, e.g. the paper's symbols
     presets: ClassVar[dict[str, Any]] = {}  # name → Settings; empty: only the defaults
     needs: ClassVar[tuple[str, ...]] = ("val",)  # splits it reads (val is always needed for selection)
+    # The fewest val rows each group g = 0…G−1 must have: a method that selects or balances on validation groups
+    # would otherwise score a missing group as if it were there (issue 26). None: MIN_VAL_ROWS_PER_GROUP for
+    # feature editors (HSFM selects its epoch on val worst-group accuracy), 0 for the others; DFR and AFR set it.
+    val_rows_per_group: ClassVar[int | None] = None
     uses_device: ClassVar[bool] = False  # whether `device` matters (torch methods)
     edits_features: ClassVar[bool] = False  # whether runs carry a support set (before/after)
 
@@ -140,6 +147,21 @@ class Method:
         return out
 
     # -- fitting ---------------------------------------------------------------------------
+    def min_val_rows_per_group(self) -> int:
+        if self.val_rows_per_group is not None:
+            return self.val_rows_per_group
+        return MIN_VAL_ROWS_PER_GROUP if self.edits_features else 0
+
+    def check_store(self, store) -> None:
+        """What `fit` needs of the store beyond its splits (`needs`), checked before any run directory exists
+        (train and jobs call it through `train.open_store_for`): every validation group 0…G−1 with at least
+        `min_val_rows_per_group()` rows, for methods that select or balance on them."""
+        minimum = self.min_val_rows_per_group()
+        if minimum and "val" in self.needs and store.has_split("val"):
+            store.groups.require_rows(store.select("val").g, minimum, f"{store.path}: the validation split",
+                                      f"{self.label} selects or balances on validation groups")
+
+
     def fit(self, store, settings, seeds: Sequence[int], *, device: str | torch.device = "cpu",
             progress: Progress | None = None) -> list[FittedHead]:
         """One `FittedHead` per seed, on the store's features (the caller checked `needs`)."""
@@ -157,6 +179,17 @@ def check_positive(settings, ints: Sequence[str] = (), floats: Sequence[str] = (
             raise InputError(f"{what} setting {name} must be a finite number > 0, got {value}")
 
 
+def check_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
+    """→ the distinct seeds, in order; InputError unless one or more integers 0…2**32−1 (what every method's
+    generators take: a larger seed would end in a traceback inside scikit-learn or torch, after a run exists)."""
+    out = tuple(dict.fromkeys(seeds))
+    if not out or any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED for s in out):
+        shown = list(out)[:8]
+        raise InputError(f"seeds must be one or more integers 0…{MAX_SEED} (2**32 − 1), got {shown}"
+                         + ("…" if len(out) > 8 else ""))
+    return out
+
+
 def parse_seeds(text: str) -> list[int]:
     """'0, 1, 2' or '0-4' → [0, 1, 2] / [0, 1, 2, 3, 4]; InputError on anything else."""
     seeds = []
@@ -168,6 +201,8 @@ def parse_seeds(text: str) -> list[int]:
             raise InputError(f"seeds {text!r}: expected integers such as 0, 1, 2 or a range 0-4") from None
         if lo < 0 or hi < lo:
             raise InputError(f"seeds {text!r}: {part!r} is not a non-negative integer or an increasing range")
+        if hi > MAX_SEED or hi - lo >= 10_000:
+            raise InputError(f"seeds {text!r}: {part!r} is out of range (seeds are 0…{MAX_SEED}, at most 10000 at once)")
         seeds.extend(range(lo, hi + 1))
     if not seeds:
         raise InputError("give at least one seed, e.g. 0")

@@ -46,7 +46,7 @@ from sklearn.preprocessing import StandardScaler
 from hsfm_core.errors import InputError
 from hsfm_core.groups import Groups
 from hsfm_core.heads import LinearHead
-from hsfm_core.methods.base import FittedHead, Method, check_positive
+from hsfm_core.methods.base import MIN_VAL_ROWS_PER_GROUP, FittedHead, Method, check_positive
 from hsfm_core.methods.erm import require_all_classes
 
 DFR_C_GRID = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)  # the authors' C_OPTIONS
@@ -223,6 +223,7 @@ class DFRMethod(Method):
     Settings = DFRSettings
     presets = PRESETS
     needs = ("val",)  # the official recipe also reads train, when the store has it (its final scaler)
+    val_rows_per_group = MIN_VAL_ROWS_PER_GROUP  # balances every group of val and tunes C on val WGA
 
     def default_preset(self, store=None):
         return "val_scaler", ("the Studio's DFR (scalers fitted on val): on the demo it is the steadier of the two "
