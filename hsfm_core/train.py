@@ -42,10 +42,12 @@ def open_store_for(workspace: str | os.PathLike, method_name: str) -> FeatureSto
     store = FeatureStore.open(workspace)
     if store.manifest.get("shard"):
         raise InputError(f"{store.path} is one shard of an extraction; merge the shards first (extract --merge)")
-    for split in methods.get(method_name).needs:
+    method = methods.get(method_name)
+    for split in method.needs:
         if not store.has_split(split):
             raise InputError(f"{store.path}: the store has no {split} split ({method_name} reads it); it has "
                              f"{', '.join(store.splits) or 'no splits'}")
+    method.check_store(store)  # e.g. every validation group present, for methods that select on them
     return store
 
 
@@ -98,10 +100,15 @@ def train(workspace: str | os.PathLike, spec: TrainSpec | str, *, progress: Prog
         if progress is not None:
             progress(epoch, epochs, entries)
 
-    out = []
+    out, diverged = [], []
     try:
         fitted = method.fit(store, settings, list(spec.seeds), device=device, progress=on_epoch)
         for writer, head in zip(writers, fitted):
+            if (reason := non_finite(head)) is not None:  # never a NaN head marked done (issue 26)
+                writer.update_config(fitted=_jsonable(head.selected), init_head=head.init_source)
+                writer.fail(f"{reason}; the run is failed rather than scored. {DIVERGED_HINT}")
+                diverged.append(f"{writer.run_id}: {reason}")
+                continue
             metrics = evaluate_head(store, head.weight, head.bias)
             writer.update_config(fitted=_jsonable(head.selected), init_head=head.init_source)
             writer.finish(head.head_tensors(), metrics, head.support)
@@ -121,7 +128,48 @@ def train(workspace: str | os.PathLike, spec: TrainSpec | str, *, progress: Prog
             if w.status() != "done":
                 w.fail(f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
         raise
+    if diverged:  # the runs are kept, failed, with the epoch and the reason in error.txt
+        raise TrainingDiverged(f"{len(diverged)} of {len(writers)} run(s) failed: " + "; ".join(diverged)
+                               + f". {DIVERGED_HINT}", done=out)
     return out
+
+
+DIVERGED_HINT = ("Lower the learning rates, or check the features' scale (`python -m hsfm_core import` refuses "
+                 "features that overflow float32)")
+
+
+class TrainingDiverged(InputError):
+    """Some runs ended with a non-finite head or loss: they are written `failed` (error.txt says at which epoch
+    and why); `done` holds the runs of the other seeds, which finished."""
+
+    def __init__(self, message: str, done: list):
+        super().__init__(message)
+        self.done = done
+
+
+def non_finite(head) -> str | None:
+    """Why a fitted head cannot be scored: the first epoch whose history holds a non-finite number (a loss, a
+    norm), or a non-finite weight, bias or edited support feature; None when all are finite."""
+    for index, entry in enumerate(head.history):
+        bad = sorted(key for key, value in entry.items() if _is_non_finite(value))
+        if bad:
+            epoch = entry.get("epoch", index + 1)
+            return f"non-finite {', '.join(bad)} at epoch {epoch} (seed {head.seed})"
+    tensors = {"weight": head.weight, "bias": head.bias, **{f"support {k}": v for k, v in (head.support or {}).items()
+                                                          if k in ("before", "after")}}
+    for name, tensor in tensors.items():
+        if tensor is not None and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            where = f" (model selection chose epoch {head.selected['best_epoch']})" if "best_epoch" in head.selected else ""
+            return f"non-finite values in the head's {name}{where} (seed {head.seed})"
+    return None
+
+
+def _is_non_finite(value) -> bool:
+    if isinstance(value, float):
+        return not np.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return any(_is_non_finite(v) for v in value)
+    return False
 
 
 def _jsonable(value):
