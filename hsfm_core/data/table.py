@@ -86,7 +86,7 @@ def read_csv_strings(path: Path, what: str) -> pd.DataFrame:
         raise InputError(f"{what} not found: {path}")
     try:
         return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, OSError) as exc:  # ParserError and EmptyDataError are ValueErrors
         raise InputError(f"{path}: cannot parse as CSV ({exc})") from None
 
 
@@ -176,6 +176,9 @@ def safe_relative_paths(
     out = []
     for i, raw in enumerate(paths):
         p = str(raw).strip().replace("\\", "/")
+        if any(ord(c) < 32 or c == "\x7f" for c in p):  # a NUL byte (no file name holds one), a newline, a tab
+            raise InputError(f"{source} line {i + first_data_line}: image path {raw!r} holds a control character "
+                             f"(such as a NUL byte); paths must be plain file names")
         norm = posixpath.normpath(p) if p else ""
         if not p or p.startswith("/") or norm == ".." or norm.startswith("../") or (len(p) > 1 and p[1] == ":"):
             what = "is empty" if not p else f"{raw!r} escapes the dataset root {image_root}"

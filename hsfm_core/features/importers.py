@@ -79,6 +79,26 @@ def _check_part(part: _Part) -> None:
     if not finite.all():
         raise InputError(f"{source}: row {np.flatnonzero(~finite)[0]}: features contain NaN or inf "
                          f"({int((~finite).sum())} row(s) in all)")
+    _check_scale(features, source)
+
+
+# Training computes in float32 (max 3.4e38): logits, squared norms, Gram matrices and Adam's second moments
+# square the features and sum them over d dimensions and many rows. Features whose rows' norms exceed
+# sqrt(float32 max) / 1e3 ≈ 1.8e16 leave those sums no room (±3e38 features made HSFM's head NaN, issue 26);
+# real backbones' features have norms of 1 to 1e3.
+MAX_FEATURE_NORM = float(np.sqrt(np.finfo(np.float32).max)) / 1e3
+
+
+def _check_scale(features: np.ndarray, source: str, chunk: int = 65_536) -> None:
+    """Refuse features whose scale would overflow float32 arithmetic while training (row norms in float64)."""
+    for start in range(0, len(features), chunk):
+        block = np.asarray(features[start : start + chunk], dtype=np.float64)
+        norms = np.sqrt(np.einsum("ij,ij->i", block, block))
+        if (norms > MAX_FEATURE_NORM).any():
+            i = int(np.argmax(norms > MAX_FEATURE_NORM))
+            raise InputError(f"{source}: row {start + i}: a feature vector of norm {norms[i]:.3g} would overflow "
+                             f"float32 arithmetic while training (norms must stay below {MAX_FEATURE_NORM:.2g}; "
+                             f"real features have norms of about 1 to 1000): rescale the features before importing")
 
 
 def _where(parts: list[_Part], what: str):
