@@ -30,35 +30,49 @@ concurrency slots; on Slurm the configurations go as ONE job array (`jobs.launch
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import itertools
 import json
+import math
 import os
+import re
 import shutil
+import socket
+import subprocess
+import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+import traceback
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import IO, Callable, Sequence
 
-import multiprocessing as mp
 import pandas as pd
 
 from hsfm_core import methods
 from hsfm_core.analysis.seeds import mean_std
 from hsfm_core.errors import InputError
 from hsfm_core.fsutil import write_json_atomic, write_text_atomic
-from hsfm_core.runs import read_run, run_dir
-from hsfm_core.spec import TrainSpec
+from hsfm_core.methods.base import check_seeds
+from hsfm_core.runs import process_alive, process_record, read_process, read_run, run_dir
+from hsfm_core.safe_io import finite_number, read_json, read_text
+from hsfm_core.spec import EXECUTORS, TrainSpec
 
 SWEEPS_DIR = "sweeps"
 TIE = 1e-9
 FIGURES = ("wga", "avg_adjusted")
+STATUSES = ("running", "submitted", "done", "failed", "cancelled")  # as written; readers derive (see `status`)
+RUNNER_POLL_S = 0.5
+_SWEEP_ID = re.compile(r"^sweep-[A-Za-z0-9][A-Za-z0-9_.-]*-[0-9a-f]{8}$")
 
 
 @dataclass(frozen=True)
 class SweepRequest:
+    """What to sweep. Built, every field is checked (types, the method's keys, seeds 0…2**32−1, no key both
+    fixed and swept): an InputError here means nothing was written. Range checks of each configuration's
+    values, the workspace's store and the size limit come in `check`."""
+
     method: str
     grid: dict  # field name → list of values, in the order given
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -69,11 +83,56 @@ class SweepRequest:
     slurm: dict | None = None
     max_parallel: int | None = None
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.method, str):
+            raise InputError(f"method must be a method name, found {self.method!r:.40}")
+        method = methods.get(self.method)
+        if not isinstance(self.grid, dict) or not self.grid:
+            raise InputError(f"a sweep needs at least one --grid key=v1,v2,… (grid must map settings to lists of "
+                             f"values, found {self.grid!r:.40})")
+        grid, swept = {}, {}
+        for key, values in self.grid.items():
+            name = method.field_name(str(key), f"--grid {key}")
+            if name in swept:
+                raise InputError(f"--grid {key}: {name} is given twice")
+            if not isinstance(values, (list, tuple)) or not values:
+                raise InputError(f"--grid {key}: expected a list of values, found {values!r:.40}")
+            grid[key] = [_grid_value(method, name, value, key) for value in values]
+            if len(set(map(repr, grid[key]))) != len(grid[key]):
+                raise InputError(f"--grid {key}: expected distinct values, found {list(values)!r:.60}")
+            swept[name] = key
+        if not isinstance(self.overrides, (list, tuple)) or not all(isinstance(o, str) for o in self.overrides):
+            raise InputError(f"overrides must be a list of key=value strings, found {self.overrides!r:.40}")
+        both = [name for name in method.parse(self.overrides) if name in swept]
+        if both:
+            raise InputError(f"{both[0]} is both fixed (--set) and swept (--grid {swept[both[0]]}=…): a configuration "
+                             f"would silently drop one of them; give it in --grid only")
+        if not isinstance(self.seeds, (list, tuple)) or not all(isinstance(s, int) for s in self.seeds):
+            raise InputError(f"seeds must be a list of integers, found {self.seeds!r:.40}")
+        seeds = check_seeds(self.seeds)
+        for key, value, kinds in (("preset", self.preset, (str, type(None))), ("device", self.device, (str,)),
+                                  ("slurm", self.slurm, (dict, type(None)))):
+            if not isinstance(value, kinds):
+                raise InputError(f"{key} must be {'a string' if str in kinds else 'an object'}"
+                                 f"{' or null' if type(None) in kinds else ''}, found {value!r:.40}")
+        if self.executor not in EXECUTORS:
+            raise InputError(f"unknown executor {self.executor!r:.40}; expected local or slurm")
+        if self.max_parallel is not None and (isinstance(self.max_parallel, bool) or not isinstance(self.max_parallel, int)
+                                              or self.max_parallel < 1):
+            raise InputError(f"the job limit (max_parallel) must be an integer ≥ 1, found {self.max_parallel!r:.40}")
+        object.__setattr__(self, "grid", grid)
+        object.__setattr__(self, "seeds", seeds)
+        object.__setattr__(self, "overrides", tuple(self.overrides))
+
     @property
     def sweep_id(self) -> str:
         identity = json.dumps({"method": self.method, "preset": self.preset, "grid": self.grid,
                                "overrides": list(self.overrides)}, sort_keys=True, default=str)
         return f"sweep-{self.method}-{hashlib.blake2b(identity.encode(), digest_size=4).hexdigest()}"
+
+    @property
+    def n_configurations(self) -> int:
+        return math.prod(len(values) for values in self.grid.values())
 
     def configurations(self) -> list[dict]:
         """Every grid point, {field: value}, in grid order (the first field varies slowest)."""
@@ -85,6 +144,20 @@ class SweepRequest:
         return TrainSpec.create(self.method, preset=self.preset, overrides=[*self.overrides, *pairs], seeds=seeds,
                                 device=self.device, executor=self.executor, slurm=self.slurm,
                                 max_parallel=self.max_parallel, tags={"sweep": self.sweep_id, "sweep_config": k})
+
+
+def _grid_value(method, name: str, value, key):
+    """One grid value of the field's type (JSON gives a tuple field's values as lists); the method's range
+    checks follow in `check`, per configuration."""
+    kind = method.field_types()[name]
+    if kind is tuple and isinstance(value, (list, tuple)) and all(finite_number(v) for v in value):
+        return tuple(value)
+    ok = {int: lambda v: isinstance(v, int) and not isinstance(v, bool), float: finite_number,
+          bool: lambda v: isinstance(v, bool), str: lambda v: isinstance(v, str)}.get(kind, lambda v: False)
+    if not ok(value):
+        raise InputError(f"--grid {key}: {name} takes {'numbers' if kind is tuple else kind.__name__} values, "
+                         f"found {value!r:.40}")
+    return value
 
 
 def _text(value) -> str:
@@ -113,32 +186,79 @@ def parse_grid(method_name: str, items: Sequence[str]) -> dict:
 
 
 def sweep_dir(workspace: str | os.PathLike, sweep_id: str) -> Path:
+    """`<workspace>/sweeps/<sweep_id>`, after checking that the id is a sweep id (no path: `..`, `/`)."""
+    if not isinstance(sweep_id, str) or not _SWEEP_ID.match(sweep_id):
+        raise InputError(f"sweep id {sweep_id!r:.80}: expected sweep-<method>-<8 hex digits>, e.g. sweep-hsfm-1a2b3c4d")
     return Path(workspace) / SWEEPS_DIR / sweep_id
 
 
-def create(workspace: str | os.PathLike, request: SweepRequest) -> Path:
-    """Check every configuration (InputError before anything is written) and write request.json."""
+def check(workspace: str | os.PathLike, request: SweepRequest, yes: bool = False) -> None:
+    """Everything about a sweep that can be refused before anything is written: its size against the
+    workspace's limit (`jobs/settings.json` "max_sweep_runs", default 500 configurations × seeds; `yes` runs a
+    larger one), every configuration's settings, and the workspace's store (it must exist — a sweep never
+    creates the folder — and hold every split, and every validation group, the method needs)."""
+    from hsfm_core import jobs
+    from hsfm_core.train import open_store_for
+
+    runs, limit = request.n_configurations * len(request.seeds), jobs.settings(workspace)["max_sweep_runs"]
+    if runs > limit and not yes:
+        raise InputError(f"this sweep is {request.n_configurations} configuration(s) × {len(request.seeds)} seed(s) = "
+                         f"{runs} runs, over the limit of {limit}: pass --yes to run it anyway, or set "
+                         f"\"max_sweep_runs\" in {Path(workspace, 'jobs', 'settings.json')}")
     for k, configuration in enumerate(request.configurations()):
         request.spec(configuration, request.seeds, k)
+    open_store_for(workspace, request.method)
+
+
+def _open(workspace: Path, request: SweepRequest, yes: bool, busy_ok: bool) -> tuple[Path, IO]:
+    """Check the sweep, take its lock (`.lock`, held by whoever runs it: a foreground `run` or the background
+    queue of `submit` — so the two ways exclude each other) and write request.json. → (folder, the lock)."""
+    check(workspace, request, yes)
     directory = sweep_dir(workspace, request.sweep_id)
     directory.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(directory / "request.json", {**asdict(request), "seeds": list(request.seeds),
-                                                   "overrides": list(request.overrides), "sweep_id": request.sweep_id})
+    lock = open(directory / ".lock", "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise InputError(f"sweep {request.sweep_id} is already running in another process (in the foreground, or "
+                         f"as background jobs): follow it, or stop it with `sweep --cancel {request.sweep_id}`") from None
+    try:
+        busy = _active_jobs(workspace, request.sweep_id)
+        if busy and not busy_ok:
+            raise InputError(f"sweep {request.sweep_id} has {len(busy)} background job(s) still queued or training "
+                             f"({', '.join(busy)}): wait for them, or stop them with `sweep --cancel {request.sweep_id}`")
+        write_json_atomic(directory / "request.json", {**_request_dict(request), "sweep_id": request.sweep_id})
+    except BaseException:
+        lock.close()
+        raise
+    return directory, lock
+
+
+def create(workspace: str | os.PathLike, request: SweepRequest, yes: bool = False) -> Path:
+    """Check the sweep (`check`: InputError before anything is written) and write its request.json. → its folder."""
+    directory, lock = _open(Path(workspace), request, yes, busy_ok=True)
+    lock.close()
     return directory
 
 
 def load_request(workspace: str | os.PathLike, sweep_id: str) -> SweepRequest:
+    """A sweep's request.json, checked as `SweepRequest` checks a new one; InputError naming the file."""
     path = sweep_dir(workspace, sweep_id) / "request.json"
+    if not path.exists():
+        raise InputError(f"no sweep {sweep_id!r} in {Path(workspace) / SWEEPS_DIR}")
+    data = read_json(path, "sweep request", allow_nan=False)
+    known = {f.name for f in fields(SweepRequest)}
+    missing = [key for key in ("method", "grid") if key not in data]
+    if missing:
+        raise InputError(f"{path}: unreadable sweep request (missing key {missing[0]!r})")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return SweepRequest(method=data["method"], grid=data["grid"], seeds=tuple(data["seeds"]),
-                            preset=data.get("preset"), overrides=tuple(data.get("overrides") or ()),
-                            device=data.get("device", "auto"), executor=data.get("executor", "local"),
-                            slurm=data.get("slurm"), max_parallel=data.get("max_parallel"))
-    except FileNotFoundError:
-        raise InputError(f"no sweep {sweep_id!r} in {Path(workspace) / SWEEPS_DIR}") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{path}: unreadable sweep request ({type(exc).__name__}: {exc})") from None
+        request = SweepRequest(**{key: value for key, value in data.items() if key in known})
+    except InputError as exc:
+        raise InputError(f"{path}: unreadable sweep request ({exc})") from None
+    if request.sweep_id != sweep_id:
+        raise InputError(f"{path}: the request describes sweep {request.sweep_id}, not {sweep_id} (edited by hand?)")
+    return request
 
 
 def run_id_of(request: SweepRequest, k: int, seed: int) -> str:
@@ -164,14 +284,14 @@ def pending(workspace, request: SweepRequest) -> list[tuple[int, dict, list[int]
 
 
 def _train_configuration(workspace: str, request_dict: dict, k: int, seeds: list[int], threads: int) -> str:
-    """One configuration's seeds in a worker process: the unit of parallel work."""
+    """One configuration's seeds in a worker process: the unit of parallel work. → done, cancelled, or
+    `failed: why` (its runs say more; the other configurations go on)."""
     import torch
 
     from hsfm_core.train import train
 
     torch.set_num_threads(threads)  # parallel workers share the cores instead of oversubscribing them
-    request = SweepRequest(**{**request_dict, "seeds": tuple(request_dict["seeds"]),
-                              "overrides": tuple(request_dict["overrides"])})
+    request = SweepRequest(**request_dict)
     configuration = request.configurations()[k]
     cancel_flag = sweep_dir(workspace, request.sweep_id) / "cancel"
 
@@ -186,48 +306,51 @@ def _train_configuration(workspace: str, request_dict: dict, k: int, seeds: list
         train(workspace, request.spec(configuration, seeds, k), progress=progress, run_id=f"{request.sweep_id}-c{k:02d}")
     except KeyboardInterrupt:
         return "cancelled"
+    except InputError as exc:
+        return f"failed: {exc}"
+    except Exception as exc:  # noqa: BLE001 — train recorded it in the runs (error.txt); the sweep goes on
+        return f"failed: {type(exc).__name__}: {exc}"
     return "done"
 
 
-def run(workspace: str | os.PathLike, request: SweepRequest,
-        on_configuration: Callable[[int, int, str], None] | None = None) -> pd.DataFrame:
-    """Train every unfinished (configuration, seed) of the sweep, then return `results(...)`.
-
-    `on_configuration(done, total, status)` is called as each configuration ends.
-    """
+def _limit(workspace, request: SweepRequest) -> int:
     from hsfm_core import jobs
 
+    return request.max_parallel or jobs.job_limit(workspace)
+
+
+def run(workspace: str | os.PathLike, request: SweepRequest,
+        on_configuration: Callable[[int, int, str], None] | None = None, *, yes: bool = False) -> pd.DataFrame:
+    """Train every unfinished (configuration, seed) of the sweep here, then return `results(...)`.
+
+    `on_configuration(done, total, outcome)` is called as each configuration ends (outcome: done, cancelled or
+    `failed: why`). Workers die with this process (`parallel.process_pool`). `yes`: run a sweep larger than the
+    workspace's limit (`check`)."""
+    from hsfm_core.parallel import process_pool, submit_all
+
     workspace = Path(workspace).resolve()
-    directory = create(workspace, request)
-    lock = open(directory / ".lock", "a")
-    try:  # one foreground run of a sweep at a time: two would train the same runs
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        raise InputError(f"sweep {request.sweep_id} is already running in another process") from None
-    (directory / "cancel").unlink(missing_ok=True)
-    write_text_atomic(directory / "status", "running\n")
-    todo = pending(workspace, request)
-    status = "done"
+    directory, lock = _open(workspace, request, yes, busy_ok=False)
+    status = "failed"
     try:
+        (directory / "cancel").unlink(missing_ok=True)
+        write_json_atomic(directory / "process.json", process_record())  # before the status: readers check it
+        write_text_atomic(directory / "status", "running\n")
+        todo = pending(workspace, request)
+        outcomes = []
         if todo:
-            limit = int(request.max_parallel or jobs.job_limit(workspace))
-            workers = min(limit, len(todo))
+            workers = min(_limit(workspace, request), len(todo))
             threads = max(1, (os.cpu_count() or 1) // workers)
-            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-                futures = [pool.submit(_train_configuration, str(workspace), _request_dict(request), k, seeds, threads)
-                           for k, _, seeds in todo]
-                for done, future in enumerate(as_completed(futures), start=1):
-                    outcome = future.result()
-                    if outcome == "cancelled":
-                        status = "cancelled"
+            with process_pool(workers) as pool:
+                futures = submit_all(pool, _train_configuration, [(str(workspace), _request_dict(request), k, seeds, threads)
+                                                                 for k, _, seeds in todo])
+                for done, future in enumerate(_as_completed(futures), start=1):
+                    outcomes.append(future.result())
                     if on_configuration is not None:
-                        on_configuration(done, len(todo), outcome)
+                        on_configuration(done, len(todo), outcomes[-1])
+        status = "cancelled" if "cancelled" in outcomes else "failed" if any(o.startswith("failed") for o in outcomes) \
+            else "done"
     except KeyboardInterrupt:
         status = "cancelled"
-        raise
-    except BaseException:
-        status = "failed"
         raise
     finally:
         write_text_atomic(directory / "status", status + "\n")
@@ -236,50 +359,167 @@ def run(workspace: str | os.PathLike, request: SweepRequest,
     return results(workspace, request)
 
 
-def submit(workspace: str | os.PathLike, request: SweepRequest) -> dict:
-    """Launch every unfinished configuration as a background job (`jobs.launch`), return {config: job id}.
+def _as_completed(futures):
+    from concurrent.futures import as_completed
 
-    Local jobs queue for the workspace's slots; Slurm jobs go to the scheduler. Follow it with `progress`."""
+    return as_completed(futures)
+
+
+def submit(workspace: str | os.PathLike, request: SweepRequest, *, yes: bool = False) -> dict:
+    """Run the sweep in the background; → {configuration: job id, or None while it waits in the sweep's queue}.
+
+    Local: ONE background process, the sweep's queue (`_serve`, holding the sweep's lock), launches a job per
+    configuration (`jobs.launch`) only while fewer than the job limit of them are queued or training, so a
+    waiting configuration costs no process; jobs.json lists each job as it is launched (`cancel` reaches them).
+    Slurm: every configuration at once, as one job array (the scheduler queues them). Follow it with `progress`."""
     from hsfm_core import jobs
 
     workspace = Path(workspace).resolve()
-    directory = create(workspace, request)
-    (directory / "cancel").unlink(missing_ok=True)
+    directory, lock = _open(workspace, request, yes, busy_ok=True)
+    try:
+        (directory / "cancel").unlink(missing_ok=True)
+        launched = _launched(workspace, request.sweep_id)
+        active = {k for k, job_id in launched.items() if _job_active(workspace, job_id)}
+        todo = [(k, seeds) for k, _, seeds in pending(workspace, request)
+                if str(k) not in active]  # still queued or training from an earlier submit: not launched twice
+        if request.executor == "slurm":  # one sbatch: a job array, one task per configuration
+            for k, seeds in todo:
+                _clear_unfinished(workspace, request, k, seeds)
+            configurations = request.configurations()
+            specs = [(request.spec(configurations[k], seeds, k), f"{request.sweep_id}-c{k:02d}") for k, seeds in todo]
+            records = jobs.launch_array(workspace, specs)
+            launched.update({str(k): record["job_id"] for (k, _), record in zip(todo, records)})
+            write_json_atomic(directory / "jobs.json", launched)
+            (directory / "process.json").unlink(missing_ok=True)  # no process of ours runs it: Slurm does
+            write_text_atomic(directory / "status", ("submitted" if launched else "done") + "\n")
+            return launched
+        if not todo and not active:
+            write_text_atomic(directory / "status", "done\n")
+            write_results(workspace, request)
+            return {}
+        write_json_atomic(directory / "jobs.json", launched)
+        runner = _start_runner(workspace, directory, lock)
+        write_text_atomic(directory / "status", "submitted\n")
+        runner.stdin.write(b"go\n")  # registered: the queue may start (and write the final status)
+        runner.stdin.close()
+        return {**{k: launched[k] for k in sorted(active, key=int)}, **{str(k): None for k, _ in todo}}
+    finally:
+        lock.close()  # the queue holds the lock through its own descriptor
+
+
+def _start_runner(workspace: Path, directory: Path, lock: IO) -> subprocess.Popen:
+    """Start the sweep's queue (`_serve`) in a new session (it outlives the app and the terminal, as jobs do),
+    handing it the sweep's lock (an inherited descriptor: no moment without an owner); record it in
+    process.json, as a foreground run records itself."""
+    import psutil
+
+    from hsfm_core.resources import CHECKOUT
+
+    pythonpath = os.pathsep.join(filter(None, (str(CHECKOUT), os.environ.get("PYTHONPATH"))))
+    with open(directory / "runner.log", "ab") as log:
+        runner = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from hsfm_core.sweeps import _serve; "
+             "_serve(sys.argv[1], sys.argv[2], int(sys.argv[3]))", str(workspace), directory.name, str(lock.fileno())],
+            env={**os.environ, "PYTHONPATH": pythonpath}, stdin=subprocess.PIPE, stdout=log, stderr=log,
+            pass_fds=(lock.fileno(),), start_new_session=True)
+    try:
+        started = psutil.Process(runner.pid).create_time()
+    except psutil.NoSuchProcess:
+        started = time.time()
+    write_json_atomic(directory / "process.json", {"pid": runner.pid, "started": started,
+                                                   "host": socket.gethostname(), "slurm_job_id": None,
+                                                   "at": time.time()})
+    return runner
+
+
+def _serve(workspace: str, sweep_id: str, lock_fd: int) -> None:
+    """The background queue of a submitted local sweep (one small process; no training here): launch each
+    unfinished configuration as a job when fewer than the job limit of this sweep's jobs are active, stop
+    launching on a cancel, then write the sweep's status and results."""
+    lock = os.fdopen(lock_fd, "a")  # the sweep's lock, inherited from submit: held for this process's life
+    if sys.stdin.read() != "go\n":  # submit stopped before the sweep was registered
+        return
+    workspace_path, status, request = Path(workspace), "failed", None
+    directory = sweep_dir(workspace_path, sweep_id)
+    try:
+        request = load_request(workspace_path, sweep_id)
+        status = _run_queue(workspace_path, request, directory)
+    except Exception:  # noqa: BLE001 — the log keeps it; the sweep reads failed
+        traceback.print_exc()
+    finally:
+        write_text_atomic(directory / "status", status + "\n")
+        if request is not None:
+            with contextlib.suppress(Exception):
+                write_results(workspace_path, request)
+        print(f"[sweep] {status}", flush=True)
+        lock.close()
+
+
+def _run_queue(workspace: Path, request: SweepRequest, directory: Path) -> str:
+    from hsfm_core import jobs
+
+    limit, configurations = _limit(workspace, request), request.configurations()
     launched = _launched(workspace, request.sweep_id)
-    active = {k for k, job_id in launched.items() if jobs.get_job(workspace, job_id)["status"] in jobs.ACTIVE}
-    todo = [(k, request.spec(configuration, seeds, k), seeds) for k, configuration, seeds in pending(workspace, request)
-            if str(k) not in active]  # still queued or training from an earlier submit: not launched twice
-    for k, _, seeds in todo:
-        _clear_unfinished(workspace, request, k, seeds)
-    if request.executor == "slurm":  # one sbatch: a job array, one task per configuration
-        records = jobs.launch_array(workspace, [(spec, f"{request.sweep_id}-c{k:02d}") for k, spec, _ in todo])
-        launched.update({str(k): record["job_id"] for (k, _, _), record in zip(todo, records)})
-    for k, spec, _ in todo if request.executor != "slurm" else ():
-        launched[str(k)] = jobs.launch(workspace, spec, run_id=f"{request.sweep_id}-c{k:02d}")["job_id"]
-    write_json_atomic(directory / "jobs.json", launched)
-    write_text_atomic(directory / "status", ("submitted" if launched else "done") + "\n")
-    return launched
+    active = {k for k, job_id in launched.items() if _job_active(workspace, job_id)}
+    queue = [(k, seeds) for k, _, seeds in pending(workspace, request) if str(k) not in active]
+    print(f"[sweep] {request.sweep_id}: {len(queue)} configuration(s) to launch, at most {limit} at once", flush=True)
+    while not (directory / "cancel").exists():
+        active = {k for k in active if _job_active(workspace, launched[k])}
+        while queue and len(active) < limit and not (directory / "cancel").exists():
+            k, seeds = queue.pop(0)
+            _clear_unfinished(workspace, request, k, seeds)
+            try:
+                record = jobs.launch(workspace, request.spec(configurations[k], seeds, k),
+                                     run_id=f"{request.sweep_id}-c{k:02d}")
+            except InputError as exc:  # e.g. the store changed since submit: this configuration fails, the rest go on
+                print(f"[sweep] configuration {k} not launched: {exc}", flush=True)
+                continue
+            launched[str(k)] = record["job_id"]
+            write_json_atomic(directory / "jobs.json", launched)
+            active.add(str(k))
+            print(f"[sweep] configuration {k}: {record['job_id']}", flush=True)
+        if not queue and not active:
+            break
+        time.sleep(RUNNER_POLL_S)
+    if (directory / "cancel").exists():
+        for k in active:  # launched after `cancel` read jobs.json, or not reached yet
+            jobs.cancel(workspace, launched[k])
+        deadline = time.monotonic() + 60
+        while any(_job_active(workspace, launched[k]) for k in active) and time.monotonic() < deadline:
+            time.sleep(RUNNER_POLL_S)
+        return "cancelled"
+    return _ended(workspace, request)
+
+
+def _job_active(workspace, job_id: str) -> bool:
+    """Whether a launched job is still queued or training (a job whose folder is gone has ended)."""
+    from hsfm_core import jobs
+
+    if not (jobs.job_dir(workspace, job_id) / "job.json").exists():
+        return False
+    return jobs.get_job(workspace, job_id)["status"] in jobs.ACTIVE
+
+
+def _active_jobs(workspace, sweep_id: str) -> list[str]:
+    return [job_id for job_id in _launched(workspace, sweep_id).values() if _job_active(workspace, job_id)]
+
+
+def _ended(workspace, request: SweepRequest) -> str:
+    """How a sweep nobody runs any more ended, from its runs: done (every seed finished), cancelled (a cancel
+    was asked for) or failed."""
+    if not pending(workspace, request):
+        return "done"
+    return "cancelled" if (sweep_dir(workspace, request.sweep_id) / "cancel").exists() else "failed"
 
 
 def progress(workspace: str | os.PathLike, sweep_id: str) -> dict:
-    """{status, configurations, finished, table}: a sweep's state read from its runs (and jobs when submitted).
-
-    status: done (every seed finished), running (runs or jobs still active), cancelled, failed (some
-    runs ended without finishing), or new."""
-    from hsfm_core import jobs
-
+    """{status, configurations, finished, table, request}: a sweep's state read from its runs (`status`)."""
     request = load_request(workspace, sweep_id)
     table = results(workspace, request)
-    recorded = status(workspace, sweep_id)
+    state = status(workspace, sweep_id)
     finished = int((table["seeds_done"] == table["seeds"]).sum())
     if finished == len(table):
         state = "done"
-    elif recorded == "submitted":
-        active = [j for j in _launched(workspace, sweep_id).values() if jobs.get_job(workspace, j)["status"] in jobs.ACTIVE]
-        state = "running" if active else ("cancelled" if (sweep_dir(workspace, sweep_id) / "cancel").exists()
-                                          else "failed")
-    else:
-        state = recorded
     return {"status": state, "configurations": len(table), "finished": finished, "table": table, "request": request}
 
 
@@ -292,11 +532,18 @@ def _clear_unfinished(workspace, request: SweepRequest, k: int, seeds: list[int]
 
 
 def _launched(workspace, sweep_id: str) -> dict:
-    """{configuration: job id} of a submitted sweep (empty when none or unreadable)."""
-    try:
-        return dict(json.loads((sweep_dir(workspace, sweep_id) / "jobs.json").read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError):
+    """{configuration: job id} of a submitted sweep (jobs.json; empty when none); InputError when damaged."""
+    from hsfm_core import jobs
+
+    path = sweep_dir(workspace, sweep_id) / "jobs.json"
+    if not path.exists():
         return {}
+    launched = read_json(path, "sweep's job list", allow_nan=False)
+    for k, job_id in launched.items():
+        if not str(k).isdigit() or not isinstance(job_id, str):
+            raise InputError(f"{path}: expected {{configuration: job id}}, found {k!r:.20}: {job_id!r:.40}")
+        jobs.job_dir(workspace, job_id)  # a job id, not a path
+    return launched
 
 
 def _request_dict(request: SweepRequest) -> dict:
@@ -304,15 +551,15 @@ def _request_dict(request: SweepRequest) -> dict:
 
 
 def cancel(workspace: str | os.PathLike, sweep_id: str) -> None:
-    """Stop a sweep: foreground workers end their runs `cancelled` at the next epoch, background jobs are
-    cancelled through the job layer. Running the sweep again resumes it."""
+    """Stop a sweep: foreground workers end their runs `cancelled` at the next epoch, the background queue
+    launches nothing more, its jobs are cancelled through the job layer. Running the sweep again resumes it."""
     from hsfm_core import jobs
 
     directory = sweep_dir(workspace, sweep_id)
     load_request(workspace, sweep_id)
     write_text_atomic(directory / "cancel", time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
     for job_id in _launched(workspace, sweep_id).values():
-        if jobs.get_job(workspace, job_id)["status"] in jobs.ACTIVE:
+        if _job_active(workspace, job_id):
             jobs.cancel(workspace, job_id)
 
 
@@ -380,24 +627,108 @@ def selected_settings(workspace: str | os.PathLike, request: SweepRequest, table
 
 
 def status(workspace: str | os.PathLike, sweep_id: str) -> str:
-    path = sweep_dir(workspace, sweep_id) / "status"
-    try:
-        return path.read_text(encoding="utf-8").strip() if path.is_file() else "new"
-    except (OSError, UnicodeDecodeError):
-        return "unreadable"
+    """new | running | done | failed | cancelled, derived like a run's: the status file says what its writer
+    last said; a `running` or `submitted` sweep whose process (process.json: the foreground run, or the
+    background queue) is gone on this host, with none of its jobs still active, has ended — done when every
+    seed finished, else cancelled (a cancel was asked for) or failed. So a SIGKILLed sweep reads failed at the
+    next read. InputError when a file it needs is damaged."""
+    directory = sweep_dir(workspace, sweep_id)
+    path = directory / "status"
+    if not path.exists():
+        return "new"
+    recorded = read_text(path, "sweep status").strip()
+    if recorded not in STATUSES:
+        raise InputError(f"{path}: {recorded!r:.40} is not a sweep status ({', '.join(STATUSES)})")
+    if recorded not in ("running", "submitted"):
+        return recorded
+    runner = read_process(directory)
+    alive = process_alive(runner)
+    if alive is None and runner is None and recorded == "running":  # written before process.json existed
+        alive = _lock_held(directory)
+    if alive is not False and (runner is not None or recorded == "running"):
+        return "running"  # alive here, or on another host (where we cannot look)
+    if _active_jobs(workspace, sweep_id):
+        return "running"
+    return _ended(workspace, load_request(workspace, sweep_id))
+
+
+def _lock_held(directory: Path) -> bool:
+    """Whether some process holds the sweep's lock (only asked of a sweep without a process record)."""
+    with open(directory / ".lock", "a") as probe:
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(probe, fcntl.LOCK_UN)
+        return False
 
 
 def list_sweeps(workspace: str | os.PathLike) -> list[dict]:
-    """Every sweep of a workspace: id, method, status, configurations × seeds (unreadable ones named)."""
+    """Every sweep of a workspace: id, method, status, configurations × seeds. A sweep whose files cannot be read
+    is listed with its `error` (never hiding the others)."""
     root = Path(workspace) / SWEEPS_DIR
     out = []
     for directory in sorted(root.iterdir()) if root.is_dir() else []:
+        if directory.name.startswith(".") or not directory.is_dir():
+            continue
         try:
             request = load_request(workspace, directory.name)
+            state = status(workspace, directory.name)
         except InputError as exc:
             out.append({"sweep_id": directory.name, "error": str(exc)})
             continue
-        out.append({"sweep_id": directory.name, "method": request.method, "status": status(workspace, directory.name),
-                    "configurations": len(request.configurations()), "seeds": list(request.seeds),
-                    "grid": request.grid})
+        out.append({"sweep_id": directory.name, "method": request.method, "status": state,
+                    "configurations": request.n_configurations, "seeds": list(request.seeds), "grid": request.grid})
     return out
+
+
+RESULT_COLUMNS = {"config": "integer", "seeds_done": "integer", "seeds": "integer", "selected": "bool",
+                  **{f"{split}_{key}_{stat}": "float" for split in ("val", "test") for key in FIGURES
+                     for stat in ("mean", "std")}}
+
+
+def read_results(workspace: str | os.PathLike, sweep_id: str) -> pd.DataFrame:
+    """results.csv as its writer left it (`write_results`, when the sweep last stopped): one row per
+    configuration with the columns of `results`. InputError naming the file, row and column otherwise."""
+    from hsfm_core.data.table import read_csv_strings
+
+    path = sweep_dir(workspace, sweep_id) / "results.csv"
+    if not path.exists():
+        raise InputError(f"{path}: not written yet (a sweep writes it when it stops)")
+    frame = read_csv_strings(path, "sweep results")
+    missing = [c for c in RESULT_COLUMNS if c not in frame.columns]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
+    out = frame.copy()
+    for column, kind in RESULT_COLUMNS.items():
+        values = []
+        for row, text in enumerate(frame[column].astype(str).str.strip()):
+            value = _cell(text, kind)
+            if value is None:
+                raise InputError(f"{path}: row {row + 2}, column {column}: expected {_KINDS[kind]}, found {text!r:.40}")
+            values.append(value)
+        out[column] = pd.Series(values, index=frame.index, dtype={"integer": "int64", "bool": bool}.get(kind, "float64"))
+    over = (out["seeds_done"] > out["seeds"]).to_numpy().nonzero()[0]
+    if len(over):
+        raise InputError(f"{path}: row {int(over[0]) + 2}: seeds_done is more than seeds")
+    return out
+
+
+_KINDS = {"integer": "an integer ≥ 0", "bool": "True or False", "float": "a finite number or nothing"}
+
+
+def _cell(text: str, kind: str):
+    """A results.csv cell as its kind, or None when it is not one (a missing figure is NaN)."""
+    if kind == "bool":
+        return {"True": True, "False": False}.get(text)
+    if kind == "float" and text == "":
+        return math.nan
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    if not math.isfinite(value):
+        return None
+    if kind == "integer":
+        return int(value) if value.is_integer() and 0 <= value < 2**53 else None
+    return value

@@ -53,15 +53,19 @@ def sweep_form(workspace, store) -> None:
     seeds_text = left.text_input("Seeds of each configuration", "0, 1, 2", key="sweep.seeds", help="≥ 3 seeds: one seed varies by ±2–3 points")
     fixed = middle.text_input("Fixed settings (key=value …)", "", key="sweep.fixed", help="e.g. E=20")
     parallel = right.number_input("Configurations at once", 1, 16, 2, key="sweep.parallel",
-                                  help="local jobs of this workspace training at once (the job limit)")
+                                  help="local jobs of this workspace training at once (the job limit); the other "
+                                       "configurations wait in the sweep's queue, without a process each")
+    large = st.checkbox("Allow a sweep over the workspace's size limit", key="sweep.yes",
+                        help="A sweep of more configurations × seeds than the limit (jobs/settings.json "
+                             "max_sweep_runs, default 500) is refused unless this is ticked")
     if st.button("Launch sweep", type="primary", key="sweep.launch", disabled=not swept):
         with ui.errors_shown("Cannot launch this sweep", stop=False):
             grid = sweeps.parse_grid(method.name, [f"{f}={values[f]}" for f in swept])
             request = sweeps.SweepRequest(method=method.name, grid=grid, seeds=tuple(parse_seeds(seeds_text)),
                                           preset=preset, overrides=tuple(fixed.split()), max_parallel=int(parallel))
-            launched = sweeps.submit(workspace, request)
+            launched = sweeps.submit(workspace, request, yes=large)
             st.session_state[SWEEP_KEY] = request.sweep_id
-            st.toast(f"Sweep {request.sweep_id}: {len(launched)} configuration job(s) launched"
+            st.toast(f"Sweep {request.sweep_id}: {len(launched)} configuration(s) queued, {int(parallel)} at a time"
                      if launched else f"Sweep {request.sweep_id} is already finished")
 
 
