@@ -35,28 +35,43 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def listening_port(pid: int) -> int | None:
+    """The TCP port the process `pid` listens on, if any yet."""
+    import psutil
+
+    try:
+        connections = psutil.Process(pid).net_connections(kind="tcp")
+    except psutil.Error:
+        return None
+    return next((c.laddr.port for c in connections if c.status == psutil.CONN_LISTEN), None)
+
+
 @contextmanager
 def streamlit_server(*app_args: str, env: dict | None = None, timeout: float = 60, log: Path | None = None):
-    """Run `streamlit run app.py -- app_args` on a free loopback port; yield (URL, process); stop
-    it by PID. The server's output goes to `log` (a temporary file by default) — never to an
-    unread pipe, which would block the server once full."""
-    port = free_port()
+    """Run `streamlit run app.py -- app_args` on a loopback port; yield (URL, process); stop it by PID.
+
+    The server binds a port the system picks (`--server.port 0`) and the test reads it back from the
+    process's listening socket: no port is chosen first and bound later, which two pytest-xdist workers
+    (or any other process) could both be handed. The server's output goes to `log` (a temporary file by
+    default) — never to an unread pipe, which would block the server once full."""
     cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.headless", "true",
-           "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
+           "--server.address", "127.0.0.1", "--server.port", "0", "--browser.gatherUsageStats", "false",
            "--", *app_args]
     log_file = open(log, "wb") if log else tempfile.TemporaryFile()
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **(env or {})}, stdout=log_file,
                             stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
+        deadline, url = time.monotonic() + timeout, None
         while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
+            if url is None and (port := listening_port(proc.pid)):
+                url = f"http://127.0.0.1:{port}"
+            if url is not None:
+                try:
+                    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
             if proc.poll() is not None or time.monotonic() > deadline:
                 log_file.seek(0)
                 raise RuntimeError(f"streamlit did not become healthy: {log_file.read().decode(errors='replace')[-2000:]}")
