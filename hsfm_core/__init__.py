@@ -20,7 +20,8 @@ The public API, for scripts and notebooks (each name documented in `hsfm_core/ap
 Open a workspace: `open_workspace`, `demo_workspace` (→ `Workspace`: .store, .runs, .run_groups).
 Train and select: `train_runs`, `sweep`, `evaluate`. Tables: `group_table`, `summary_table`.
 Analysis (the facade's instruments, `hsfm_core/instruments/`: each returns what the CLI's JSON prints):
-`project`, `decode`, `neighbors`, `edit_shift`. Figures: `group_figure`, `projection_figure`,
+`project`, `decode`, `neighbors`, `edit_shift`, `edit_semantics` (what a run group's edits encode, against
+a null). Figures: `group_figure`, `projection_figure`,
 `concept_figure`, `training_figure`. Bad input raises `InputError`.
 
 These names load on first use (module `__getattr__`), so `import hsfm_core` imports neither torch
@@ -35,6 +36,7 @@ __all__ = [
     "concept_figure",
     "decode",
     "demo_workspace",
+    "edit_semantics",
     "edit_shift",
     "evaluate",
     "group_figure",

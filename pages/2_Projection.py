@@ -125,8 +125,31 @@ def clear_selection() -> None:
 def map_figure(name: str, colour: str, _frame, _drawn):
     """The map's figure per (map, colour): built once, then the same figure is sent again, so
     that the browser does not redraw the map when only the selection changed."""
-    colours = colour_values(_frame, colour, store.class_names, store.attribute_names, labels)
-    return projection_map(_frame, colours, _drawn, edit_notes=edit_notes)
+    shown = with_verdicts(_frame) if colour == "verdict" else _frame
+    colours = colour_values(shown, colour, store.class_names, store.attribute_names, labels)
+    return projection_map(shown, colours, _drawn, edit_notes=edit_notes)
+
+
+def with_verdicts(frame):
+    """The map with an `agrees` column: whether each support point's own edit agrees with its class's
+    verdict over the seeds of the focus run's configuration (Decode's reading); None without a verdict."""
+    from hsfm_core.analysis.seeds import group_key
+    from hsfm_core.instruments.semantics import DEFAULT_CONTRAST
+
+    if focus is None:
+        return frame
+    group = next((g for g in ui.edited_groups(store) if g.key == group_key(focus)), None)
+    if group is None:
+        return frame
+    result = ui.semantics(store, group.runs, DEFAULT_CONTRAST, 1000)
+    mine = next((e for e in result["per_example"] if e["run"] == focus["run_id"]), None)
+    if mine is None:
+        return frame
+    shown = frame.copy()
+    agrees = dict(enumerate(mine["agrees"]))
+    shown["agrees"] = [agrees.get(int(i)) if i >= 0 else np.nan for i in shown["support"]]
+    shown.loc[shown["support"] < 0, "agrees"] = np.nan
+    return shown
 
 
 

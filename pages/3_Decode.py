@@ -7,7 +7,11 @@ import streamlit as st
 
 from hsfm_core.instruments.decode import DEFAULT_CONTRAST, vocabulary as checked_vocabulary
 from hsfm_core.studio import ui
-from hsfm_core.studio.figures import concept_bars
+from hsfm_core.studio.figures import concept_bars, null_histogram
+
+VERDICT_TEXT = {"toward_minority": "edits point to the minority attribute",
+                "away_from_minority": "edits point away from the minority attribute",
+                "no_consistent_direction": "no consistent direction", None: "no attribute labels: no verdict"}
 
 store, compared, focus = ui.page_header(
     "Decode",
@@ -51,6 +55,102 @@ negative = right.selectbox("… minus toward", concepts, key="decode.negative",
 top = third.slider("Concepts shown", 3, 30, 10, key="decode.top")
 contrast = (positive, negative)
 
+
+
+def train_more_seeds(runs: list[dict]) -> None:
+    """Launch two more seeds of the group's configuration through the job layer."""
+    import dataclasses
+
+    from hsfm_core import jobs
+    from hsfm_core.spec import TrainSpec
+
+    spec = TrainSpec.from_dict(runs[0]["config"]["request"])
+    taken = {r["config"].get("seed") for r in runs} | set(spec.seeds)
+    new = [s for s in range(max(taken) + 1, max(taken) + 10) if s not in taken][:2]
+    job = jobs.launch(store.path, dataclasses.replace(spec, seeds=tuple(new), tags={**spec.tags,
+                                                                                  "session": ui.session_id()}))
+    st.toast(f"Launched {job['job_id']}: seeds {', '.join(map(str, new))}; follow it on Retrain.")
+
+
+def class_reading(entry: dict) -> None:
+    """One class of the group's semantics: verdict, alignment against its null, concepts, sparse reading."""
+    st.subheader(entry["name"])
+    st.markdown(f"**Verdict: {VERDICT_TEXT.get(entry['verdict'], entry['verdict'])}**")
+    align = entry["attribute_alignment"]
+    if align:
+        minority = entry.get("attribute", {}).get("minority")
+        st.plotly_chart(null_histogram(align), width="stretch", key=f"decode.null{entry['class']}")
+        st.caption(f"Alignment of the mean edit with the direction toward *{minority}*: {align['mean']:+.3f} ± "
+                   f"{align['std'] or 0:.3f} over {len(align['per_seed'])} seed(s), combined p = {align['p_value']:.2g}, "
+                   f"{align['sign_agreement']:.0%} of seeds agree in sign.")
+    agree = entry["mean_edit_agreement"]
+    if agree and agree.get("mean_cosine") is not None:
+        st.caption(f"The seeds' mean edits agree with each other at cosine {agree['mean_cosine']:+.2f} "
+                   f"(lowest {agree['min_cosine']:+.2f}); chance in this dimension is about ±{agree['chance']:.2f}.")
+    shares = entry.get("per_example") or {}
+    if shares.get("share_agreeing") is not None:
+        st.caption(f"{shares['share_agreeing']:.0%} of the support examples' own edits agree with the verdict.")
+    if entry.get("contrast"):
+        k = entry["contrast"]
+        st.caption(f"“{k['positive']}” − “{k['negative']}”: {k['mean']:+.3f} ± {k['std'] or 0:.3f}, p = "
+                   f"{k['p_value']:.2g}, ranks above {k['random_pair_rank']:.0%} of random concept pairs.")
+    if entry.get("all_concepts"):
+        table = pd.DataFrame(entry["all_concepts"]).sort_values("mean", ascending=False)
+        st.dataframe(table[["concept", "mean", "std", "sign_agreement", "q_value", "significant"]]
+                     .style.format({"mean": "{:+.3f}", "std": "{:.3f}", "sign_agreement": "{:.0%}",
+                                    "q_value": "{:.2g}"}, na_rep="—"),
+                     hide_index=True, width="stretch", height=240)
+    if entry.get("sparse") and entry["sparse"]["concepts"]:
+        sparse = entry["sparse"]
+        st.markdown("**A few concepts that rebuild the mean edit:** " + ", ".join(
+            f"{'−' if c['weight'] < 0 else '+'}{abs(c['weight']):.2f} “{c['concept']}”" for c in sparse["concepts"][:6]))
+        st.caption(f"Reconstruction cosine {sparse['cosine']:+.2f} (SpLiCE reports 0.43–0.54 on whole images); the "
+                   f"concept bank spans {entry['explained_share']:.0%} of the edit (a random direction: "
+                   f"{entry['explained_share_chance']:.0%}); the chosen concepts overlap across seeds with Jaccard "
+                   + (f"{sparse['jaccard_across_seeds']:.2f}." if sparse.get("jaccard_across_seeds") is not None
+                      else "— (one seed)."))
+
+
+def group_semantics() -> None:
+    """What the edits encode over every seed of one configuration, tested against a null."""
+    st.header("What the edits encode, over seeds")
+    groups = ui.edited_groups(store)
+    if not groups:
+        st.info(f"No finished {ui.editor_labels()} run yet: train one on Retrain.")
+        return
+    names = [g.name for g in groups]
+    left, right = st.columns([3, 1])
+    chosen = left.selectbox("Run group (every seed of one configuration; the newest first)", names[::-1],
+                            key="decode.group")
+    scoring = right.radio("Scoring", ["centred", "raw"], horizontal=True, key="decode.scoring",
+                          help="centred: the concept bank's mean removed and the class names projected out")
+    group = groups[names.index(chosen)]
+    result = ui.semantics(store, group.runs, contrast, 1000, scoring, bridge)
+    if len(group.runs) < 2:
+        st.warning("Only one seed of this configuration has finished, so whether the reading survives another seed "
+                   "is unknown.")
+        if not ui.server_settings()["read_only"]:
+            st.button("Train two more seeds", key="decode.more_seeds", on_click=train_more_seeds, args=(group.runs,))
+    columns = st.columns(len(result["per_class"]))
+    for column, entry in zip(columns, result["per_class"]):
+        with column:
+            class_reading(entry)
+    st.caption(f"Rule: {result['verdict_rule']}. Null: {result['null']}. {result['combine']}. Scoring: "
+               f"{result['scoring']}" + ("" if result["text"]["available"] else f"; no text reading: {result['text']['reason']}")
+               + ".")
+    with st.expander("Each seed's readings"):
+        st.dataframe(pd.DataFrame([{"class": e["name"], "run": run, "seed": seed, "alignment": a, "p": p,
+                                    "contrast": (e["contrast"] or {}).get("per_seed", [None] * len(e["runs"]))[i]}
+                                   for e in result["per_class"] if e["attribute_alignment"]
+                                   for i, (run, seed, a, p) in enumerate(zip(
+                                       e["runs"], e["seeds"], e["attribute_alignment"]["per_seed"],
+                                       e["attribute_alignment"]["p_per_seed"]))]), hide_index=True, width="stretch")
+
+
+with ui.errors_shown("Cannot test what the edits encode", stop=False):
+    group_semantics()
+
+st.header("One run")
 if focus is None:
     st.info(f"No {ui.editor_labels()} run with edits is picked (sidebar): only a Projection selection can be decoded.")
 else:
@@ -58,7 +158,7 @@ else:
     with ui.errors_shown("Cannot decode this run", stop=False):
         support = ui.load_support(focus)
         decoded = ui.decode(store, focus, words, top, contrast, bridge)
-        st.header("Mean edit per class")
+        st.subheader(f"Mean edit per class: {focus['run_id']}")
         columns = st.columns(len(decoded["per_class"]))
         for column, entry in zip(columns, decoded["per_class"]):
             with column:
@@ -66,7 +166,7 @@ else:
                           help=f"cos(mean edit, “{positive}”) − cos(mean edit, “{negative}”)")
                 st.plotly_chart(concept_bars(entry["top"]), width="stretch", key=f"decode.class{entry['class']}")
 
-        st.header("One support example")
+        st.subheader("One support example")
         indices = support["indices"].numpy()
         group_of = store.meta["g"].to_numpy()
 

@@ -112,6 +112,45 @@ def settings_story(method) -> None:
                     "stay among real features, so the words and neighbours below describe real images.")
 
 
+def edits_verdict(run: dict) -> None:
+    """What the edits encode, as measured over the seeds of `run`'s configuration against a null
+    (the facade's `edit_semantics`), and what would overturn each reading. Nothing here is written
+    for the demo: every number comes from the open workspace."""
+    from hsfm_core.analysis.seeds import group_key
+
+    group = next((g for g in ui.edited_groups(store) if g.key == group_key(run)), None)
+    if group is None:
+        return
+    from hsfm_core.instruments.semantics import DEFAULT_CONTRAST
+
+    result = ui.semantics(store, group.runs, DEFAULT_CONTRAST, 1000)
+    seeds = len(group.runs)
+    st.markdown(f"**What do the edits encode?** Measured over {seeds} seed{'s' if seeds > 1 else ''} of "
+                f"*{group.name}*, each class's average edit against the direction from its usual attribute to its rare "
+                "one in the training features, and against chance: the same statistic for random differences "
+                "between real training features of the class, rescaled to the edits' sizes.")
+    for entry in result["per_class"]:
+        align = entry["attribute_alignment"]
+        if not align:
+            st.markdown(f"- *{entry['name']}*: this store has no attribute labels for it, so there is no verdict.")
+            continue
+        minority = entry["attribute"]["minority"]
+        agreeing = round(align["sign_agreement"] * len(align["per_seed"]))
+        numbers = (f"alignment {align['mean']:+.2f} ± {align['std'] or 0:.2f}, {agreeing} of {len(align['per_seed'])} "
+                   f"seeds agree in sign, combined p = {align['p_value']:.2g}")
+        if entry["verdict"] == "no_consistent_direction":
+            st.markdown(f"- *{entry['name']}*: **no consistent direction** ({numbers}). It would take every seed "
+                        f"pointing the same way, with a combined p below {result['alpha']}, to say more.")
+        else:
+            toward = entry["verdict"] == "toward_minority"
+            st.markdown(f"- *{entry['name']}*: the edits point **{'toward' if toward else 'away from'} {minority}** "
+                        f"({numbers}). One more seed pointing the other way, or a combined p above "
+                        f"{result['alpha']}, would overturn this.")
+    if seeds < 3:
+        st.caption("Fewer than three seeds: train more (Decode offers it) before trusting any reading.")
+    st.caption(f"Rule: {result['verdict_rule']}. Decode shows the null, the concepts and each seed.")
+
+
 with ui.errors_shown("This step cannot be shown for this workspace", stop=False):
     if step == 0:
         st.header("Meet the data")
@@ -192,22 +231,8 @@ with ui.errors_shown("This step cannot be shown for this workspace", stop=False)
             st.markdown(f"{method.label} also keeps the backbone and retrains the head — on just "
                         f"**{len(support['indices'])}** training features, which it *edits* ({method.description}). "
                         f"Worst-group accuracy: **{wga(run):.0%}**{before}.")
-            if store.manifest.get("clip_space"):
-                from hsfm_core.instruments.decode import DEFAULT_CONTRAST, vocabulary
-
-                with ui.errors_shown("Cannot decode the edits", stop=False):
-                    words = vocabulary()
-                    shown = set(DEFAULT_CONTRAST) <= set(words[0])  # the vocabulary file may lack them
-                    decoded = ui.decode(store, run, words, 3, DEFAULT_CONTRAST if shown else tuple(words[0][:2]))
-                    st.markdown("**What do the edits say?** Comparing each class's average edit with CLIP's words:")
-                    for entry in decoded["per_class"]:
-                        words = ", ".join(f"“{t['concept']}”" for t in entry["top"])
-                        st.markdown(f"- edits of *{entry['name']}* point toward {words}" + (
-                            f" (“{DEFAULT_CONTRAST[0]}” − “{DEFAULT_CONTRAST[1]}” contrast {entry['contrast']:+.2f})"
-                            if shown else ""))
-                    if demo:
-                        st.caption("The edits mostly move along the background — the attribute the head must learn "
-                                   "to ignore.")
+            with ui.errors_shown("Cannot test what the edits encode", stop=False):
+                edits_verdict(run)
             known = np.flatnonzero(support["indices"].numpy() >= 0)  # none for an imported reference run
             if len(known):
                 first = int(known[0])

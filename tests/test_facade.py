@@ -59,6 +59,8 @@ INSTRUMENTS = {
                       lambda ws, r: hc.neighbors(ws, row=7, k=5, exclude_query=True)),
     "edit-shift": (lambda r: ["edit-shift", "--run", r["hsfm"]["run_id"], "-k", "8"],
                    lambda ws, r: hc.edit_shift(ws, r["hsfm"]["run_id"], k=8)),
+    "semantics": (lambda r: ["semantics", "--runs", r["hsfm"]["run_id"], "--null", "100", "--json"],
+                  lambda ws, r: hc.edit_semantics(ws, [r["hsfm"]["run_id"]], null_draws=100)),
     "project": (lambda r: ["project", "--run", r["hsfm"]["run_id"], "--split", "val"],
                 lambda ws, r: __import__("hsfm_core.instruments.projection", fromlist=["x"]).project_map(
                     ws, r["hsfm"]["run_id"], split="val")),
@@ -107,6 +109,11 @@ def test_project_frame_is_the_coordinates_file(app_workspace, runs):
     (lambda ws, r: hc.summary_table(ws, "train"), "split 'train'"),
     (lambda ws, r: hc.summary_table(ws, fmt="html"), "fmt 'html'"),
     (lambda ws, r: hc.evaluate(ws, "no-such-run"), "no run 'no-such-run'"),
+    (lambda ws, r: hc.edit_semantics(ws, group="no such group"), "run group 'no such group'"),
+    (lambda ws, r: hc.edit_semantics(ws, [r["hsfm"]], group="x"), "not both"),
+    (lambda ws, r: hc.edit_semantics(ws, [r["hsfm"]], null_draws=50), "100"),
+    (lambda ws, r: hc.edit_semantics(ws, [r["hsfm"]], contrast=("water background", "zzz")), "zzz"),
+    (lambda ws, r: hc.edit_semantics(ws, [r["erm"]]), "support set"),
     (lambda ws, r: hc.evaluate(ws, {"not": "a run"}), "expected a run id or a run dict"),
 ])
 def test_each_instrument_checks_its_own_arguments(call, message, app_workspace, runs):

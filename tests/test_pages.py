@@ -314,3 +314,25 @@ def test_edits_off_the_data_are_flagged(monkeypatch, app_workspace, tmp_path):
     assert any("The edits are off the data" in w.value for w in at.warning)
     at.switch_page("pages/2_Projection.py").run()
     assert not at.exception and "are off the data" in texts(at)
+
+
+def test_decode_page_reads_a_run_group_against_its_null(monkeypatch, app_workspace):
+    """Decode opens on the newest edited configuration's run group: a verdict per class, the alignment's
+    null drawn with the observed value, the concept table; one seed says the agreement is unknown."""
+    at = open_page(monkeypatch, app_workspace, "3_Decode")
+    headers = [h.value for h in at.header]
+    assert "What the edits encode, over seeds" in headers and "One run" in headers
+    verdicts = [m.value for m in at.markdown if m.value.startswith("**Verdict:")]
+    assert len(verdicts) == 2  # landbird, waterbird
+    assert any("Only one seed" in w.value for w in at.warning)
+    assert [b for b in at.button if b.label == "Train two more seeds"]
+    assert any("Rule:" in c.value and "Fisher" in c.value for c in at.caption)
+
+
+def test_projection_colours_support_points_by_the_verdict(monkeypatch, app_workspace):
+    at = open_page(monkeypatch, app_workspace, "2_Projection")
+    at.get("button_group")[0].set_value("verdict").run()
+    assert not at.exception
+    legend = {trace.get("name") for trace in at.get("plotly_chart")[0].proto.spec and
+              __import__("json").loads(at.get("plotly_chart")[0].proto.spec)["data"]}
+    assert legend & {"edit agrees with the verdict", "edit disagrees", "no verdict"}, legend

@@ -132,7 +132,65 @@ def _run_decode(args) -> int:
     return 0
 
 
+def _run_semantics(args) -> int:
+    from hsfm_core.instruments.semantics import edit_semantics
+
+    result = edit_semantics(args.workspace, args.runs, group=args.group, concepts=args.concepts,
+                            contrast=tuple(args.contrast), null_draws=args.null, alpha=args.alpha, seed=args.seed,
+                            scoring=args.scoring, bridge=args.bridge)
+    if args.json:
+        print_json(result)
+    else:
+        _print_semantics(result)
+    return 0
+
+
+def _signed(x) -> str:
+    return "—" if x is None else f"{x:+.3f}"
+
+
+def _print_semantics(result: dict) -> None:
+    print(f"{len(result['runs'])} run(s), seeds {result['seeds']}; {result['scoring']} scoring; null: "
+          f"{result['null_draws']} draws; α = {result['alpha']}")
+    for c in result["per_class"]:
+        align, agree = c["attribute_alignment"], c["mean_edit_agreement"]
+        print(f"\n{c['name']}: {c['verdict'] or 'no attribute labels'} — {c['verdict_rule']}")
+        if align:
+            print(f"  alignment with the attribute direction {_signed(align['mean'])} ± {align['std'] or 0:.3f} "
+                  f"(per seed {', '.join(_signed(v) for v in align['per_seed'])}; p {align['p_value']:.3g}, "
+                  f"sign agreement {align['sign_agreement']:.0%})")
+        print(f"  mean edits across seeds: cosine {_signed(agree['mean_cosine'])} (min {_signed(agree['min_cosine'])},"
+              f" chance ±{agree['chance']:.3f})")
+        if c.get("contrast"):
+            k = c["contrast"]
+            print(f"  “{k['positive']}” − “{k['negative']}”: {_signed(k['mean'])} ± {k['std'] or 0:.3f}, "
+                  f"p {k['p_value']:.3g}")
+        kept = c.get("concepts") or []  # the significant ones, agreeing in sign over the seeds
+        print("  concepts (significant, seeds agreeing in sign): " +
+              (", ".join(f"{k['concept']} {_signed(k['mean'])} (q {k['q_value']:.2g})" for k in kept[:8]) or "none"))
+        if c.get("sparse"):
+            print("  sparse explanation: " + ", ".join(f"{k['concept']} {k['weight']:.2f}" for k in c["sparse"]["concepts"])
+                  + f" (cosine {_signed(c['sparse']['cosine'])})")
+
+
 def add_commands(sub) -> None:
+    p = sub.add_parser("semantics", help="what a run group's edits encode: verdicts, concepts and alignment "
+                       "against a null, across seeds")
+    p.add_argument("--workspace", required=True)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--group", help="a run group's name, as `runs` lists it (default: the newest edited one)")
+    which.add_argument("--runs", nargs="+", metavar="ID", help="the seeds of one configuration")
+    p.add_argument("--concepts", help="concept file (default: assets/concepts.txt)")
+    p.add_argument("--contrast", nargs=2, metavar=("POSITIVE", "NEGATIVE"), default=DEFAULT_CONTRAST)
+    p.add_argument("--null", type=int, default=1000, metavar="N", help="null draws per run and class (≥ 100)")
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0, help="seeds the null draws")
+    p.add_argument("--scoring", choices=("centred", "raw"), default="centred",
+                   help="centred: the bank's mean removed and class names projected out (default); raw cosines")
+    p.add_argument("--bridge", help="a CLIP store of the same images, for stores not in a CLIP space")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_run_semantics)
+
     p = sub.add_parser("eval", help="per-group table of a run on val and test")
     p.add_argument("--workspace", required=True)
     p.add_argument("--run", required=True)

@@ -14,6 +14,7 @@ and its API return value are the same dict.
 | projection    | project_map, project, projection_figure |
 | decode        | decode, describe_selection, concept_figure |
 | retrieval     | neighbors, edit_shift, edit_diagnostics |
+| semantics     | edit_semantics, edited_groups, resolve_group |
 
 Nothing below this layer imports it (imports point one way, §Layers).
 """

@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 # What the map can be coloured by (see `colour_values`)
-COLOUR_FIELDS = ("group", "class", "attribute", "split", "correct", "kind")
+COLOUR_FIELDS = ("group", "class", "attribute", "split", "correct", "kind", "verdict")
 ARROW_ANNOTATIONS_MAX = 150  # above this many support points, arrows are plain segments
 PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D"]
 
@@ -98,6 +98,17 @@ def colour_values(frame: pd.DataFrame, field: str, class_names, attribute_names,
         return frame["correct"].map({True: "correct", False: "wrong"})
     if field in ("split", "kind"):
         return frame[field].astype(str)
+    if field == "verdict":  # a support point's own edit against its class's verdict (analysis/semantics.py)
+        if "agrees" not in frame:
+            return pd.Series("no verdict", index=frame.index)
+        support = frame["support"].to_numpy() >= 0
+
+        def name(agrees, is_support: bool) -> str:
+            if not is_support:
+                return "not a support point"
+            return {True: "edit agrees with the verdict", False: "edit disagrees"}.get(agrees, "no verdict")
+
+        return pd.Series([name(a, s) for a, s in zip(frame["agrees"], support)], index=frame.index)
     raise ValueError(f"unknown colour field {field!r}; expected one of {COLOUR_FIELDS}")
 
 
@@ -115,6 +126,10 @@ def projection_map(frame: pd.DataFrame, colours: pd.Series, drawn: np.ndarray, h
     size, opacity = (7, 0.6) if len(drawn) < 2_000 else (4, 0.4) if len(drawn) < 20_000 else (3, 0.3)
     for category in categories:
         members = drawn[(colours.to_numpy()[drawn] == category) & (kind[drawn] == "original")]
+        if not len(members) and (colours.to_numpy()[kind != "original"] == category).any():
+            # a category only support points have (e.g. "verdict"): its colour still needs a legend entry
+            figure.add_scattergl(x=[None], y=[None], mode="markers", name=str(category),
+                                 marker={"size": 10, "color": colour_of[category]})
         if len(members):
             figure.add_scattergl(x=frame["x"].to_numpy()[members], y=frame["y"].to_numpy()[members], mode="markers",
                                  name=str(category), legendgroup=str(category), customdata=members,
@@ -168,6 +183,28 @@ def concept_bars(top: list[dict], title: str = "") -> go.Figure:
                               hovertemplate="%{y} (%{customdata})<br>cosine %{x:.3f}<extra></extra>"))
     figure.update_layout(title=title or None, height=60 + 26 * len(frame), margin={"t": 40 if title else 10, "l": 10},
                          yaxis={"autorange": "reversed"}, xaxis_title="cosine with the direction")
+    return figure
+
+
+def null_histogram(alignment: dict, title: str = "") -> go.Figure:
+    """The null of a class's attribute alignment (random within-class differences, every seed's draws
+    pooled) with the observed per-seed alignments and their mean marked (analysis/semantics.py)."""
+    histogram = alignment["null_histogram"]
+    edges = np.asarray(histogram["edges"], dtype=float)
+    counts = np.asarray(histogram["counts"], dtype=float).sum(axis=0)
+    centres, widths = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+    figure = go.Figure(go.Bar(x=centres, y=counts / max(counts.sum(), 1), width=widths, marker_color="#BAB0AC",
+                              name="null: random within-class differences",
+                              hovertemplate="cos %{x:.2f}: %{y:.1%} of null draws<extra></extra>"))
+    for i, value in enumerate(alignment["per_seed"]):
+        figure.add_vline(x=value, line={"color": "#4C78A8", "width": 1.5, "dash": "dot"},
+                         annotation_text=f"seed {i + 1}" if len(alignment["per_seed"]) <= 6 else None)
+    if alignment.get("mean") is not None:
+        figure.add_vline(x=alignment["mean"], line={"color": "#E45756", "width": 3},
+                         annotation_text=f"mean {alignment['mean']:+.2f}", annotation_position="top left")
+    figure.update_layout(title=title or None, height=260, margin={"t": 40 if title else 10, "l": 10, "b": 30},
+                         xaxis_title="cos(mean edit, attribute direction)", yaxis_title="share of draws",
+                         showlegend=False, bargap=0)
     return figure
 
 

@@ -395,6 +395,30 @@ def neighbors(store, run: dict | None, *, support: int | None = None, row: int |
     return _neighbors(store, run["run_id"] if run else None, support, row, edited, k, run)
 
 
+@st.cache_data(max_entries=16, show_spinner="Testing the edits of every seed against the null…", hash_funcs=STORE_HASH)
+def _semantics(store, run_ids: tuple, contrast: tuple, null_draws: int, scoring: str, bridge: str | None,
+               bridge_stamp: int, _runs) -> dict:
+    from hsfm_core.instruments.semantics import edit_semantics
+
+    return edit_semantics(workspace_of(store), list(_runs), contrast=contrast, null_draws=null_draws,
+                          scoring=scoring, bridge=bridge)
+
+
+def semantics(store, runs: list[dict], contrast: tuple[str, str], null_draws: int = 1000, scoring: str = "centred",
+              bridge: str | None = None) -> dict:
+    """The facade's `edit_semantics` of a run group (what `hsfm semantics --json` prints), cached per
+    (store, runs, contrast, null draws, scoring, bridge): done runs never change."""
+    return _semantics(store, tuple(r["run_id"] for r in runs), tuple(contrast), null_draws, scoring, bridge,
+                      _bridge_stamp(bridge), runs)
+
+
+def edited_groups(store) -> list:
+    """The run groups with finished edited runs, oldest configuration first (the facade's)."""
+    from hsfm_core.instruments.semantics import edited_groups as groups
+
+    return groups(workspace_of(store))
+
+
 @st.cache_data(max_entries=16, show_spinner="Searching neighbours of every support example…", hash_funcs=STORE_HASH)
 def _edit_shift(store, run_id: str, k: int, _run) -> dict:
     from hsfm_core.instruments.retrieval import edit_shift as shift
