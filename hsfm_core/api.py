@@ -117,7 +117,7 @@ def train_runs(workspace: Workspace | str | os.PathLike, method: str, *, preset:
 def sweep(workspace: Workspace | str | os.PathLike, method: str, grid: Mapping[str, Sequence], *,
           seeds: Sequence[int] = (0, 1, 2), preset: str | None = None, settings: Settings = None,
           device: str = "auto", max_parallel: int | None = None,
-          on_configuration: Callable[[int, int, str], None] | None = None) -> pd.DataFrame:
+          on_configuration: Callable[[int, int, str], None] | None = None, yes: bool = False) -> pd.DataFrame:
     """A validation sweep: every grid configuration × every seed as an ordinary run, here and now
     (in `max_parallel` worker processes), then its results table. Rerunning resumes it.
 
@@ -134,6 +134,7 @@ def sweep(workspace: Workspace | str | os.PathLike, method: str, grid: Mapping[s
         device: as in `train_runs`.
         max_parallel: configurations training at once (default: the workspace's job limit, 2).
         on_configuration: called as `on_configuration(done, total, status)` as each configuration ends.
+        yes: run a grid larger than the workspace's limit (`jobs/settings.json` max_sweep_runs, default 500 runs).
 
     Returns:
         One row per configuration: its settings, seeds done, val and test `*_mean` / `*_std` figures
@@ -152,7 +153,7 @@ def sweep(workspace: Workspace | str | os.PathLike, method: str, grid: Mapping[s
     request = sweeps.SweepRequest(method=method, grid=sweeps.parse_grid(method, items),
                                   seeds=tuple(dict.fromkeys(int(s) for s in seeds)), preset=preset,
                                   overrides=tuple(_overrides(settings)), device=device, max_parallel=max_parallel)
-    return sweeps.run(ws.path, request, on_configuration)
+    return sweeps.run(ws.path, request, on_configuration, yes=yes)
 
 
 def group_figure(workspace: Workspace | str | os.PathLike, split: str = "test", runs: Sequence[dict] | None = None):

@@ -144,6 +144,8 @@ def _add_sweep(sub) -> None:
     p.add_argument("--partition", help="slurm partition")
     p.add_argument("--time", type=int, default=None, help="slurm time limit in minutes")
     p.add_argument("--gpus", type=int, default=0)
+    p.add_argument("--yes", action="store_true",
+                   help="run a sweep larger than the workspace's limit (jobs/settings.json max_sweep_runs, default 500 runs)")
     p.add_argument("--cancel", metavar="SWEEP_ID", help="ask a running sweep to stop (rerun the sweep to resume)")
     p.add_argument("--json", action="store_true", help='print {"selected": {settings}, "rows": [...]}')
     p.add_argument("--quiet", action="store_true")
@@ -173,7 +175,7 @@ def _run_sweep(args) -> int:
         return 0
     request = _sweep_request(args)
     if args.submit:
-        launched = sweeps.submit(args.workspace, request)
+        launched = sweeps.submit(args.workspace, request, yes=args.yes)
         print_json({"sweep_id": request.sweep_id, "jobs": launched, "status": "submitted" if launched else "done"})
         return 0
     if not args.quiet:
@@ -184,7 +186,7 @@ def _run_sweep(args) -> int:
         if not args.quiet:
             print(f"  configuration {done}/{n} {outcome}", file=sys.stderr)
 
-    table = sweeps.run(args.workspace, request, on_configuration)
+    table = sweeps.run(args.workspace, request, on_configuration, yes=args.yes)
     if args.json:
         print_json({"sweep_id": request.sweep_id, "status": sweeps.status(args.workspace, request.sweep_id),
                     "selected": sweeps.selected_settings(args.workspace, request, table),
