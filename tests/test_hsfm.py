@@ -206,3 +206,103 @@ def test_linear_logits_layouts_agree():
     expected = torch.einsum("rd,scd->src", x, w) + b[:, None]
     torch.testing.assert_close(shared, expected)
     torch.testing.assert_close(batched, expected)
+
+
+# -- the fused loop (docs/ARCHITECTURE.md §HSFM): the same computation as the plain loop and the reference ------
+
+from hsfm_core.methods.hsfm import _Adam  # noqa: E402
+from hsfm_core.methods.hsfm_unroll import fused_outer_loss_and_grad  # noqa: E402
+from tests.reference_hsfm import reference_hsfm  # noqa: E402
+
+
+def _same_history(a, b, rtol=1e-9, atol=1e-11):
+    assert len(a) == len(b)
+    for ha, hb in zip(a, b):
+        assert set(ha) >= set(hb) - {"elapsed_s"}
+        for key, value in hb.items():
+            if key == "elapsed_s":
+                continue
+            if isinstance(value, list):
+                assert [v is None for v in ha[key]] == [v is None for v in value], key
+                np.testing.assert_allclose([v for v in ha[key] if v is not None], [v for v in value if v is not None],
+                                           rtol=rtol, atol=atol, err_msg=key)
+            else:
+                assert ha[key] == pytest.approx(value, rel=rtol, abs=atol), (key, ha[key], value)
+
+
+@pytest.mark.parametrize("m, steps", [(8, 4), (40, 4), (2, 1), (6, 2), (12, 3)])  # span form when m < 2·T·C, else weights
+def test_fused_closed_form_matches_autograd_through_the_textbook_unroll(m, steps):
+    torch.manual_seed(m)
+    rows, d, q = 3, 16, 10
+    H = torch.randn(rows, m, d, dtype=torch.float64, requires_grad=True)
+    onehot = torch.nn.functional.one_hot(torch.arange(2).repeat_interleave(m // 2), 2).double()
+    W, b = torch.randn(rows, 2, d, dtype=torch.float64) * 0.3, torch.randn(rows, 2, dtype=torch.float64)
+    Qx, Qy = torch.randn(rows, q, d, dtype=torch.float64), torch.randint(0, 2, (rows, q))
+    alpha = torch.tensor([0.3, 0.7, 1.1], dtype=torch.float64)  # one step size per row
+    losses = torch.cat([mean_ce(linear_logits(Qx[i : i + 1], *_unroll_in_weights(H[i : i + 1], onehot, W[i : i + 1],
+                                                                                   b[i : i + 1], steps, float(alpha[i]))),
+                                Qy[i : i + 1]) for i in range(rows)])
+    (expected,) = torch.autograd.grad(losses.sum(), H)
+    ones = torch.ones(rows, m, 1, dtype=torch.float64)
+    fused_losses, grad = fused_outer_loss_and_grad(
+        torch.cat([H.detach(), ones], 2), onehot, torch.cat([W, b[..., None]], 2),
+        torch.cat([Qx, torch.ones(rows, q, 1, dtype=torch.float64)], 2), Qy,
+        torch.nn.functional.one_hot(Qy, 2).double(), steps, (-alpha / m)[:, None, None])
+    torch.testing.assert_close(fused_losses, losses.detach(), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(grad[..., :-1], expected, rtol=1e-10, atol=1e-14)
+    assert expected.abs().max() > 1e-3
+
+
+def test_adam_with_a_learning_rate_per_row_is_torch_adam_bit_for_bit():
+    torch.manual_seed(0)
+    start = torch.randn(3, 4, 5)
+    lrs = [1e-3, 0.1, 1.0]
+    ours = start.clone()
+    adam = _Adam(ours, torch.tensor(lrs, dtype=torch.float64), max_steps=6)
+    theirs = [start[i].clone().requires_grad_(True) for i in range(3)]
+    opts = [torch.optim.Adam([p], lr=lr) for p, lr in zip(theirs, lrs)]
+    for _ in range(6):
+        grad = torch.randn(3, 4, 5)
+        adam(grad)
+        for i in range(3):
+            theirs[i].grad = grad[i].clone()
+            opts[i].step()
+    for i in range(3):
+        assert torch.equal(ours[i], theirs[i].detach())
+
+
+@pytest.mark.parametrize("n", [4, 24])  # m = 8 (span form) and m = 48 (weights form) at T = 4
+def test_fused_loop_equals_the_plain_loop_in_float64(n):
+    xt, yt, xv, yv, gv, init = _small_problem()
+    config = HSFMConfig(n_support=n, inner_steps=4, inner_lr=1e-3, outer_lr=0.1, outer_steps=3, hard_per_class=16,
+                        epochs=5)
+    fused = fit_hsfm(xt, yt, xv, yv, gv, init.weight, init.bias, config, seeds=[0, 1], dtype=torch.float64)
+    plain = fit_hsfm(xt, yt, xv, yv, gv, init.weight, init.bias, config, seeds=[0, 1], dtype=torch.float64,
+                     fused=False)
+    for f, p in zip(fused, plain):
+        torch.testing.assert_close(f.weight, p.weight, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(f.bias, p.bias, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(f.H_after, p.H_after, rtol=1e-10, atol=1e-12)
+        assert f.best_epoch == p.best_epoch and torch.equal(f.support_indices, p.support_indices)
+        _same_history(f.history, p.history)
+    assert not torch.equal(fused[0].H_after, fused[0].H_before)
+
+
+@pytest.mark.parametrize("n", [4, 24])
+def test_fit_agrees_with_the_reference_loop_in_float64(n):
+    """tests/reference_hsfm.py: the loop in the authors' idiom (fast weights through autograd.grad, nn.Linear,
+    clip_grad_norm_, two Adams), one seed at a time."""
+    xt, yt, xv, yv, gv, init = _small_problem()
+    config = HSFMConfig(n_support=n, inner_steps=4, inner_lr=1e-3, outer_lr=0.1, outer_steps=3, hard_per_class=16,
+                        epochs=5)
+    ours = fit_hsfm(xt, yt, xv, yv, gv, init.weight, init.bias, config, seeds=[2, 5] if n == 4 else [5],
+                    dtype=torch.float64)
+    for r in ours:
+        ref = reference_hsfm(xt, yt, xv, yv, gv, init.weight.double(), init.bias.double(), n=n, T=4, alpha=1e-3,
+                             eta=0.1, K_H=3, K_hard=16, E=5, seed=r.seed, dtype=torch.float64)
+        assert r.support_indices.tolist() == ref["support"].tolist()
+        torch.testing.assert_close(r.weight, ref["weight"], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(r.bias, ref["bias"], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(r.H_after, ref["H_after"], rtol=1e-10, atol=1e-12)
+        assert r.best_epoch == ref["best_epoch"]
+        _same_history(r.history, ref["history"])

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from hsfm_core.errors import InputError
 from hsfm_core.methods.base import FittedHead, Method, check_positive
 from hsfm_core.methods.erm import initial_head
-from hsfm_core.methods.hsfm_unroll import linear_logits, mean_ce, unrolled_outer_loss
+from hsfm_core.methods.hsfm_unroll import fused_outer_loss_and_grad, linear_logits, mean_ce, unrolled_outer_loss
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,8 @@ AUTO_SAMPLE_ROWS = 20000
 # for the full celeba preset (m = 2048, bench_hsfm). Batching never lost up to the largest preset; the
 # ratio climbs with m as the batch turns memory-bound, so from twice that size the seeds run one by one.
 LOOP_SEEDS_FROM_SUPPORT_ROWS = 4096
+# Settings that only scale a step: configurations differing in nothing else train together, one row each.
+ROW_SCALARS = ("inner_lr", "outer_lr", "clip_norm")
 # The paper's symbols, accepted wherever a field name is (`--set T=10 eta=0.5`).
 ALIASES = {"n": "n_support", "T": "inner_steps", "alpha": "inner_lr", "eta": "outer_lr", "K_H": "outer_steps",
            "K_hard": "hard_per_class", "E": "epochs"}
@@ -82,6 +84,7 @@ class HSFMResult:
     H_after: torch.Tensor  # m × d, the edited support features at the selected epoch
     best_epoch: int
     history: list[dict] = field(default_factory=list)
+    settings: HSFMSettings | None = None  # this row's configuration
 
 
 def sample_support(train_labels: torch.Tensor, n: int, seed: int, n_classes: int = 2) -> torch.Tensor:
@@ -98,11 +101,15 @@ def sample_support(train_labels: torch.Tensor, n: int, seed: int, n_classes: int
 
 
 def hard_set(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
-    """Per seed, the k highest-cross-entropy rows of each class (class labels only): S × (≤ C·k) indices."""
+    """Per seed, the k highest-cross-entropy rows of each class (class labels only): S × (≤ C·k) indices.
+    `logits`: S × V × C."""
     ce = F.cross_entropy(logits.transpose(1, 2), labels.expand(len(logits), -1), reduction="none")  # S × V
+    return _hardest(ce, [torch.nonzero(labels == c).flatten() for c in range(logits.shape[-1])], k)
+
+
+def _hardest(ce: torch.Tensor, class_rows: list[torch.Tensor], k: int) -> torch.Tensor:
     picked = []
-    for c in range(logits.shape[-1]):
-        rows = torch.nonzero(labels == c).flatten()
+    for rows in class_rows:
         top = ce[:, rows].topk(min(k, len(rows)), dim=1).indices
         picked.append(rows[top])
     return torch.cat(picked, dim=1)
@@ -118,6 +125,11 @@ def group_accuracy(pred: torch.Tensor, labels: torch.Tensor, groups: torch.Tenso
     return hits / totals
 
 
+def shape_of(settings: HSFMSettings) -> tuple:
+    """The settings that fix tensor shapes and step counts: configurations that share them train together."""
+    return tuple(getattr(settings, f.name) for f in dataclasses.fields(settings) if f.name not in ROW_SCALARS)
+
+
 def fit_hsfm(
     train_features: torch.Tensor | np.ndarray,
     train_labels: torch.Tensor | np.ndarray,
@@ -126,100 +138,237 @@ def fit_hsfm(
     val_groups: torch.Tensor | np.ndarray,
     init_weight: torch.Tensor,
     init_bias: torch.Tensor,
-    config: HSFMSettings,
+    config: HSFMSettings | Sequence[HSFMSettings],
     seeds: Sequence[int] = (0,),
     device: str | torch.device = "cpu",
     n_groups: int = 4,
     progress: Callable[[int, list[dict]], None] | None = None,
+    dtype: torch.dtype = torch.float32,
+    fused: bool = True,
 ) -> list[HSFMResult]:
-    """Train HSFM for each seed (batched) and return one `HSFMResult` per seed.
+    """Train HSFM for each configuration × seed (all batched) and return one `HSFMResult` per row,
+    configuration-major: [(config 0, seed 0), (config 0, seed 1), …].
 
+    `config` is one `HSFMSettings` or several that differ only in `ROW_SCALARS` (α, η, clip norm):
+    those become a leading axis like the seeds, so each row is exactly its own separate run.
     `train_features` may be a (memory-mapped) array: only the support rows are read.
-    `progress(epoch, entries)` is called after every epoch with one history entry per seed.
+    `progress(epoch, entries)` is called after every epoch with one history entry per row.
+    `fused=False` runs the bilevel and head steps through autograd and `torch.optim.Adam` (one
+    configuration only): the plain loop the fused one is tested against.
     """
+    configs = [config] if isinstance(config, HSFMSettings) else list(config)
+    if not configs or len({shape_of(c) for c in configs}) != 1:
+        raise ValueError(f"configurations trained together must differ only in {', '.join(ROW_SCALARS)}")
+    if not fused and len(configs) > 1:
+        raise ValueError("the plain loop trains one configuration at a time")
     device = torch.device(device)
     seeds = list(seeds)
+    shared = configs[0]
     train_labels = torch.as_tensor(np.array(train_labels)).long()  # a copy: store arrays are read-only
-    val_x = _finite_float(val_features, "validation features").to(device)
+    val_x = _finite_float(val_features, "validation features", dtype).to(device)
     val_y = torch.as_tensor(np.array(val_labels)).long().to(device)
     val_g = torch.as_tensor(np.array(val_groups)).long().to(device)
     d, n_classes = val_x.shape[1], init_weight.shape[0]
     _check_inputs(train_labels, val_y, init_weight, init_bias, d, len(train_features), train_features.shape[1],
                   len(seeds))
+    n_rows = len(configs) * len(seeds)
 
     # 1. Support set: n rows per class, the reference code's sampling rule; H is what gets edited.
-    support = torch.stack([sample_support(train_labels, config.n_support, s, n_classes) for s in seeds])  # S × m
+    support = torch.stack([sample_support(train_labels, shared.n_support, s, n_classes) for s in seeds])  # S × m
     rows = support.flatten().numpy()
-    H_before = _finite_float(train_features[rows], "support features").reshape(len(seeds), -1, d).to(device)
-    H = H_before.clone().requires_grad_(True)
-    support_y = torch.arange(n_classes).repeat_interleave(config.n_support).to(device)  # n zeros, n ones, …
-    onehot = F.one_hot(support_y, n_classes).to(H.dtype)
-    H_opt = torch.optim.Adam([H], lr=config.outer_lr)
+    H_before = _finite_float(train_features[rows], "support features", dtype).reshape(len(seeds), -1, d).to(device)
+    H_before = H_before.repeat(len(configs), 1, 1)  # R × m × d: every configuration starts from its seed's rows
+    support_y = torch.arange(n_classes).repeat_interleave(shared.n_support).to(device)  # n zeros, n ones, …
 
-    # 2. Persistent head θ ← θ₀ with its own Adam (lr α), state kept across epochs.
-    W = init_weight.detach().float().to(device).expand(len(seeds), -1, -1).clone().requires_grad_(True)
-    b = init_bias.detach().float().to(device).expand(len(seeds), -1).clone().requires_grad_(True)
-    head_opt = torch.optim.Adam([W, b], lr=config.inner_lr)
+    # 2. Persistent head θ ← θ₀ with its own Adam (lr α), state kept across epochs. θ = [W b], so that
+    # one matrix product gives logits (val rows carry a trailing 1).
+    theta0 = torch.cat([init_weight.detach().to(device, dtype), init_bias.detach().to(device, dtype)[:, None]], dim=1)
+    theta0 = theta0.expand(n_rows, -1, -1)
+    val_x1 = torch.cat([val_x, torch.ones(len(val_x), 1, dtype=dtype, device=device)], dim=1)  # V × D
+    del val_x
+    scalars = {name: torch.tensor([getattr(c, name) for c in configs], dtype=torch.float64).repeat_interleave(len(seeds))
+               for name in ROW_SCALARS}
+    steps = (_FusedSteps if fused else _PlainSteps)(H_before, theta0, support_y, shared, scalars)
 
-    best = [{"wga": -1.0} for _ in seeds]
-    histories: list[list[dict]] = [[] for _ in seeds]
+    class_rows = [torch.nonzero(val_y == c).flatten() for c in range(n_classes)]
+    before_norms = H_before.norm(dim=-1).clamp_min(1e-12)
+    best_wga = torch.full((n_rows,), -1.0, dtype=torch.float64, device=device)
+    best_epoch = torch.zeros(n_rows, dtype=torch.long, device=device)
+    best_theta, best_H = theta0.clone(), H_before.clone()
+    histories: list[list[dict]] = [[] for _ in range(n_rows)]
     start = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
-        # 3.1 Hard set Q: per class, the K_hard highest-CE validation rows under the current θ.
-        with torch.no_grad():
-            q = hard_set(linear_logits(val_x, W, b), val_y, config.hard_per_class)  # S × |Q|
-        hard_x, hard_y = val_x[q], val_y[q]
+    with torch.no_grad():
+        logits = _val_logits(steps.theta, val_x1)  # R × C × V, reused: epoch e's selection is epoch e+1's hard set
+        for epoch in range(1, shared.epochs + 1):
+            # 3.1 Hard set Q: per class, the K_hard highest-CE validation rows under the current θ.
+            ce = F.cross_entropy(logits, val_y.expand(n_rows, -1), reduction="none")  # R × V
+            q = _hardest(ce, class_rows, shared.hard_per_class)  # R × |Q|
 
-        # 3.2 K_H bilevel steps: unroll T inner steps from θ, outer loss on Q, Adam on H (∇H clipped).
-        outer_losses = torch.zeros(len(seeds), device=device)
-        for _ in range(config.outer_steps):
-            H_opt.zero_grad(set_to_none=True)
-            losses = unrolled_outer_loss(H, onehot, W.detach(), b.detach(), hard_x, hard_y,
-                                         config.inner_steps, config.inner_lr)
-            losses.sum().backward()
-            _clip_per_seed(H.grad, config.clip_norm)
-            H_opt.step()
-            outer_losses += losses.detach()
-        # 3.3 Head update: T Adam steps on CE(stop-grad(H), θ).
-        H_fixed = H.detach()
-        for _ in range(config.inner_steps):
-            head_opt.zero_grad(set_to_none=True)
-            head_loss = mean_ce(linear_logits(H_fixed, W, b), support_y)
-            head_loss.sum().backward()
-            head_opt.step()
+            # 3.2 K_H bilevel steps: unroll T inner steps from θ, outer loss on Q, Adam on H (∇H clipped).
+            outer_losses = steps.bilevel(val_x1[q], val_y[q])
+            # 3.3 Head update: T Adam steps on CE(stop-grad(H), θ).
+            head_loss = steps.head()
 
-        # 3.4 Model selection on val worst-group accuracy; ties go to the later epoch.
-        with torch.no_grad():
-            pred = linear_logits(val_x, W, b).argmax(dim=-1)
+            # 3.4 Model selection on val worst-group accuracy; ties go to the later epoch.
+            logits = _val_logits(steps.theta, val_x1)
+            pred = logits.argmax(dim=1)
             acc = group_accuracy(pred, val_y, val_g, n_groups)
             avg = (pred == val_y).double().mean(dim=1)
+            wga = torch.where(torch.isnan(acc), torch.inf, acc).amin(dim=1)
             # median ‖Δ‖/‖z‖ over the support set: lets the curves show the edits growing
-            relative_edit = ((H - H_before).norm(dim=-1) / H_before.norm(dim=-1).clamp_min(1e-12)).quantile(0.5, dim=1)
-        entries = []
-        for s in range(len(seeds)):
-            present = ~torch.isnan(acc[s])
-            wga = float(acc[s][present].min())
-            entry = {"epoch": epoch, "outer_loss": float(outer_losses[s]) / config.outer_steps,
-                     "head_loss": float(head_loss[s].detach()), "val_avg": float(avg[s]), "val_wga": wga,
-                     "val_group_acc": [None if torch.isnan(v) else float(v) for v in acc[s]],
-                     "median_relative_edit": float(relative_edit[s]),
-                     "hard_set_size": int(q.shape[1]), "elapsed_s": time.perf_counter() - start}
-            histories[s].append(entry)
-            entries.append(entry)
-            if wga >= best[s]["wga"]:
-                best[s] = {"wga": wga, "epoch": epoch, "W": W[s].detach().clone(), "b": b[s].detach().clone(),
-                           "H": H[s].detach().clone()}
-        if progress is not None:
-            progress(epoch, entries)
+            relative_edit = ((steps.H - H_before).norm(dim=-1) / before_norms).quantile(0.5, dim=1)
+            improved = wga >= best_wga
+            best_wga = torch.where(improved, wga, best_wga)
+            best_epoch[improved] = epoch
+            best_theta[improved] = steps.theta[improved]
+            best_H[improved] = steps.H[improved]
+
+            elapsed = time.perf_counter() - start
+            columns = zip(*(t.tolist() for t in (outer_losses / shared.outer_steps, head_loss, avg, wga, acc,
+                                                 relative_edit)))
+            entries = []
+            for r, (outer, head, average, worst, groups, edit) in enumerate(columns):
+                entry = {"epoch": epoch, "outer_loss": outer, "head_loss": head, "val_avg": average, "val_wga": worst,
+                         "val_group_acc": [None if v != v else v for v in groups], "median_relative_edit": edit,
+                         "hard_set_size": int(q.shape[1]), "elapsed_s": elapsed}
+                histories[r].append(entry)
+                entries.append(entry)
+            if progress is not None:
+                progress(epoch, entries)
 
     # 4. Output: best θ, H_before, H_after, support indices, history.
+    init_weight, init_bias = init_weight.detach().to(dtype).cpu(), init_bias.detach().to(dtype).cpu()
+    best_theta, best_H, H_before = best_theta.cpu(), best_H.cpu(), H_before.cpu()
     return [
-        HSFMResult(seed=seed, weight=best[s]["W"].cpu(), bias=best[s]["b"].cpu(),
-                   init_weight=init_weight.detach().float().cpu(), init_bias=init_bias.detach().float().cpu(),
-                   support_indices=support[s], support_labels=support_y.cpu(), H_before=H_before[s].cpu(),
-                   H_after=best[s]["H"].cpu(), best_epoch=best[s]["epoch"], history=histories[s])
-        for s, seed in enumerate(seeds)
+        HSFMResult(seed=seeds[r % len(seeds)], weight=best_theta[r, :, :-1].clone(), bias=best_theta[r, :, -1].clone(),
+                   init_weight=init_weight, init_bias=init_bias, support_indices=support[r % len(seeds)],
+                   support_labels=support_y.cpu(), H_before=H_before[r], H_after=best_H[r],
+                   best_epoch=int(best_epoch[r]), history=histories[r], settings=configs[r // len(seeds)])
+        for r in range(n_rows)
     ]
+
+
+def _val_logits(theta: torch.Tensor, val_x1: torch.Tensor) -> torch.Tensor:
+    """R × C × D heads, V × D rows [x 1] → R × C × V logits: one matrix product for every row."""
+    n_rows, n_classes, dim = theta.shape
+    return (theta.reshape(n_rows * n_classes, dim) @ val_x1.T).view(n_rows, n_classes, -1)
+
+
+class _Adam:
+    """`torch.optim.Adam`'s single-tensor update (β = 0.9, 0.999, ε = 1e-8, same operations in the same
+    order), with one learning rate per row and its buffers allocated once."""
+
+    def __init__(self, param: torch.Tensor, lr: torch.Tensor, max_steps: int):
+        self.param = param
+        self.exp_avg, self.exp_avg_sq = torch.zeros_like(param), torch.zeros_like(param)
+        self.denom, self.update = torch.empty_like(param), torch.empty_like(param)
+        steps = torch.arange(1, max_steps + 1, dtype=torch.float64)
+        # −lr / (1 − β₁ᵗ) per step and row, computed in float64 as torch does in Python
+        rows = (1,) * (param.dim() - 1)
+        self.neg_step = (-lr[None, :] / (1 - 0.9 ** steps[:, None])).to(param).view(max_steps, -1, *rows)
+        self.step = 0
+
+    def __call__(self, grad: torch.Tensor) -> None:
+        self.step += 1
+        self.exp_avg.lerp_(grad, 0.1)
+        self.exp_avg_sq.mul_(0.999).addcmul_(grad, grad, value=0.001)
+        bias_correction2_sqrt = (1 - 0.999 ** self.step) ** 0.5
+        torch.sqrt(self.exp_avg_sq, out=self.denom).div_(bias_correction2_sqrt).add_(1e-8)
+        torch.mul(self.exp_avg, self.neg_step[self.step - 1], out=self.update).div_(self.denom)
+        self.param.add_(self.update)
+
+
+class _FusedSteps:
+    """Steps 3.2 and 3.3 in closed form: the loss and ∇H by hand (`fused_outer_loss_and_grad`), the
+    head's gradient by hand, `_Adam` and clipping on preallocated buffers; no autograd graph. Every
+    scalar setting is per row. H is kept as H̃ = [H 1]: the trailing 1 has zero gradient, so Adam
+    leaves it at exactly 1."""
+
+    def __init__(self, H_before, theta0, support_y, config: HSFMSettings, scalars: dict[str, torch.Tensor]):
+        n_rows, m, _ = H_before.shape
+        self.config = config
+        self.H1 = torch.cat([H_before, torch.ones(n_rows, m, 1, dtype=H_before.dtype, device=H_before.device)], dim=2)
+        self.theta = theta0.clone()
+        self.onehot = F.one_hot(support_y, theta0.shape[1]).to(H_before.dtype)
+        self.grad_H = torch.empty_like(self.H1)
+        per_row = (-1, 1, 1)
+        self.neg_scale = (-scalars["inner_lr"] / m).to(H_before).view(per_row)  # −α/m
+        self.clip = scalars["clip_norm"].to(H_before)
+        self.H_adam = _Adam(self.H1, scalars["outer_lr"].to(H_before.device), config.epochs * config.outer_steps)
+        self.head_adam = _Adam(self.theta, scalars["inner_lr"].to(H_before.device), config.epochs * config.inner_steps)
+
+    @property
+    def H(self) -> torch.Tensor:
+        return self.H1[..., :-1]
+
+    def bilevel(self, hard_x1, hard_y) -> torch.Tensor:
+        hard_onehot = F.one_hot(hard_y, self.onehot.shape[1]).to(self.H1.dtype)
+        total = torch.zeros(len(self.H1), dtype=self.H1.dtype, device=self.H1.device)
+        for _ in range(self.config.outer_steps):
+            losses, grad = fused_outer_loss_and_grad(self.H1, self.onehot, self.theta, hard_x1, hard_y, hard_onehot,
+                                                     self.config.inner_steps, self.neg_scale)
+            grad[..., -1] = 0  # the constant column
+            norms = torch.linalg.vector_norm(grad, dim=(1, 2))
+            grad.mul_(torch.clamp(self.clip / (norms + 1e-6), max=1.0)[:, None, None])  # clip_grad_norm_, per row
+            self.H_adam(grad)
+            total += losses
+        return total
+
+    def head(self) -> torch.Tensor:
+        m = self.H1.shape[1]
+        for t in range(self.config.inner_steps):
+            logits = torch.bmm(self.H1, self.theta.transpose(1, 2))
+            if t + 1 == self.config.inner_steps:  # the loss reported: before the last step, as autograd's would be
+                loss = (torch.log_softmax(logits, dim=-1) * self.onehot).sum(dim=(1, 2)).div_(-m)
+            grad_logits = torch.softmax(logits, dim=-1).sub_(self.onehot).div_(m)
+            self.head_adam(torch.bmm(grad_logits.transpose(1, 2), self.H1))
+        return loss
+
+
+class _PlainSteps:
+    """Steps 3.2 and 3.3 as first written: autograd through `unrolled_outer_loss`, `_clip_per_seed`,
+    `torch.optim.Adam`; one configuration. Kept as the oracle the fused steps are tested against."""
+
+    def __init__(self, H_before, theta0, support_y, config: HSFMSettings, scalars: dict[str, torch.Tensor]):
+        self.config = config
+        self.H_param = H_before.clone().requires_grad_(True)
+        self.W = theta0[..., :-1].clone().requires_grad_(True)
+        self.b = theta0[..., -1].clone().requires_grad_(True)
+        self.support_y = support_y
+        self.onehot = F.one_hot(support_y, theta0.shape[1]).to(H_before.dtype)
+        self.H_opt = torch.optim.Adam([self.H_param], lr=config.outer_lr)
+        self.head_opt = torch.optim.Adam([self.W, self.b], lr=config.inner_lr)
+
+    @property
+    def H(self) -> torch.Tensor:
+        return self.H_param.detach()
+
+    @property
+    def theta(self) -> torch.Tensor:
+        return torch.cat([self.W.detach(), self.b.detach()[..., None]], dim=-1)
+
+    def bilevel(self, hard_x1, hard_y) -> torch.Tensor:
+        total = torch.zeros(len(self.W), dtype=self.W.dtype, device=self.W.device)
+        with torch.enable_grad():
+            for _ in range(self.config.outer_steps):
+                self.H_opt.zero_grad(set_to_none=True)
+                losses = unrolled_outer_loss(self.H_param, self.onehot, self.W.detach(), self.b.detach(),
+                                             hard_x1[..., :-1], hard_y, self.config.inner_steps, self.config.inner_lr)
+                losses.sum().backward()
+                _clip_per_seed(self.H_param.grad, self.config.clip_norm)
+                self.H_opt.step()
+                total += losses.detach()
+        return total
+
+    def head(self) -> torch.Tensor:
+        H_fixed = self.H
+        with torch.enable_grad():
+            for _ in range(self.config.inner_steps):
+                self.head_opt.zero_grad(set_to_none=True)
+                head_loss = mean_ce(linear_logits(H_fixed, self.W, self.b), self.support_y)
+                head_loss.sum().backward()
+                self.head_opt.step()
+        return head_loss.detach()
 
 
 def _clip_per_seed(grad: torch.Tensor, max_norm: float) -> None:
@@ -228,8 +377,9 @@ def _clip_per_seed(grad: torch.Tensor, max_norm: float) -> None:
     grad.mul_(torch.clamp(max_norm / (norms + 1e-6), max=1.0)[:, None, None])
 
 
-def _finite_float(x, what: str) -> torch.Tensor:
-    t = x.float() if isinstance(x, torch.Tensor) else torch.from_numpy(np.array(x, dtype=np.float32))
+def _finite_float(x, what: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    as_numpy = np.float64 if dtype == torch.float64 else np.float32  # (a float16 store is read as float32)
+    t = x.to(dtype) if isinstance(x, torch.Tensor) else torch.from_numpy(np.array(x, dtype=as_numpy)).to(dtype)
     if not torch.isfinite(t).all():
         bad = torch.nonzero(~torch.isfinite(t).reshape(len(t), -1).all(dim=1)).flatten()
         raise InputError(f"{what} contain NaN or inf ({len(bad)} row(s), first {bad[:5].tolist()})")
@@ -314,32 +464,52 @@ class HSFM(Method):
         return settings, why
 
     def fit(self, store, settings, seeds, *, device="cpu", progress=None):
+        return self.fit_many(store, [settings], seeds, device=device, progress=progress)[0]
+
+    def fit_many(self, store, settings_list, seeds, *, device="cpu", progress=None):
+        """Every settings × seed, as few passes as the shapes allow: settings that differ only in
+        `ROW_SCALARS` train together with their seeds (one row each, the same computation as separate
+        runs); settings that change a shape (n, T, K_H, K_hard, E) train one group after another, and
+        large supports loop over seeds (`LOOP_SEEDS_FROM_SUPPORT_ROWS`). `progress(epoch, epochs,
+        entries)`: entries for every (settings, seed), settings-major, None for rows not in this pass;
+        `epoch` counts over the passes."""
         train, val = store.select("train"), store.select("val")
         init, init_info = initial_head(store)
-        seeds = list(seeds)
-        batches = ([seeds] if store.groups.n_classes * settings.n_support < LOOP_SEEDS_FROM_SUPPORT_ROWS
-                   else [[s] for s in seeds])
-        epochs = settings.epochs * len(batches)
+        settings_list, seeds = list(settings_list), list(seeds)
+        passes = []  # (indices into settings_list, seeds) trained together
+        for shape in dict.fromkeys(shape_of(s) for s in settings_list):
+            members = [k for k, s in enumerate(settings_list) if shape_of(s) == shape]
+            batches = ([seeds] if store.groups.n_classes * settings_list[members[0]].n_support
+                       < LOOP_SEEDS_FROM_SUPPORT_ROWS else [[s] for s in seeds])
+            passes += [(members, batch) for batch in batches]
+        epochs = sum(settings_list[members[0]].epochs for members, _ in passes)
         if progress is not None:
             progress(0, epochs, [])  # training starts: a progress bar can appear before epoch 1 ends
-        results = []
-        for i, batch in enumerate(batches):
-            def report(epoch, entries, offset=i * settings.epochs, first=seeds.index(batch[0])):
-                if progress is not None:  # entries in the order of all seeds, None for the others
-                    padded = [None] * len(seeds)
-                    padded[first : first + len(entries)] = entries
+        fitted: dict[tuple[int, int], FittedHead] = {}
+        offset = 0
+        for members, batch in passes:
+            slots = [k * len(seeds) + seeds.index(seed) for k in members for seed in batch]
+
+            def report(epoch, entries, offset=offset, slots=slots):
+                if progress is not None:  # entries in the order of all (settings, seed), None for the others
+                    padded = [None] * (len(settings_list) * len(seeds))
+                    for slot, entry in zip(slots, entries):
+                        padded[slot] = entry
                     progress(offset + epoch, epochs, padded)
 
-            results += fit_hsfm(train.features, train.y, val.features, val.y, val.g, init.weight, init.bias, settings,
-                                seeds=batch, device=device, n_groups=store.groups.n_groups, progress=report)
-        return [FittedHead(
-            seed=r.seed, weight=r.weight, bias=r.bias, init_weight=r.init_weight, init_bias=r.init_bias,
-            # store row ids, so that the app finds each support example's image
-            support={"before": r.H_before, "after": r.H_after, "labels": r.support_labels,
-                     "indices": torch.as_tensor(train.rows[r.support_indices.numpy()])},
-            history=r.history, init_source=init_info,
-            selected={"best_epoch": r.best_epoch, "best_val_wga": r.history[r.best_epoch - 1]["val_wga"]},
-        ) for r in results]
+            results = fit_hsfm(train.features, train.y, val.features, val.y, val.g, init.weight, init.bias,
+                               [settings_list[k] for k in members], seeds=batch, device=device,
+                               n_groups=store.groups.n_groups, progress=report)
+            for slot, r in zip(slots, results):
+                fitted[slot] = FittedHead(
+                    seed=r.seed, weight=r.weight, bias=r.bias, init_weight=r.init_weight, init_bias=r.init_bias,
+                    # store row ids, so that the app finds each support example's image
+                    support={"before": r.H_before, "after": r.H_after, "labels": r.support_labels,
+                             "indices": torch.as_tensor(train.rows[r.support_indices.numpy()])},
+                    history=r.history, init_source=init_info,
+                    selected={"best_epoch": r.best_epoch, "best_val_wga": r.history[r.best_epoch - 1]["val_wga"]})
+            offset += settings_list[members[0]].epochs
+        return [[fitted[k * len(seeds) + j] for j in range(len(seeds))] for k in range(len(settings_list))]
 
 
 METHOD = HSFM()
