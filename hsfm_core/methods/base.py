@@ -167,6 +167,25 @@ class Method:
         """One `FittedHead` per seed, on the store's features (the caller checked `needs`)."""
         raise NotImplementedError
 
+    def fit_many(self, store, settings_list: Sequence[Any], seeds: Sequence[int], *,
+                 device: str | torch.device = "cpu", progress: Progress | None = None) -> list[list[FittedHead]]:
+        """`fit` for each settings on the same seeds: one list of `FittedHead`s (one per seed) per settings.
+
+        The default fits them one after another; a method whose settings differ only in scalars can
+        train them together (HSFM: one pass, a row per settings × seed). `progress(epoch, epochs,
+        entries)`: entries for every (settings, seed), settings-major, None for those not training."""
+        settings_list, seeds = list(settings_list), list(seeds)
+        out = []
+        for k, settings in enumerate(settings_list):
+            def report(epoch, epochs, entries, k=k):
+                if progress is not None:
+                    padded = [None] * (len(settings_list) * len(seeds))
+                    padded[k * len(seeds): k * len(seeds) + len(entries)] = entries
+                    progress(k * epochs + epoch, len(settings_list) * epochs, padded)
+
+            out.append(self.fit(store, settings, seeds, device=device, progress=report))
+        return out
+
 
 def check_positive(settings, ints: Sequence[str] = (), floats: Sequence[str] = (), what: str = "") -> None:
     """Range checks shared by every Settings dataclass: ints ≥ 1, floats finite and > 0."""
