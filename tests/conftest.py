@@ -12,7 +12,8 @@ Three rules keep that safe and free of repeated work:
   test file runs on the same worker as the others that use it (an `xdist_group` per file), so that fixture
   is built once; the real-Slurm tests (one cluster, whose accounting mode they switch) are one such
   group. Browser tests run one at a time (group `browser`): each holds a Streamlit server and a chromium.
-- **Longest first.** Groups holding `slow` tests are handed out first, so that no long group starts last.
+- **Long work first.** xdist hands out the groups first (largest first), then the single tests: the `slow`
+  ones before the others, so that no long test starts when the other workers are running out of work.
 
 Without xdist (`-p no:xdist`, or `-n 0`) the same fixtures run in one process, as before.
 """
@@ -118,9 +119,14 @@ def _group(item: pytest.Item) -> str | None:
     return None
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the marks
+def pytest_itemcollected(item):
+    """Mark the test's xdist group as it is collected (xdist reads the marks when collection ends)."""
+    if item.config.pluginmanager.hasplugin("xdist") and not item.get_closest_marker("xdist_group"):
+        if group := _group(item):  # the mark is xdist's (an unknown mark without it)
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.hookimpl(trylast=True)  # after pytest has ordered the tests by their fixtures
 def pytest_collection_modifyitems(config, items):
-    if config.pluginmanager.hasplugin("xdist"):  # the mark is xdist's (unknown without it)
-        for item in items:
-            if not item.get_closest_marker("xdist_group") and (group := _group(item)):
-                item.add_marker(pytest.mark.xdist_group(group))
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the order xdist hands out single tests (stable: groups keep theirs)
+        items.sort(key=lambda item: not (item.get_closest_marker("xdist_group") or item.get_closest_marker("slow")))
