@@ -96,7 +96,7 @@ def null_mean_edits(indices: np.ndarray, signs: np.ndarray, edit_norms: np.ndarr
     if 32 * n_support >= len(pool):  # dense BLAS beats a random-access gather long before equal flops
         flat = (np.arange(n_draws)[:, None] * len(pool) + indices).ravel()
         mixing = np.bincount(flat, weights.ravel(), minlength=n_draws * len(pool)).reshape(n_draws, len(pool))
-        return (mixing.astype(np.float32) @ pool.astype(np.float32)).astype(np.float64)
+        return (mixing.astype(np.float32) @ np.asarray(pool, dtype=np.float32)).astype(np.float64)
     out = np.empty((n_draws, pool.shape[1]))
     chunk = max(1, (1 << 23) // max(1, n_support * pool.shape[1]))  # ≤ 64 MB gathered at a time
     for start in range(0, n_draws, chunk):
@@ -309,7 +309,7 @@ class ClassReference:
 
     index: int
     name: str
-    pool: np.ndarray  # Q × d within-class differences (the null's building blocks)
+    pool: np.ndarray  # Q × d within-class differences, unit rows, float32 (the null's building blocks)
     direction: np.ndarray | None  # u_c, unit; None without two attributes in the class's train rows
     minority: str | None = None
     majority: str | None = None
@@ -324,6 +324,7 @@ def class_references(features, y: np.ndarray, a: np.ndarray, train: np.ndarray, 
     for c in classes:
         rows = np.flatnonzero(train & (y == c))
         pool = difference_pool(features, rows, pool_size, np.random.default_rng([seed, 7, int(c)]))
+        pool = _unit_rows(pool).astype(np.float32)  # only directions matter: every draw is rescaled
         counts = {attribute_names[k]: int((a[rows] == k).sum()) for k in range(len(attribute_names))}
         present = [k for k in range(len(attribute_names)) if counts[attribute_names[k]] > 0]
         ref = ClassReference(int(c), str(class_names[c]), pool, None, train_counts=counts)
@@ -469,7 +470,8 @@ def _text_readings(text: TextSpace, to_text, means: np.ndarray, nulls: list[np.n
     """Concept table, named contrast, explained share and sparse explanation of one class over seeds."""
     kept = np.flatnonzero(text.kept)
     mapped = to_text(means)  # seeds × D
-    observed = text.scores(mapped)[:, kept]  # seeds × K
+    all_observed = text.scores(mapped)
+    observed = all_observed[:, kept]  # seeds × K
     p_seed = np.empty_like(observed)
     null_scores = []
     for k, null in enumerate(nulls):
@@ -490,7 +492,6 @@ def _text_readings(text: TextSpace, to_text, means: np.ndarray, nulls: list[np.n
     positive, negative = contrast
     pos, neg = concept_index[positive], concept_index[negative]
     if text.kept[pos] and text.kept[neg]:
-        all_observed = text.scores(mapped)
         values = all_observed[:, pos] - all_observed[:, neg]
         p_contrast = combine_seeds(np.array([permutation_p(values[k:k + 1], (s[:, pos] - s[:, neg])[:, None])[0]
                                              for k, s in enumerate(null_scores)])[:, None])[0]
@@ -558,8 +559,10 @@ def _group_key(run: dict) -> str:
 
 def check_options(*, null_draws: int = DEFAULT_NULL_DRAWS, alpha: float = DEFAULT_ALPHA,
                   sign_share: float = DEFAULT_SIGN_SHARE, scoring: str = "centred",
-                  contrast: Sequence[str] = DEFAULT_CONTRAST, concepts=None) -> tuple[list[str], list[str]]:
-    """Check the options (no file but the concept file is read); → the concept bank's (concepts, categories)."""
+                  contrast: Sequence[str] = DEFAULT_CONTRAST, concepts=None,
+                  words: tuple[Sequence[str], Sequence[str]] | None = None) -> tuple[list[str], list[str]]:
+    """Check the options (no file but the concept file is read); → the concept bank's (concepts,
+    categories), from the file `concepts` (default: the bundled one) or in memory as `words`."""
     from hsfm_core.analysis.decode import read_concepts
 
     if isinstance(null_draws, bool) or not isinstance(null_draws, (int, np.integer)) or null_draws < MIN_NULL_DRAWS:
@@ -573,12 +576,20 @@ def check_options(*, null_draws: int = DEFAULT_NULL_DRAWS, alpha: float = DEFAUL
         raise InputError(f"scoring must be one of {', '.join(SCORINGS)}, not {scoring!r}")
     if len(contrast) != 2 or contrast[0] == contrast[1]:
         raise InputError(f"the contrast needs two different concepts (positive, negative), got {list(contrast)}")
-    names, categories = read_concepts(concepts)
+    if words is not None:
+        if concepts is not None:
+            raise InputError("give a concept file or a vocabulary (words), not both")
+        names, categories = [str(w) for w in words[0]], [str(c) for c in words[1]]
+        if len(names) != len(categories) or len(names) < 2 or len(set(names)) != len(names):
+            raise InputError(f"the vocabulary needs ≥ 2 distinct concepts, each with a category "
+                             f"({len(names)} concepts, {len(categories)} categories)")
+    else:
+        names, categories = read_concepts(concepts)
     missing = [c for c in contrast if c not in names]
     if missing:
-        raise InputError(f"contrast concept {missing[0]!r} is not in the concept bank "
-                         f"({concepts or 'the bundled assets/concepts.txt'}: {', '.join(names[:8])}, …); "
-                         f"choose two of its lines")
+        source = "the vocabulary" if words is not None else concepts or "the bundled assets/concepts.txt"
+        raise InputError(f"contrast concept {missing[0]!r} is not in the concept bank ({source}: "
+                         f"{', '.join(names[:8])}, …); choose two of its concepts")
     return names, categories
 
 
@@ -634,7 +645,7 @@ def _text_for(store, bridge_store, concepts: list[str], categories: list[str], s
     return text_space(concepts, bank.embeddings, class_bank.embeddings, scoring), to_clip, None
 
 
-def edit_semantics(store, runs: Sequence[dict], *, concepts=None, bridge_store=None,
+def edit_semantics(store, runs: Sequence[dict], *, concepts=None, words=None, bridge_store=None,
                    contrast: tuple[str, str] = DEFAULT_CONTRAST, null_draws: int = DEFAULT_NULL_DRAWS,
                    alpha: float = DEFAULT_ALPHA, seed: int = 0, scoring: str = "centred",
                    sign_share: float = DEFAULT_SIGN_SHARE, require_text: bool = False) -> dict:
@@ -643,7 +654,8 @@ def edit_semantics(store, runs: Sequence[dict], *, concepts=None, bridge_store=N
     Args:
         store: the FeatureStore the runs were trained on.
         runs: run dicts (`runs.list_runs`/`find_run`) of one configuration, one per seed.
-        concepts: a concept file (default: the bundled assets/concepts.txt).
+        concepts: a concept file (default: the bundled assets/concepts.txt); or `words`.
+        words: the vocabulary in memory, (concepts, categories) (the Decode page's edited one).
         bridge_store: a CLIP store of the same images, for a store outside CLIP space; without one
             such a store gets the attribute alignment only, and "text" says why.
         contrast: (positive, negative) concepts of the bank.
@@ -658,7 +670,7 @@ def edit_semantics(store, runs: Sequence[dict], *, concepts=None, bridge_store=N
         "per_class": [...], "per_example": [...]}: see docs/ARCHITECTURE.md §Semantics for every key.
         Fractions lie in [0, 1], cosines in [−1, 1]; None where a value does not exist."""
     options = dict(null_draws=null_draws, alpha=alpha, sign_share=sign_share, scoring=scoring,
-                   contrast=tuple(contrast), concepts=concepts)
+                   contrast=tuple(contrast), concepts=concepts, words=words)
     names, categories = check_options(**options)
     supports = check_run_group(store, runs, **options)
     text, to_text, reason = _text_for(store, bridge_store, names, categories, scoring)
@@ -683,7 +695,7 @@ def edit_semantics(store, runs: Sequence[dict], *, concepts=None, bridge_store=N
         "scoring": scoring, "null_draws": int(null_draws), "alpha": float(alpha), "seed": int(seed),
         "sign_share": float(sign_share), "runs": [r["run_id"] for r in runs], "seeds": [s.seed for s in seeds],
         "store": str(store.path), "contrast": {"positive": contrast[0], "negative": contrast[1]},
-        "concepts_file": str(concepts or DEFAULT_CONCEPTS),
+        "concepts_file": None if words is not None else str(concepts or DEFAULT_CONCEPTS),
         "null": ("each support edit replaced by a random within-class difference of train features (random sign), "
                  f"rescaled to the edit's norm; {int(null_draws)} draws per run and class; "
                  "p = (1 + #{|null| ≥ |observed|}) / (N + 1)"),
