@@ -1,5 +1,6 @@
 """Property-based tests (hypothesis): malformed inputs for the dataset readers, both importers, store
-open and run reading end in a result or an `InputError` — never another exception (issue 12).
+open and run reading end in a result or an `InputError` — never another exception (issue 12); so do the
+files of sweeps, jobs and runs' process records, and their listings never hide the others (issue 26).
 
 Each target draws 200 examples (`EXAMPLES`); inputs start from a valid file and are damaged by a
 drawn edit, so that most examples get past the first check and reach the deeper ones.
@@ -365,4 +366,170 @@ def test_run_reading(scratch, valid_store, files):
     if run is not None:
         result_or_input_error(lambda: load_head(run, store))
         result_or_input_error(lambda: load_support(run, store))
+    shutil.rmtree(ws)
+
+
+# -- the files of sweeps and jobs (issue 26) --------------------------------------------------------------
+# Every reader of sweeps/<id>/{request.json, status, results.csv, jobs.json, process.json}, jobs/<id>/job.json,
+# jobs/settings.json and runs/<id>/process.json ends in a value or an InputError; the listings never hide the
+# other sweeps, jobs or runs.
+
+def _mutated(draw, valid: dict) -> bytes:
+    """A valid JSON record with drawn edits (a key replaced, deleted or added), or drawn bytes."""
+    kind = draw(st.sampled_from(["edit", "edit", "edit", "json", "bytes", "truncate"]))
+    if kind == "json":
+        return json.dumps(draw(json_values)).encode()
+    if kind == "bytes":
+        return draw(st.binary(max_size=24))
+    text = json.dumps(valid).encode()
+    if kind == "truncate":
+        return text[:draw(st.integers(0, len(text)))]
+    record = json.loads(text)
+    for _ in range(draw(st.integers(1, 3))):
+        key = draw(st.sampled_from(sorted(record) + ["extra"]))
+        if draw(st.booleans()) and key in record:
+            record.pop(key)
+        else:
+            record[key] = draw(st.one_of(json_values, st.sampled_from(
+                [-5, 0, 2**32, 10**30, "abc", "../x", [0, 1], [True], {"pid": -5, "started": 1.0}, float("inf")])))
+    return json.dumps(record).encode()
+
+
+def _good_sweep(ws: Path, method: str, grid: dict) -> str:
+    from hsfm_core import sweeps
+
+    request = sweeps.SweepRequest(method=method, grid=grid, seeds=(0, 1))
+    directory = sweeps.sweep_dir(ws, request.sweep_id)
+    directory.mkdir(parents=True)
+    (directory / "request.json").write_text(json.dumps({**sweeps._request_dict(request), "sweep_id": request.sweep_id}))
+    (directory / "status").write_text("done\n")
+    return request.sweep_id
+
+
+RESULTS_CSV = ("config,C,seeds_done,seeds,run_ids,val_wga_mean,val_wga_std,val_avg_adjusted_mean,val_avg_adjusted_std,"
+               "test_wga_mean,test_wga_std,test_avg_adjusted_mean,test_avg_adjusted_std,selected\n"
+               "0,1.0,2,2,a b,0.5,0.1,0.8,0.01,0.4,0.1,0.7,0.02,True\n1,2.0,1,2,c d,,,,,,,,,False\n")
+
+
+@st.composite
+def sweep_files(draw):
+    from hsfm_core import sweeps
+
+    valid = {**sweeps._request_dict(sweeps.SweepRequest(method="dfr", grid={"n_refits": [1, 2]}, seeds=(0,)))}
+    files = {}
+    for name in draw(st.lists(st.sampled_from(["request.json", "status", "results.csv", "jobs.json", "process.json",
+                                               "cancel"]), unique=True, min_size=1, max_size=4)):
+        if name == "request.json":
+            files[name] = _mutated(draw, valid)
+        elif name == "status":
+            files[name] = draw(st.one_of(st.sampled_from([b"running\n", b"submitted\n", b"done\n", b"weird", b"\xff"]),
+                                         st.binary(max_size=8)))
+        elif name == "results.csv":
+            data = RESULTS_CSV.encode()
+            files[name] = draw(st.one_of(st.just(data), st.binary(max_size=40), st.integers(0, len(data)).map(lambda n: data[:n]),
+                                         st.tuples(st.integers(0, len(data) - 1), st.binary(min_size=1, max_size=3)).map(
+                                             lambda e: data[:e[0]] + e[1] + data[e[0] + len(e[1]):])))
+        elif name == "jobs.json":
+            files[name] = draw(st.one_of(json_values.map(lambda v: json.dumps(v).encode()), st.sampled_from(
+                [b'{"0": "job-20260101-000000-abcd"}', b'{"0": "../../x"}', b'{"x": 1}', b"[]"])))
+        elif name == "process.json":
+            files[name] = _mutated(draw, {"pid": 1, "started": 1.0, "host": "elsewhere"})
+        else:
+            files[name] = b"x"
+    return files
+
+
+@PROPERTY
+@given(files=sweep_files(), bad_name=st.sampled_from(["sweep-dfr-054ef6a7", "sweep-dfr-00000000", "notasweep", ".."]))
+def test_sweep_reading(scratch, files, bad_name):
+    from hsfm_core import sweeps
+
+    ws = fresh(scratch)
+    good = _good_sweep(ws, "erm", {"C": [1.0, 2.0]})
+    bad = ws / "sweeps" / ("x-" + bad_name if bad_name == ".." else bad_name)
+    bad.mkdir()
+    for name, data in files.items():
+        (bad / name).write_bytes(data)
+    listed = sweeps.list_sweeps(ws)  # never raises; the good sweep is always listed
+    assert [s["sweep_id"] for s in listed if "error" not in s and s["sweep_id"] == good] == [good]
+    assert {s["sweep_id"] for s in listed} == {good, bad.name}
+    for reader in (sweeps.load_request, sweeps.status, sweeps.progress, sweeps.read_results, sweeps._launched):
+        result_or_input_error(lambda: reader(ws, bad.name))
+    assert sweeps.status(ws, good) == "done"
+    shutil.rmtree(ws)
+
+
+def _valid_job(ws: Path, job_id: str) -> dict:
+    return {"job_id": job_id, "workspace": str(ws), "spec": {"method": "erm", "preset": None, "overrides": [],
+            "seeds": [0], "device": "cpu", "executor": "local", "slurm": None, "time_limit_min": None,
+            "max_parallel": None, "tags": {}}, "run_id": f"{job_id}-run", "run_ids": [f"{job_id}-run-s0"],
+            "max_parallel": 2, "created_at": "2026-01-01T00:00:00+00:00", "created_t": 1.0e9, "env": {},
+            "submitit_folder": str(ws / "jobs" / job_id / "submitit"), "submitit_job_id": None,
+            "cancel_requested": False, "ended": {"status": "done", "error": None, "t": 1.0e9}}
+
+
+@PROPERTY
+@given(data=st.data())
+def test_job_reading(scratch, data):
+    from hsfm_core import jobs
+
+    ws = fresh(scratch)
+    good, bad = "job-20260101-000000-aaaa", "job-20260101-000000-bbbb"
+    for job_id in (good, bad):
+        (ws / "jobs" / job_id).mkdir(parents=True)
+        (ws / "jobs" / job_id / "job.json").write_text(json.dumps(_valid_job(ws, job_id)))
+    (ws / "jobs" / bad / "job.json").write_bytes(_mutated(data.draw, _valid_job(ws, bad)))
+    if data.draw(st.booleans()):
+        (ws / "jobs" / "settings.json").write_bytes(_mutated(data.draw, {"max_parallel": 2, "max_sweep_runs": 500}))
+    unreadable: list = []
+    listed = jobs.list_jobs(ws, unreadable)  # never raises; the good job is always listed
+    assert good in [j["job_id"] for j in listed]
+    assert {j["job_id"] for j in listed} | {u["job_id"] for u in unreadable} == {good, bad}
+    for reader in (jobs.get_job, jobs.job_progress, jobs.log_tail):
+        result_or_input_error(lambda: reader(ws, bad))
+    result_or_input_error(lambda: jobs.settings(ws))
+    result_or_input_error(lambda: jobs.job_limit(ws))
+    shutil.rmtree(ws)
+
+
+def process_records(host: str):
+    """process.json contents: mostly a record of this host with drawn values (pids psutil refuses among them, so
+    that a reader looks them up), else any JSON or bytes."""
+    import os
+
+    pids = st.one_of(st.sampled_from([-5, -1, 0, 1, os.getpid(), 2**31, 2**40, 10**30, "abc", None, 1.5, True]),
+                     st.integers(-10, 2**40), json_values)
+    started = st.one_of(st.sampled_from([1.0, 0, -1, 1e300, "x", None]), st.floats(allow_nan=True), json_values)
+    hosts = st.one_of(st.just(host), st.just(host), st.just(host), st.text(max_size=4), json_values)
+    fields = st.tuples(st.fixed_dictionaries({"pid": pids, "started": started, "host": hosts},
+                                             optional={"at": started, "slurm_job_id": json_values}),
+                       st.sampled_from([None, None, None, None, None, "pid", "started", "host"]))
+    records = fields.map(lambda r: json.dumps({k: v for k, v in r[0].items() if k != r[1]}).encode())
+    return st.one_of(records, records, records, records, json_values.map(lambda v: json.dumps(v).encode()),
+                     st.binary(max_size=24))
+
+
+@PROPERTY
+@given(data=st.data(), status=st.sampled_from([b"running\n", b"running\n", b"queued\n", b"done\n"]))
+def test_process_record_reading(scratch, data, status):
+    import socket
+
+    from hsfm_core.runs import end_dead_runs, list_runs, read_process, read_run
+
+    ws = fresh(scratch)
+    drawn = data.draw(process_records(socket.gethostname()))
+    for run_id, record in (("erm-good", None), ("hsfm-bad", drawn)):
+        run = ws / "runs" / run_id
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps({"method": run_id.split("-")[0], "seed": 0}))
+        (run / "status").write_bytes(b"done\n" if record is None else status)
+        if record is not None:
+            (run / "process.json").write_bytes(record)
+    unreadable: list = []
+    listed = list_runs(ws, unreadable=unreadable)  # never raises; the good run is always listed
+    assert "erm-good" in [r["run_id"] for r in listed]
+    assert {r["run_id"] for r in listed} | {i for i, _ in unreadable} == {"erm-good", "hsfm-bad"}
+    result_or_input_error(lambda: read_process(ws / "runs" / "hsfm-bad"))
+    result_or_input_error(lambda: read_run(ws / "runs" / "hsfm-bad"))
+    end_dead_runs(ws)  # the next train's sweep over the runs: never raises
     shutil.rmtree(ws)

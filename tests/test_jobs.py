@@ -181,9 +181,11 @@ def test_the_worker_stops_once(tmp_path):
     """The cancel flag seen at an epoch end and the SIGINT `cancel` sends after it are one cancel: the
     signal must not raise again inside the cleanup (it did, under load: a cancelled job kept a run
     `running`). The same holds for a second signal. The stop is the worker's own object, not module state."""
-    directory = tmp_path / "job"
+    directory = tmp_path / "job-20260101-000000-abcd"
     directory.mkdir()
-    (directory / "job.json").write_text(json.dumps({"cancel_requested": True}))
+    (directory / "job.json").write_text(json.dumps({
+        "job_id": directory.name, "spec": {"method": "erm", "seeds": [0], "executor": "local"}, "run_ids": [],
+        "created_t": time.time(), "submitit_folder": str(directory / "submitit"), "cancel_requested": True}))
     stop = jobs._Worker(directory)
     previous = signal.signal(signal.SIGINT, stop.on_signal)
     try:
@@ -470,13 +472,13 @@ def test_a_damaged_job_record_is_named_not_hidden(ws):
     assert jobs.list_jobs(ws, unreadable) == [] and jobs.list_jobs(ws) == []
     (entry,) = unreadable
     assert entry["job_id"] == bad.name and entry["path"] == str(bad / "job.json")
-    assert "unreadable job record (JSONDecodeError" in entry["error"] and str(bad / "job.json") in entry["error"]
-    with pytest.raises(InputError, match="unreadable job record"):
+    assert "the job record is not valid JSON (line 1" in entry["error"] and str(bad / "job.json") in entry["error"]
+    with pytest.raises(InputError, match="job record is not valid JSON"):
         jobs.get_job(ws, bad.name)
     out = subprocess.run([sys.executable, "-m", "hsfm_core", "jobs", "--workspace", str(ws), "--json"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     (row,) = json.loads(out.stdout)
-    assert row["status"] == "unreadable" and row["job_id"] == bad.name and "JSONDecodeError" in row["error"]
+    assert row["status"] == "unreadable" and row["job_id"] == bad.name and "not valid JSON" in row["error"]
     out = subprocess.run([sys.executable, "-m", "hsfm_core", "jobs", "--workspace", str(ws)], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert f"unreadable: {bad / 'job.json'}" in out.stdout, out
