@@ -125,7 +125,7 @@ def group_semantics() -> None:
     scoring = right.radio("Scoring", ["centred", "raw"], horizontal=True, key="decode.scoring",
                           help="centred: the concept bank's mean removed and the class names projected out")
     group = groups[names.index(chosen)]
-    result = ui.semantics(store, group.runs, contrast, 1000, scoring, bridge)
+    result = ui.semantics(store, group.runs, contrast, 1000, scoring, bridge, words)
     if len(group.runs) < 2:
         st.warning("Only one seed of this configuration has finished, so whether the reading survives another seed "
                    "is unknown.")

@@ -50,7 +50,7 @@ def resolve_group(workspace: Workspace | str | os.PathLike, group: str | None = 
 
 def edit_semantics(workspace: Workspace | str | os.PathLike, runs: Sequence[dict | str] | str | None = None, *,
                    group: str | None = None, concepts: str | os.PathLike | None = None,
-                   contrast: tuple[str, str] = DEFAULT_CONTRAST, null_draws: int = 1000, alpha: float = 0.05,
+                   words: tuple[Sequence[str], Sequence[str]] | None = None, contrast: tuple[str, str] = DEFAULT_CONTRAST, null_draws: int = 1000, alpha: float = 0.05,
                    seed: int = 0, scoring: str = "centred", bridge: Workspace | str | os.PathLike | None = None) -> dict:
     """What a run group's edits encode, with evidence: per class, the cross-seed agreement of the mean
     edit, its alignment with the class's attribute direction (the paper's claim) and a verdict, the
@@ -63,7 +63,8 @@ def edit_semantics(workspace: Workspace | str | os.PathLike, runs: Sequence[dict
         runs: the seeds of one configuration (run dicts or ids); or give `group`; neither: the newest
             edited configuration.
         group: a run group's name, as `hsfm runs` lists it.
-        concepts: a concept file (default: the bundled `assets/concepts.txt`).
+        concepts: a concept file (default: the bundled `assets/concepts.txt`); or `words`.
+        words: the vocabulary in memory, (concepts, categories) — the Decode page's edited one.
         contrast: (positive, negative) concepts of the bank.
         null_draws: null draws per run and class (≥ 100).
         alpha: the level of verdicts and q-values.
@@ -86,5 +87,5 @@ def edit_semantics(workspace: Workspace | str | os.PathLike, runs: Sequence[dict
 
     ws = as_workspace(workspace)
     chosen = resolve_group(ws, group, runs)
-    return read(ws.store, chosen, concepts=concepts, bridge_store=as_workspace(bridge).store if bridge else None,
+    return read(ws.store, chosen, concepts=concepts, words=words, bridge_store=as_workspace(bridge).store if bridge else None,
                 contrast=tuple(contrast), null_draws=null_draws, alpha=alpha, seed=seed, scoring=scoring)

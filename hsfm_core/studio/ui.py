@@ -396,20 +396,20 @@ def neighbors(store, run: dict | None, *, support: int | None = None, row: int |
 
 
 @st.cache_data(max_entries=16, show_spinner="Testing the edits of every seed against the null…", hash_funcs=STORE_HASH)
-def _semantics(store, run_ids: tuple, contrast: tuple, null_draws: int, scoring: str, bridge: str | None,
-               bridge_stamp: int, _runs) -> dict:
+def _semantics(store, run_ids: tuple, words: tuple | None, contrast: tuple, null_draws: int, scoring: str,
+               bridge: str | None, bridge_stamp: int, _runs) -> dict:
     from hsfm_core.instruments.semantics import edit_semantics
 
-    return edit_semantics(workspace_of(store), list(_runs), contrast=contrast, null_draws=null_draws,
+    return edit_semantics(workspace_of(store), list(_runs), words=words, contrast=contrast, null_draws=null_draws,
                           scoring=scoring, bridge=bridge)
 
 
 def semantics(store, runs: list[dict], contrast: tuple[str, str], null_draws: int = 1000, scoring: str = "centred",
-              bridge: str | None = None) -> dict:
+              bridge: str | None = None, words: tuple[tuple, tuple] | None = None) -> dict:
     """The facade's `edit_semantics` of a run group (what `hsfm semantics --json` prints), cached per
-    (store, runs, contrast, null draws, scoring, bridge): done runs never change."""
-    return _semantics(store, tuple(r["run_id"] for r in runs), tuple(contrast), null_draws, scoring, bridge,
-                      _bridge_stamp(bridge), runs)
+    (store, runs, vocabulary, contrast, null draws, scoring, bridge): done runs never change."""
+    return _semantics(store, tuple(r["run_id"] for r in runs), tuple(map(tuple, words)) if words else None,
+                      tuple(contrast), null_draws, scoring, bridge, _bridge_stamp(bridge), runs)
 
 
 def edited_groups(store) -> list:
