@@ -30,6 +30,8 @@ def require_chromium() -> None:
 
 
 def free_port() -> int:
+    """A port free now, for a command that cannot bind port 0 itself (`hsfm app --port`): another process may
+    take it before that command binds it, so prefer `--server.port 0` with `listening_port`."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
