@@ -109,3 +109,76 @@ def test_large_inputs_get_an_approximate_graph_on_principal_components(monkeypat
     assert indices.shape == distances.shape == (3000, 10) and (indices >= 0).all()
     exact = NearestNeighbors(n_neighbors=10, metric="cosine").fit(x).kneighbors(x[:300], return_distance=False)
     assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(indices[:300], exact)]) > 0.6
+
+
+def test_landmarks_hold_every_edit_and_kept_row_and_each_groups_share():
+    from hsfm_core.analysis.projection import landmarks
+
+    strata = np.repeat([0, 1, 2, 3], [7000, 2000, 900, 100])
+    marks = landmarks(10_000, 40, 1000, strata=strata, keep=np.array([5, 9_999]), seed=0)
+    assert np.all(np.diff(marks) > 0) and abs(len(marks) - 1000) <= 4  # rounding per group
+    assert set(range(10_000, 10_040)) <= set(marks) and {5, 9_999} <= set(marks)
+    originals = marks[marks < 10_000]
+    shares = np.bincount(strata[originals], minlength=4) / len(originals)
+    np.testing.assert_allclose(shares, [0.7, 0.2, 0.09, 0.01], atol=0.01)
+    assert np.array_equal(marks, landmarks(10_000, 40, 1000, strata=strata, keep=np.array([5, 9_999]), seed=0))
+    tiny = np.repeat([0, 1], [5000, 3])  # a small group keeps at least one landmark
+    assert (tiny[landmarks(5003, 0, 100, strata=tiny)] == 1).sum() >= 1
+
+
+def test_fast_layout_keeps_the_neighbourhoods_of_the_full_fit():
+    """Above 2 × FAST_LANDMARKS points the default layout fits the landmarks, places the rest and refines:
+    the map keeps what the full fit shows (trustworthiness against it, neighbours kept, edits placed)."""
+    from sklearn.manifold import trustworthiness
+
+    from hsfm_core.analysis.projection import embed_jointly
+
+    rng = np.random.default_rng(0)
+    centres = 4 * rng.normal(size=(12, 16))
+    labels = rng.integers(0, 12, 3000)
+    originals = (centres[labels] + rng.normal(size=(3000, 16))).astype(np.float32)
+    edits = (originals[:20] + 0.5 * rng.normal(size=(20, 16))).astype(np.float32)
+    features = np.concatenate([originals, edits])
+    stages = []
+    fast = embed_jointly(originals, edits, ProjectionParams(), strata=labels, keep=np.arange(20),
+                         progress=lambda stage, fraction: stages.append(stage))
+    full = embed_jointly(originals, edits, ProjectionParams(layout="full"))
+    null = embed_jointly(originals, edits, ProjectionParams(layout="full", random_state=1))  # another seed alone
+    assert any("landmarks" in s for s in stages) and fast.shape == full.shape == (3020, 2)
+    assert np.isfinite(fast).all()
+    assert trustworthiness(full, fast, n_neighbors=15) >= 0.95
+    kept = {name: neighbour_agreement(full, layout, np.arange(3020), k=15, metric="euclidean")
+            for name, layout in (("fast", fast), ("null", null))}
+    assert kept["fast"] >= 0.7 * kept["null"], kept  # measured 0.20 against 0.24
+    on_map = {name: neighbour_agreement(features, layout, np.arange(3020), k=15)
+              for name, layout in (("fast", fast), ("full", full))}
+    assert on_map["fast"] >= 0.8 * on_map["full"], on_map  # measured 0.18 against 0.21
+    with pytest.raises(InputError, match="layout"):
+        ProjectionParams(layout="tsne")
+
+
+def test_a_prepared_worker_computes_the_next_map_and_an_unused_one_ends(tmp_path):
+    """`prepare_worker` imports in advance; the next `start_map` hands it the map (its pid is the job's);
+    `discard_prepared_worker` ends one that got no map."""
+    from hsfm_core.analysis import projection
+    from hsfm_core.features import FeatureStore
+
+    ws = tmp_path / "ws"
+    gaussian_workspace(ws, d=16, sizes=(300, 150, 150))
+    (hsfm,) = train(ws, "hsfm", overrides=TINY_HSFM)
+    store, run = FeatureStore.open(ws), find_run(ws, hsfm.run_id)
+    projection.prepare_worker()
+    prepared = projection._prepared["worker"]
+    status = projection.start_map(store, run)
+    assert status.state == "running" and "worker" not in projection._prepared
+    path = projection.wait_for_map(store, run, timeout=300)
+    assert json.loads(path.with_suffix(".job.json").read_text())["pid"] == prepared.pid
+    assert prepared.wait(timeout=60) == 0 and len(pd.read_parquet(path)) == 600 + 8
+
+    projection.prepare_worker()
+    unused = projection._prepared["worker"]
+    projection.discard_prepared_worker()
+    assert unused.wait(timeout=60) == 0 and "worker" not in projection._prepared
+    other = projection.start_map(store, run, params=ProjectionParams(n_neighbors=10))  # a fresh worker again
+    assert other.state == "running"
+    projection.wait_for_map(store, run, params=ProjectionParams(n_neighbors=10), timeout=300)

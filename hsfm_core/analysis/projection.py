@@ -22,7 +22,22 @@ Compilation. umap-learn 0.5 declares most of its numba kernels without `cache=Tr
 imports it with numba's on-disk cache switched on for the kernels it declares, so they compile once
 per installation (cache files beside the sources, or in NUMBA_CACHE_DIR) and load in a later process.
 Maps are computed in a separate process (`start_map`, `python -m hsfm_core.analysis.projection`):
-a Streamlit server never blocks on a fit and never holds umap's memory.
+a Streamlit server never blocks on a fit and never holds umap's memory. A fresh worker spends seconds
+importing torch, pandas, FAISS and umap before its fit; `prepare_worker` starts one that imports and
+then waits on its stdin, and the next `start_map` hands it its map (the demo build prepares one).
+
+Layouts. `ProjectionParams.layout` "fast" (the default, above 2 × FAST_LANDMARKS points) fits UMAP on
+1,000 landmarks — every edit, every support example's original, and a sample stratified by group —
+places every other point at the membership-weighted mean of its 15 nearest landmarks (umap's own
+`transform` initialisation), then refines every point for 40 epochs on the whole k-NN graph at a
+quarter of umap's learning rate (as `transform` does). "full" is umap on every point (200 epochs from
+the spectral layout). On the demo's default map (11,820 points; `benchmarks/bench_projection.py
+--quality-only`) the fast layout took 2.4 CPU-s against 8.3 for the full fit; against the full fit its
+trustworthiness (k = 15) is 0.996 and it keeps 0.61 of each point's 15 nearest map neighbours, where
+the full fit with another seed keeps 0.68 (trustworthiness 0.999). The share of each point's 15
+nearest feature-space neighbours shown among its 15 nearest on the map is 0.46 (full: 0.47), and for
+the edited points at k = 10 0.42 (full: 0.44). The edits are landmarks: they are fitted jointly, never
+placed by `transform` (below).
 
 Caching. A map is a parquet file in `<workspace>/cache/`, keyed by the store's content hash, the
 run's support tensors, the selected rows and the UMAP parameters: a second request is a file read.
@@ -41,6 +56,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from contextlib import contextmanager
@@ -59,12 +75,23 @@ UMAP_SMALL_DATA = 4096  # umap computes all pairwise distances itself below this
 FOREGROUND_MAX_POINTS = 4096  # smaller maps take a few seconds: the page computes them in the request
 
 
+LAYOUTS = ("fast", "full")
+FAST_LANDMARKS = 1000  # points the fast layout fits UMAP on: the edits, the support rows, a stratified sample
+FAST_REFINE_EPOCHS = 40  # then every point, from the landmarks' layout, for this many epochs (full: umap's 200)
+FAST_REFINE_RATE = 0.25  # at umap's `transform` learning rate (1/4 of a fit's): refine the layout, not redo it
+
+
 @dataclass(frozen=True)
 class ProjectionParams:
     n_neighbors: int = 15
     min_dist: float = 0.1
     metric: str = "cosine"
     random_state: int = 0
+    layout: str = "fast"  # "fast": landmarks, then every point refined (the module docstring); "full": umap on all
+
+    def __post_init__(self):
+        if self.layout not in LAYOUTS:
+            raise InputError(f"map layout {self.layout!r}: expected fast or full")
 
 
 @contextmanager
@@ -107,7 +134,8 @@ def _key(store, support: dict | None, head: dict | None, rows: np.ndarray, param
     """Everything the file depends on: the store, rows, parameters, the edits and the head that
     decides `correct`."""
     h = hashlib.blake2b(digest_size=12)
-    h.update(json.dumps([store.content_hash, asdict(params), _umap_version()]).encode())
+    recipe = [FAST_LANDMARKS, FAST_REFINE_EPOCHS, FAST_REFINE_RATE] if params.layout == "fast" else []
+    h.update(json.dumps([store.content_hash, asdict(params), recipe, _umap_version()]).encode())
     h.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
     for name, tensors in (("support", support), ("head", head)):
         h.update(name.encode() + (b"" if tensors is None else b"+"))
@@ -165,26 +193,90 @@ def _principal_components(data: np.ndarray, dim: int, sample: int = 20_000, seed
 
 
 def embed_jointly(originals: np.ndarray, edits: np.ndarray, params: ProjectionParams,
-                  n_epochs: int | None = None, progress=None) -> np.ndarray:
-    """2-D coordinates for originals and edits fitted together: (n_originals + n_edits) × 2."""
+                  n_epochs: int | None = None, progress=None, strata: np.ndarray | None = None,
+                  keep: np.ndarray | None = None) -> np.ndarray:
+    """2-D coordinates for originals and edits fitted together: (n_originals + n_edits) × 2.
+
+    `params.layout` "fast" (more than 2 × FAST_LANDMARKS points): the layout of the landmarks — every
+    edit, the originals at positions `keep`, a sample of the rest stratified by `strata` (one label per
+    original) — then every point, placed from its nearest landmarks and refined with the whole graph."""
     data = np.concatenate([np.asarray(originals, dtype=np.float32), np.asarray(edits, dtype=np.float32)])
     report = progress or (lambda stage, fraction: None)
-    knn = (None, None, None)
-    if len(data) >= UMAP_SMALL_DATA:  # below, umap takes all pairwise distances itself
-        report(f"Finding each point's {params.n_neighbors} nearest neighbours (FAISS)", 0.05)
-        knn = (*knn_graph(data, params.n_neighbors, params.metric), None)
-    report("Loading UMAP", 0.25)
-    umap = _import_umap()
+    report(f"Finding each point's {params.n_neighbors} nearest neighbours (FAISS)", 0.05)
+    # FAISS at every size: umap's own exact path below 4,096 points calls a numba distance from Python
+    # once per pair (sklearn's pairwise_distances with a callable), seconds for a few thousand points
+    graph = (*knn_graph(data, params.n_neighbors, params.metric), None)
+    if params.layout == "fast" and n_epochs is None and len(data) > 2 * FAST_LANDMARKS \
+            and 4 * params.n_neighbors < FAST_LANDMARKS:
+        return _embed_fast(data, graph, len(originals), params, report, strata, keep)
     report("Laying out the map (UMAP)", 0.3)
+    # Above EXACT_KNN_MAX_ROWS the layout starts from PCA, not umap's spectral embedding: the
+    # spectral init lays out each connected component of the graph separately, and a large
+    # store's graph (tight clusters: identities, near-duplicates) can have thousands of them.
+    return _umap(data, params, graph, n_epochs=n_epochs, init="pca" if len(data) > EXACT_KNN_MAX_ROWS else "spectral")
+
+
+def _umap(data: np.ndarray, params: ProjectionParams, knn, **options) -> np.ndarray:
+    umap = _import_umap()
     with warnings.catch_warnings():  # precomputed_knn without a search index: no transform(), as intended
         warnings.filterwarnings("ignore", message=".*precomputed_knn.*|.*n_jobs value.*|.*search index.*")
-        # Above EXACT_KNN_MAX_ROWS the layout starts from PCA, not umap's spectral embedding: the
-        # spectral init lays out each connected component of the graph separately, and a large
-        # store's graph (tight clusters: identities, near-duplicates) can have thousands of them.
         reducer = umap.UMAP(n_neighbors=params.n_neighbors, min_dist=params.min_dist, metric=params.metric,
-                            random_state=params.random_state, n_epochs=n_epochs, precomputed_knn=knn,
-                            init="pca" if len(data) > EXACT_KNN_MAX_ROWS else "spectral")
+                            random_state=params.random_state, precomputed_knn=knn, **options)
         return reducer.fit_transform(data).astype(np.float32)
+
+
+def landmarks(n_originals: int, n_edits: int, count: int, strata: np.ndarray | None = None,
+              keep: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+    """Sorted positions (originals first, then edits) of the fast layout's landmarks: every edit, every
+    original in `keep`, and originals drawn without replacement to make up `count`, each stratum
+    (`strata`, one label per original; default one stratum) keeping its share and at least one point."""
+    rng = np.random.default_rng(seed)
+    chosen = np.zeros(n_originals + n_edits, dtype=bool)
+    chosen[n_originals:] = True
+    if keep is not None and len(keep):
+        chosen[np.asarray(keep, dtype=np.int64)] = True
+    labels = np.zeros(n_originals, np.int64) if strata is None else np.asarray(strata)
+    rest = np.flatnonzero(~chosen[:n_originals])
+    room = max(0, count - int(chosen.sum()))
+    if len(rest) and room:
+        for label in np.unique(labels[rest]):
+            members = rest[labels[rest] == label]
+            take = min(len(members), max(1, round(room * len(members) / len(rest))))
+            chosen[rng.choice(members, size=take, replace=False)] = True
+    return np.flatnonzero(chosen)
+
+
+def _embed_fast(data: np.ndarray, graph, n_originals: int, params: ProjectionParams, report, strata,
+                keep) -> np.ndarray:
+    """The fast layout (module docstring, "Layouts"): UMAP on the landmarks; every other point at the
+    membership-weighted mean of its nearest landmarks (umap's `transform` initialisation, with umap's
+    own membership strengths); then FAST_REFINE_EPOCHS of umap's optimisation of every point on the
+    whole k-NN `graph`, starting there, at FAST_REFINE_RATE."""
+    import scipy.sparse
+    from sklearn.preprocessing import normalize
+
+    from hsfm_core.analysis.retrieval import FeatureIndex
+
+    k = params.n_neighbors
+    marks = landmarks(n_originals, len(data) - n_originals, FAST_LANDMARKS, strata, keep, params.random_state)
+    report(f"Laying out {len(marks):,} landmarks (UMAP)", 0.3)
+    layout = _umap(data[marks], params, (*knn_graph(data[marks], k, params.metric), None), n_epochs=200)
+    report("Placing the other points by their nearest landmarks", 0.5)
+    umap_ = _import_umap().umap_
+    others = np.setdiff1d(np.arange(len(data)), marks)
+    neighbours, scores = FeatureIndex.build(data[marks], kind="exact").search(data[others], k)
+    distances = np.clip(1.0 - scores, 0.0, 2.0).astype(np.float32)
+    sigmas, rhos = umap_.smooth_knn_dist(distances, float(k), local_connectivity=0.0)
+    rows, cols, vals, _ = umap_.compute_membership_strengths(neighbours.astype(np.int32), distances, sigmas, rhos,
+                                                             bipartite=True)
+    weights = normalize(scipy.sparse.csr_matrix((vals, (rows, cols)), shape=(len(others), len(marks))), norm="l1")
+    start = np.empty((len(data), 2), np.float32)
+    start[marks] = layout
+    start[others] = weights @ layout
+    alone = np.flatnonzero(np.asarray(weights.sum(axis=1)).ravel() == 0)  # no weight on any landmark: at its nearest
+    start[others[alone]] = layout[neighbours[alone, 0]]
+    report("Refining every point's position (UMAP)", 0.6)
+    return _umap(data, params, graph, init=start, n_epochs=FAST_REFINE_EPOCHS, learning_rate=FAST_REFINE_RATE)
 
 
 def _map_inputs(store, run: dict | None, rows: np.ndarray | None, params: ProjectionParams):
@@ -223,8 +315,11 @@ def project(store, run: dict | None = None, rows: np.ndarray | None = None,
         return path
 
     edits = support["after"].numpy() if support is not None else np.empty((0, store.dim), np.float32)
-    coords = embed_jointly(store.features[rows], edits, params, progress=progress)
     meta = store.meta.iloc[rows]
+    # the fast layout's landmarks: every support example's original, and a sample stratified by group
+    keep = np.flatnonzero(np.isin(rows, support["indices"].numpy())) if support is not None else None
+    coords = embed_jointly(store.features[rows], edits, params, progress=progress,
+                           strata=meta["g"].to_numpy(), keep=keep)
     frame = pd.DataFrame({"x": coords[: len(rows), 0], "y": coords[: len(rows), 1], "kind": "original",
                           "row": rows, "support": -1, "split": meta["split"].to_numpy(),
                           "y_class": meta["y"].to_numpy(), "attribute": meta["a"].to_numpy(),
@@ -275,12 +370,19 @@ class MapStatus:
 
 
 _spawned: dict[str, tuple[subprocess.Popen, float]] = {}  # map path → worker started by this process
+_prepared: dict = {}  # "worker": a prepared worker waiting for its map on stdin, "env": the variables it has
+_prepared_lock = threading.Lock()  # a Streamlit server runs its sessions in threads
+PREPARED = "--prepared"
+PREPARED_IMPORTS = ("hsfm_core.runs", "hsfm_core.features", "hsfm_core.analysis.retrieval", "faiss", "scipy.sparse",
+                    "sklearn.preprocessing", "pyarrow.parquet")
 
 
-def estimate_seconds(n_points: int) -> float:
-    """A map's expected time on 2 CPU cores, numba's cache warm: FAISS graph plus UMAP's layout
-    (fitted to benchmarks/bench_first_run.py and bench_scale.py: about 15 s at 12k points, 2 min at 200k)."""
-    return 8.0 + n_points / 1_800
+def estimate_seconds(n_points: int, layout: str = "fast") -> float:
+    """A map's expected time on 2 CPU cores in a fresh worker, numba's cache warm: imports, FAISS graph,
+    UMAP's layout. Full: fitted to benchmarks/bench_first_run.py and bench_scale.py (about 15 s at 12k
+    points, 2 min at 200k). Fast: about 4 s of imports and 2 s at 12k (bench_projection.py --quality);
+    at 200k the graph's minute, the landmarks and 40 of the full layout's 200 epochs."""
+    return 8.0 + n_points / 1_800 if layout == "full" else 5.0 + n_points / 3_000
 
 
 def _job_file(path: Path) -> Path:
@@ -316,7 +418,7 @@ def map_status(store, run: dict | None = None, rows: np.ndarray | None = None,
     except (OSError, json.JSONDecodeError):
         pass
     n_points = len(rows) + (0 if support is None else len(support["after"]))
-    estimate = float(job.get("estimate_s") or estimate_seconds(n_points))
+    estimate = float(job.get("estimate_s") or estimate_seconds(n_points, params.layout))
     started = float(job.get("started") or _spawned.get(str(path), (None, time.time()))[1])
     ours = _spawned.get(str(path))
     if _worker_holds_lock(path) or (ours is not None and ours[0].poll() is None):
@@ -340,21 +442,67 @@ def start_map(store, run: dict | None = None, rows: np.ndarray | None = None,
     _job_file(path).unlink(missing_ok=True)  # a failed attempt is retried from scratch
     command = [sys.executable, "-m", "hsfm_core.analysis.projection", str(store.path),
                "--n-neighbors", str(params.n_neighbors), "--min-dist", str(params.min_dist),
-               "--random-state", str(params.random_state)]
+               "--random-state", str(params.random_state), "--layout", params.layout]
     if run is not None:
         command += ["--run-id", run["run_id"]]
     if rows is not None:
         rows_file = path.with_suffix(".rows.npy")
         np.save(rows_file, np.unique(np.asarray(rows, dtype=np.int64)))
         command += ["--rows", str(rows_file)]
-    log = open(path.with_suffix(".log"), "ab")
-    try:  # its own session: the map finishes even if the server that asked for it stops
-        worker = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                  start_new_session=True, env={**os.environ, **(env or {})})
-    finally:
-        log.close()
+    worker = _hand_to_prepared_worker(command[3:], path.with_suffix(".log"), env)
+    if worker is None:
+        log = open(path.with_suffix(".log"), "ab")
+        try:  # its own session: the map finishes even if the server that asked for it stops
+            worker = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                      start_new_session=True, env={**os.environ, **(env or {})})
+        finally:
+            log.close()
     _spawned[str(path)] = (worker, time.time())
     return map_status(store, run, rows, params)
+
+
+def prepare_worker(env: dict | None = None) -> None:
+    """Start a map worker that imports what a map needs (torch, pandas, FAISS, umap: seconds of a
+    fresh process) and then waits on its stdin: this process's next `start_map` hands it the map
+    instead of starting a new process. The demo build prepares one while it works, so the map that
+    follows it starts fitting at once (docs/ARCHITECTURE.md §Demo). Unused, it ends with this process
+    (its stdin closes) or with `discard_prepared_worker`."""
+    with _prepared_lock:
+        worker = _prepared.get("worker")
+        if worker is not None and worker.poll() is None:
+            return
+        _prepared["worker"] = subprocess.Popen(
+            [sys.executable, "-m", "hsfm_core.analysis.projection", PREPARED], stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, **(env or {})})
+        _prepared["env"] = dict(env or {})
+
+
+def discard_prepared_worker() -> None:
+    """End the prepared worker, if any, without a map (its stdin closes: it exits)."""
+    with _prepared_lock:
+        worker = _prepared.pop("worker", None)
+    if worker is not None:
+        with contextlib.suppress(OSError):
+            worker.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            worker.wait(timeout=10)
+
+
+def _hand_to_prepared_worker(argv: list[str], log: Path, env: dict | None) -> subprocess.Popen | None:
+    """Give the map (its worker arguments) to the prepared worker; None when there is none alive with
+    these environment variables."""
+    with _prepared_lock:
+        worker = _prepared.get("worker")
+        if worker is None or worker.poll() is not None or _prepared.get("env") != dict(env or {}):
+            return None
+        del _prepared["worker"]
+    try:
+        worker.stdin.write((json.dumps({"argv": argv, "log": str(log)}) + "\n").encode())
+        worker.stdin.close()
+    except OSError:  # it died meanwhile: start a fresh one instead
+        return None
+    return worker
 
 
 def default_map_run(workspace) -> dict | None:
@@ -384,16 +532,35 @@ def wait_for_map(store, run: dict | None = None, rows: np.ndarray | None = None,
         time.sleep(poll)
 
 
-def _run_worker(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
+    """The worker process: `WORKSPACE [--run-id ID] …` computes that map; `--prepared` imports first,
+    then reads `{"argv": [...], "log": file}` from stdin (nothing: exits) and computes that map."""
+    with contextlib.suppress(OSError):  # background work: the server's pages and any training come first
+        os.nice(10)
+    if argv[:1] != [PREPARED]:
+        return _run_worker(argv)
+    import importlib
+
+    for module in PREPARED_IMPORTS:  # what a map needs, imported before its request comes
+        importlib.import_module(module)
+    _import_umap()
+    line = sys.stdin.readline()
+    if not line.strip():
+        return 0
+    request = json.loads(line)
+    with open(request["log"], "ab") as log:  # from here on, like a worker started for this map
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    return _run_worker([str(a) for a in request["argv"]])
+
+
+def _run_worker(argv: list[str]) -> int:
     """`python -m hsfm_core.analysis.projection WORKSPACE [--run-id ID] …`: compute one map, with its
     stage in `<map>.job.json`, under `<map>.lock`."""
     from hsfm_core.features import FeatureStore
     from hsfm_core.fsutil import atomic_path
     from hsfm_core.runs import find_run
 
-    argv = sys.argv[1:] if argv is None else argv
-    with contextlib.suppress(OSError):  # background work: the server's pages and any training come first
-        os.nice(10)
     parser = argparse.ArgumentParser(prog="python -m hsfm_core.analysis.projection")
     parser.add_argument("workspace")
     parser.add_argument("--run-id")
@@ -401,20 +568,23 @@ def _run_worker(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-neighbors", type=int, default=ProjectionParams.n_neighbors)
     parser.add_argument("--min-dist", type=float, default=ProjectionParams.min_dist)
     parser.add_argument("--random-state", type=int, default=ProjectionParams.random_state)
+    parser.add_argument("--layout", choices=LAYOUTS, default=ProjectionParams.layout)
     args = parser.parse_args(argv)
     store = FeatureStore.open(args.workspace)
     run = find_run(args.workspace, args.run_id) if args.run_id else None
     rows = np.load(args.rows, allow_pickle=False) if args.rows else None
-    params = ProjectionParams(n_neighbors=args.n_neighbors, min_dist=args.min_dist, random_state=args.random_state)
+    params = ProjectionParams(n_neighbors=args.n_neighbors, min_dist=args.min_dist, random_state=args.random_state,
+                              layout=args.layout)
     path, rows_, support, _ = _map_inputs(store, run, rows, params)
     n_points = len(rows_) + (0 if support is None else len(support["after"]))
-    started, estimate = time.time(), estimate_seconds(n_points)
+    started, estimate, cpu = time.time(), estimate_seconds(n_points, params.layout), time.process_time()
 
     def write(**fields) -> None:
         with atomic_path(_job_file(path)) as tmp:
             Path(tmp).write_text(json.dumps({"pid": os.getpid(), "started": started, "estimate_s": estimate,
                                              "points": n_points, **fields}))
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(_lock_file(path), "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -428,7 +598,7 @@ def _run_worker(argv: list[str] | None = None) -> int:
         except Exception as exc:  # recorded for the page, which offers to try again
             write(stage="failed", error=f"{type(exc).__name__}: {exc}")
             raise
-        write(stage="done", seconds=time.time() - started)
+        write(stage="done", seconds=time.time() - started, cpu_seconds=time.process_time() - cpu)
     return 0
 
 
@@ -513,4 +683,4 @@ def selection_summary(frame: pd.DataFrame, positions: np.ndarray, group_labels: 
 
 
 if __name__ == "__main__":
-    sys.exit(_run_worker())
+    sys.exit(_main(sys.argv[1:]))

@@ -6,11 +6,14 @@ folder and records `demo.json` last: a folder without it is an unfinished build 
 A file lock keeps two app sessions from building the same folder at once.
 
 The build ends by starting the demo's default Projection map (the newest edited run, default UMAP
-parameters) in a separate process (`analysis.projection.start_map`), so that the first visit to
-Projection finds it on disk; the page shows the worker's progress until then. Nothing runs beside the
-build: on 2 cores a concurrent numba warm-up, or the map started before the last runs, slowed the
-build's torch work by more than it saved (measured by benchmarks/bench_first_run.py; README
-"Measured"), and umap's kernels are cached on disk after the first map anyway.
+parameters, the fast layout of `analysis.projection`) in a separate process, so that the first visit
+to Projection finds it on disk; the page shows the worker's progress until then. That worker is
+started, niced, when the build starts (`projection.prepare_worker`): it spends the build importing
+torch, pandas, FAISS and umap — seconds of a fresh process, longer than the fast map's fit — and then
+waits for its map. Nothing else runs beside the build: on 2 cores a concurrent numba warm-up, or the
+map started before the last runs, slowed the build's torch work by more than it saved (measured by
+benchmarks/bench_first_run.py; README "Measured"), and umap's kernels are cached on disk after the
+first map anyway.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Callable
 import torch
 
 from hsfm_core import methods
+from hsfm_core.analysis import projection
 from hsfm_core.data import read_dataset
 from hsfm_core.demo import synthbirds
 from hsfm_core.errors import InputError
@@ -90,7 +94,6 @@ def _build_lock(path: Path):
 def start_default_map(out: Path, wait: bool = False):
     """Compute the map the Projection page opens on in a background process (nothing when it is on
     disk or being computed); with `wait`, block until it is written. → its MapStatus."""
-    from hsfm_core.analysis import projection
     from hsfm_core.features import FeatureStore
 
     store = FeatureStore.open(out)
@@ -123,39 +126,50 @@ def build_demo(out: str | os.PathLike | None = None, *, seed: int = 0, workers: 
             if not ((out / MARKER).exists() or (out / BUILDING).exists()):
                 raise InputError(f"{out} is not empty and is not a demo workspace; choose an empty or new folder")
             shutil.rmtree(out)  # our own unfinished or outdated build: start again
-        out.mkdir(parents=True, exist_ok=True)
-        (out / BUILDING).touch()
-        timings = {}
-        t0 = time.perf_counter()
-
-        report("Drawing SynthBirds images (11,788 PNGs)", 0.0)
-        total = sum(map(sum, synthbirds.WATERBIRDS_COUNTS.values()))
-        synthbirds.write_dataset(out / DATA_DIR, seed=seed, workers=workers,
-                                 progress=lambda done, n: report("Drawing SynthBirds images", 0.4 * done / n))
-        timings["images_s"] = time.perf_counter() - t0
-
-        t1 = time.perf_counter()
-        report("Encoding the images with the bundled CLIP", 0.4)
-        table = read_dataset("waterbirds", out / DATA_DIR)
-        encoder = load_encoder(f"local-dir:{DEMO_CLIP}", None, torch.device("cpu"))
-        extract(table, encoder, out, device=torch.device("cpu"), batch_size=256, progress=False, overwrite=True)
-        timings["extract_s"] = time.perf_counter() - t1
-
-        runs = {}
-        for k, (role, spec) in enumerate(demo_requests()):
-            t2 = time.perf_counter()
-            report(f"Training {spec.method.upper()} ({role}), seeds {', '.join(map(str, spec.seeds))}",
-                   0.6 + 0.4 * k / len(demo_requests()))
-            trained = train(out, spec)
-            runs[role] = {"run_ids": [r.run_id for r in trained], "preset": trained[0].preset,
-                          "test_wga": [r.metrics["test"]["wga"] for r in trained]}
-            timings[f"{role}_s"] = time.perf_counter() - t2
-        timings["total_s"] = time.perf_counter() - t0
-        (out / MARKER).write_text(json.dumps({"version": DEMO_VERSION, "seed": seed, "images": total,
-                                              "clip": str(DEMO_CLIP), "runs": runs, "timings": timings}, indent=2))
-        (out / BUILDING).unlink()
+        if default_map != "none":  # its imports overlap the build; the map's fit starts when the build ends
+            projection.prepare_worker()
+        try:
+            _build(out, seed, workers, report)
+        except BaseException:
+            projection.discard_prepared_worker()
+            raise
         if default_map != "none":
             report("Demo workspace ready; computing its map in the background", 1.0)
             start_default_map(out, wait=default_map == "wait")
         report("Demo workspace ready", 1.0)
     return out
+
+
+def _build(out: Path, seed: int, workers: int, report: Progress) -> None:
+    """Images → store → runs, then `demo.json` last (the marker of a finished build)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / BUILDING).touch()
+    timings = {}
+    t0 = time.perf_counter()
+
+    report("Drawing SynthBirds images (11,788 PNGs)", 0.0)
+    total = sum(map(sum, synthbirds.WATERBIRDS_COUNTS.values()))
+    synthbirds.write_dataset(out / DATA_DIR, seed=seed, workers=workers,
+                             progress=lambda done, n: report("Drawing SynthBirds images", 0.4 * done / n))
+    timings["images_s"] = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    report("Encoding the images with the bundled CLIP", 0.4)
+    table = read_dataset("waterbirds", out / DATA_DIR)
+    encoder = load_encoder(f"local-dir:{DEMO_CLIP}", None, torch.device("cpu"))
+    extract(table, encoder, out, device=torch.device("cpu"), batch_size=256, progress=False, overwrite=True)
+    timings["extract_s"] = time.perf_counter() - t1
+
+    runs = {}
+    for k, (role, spec) in enumerate(demo_requests()):
+        t2 = time.perf_counter()
+        report(f"Training {spec.method.upper()} ({role}), seeds {', '.join(map(str, spec.seeds))}",
+               0.6 + 0.4 * k / len(demo_requests()))
+        trained = train(out, spec)
+        runs[role] = {"run_ids": [r.run_id for r in trained], "preset": trained[0].preset,
+                      "test_wga": [r.metrics["test"]["wga"] for r in trained]}
+        timings[f"{role}_s"] = time.perf_counter() - t2
+    timings["total_s"] = time.perf_counter() - t0
+    (out / MARKER).write_text(json.dumps({"version": DEMO_VERSION, "seed": seed, "images": total,
+                                          "clip": str(DEMO_CLIP), "runs": runs, "timings": timings}, indent=2))
+    (out / BUILDING).unlink()
