@@ -293,6 +293,9 @@ def test_semantics_json_schema(group_workspace):
         assert len(align["per_seed"]) == 3 and all(-1 <= v <= 1 for v in align["per_seed"])
         assert 0 < align["p_value"] <= 1 and 0 <= align["sign_agreement"] <= 1
         assert len(align["null_histogram"]["counts"]) == 3 and sum(align["null_histogram"]["counts"][0]) == 200
+        assert [x["seed"] for x in align["leave_one_seed_out"]] == [0, 1, 2]
+        assert align["holds_without_any_one_seed"] == all(x["verdict"] == entry["verdict"]
+                                                         for x in align["leave_one_seed_out"])
         agreement = entry["mean_edit_agreement"]
         assert -1 <= agreement["min_cosine"] <= agreement["mean_cosine"] <= 1 and agreement["chance"] == 1 / 8
         contrast = entry["contrast"]
@@ -341,6 +344,9 @@ def test_bad_run_groups_are_refused_by_name(group_workspace, tmp_path):
         sem.edit_semantics(store, main, null_draws=99)
     with pytest.raises(InputError, match="'purple sky' is not in the concept bank"):
         sem.edit_semantics(store, main, contrast=("purple sky", "land background"))
+    with pytest.raises(InputError, match="'water background' is not in the concept bank \\(the vocabulary"):
+        sem.check_options(words=(["ocean", "forest"], ["bg", "bg"]))
+    assert sem.check_options(words=(["ocean", "forest"], ["bg", "bg"]), contrast=("ocean", "forest"))[0] == ["ocean", "forest"]
     with pytest.raises(InputError, match="listed twice"):
         sem.check_run_group(store, [main[0], main[0]])
     with pytest.raises(InputError, match="at least one run"):

@@ -421,6 +421,16 @@ def group_semantics(seeds: list[SeedEdits], references: list[ClassReference], *,
                 "p_per_seed": [float(v) for v in p_seed], "sign_agreement": float(sign_agreement(observed[:, None])[0]),
                 "null_mean": float(null_alignment.mean()), "null_q95_abs": float(np.quantile(np.abs(null_alignment), 0.95)),
                 "null_histogram": _histogram(null_alignment)}
+            # what it would take to overturn the verdict: the verdict with each seed left out in turn
+            left_out = []
+            for k in range(len(runs) if len(runs) >= 3 else 0):
+                keep = [j for j in range(len(runs)) if j != k]
+                p_k = float(combine_seeds(p_seed[keep][:, None])[0])
+                left_out.append({"seed": runs[k].seed, "run": runs[k].run_id, "p_value": p_k,
+                                 "verdict": verdict(observed[keep], p_k, alpha, sign_share)})
+            entry["attribute_alignment"]["leave_one_seed_out"] = left_out
+            entry["attribute_alignment"]["holds_without_any_one_seed"] = (
+                all(x["verdict"] == entry["verdict"] for x in left_out) if left_out else None)
             direction_sign = {VERDICTS[0]: 1.0, VERDICTS[1]: -1.0}.get(entry["verdict"])
             shares = []
             for i, s, cos_i in zip(present, runs, example_alignment):
