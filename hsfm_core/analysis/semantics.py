@@ -384,7 +384,6 @@ def group_semantics(seeds: list[SeedEdits], references: list[ClassReference], *,
 
     `text`/`to_text` (a linear map from store space into the text space) are None when the store
     has no text space; then the text parts are None and `text_reason` says why."""
-    rule = verdict_rule(alpha, sign_share)
     concept_index = {name: k for k, name in enumerate(text.concepts)} if text is not None else {}
     per_class, per_example = [], [{"run": s.run_id, "seed": s.seed, "rows": None if s.rows is None else
                                     [int(r) for r in s.rows], "classes": [int(c) for c in s.labels],
@@ -395,75 +394,22 @@ def group_semantics(seeds: list[SeedEdits], references: list[ClassReference], *,
         if not present:
             continue
         runs = [seeds[i] for i in present]
-        means, nulls, example_alignment = [], [], []
+        means, nulls = [], []
         for i, s in zip(present, runs):
             delta = s.delta[s.labels == ref.index]
             means.append(delta.mean(axis=0))
             indices, signs = draw_null(np.random.default_rng([seed, i, ref.index]), null_draws, len(delta), len(ref.pool))
             nulls.append(null_mean_edits(indices, signs, np.linalg.norm(delta, axis=1), ref.pool))
-            if ref.direction is not None:
-                example_alignment.append(cosines(delta, ref.direction)[:, 0])
         means = np.asarray(means)
         entry = {"class": ref.index, "name": ref.name, "seeds": [s.seed for s in runs], "runs": [s.run_id for s in runs],
                  "n_support": [int((s.labels == ref.index).sum()) for s in runs]}
 
-        # §5 the attribute alignment and the verdict
-        if ref.direction is not None:
-            observed = cosines(means, ref.direction)[:, 0]
-            null_alignment = np.stack([cosines(n, ref.direction)[:, 0] for n in nulls])  # seeds × N
-            p_seed = np.array([permutation_p(observed[k:k + 1], null_alignment[k][:, None])[0] for k in range(len(runs))])
-            p = float(combine_seeds(p_seed[:, None])[0])
-            mean, std = _mean_std(observed)
-            entry["verdict"] = verdict(observed, p, alpha, sign_share)
-            entry["attribute"] = {"minority": ref.minority, "majority": ref.majority, "train_counts": ref.train_counts}
-            entry["attribute_alignment"] = {
-                "per_seed": [float(v) for v in observed], "mean": mean, "std": std, "p_value": p,
-                "p_per_seed": [float(v) for v in p_seed], "sign_agreement": float(sign_agreement(observed[:, None])[0]),
-                "null_mean": float(null_alignment.mean()), "null_q95_abs": float(np.quantile(np.abs(null_alignment), 0.95)),
-                "null_histogram": _histogram(null_alignment)}
-            # what it would take to overturn the verdict: the verdict with each seed left out in turn
-            left_out = []
-            for k in range(len(runs) if len(runs) >= 3 else 0):
-                keep = [j for j in range(len(runs)) if j != k]
-                p_k = float(combine_seeds(p_seed[keep][:, None])[0])
-                left_out.append({"seed": runs[k].seed, "run": runs[k].run_id, "p_value": p_k,
-                                 "verdict": verdict(observed[keep], p_k, alpha, sign_share)})
-            entry["attribute_alignment"]["leave_one_seed_out"] = left_out
-            entry["attribute_alignment"]["holds_without_any_one_seed"] = (
-                all(x["verdict"] == entry["verdict"] for x in left_out) if left_out else None)
-            direction_sign = {VERDICTS[0]: 1.0, VERDICTS[1]: -1.0}.get(entry["verdict"])
-            shares = []
-            for i, s, cos_i in zip(present, runs, example_alignment):
-                where = np.flatnonzero(s.labels == ref.index)
-                agrees = None if direction_sign is None else (np.sign(cos_i) == direction_sign)
-                for k, row in enumerate(where):
-                    per_example[i]["alignment"][row] = float(cos_i[k])
-                    per_example[i]["agrees"][row] = None if agrees is None else bool(agrees[k])
-                shares.append(None if agrees is None else float(agrees.mean()))
-            entry["per_example"] = {"share_agreeing": None if direction_sign is None else float(np.mean(shares)),
-                                    "share_agreeing_per_seed": shares,
-                                    "share_positive": float(np.mean(np.concatenate(example_alignment) > 0))}
-        else:
-            entry["verdict"] = None
-            entry["attribute"] = {"minority": None, "majority": None, "train_counts": ref.train_counts,
-                                  "reason": ref.why_no_direction}
-            entry["attribute_alignment"] = None
-            entry["per_example"] = {"share_agreeing": None, "share_agreeing_per_seed": [None] * len(runs),
-                                    "share_positive": None}
-        entry["verdict_rule"] = rule if ref.direction is not None else f"no verdict: {ref.why_no_direction}"
-
-        # cross-seed agreement of the mean edit, beside isotropic chance and the null's 95th percentile
-        pairs = list(combinations(range(len(runs)), 2))
-        if pairs:
-            pair_cos = [float(cosines(means[i], means[j])[0, 0]) for i, j in pairs]
-            null_pairs = np.concatenate([np.einsum("nd,nd->n", _unit_rows(nulls[i]), _unit_rows(nulls[j])) for i, j in pairs])
-            entry["mean_edit_agreement"] = {"mean_cosine": float(np.mean(pair_cos)), "min_cosine": float(np.min(pair_cos)),
-                                            "chance": float(1 / math.sqrt(means.shape[1])),
-                                            "null_q95": float(np.quantile(null_pairs, 0.95)), "pairs": len(pairs)}
-        else:
-            entry["mean_edit_agreement"] = {"mean_cosine": None, "min_cosine": None,
-                                            "chance": float(1 / math.sqrt(means.shape[1])), "null_q95": None, "pairs": 0,
-                                            "reason": "one seed: agreement across seeds is unknown"}
+        entry.update(_alignment_readings(ref, runs, means, nulls, alpha, sign_share))  # §5
+        for i, s, own, agrees in zip(present, runs, entry.pop("_example_alignment"), entry.pop("_example_agrees")):
+            for k, row in enumerate(np.flatnonzero(s.labels == ref.index) if own is not None else []):
+                per_example[i]["alignment"][row] = float(own[k])
+                per_example[i]["agrees"][row] = None if agrees is None else bool(agrees[k])
+        entry["mean_edit_agreement"] = _seed_agreement(means, nulls)
 
         # §1–4 the text readings
         if text is None:
@@ -472,7 +418,66 @@ def group_semantics(seeds: list[SeedEdits], references: list[ClassReference], *,
         else:
             entry.update(_text_readings(text, to_text, means, nulls, concept_index, contrast, alpha, sign_share))
         per_class.append(entry)
-    return {"verdict_rule": rule, "per_class": per_class, "per_example": per_example}
+    return {"verdict_rule": verdict_rule(alpha, sign_share), "per_class": per_class, "per_example": per_example}
+
+
+def _alignment_readings(ref: ClassReference, runs: list[SeedEdits], means: np.ndarray, nulls: list[np.ndarray],
+                        alpha: float, sign_share: float) -> dict:
+    """§5 of one class: cos(Δ̄_c, u_c) per seed against the null, the verdict, the verdict with each seed
+    left out, and each support edit's own alignment (`_example_alignment`, `_example_agrees`: per seed)."""
+    deltas = [s.delta[s.labels == ref.index] for s in runs]
+    if ref.direction is None:
+        return {"verdict": None, "verdict_rule": f"no verdict: {ref.why_no_direction}",
+                "attribute": {"minority": None, "majority": None, "train_counts": ref.train_counts,
+                              "reason": ref.why_no_direction},
+                "attribute_alignment": None,
+                "per_example": {"share_agreeing": None, "share_agreeing_per_seed": [None] * len(runs), "share_positive": None},
+                "_example_alignment": [None] * len(runs), "_example_agrees": [None] * len(runs)}
+    observed = cosines(means, ref.direction)[:, 0]
+    null = np.stack([cosines(n, ref.direction)[:, 0] for n in nulls])  # seeds × N
+    p_seed = np.array([permutation_p(observed[k:k + 1], null[k][:, None])[0] for k in range(len(runs))])
+    p = float(combine_seeds(p_seed[:, None])[0])
+    reading = verdict(observed, p, alpha, sign_share)
+    # what it would take to overturn the verdict: the verdict with each seed left out in turn (≥ 3 seeds)
+    left_out = []
+    for k in range(len(runs) if len(runs) >= 3 else 0):
+        keep = [j for j in range(len(runs)) if j != k]
+        p_k = float(combine_seeds(p_seed[keep][:, None])[0])
+        left_out.append({"seed": runs[k].seed, "run": runs[k].run_id, "p_value": p_k,
+                         "verdict": verdict(observed[keep], p_k, alpha, sign_share)})
+    mean, std = _mean_std(observed)
+    own = [cosines(d, ref.direction)[:, 0] for d in deltas]
+    sign = {VERDICTS[0]: 1.0, VERDICTS[1]: -1.0}.get(reading)
+    agrees = [None if sign is None else np.sign(o) == sign for o in own]
+    shares = [None if a is None else float(a.mean()) for a in agrees]
+    return {
+        "verdict": reading, "verdict_rule": verdict_rule(alpha, sign_share),
+        "attribute": {"minority": ref.minority, "majority": ref.majority, "train_counts": ref.train_counts},
+        "attribute_alignment": {
+            "per_seed": [float(v) for v in observed], "mean": mean, "std": std, "p_value": p,
+            "p_per_seed": [float(v) for v in p_seed], "sign_agreement": float(sign_agreement(observed[:, None])[0]),
+            "null_mean": float(null.mean()), "null_q95_abs": float(np.quantile(np.abs(null), 0.95)),
+            "null_histogram": _histogram(null), "leave_one_seed_out": left_out,
+            "holds_without_any_one_seed": all(x["verdict"] == reading for x in left_out) if left_out else None},
+        "per_example": {"share_agreeing": None if sign is None else float(np.mean(shares)),
+                        "share_agreeing_per_seed": shares,
+                        "share_positive": float(np.mean(np.concatenate(own) > 0))},
+        "_example_alignment": own, "_example_agrees": agrees,
+    }
+
+
+def _seed_agreement(means: np.ndarray, nulls: list[np.ndarray]) -> dict:
+    """Pairwise cosine of the seeds' mean edits, beside isotropic chance (1/√d, the typical |cos| of two
+    random directions) and the 95th percentile of the same cosine between null draws of two seeds."""
+    chance = float(1 / math.sqrt(means.shape[1]))
+    pairs = list(combinations(range(len(means)), 2))
+    if not pairs:
+        return {"mean_cosine": None, "min_cosine": None, "chance": chance, "null_q95": None, "pairs": 0,
+                "reason": "one seed: agreement across seeds is unknown"}
+    pair_cos = [float(cosines(means[i], means[j])[0, 0]) for i, j in pairs]
+    null_pairs = np.concatenate([np.einsum("nd,nd->n", _unit_rows(nulls[i]), _unit_rows(nulls[j])) for i, j in pairs])
+    return {"mean_cosine": float(np.mean(pair_cos)), "min_cosine": float(np.min(pair_cos)), "chance": chance,
+            "null_q95": float(np.quantile(null_pairs, 0.95)), "pairs": len(pairs)}
 
 
 def _text_readings(text: TextSpace, to_text, means: np.ndarray, nulls: list[np.ndarray], concept_index: dict,
