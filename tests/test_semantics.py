@@ -361,13 +361,16 @@ def test_bad_run_groups_are_refused_by_name(group_workspace, tmp_path):
 
 
 def test_a_store_outside_clip_space_keeps_the_alignment(tmp_path):
+    """No CLIP space: the attribute alignment alone, saying why; with a CLIP store of the same images as a
+    bridge, the text readings too."""
     from hsfm_core.features import FeatureStore
     from hsfm_core.runs import list_runs
     from hsfm_core.train import train
-    from tests.gaussian import TINY_HSFM, gaussian_workspace
+    from tests.gaussian import TINY_HSFM
+    from tests.test_decode import clip_workspace
 
     ws = tmp_path / "r50"
-    gaussian_workspace(ws, d=16)
+    clip_workspace(ws, transform=np.random.default_rng(5).normal(size=(64, 64)), clip_space=False)
     train(ws, "hsfm", overrides=TINY_HSFM, seeds=[0, 1])
     store = FeatureStore.open(ws)
     runs = list_runs(ws)
@@ -380,4 +383,9 @@ def test_a_store_outside_clip_space_keeps_the_alignment(tmp_path):
     json.dumps(out, allow_nan=False)
     with pytest.raises(InputError, match="not in a CLIP joint space"):
         sem.edit_semantics(store, runs, null_draws=100, require_text=True)
+    bridge = clip_workspace(tmp_path / "clip")
+    bridged = sem.edit_semantics(store, runs, null_draws=100, bridge_store=bridge)
+    assert bridged["text"]["available"] and all(e["contrast"]["p_value"] > 0 for e in bridged["per_class"])
+    assert [e["attribute_alignment"]["per_seed"] for e in bridged["per_class"]] == \
+        [e["attribute_alignment"]["per_seed"] for e in out["per_class"]]  # §5 does not depend on text
     shutil.rmtree(ws)
