@@ -178,3 +178,44 @@ def test_shards_merge_across_machines_with_different_paths(waterbirds_dir, tiny_
     with pytest.raises(InputError, match="backbone differs"):
         from hsfm_core.features.extract import merge_shards
         merge_shards([tmp_path / "s0", tmp_path / "s1"], tmp_path / "merged2")
+
+
+def test_the_manifest_records_how_features_were_computed_and_bf16_autocast_stays_close(waterbirds_dir, tiny_clip,
+                                                                                       tmp_path):
+    """`extraction` in the manifest: device, precision, TF32 (CPU: none), torch; image-decoding workers
+    from the device and the usable cores (the CPU: in-process). bf16 autocast on the CPU gives features
+    within a few per mille of fp32 (cosine); fp16 autocast is refused on the CPU."""
+    from hsfm_core.data import read_dataset
+    from hsfm_core.features.extract import extract
+
+    table = read_dataset("waterbirds", waterbirds_dir)
+    encoder = load_encoder(tiny_clip, None, torch.device("cpu"))
+    fp32 = extract(table, encoder, tmp_path / "fp32", device=torch.device("cpu"), progress=False)
+    record = fp32.manifest["extraction"]
+    assert record["device"] == "cpu" and record["precision"] == "fp32" and record["tf32"] is None
+    assert record["torch"] == torch.__version__ and record["num_workers"] == 0 and record["gpu"] is None
+    bf16 = extract(table, encoder, tmp_path / "bf16", device=torch.device("cpu"), progress=False, precision="bf16")
+    assert bf16.manifest["extraction"]["precision"] == "bf16" and bf16.features.dtype == np.float32
+    a, b = np.asarray(fp32.features, np.float64), np.asarray(bf16.features, np.float64)
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() > 0.99 and not np.array_equal(a, b)  # autocast really ran in bf16
+    with pytest.raises(InputError, match="fp16 autocast needs a GPU"):
+        extract(table, encoder, tmp_path / "fp16", device=torch.device("cpu"), progress=False, precision="fp16")
+    with pytest.raises(InputError, match="precision 'int8'"):
+        extract(table, encoder, tmp_path / "int8", device=torch.device("cpu"), progress=False, precision="int8")
+
+
+def test_shards_computed_differently_are_not_merged(waterbirds_dir, tiny_clip, tmp_path):
+    from hsfm_core.data import read_dataset
+    from hsfm_core.features.extract import extract, merge_shards
+
+    table = read_dataset("waterbirds", waterbirds_dir)
+    encoder = load_encoder(tiny_clip, None, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    extract(table, encoder, tmp_path / "s0", device=cpu, shard=(0, 2), progress=False)
+    extract(table, encoder, tmp_path / "s1", device=cpu, shard=(1, 2), progress=False, precision="bf16")
+    with pytest.raises(InputError, match="extraction precision differs"):
+        merge_shards([tmp_path / "s0", tmp_path / "s1"], tmp_path / "merged")
+    extract(table, encoder, tmp_path / "s1", device=cpu, shard=(1, 2), progress=False, overwrite=True)
+    merged = merge_shards([tmp_path / "s0", tmp_path / "s1"], tmp_path / "merged")
+    assert merged.manifest["extraction"]["precision"] == "fp32" and merged.manifest["n_rows"] == 60

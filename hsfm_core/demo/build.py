@@ -27,14 +27,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from hsfm_core import methods
 from hsfm_core.analysis import projection
 from hsfm_core.data import read_dataset
 from hsfm_core.demo import synthbirds
 from hsfm_core.errors import InputError
-from hsfm_core.features.encoders import load_encoder
+from hsfm_core.features.encoders import load_encoder, resolve_device
 from hsfm_core.features.extract import extract
 from hsfm_core.resources import assets_dir
 from hsfm_core.spec import TrainSpec
@@ -70,15 +68,15 @@ def is_built(path: str | os.PathLike) -> bool:
         return False
 
 
-def demo_requests() -> list[tuple[str, TrainSpec]]:
+def demo_requests(device: str = "cpu") -> list[tuple[str, TrainSpec]]:
     """What the demo trains: every registered method with its default preset for the demo store, then
     the extra configurations of `assets/demo-hsfm-tuned.json` (the paper's settings and the validation
     sweep's choice), all over DEMO_SEEDS. Tags name each run's role for the Lesson."""
-    requests = [(m.name, TrainSpec.create(m.name, seeds=DEMO_SEEDS, device="cpu", tags={"demo_role": "default"}))
+    requests = [(m.name, TrainSpec.create(m.name, seeds=DEMO_SEEDS, device=device, tags={"demo_role": "default"}))
                 for m in methods.all_methods()]
     for extra in json.loads(TUNED.read_text(encoding="utf-8"))["runs"]:
         requests.append((f"{extra['method']}-{extra['role']}", TrainSpec.create(
-            extra["method"], preset=extra["preset"], overrides=extra["overrides"], seeds=DEMO_SEEDS, device="cpu",
+            extra["method"], preset=extra["preset"], overrides=extra["overrides"], seeds=DEMO_SEEDS, device=device,
             tags={"demo_role": extra["role"], "demo_label": extra["label"]})))
     return requests
 
@@ -106,11 +104,13 @@ def start_default_map(out: Path, wait: bool = False):
 
 
 def build_demo(out: str | os.PathLike | None = None, *, seed: int = 0, workers: int = 2, force: bool = False,
-               progress: Progress | None = None, default_map: str = "background") -> Path:
+               progress: Progress | None = None, default_map: str = "background", device: str = "cpu") -> Path:
     """Build the demo workspace at `out` (default: `default_demo_dir()`) unless it is already built.
 
     `default_map`: "background" starts the default Projection map in a separate process and returns
-    (the app shows Home meanwhile), "wait" returns once it is on disk, "none" leaves it to the page."""
+    (the app shows Home meanwhile), "wait" returns once it is on disk, "none" leaves it to the page.
+    `device`: where extraction and the runs compute — the CPU for the app's demo, whose teaching
+    numbers are the CPU's; benchmarks/gpu_check.py builds it on a GPU too."""
     if default_map not in ("background", "wait", "none"):
         raise InputError(f"default_map must be background, wait or none, not {default_map!r}")
     out = Path(out) if out is not None else default_demo_dir()
@@ -129,7 +129,7 @@ def build_demo(out: str | os.PathLike | None = None, *, seed: int = 0, workers: 
         if default_map != "none":  # its imports overlap the build; the map's fit starts when the build ends
             projection.prepare_worker()
         try:
-            _build(out, seed, workers, report)
+            _build(out, seed, workers, report, device)
         except BaseException:
             projection.discard_prepared_worker()
             raise
@@ -140,7 +140,7 @@ def build_demo(out: str | os.PathLike | None = None, *, seed: int = 0, workers: 
     return out
 
 
-def _build(out: Path, seed: int, workers: int, report: Progress) -> None:
+def _build(out: Path, seed: int, workers: int, report: Progress, device: str = "cpu") -> None:
     """Images → store → runs, then `demo.json` last (the marker of a finished build)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / BUILDING).touch()
@@ -156,15 +156,17 @@ def _build(out: Path, seed: int, workers: int, report: Progress) -> None:
     t1 = time.perf_counter()
     report("Encoding the images with the bundled CLIP", 0.4)
     table = read_dataset("waterbirds", out / DATA_DIR)
-    encoder = load_encoder(f"local-dir:{DEMO_CLIP}", None, torch.device("cpu"))
-    extract(table, encoder, out, device=torch.device("cpu"), batch_size=256, progress=False, overwrite=True)
+    where = resolve_device(device)
+    encoder = load_encoder(f"local-dir:{DEMO_CLIP}", None, where)
+    extract(table, encoder, out, device=where, batch_size=256, progress=False, overwrite=True)
     timings["extract_s"] = time.perf_counter() - t1
 
     runs = {}
-    for k, (role, spec) in enumerate(demo_requests()):
+    requests = demo_requests(device)
+    for k, (role, spec) in enumerate(requests):
         t2 = time.perf_counter()
         report(f"Training {spec.method.upper()} ({role}), seeds {', '.join(map(str, spec.seeds))}",
-               0.6 + 0.4 * k / len(demo_requests()))
+               0.6 + 0.4 * k / len(requests))
         trained = train(out, spec)
         runs[role] = {"run_ids": [r.run_id for r in trained], "preset": trained[0].preset,
                       "test_wga": [r.metrics["test"]["wga"] for r in trained]}

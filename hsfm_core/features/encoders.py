@@ -46,16 +46,12 @@ class Encoder:
 
 
 def resolve_device(device: str) -> torch.device:
-    """'auto' → CUDA when present, else CPU; 'cpu' / 'cuda' / 'cuda:N' as given."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise InputError(f"unknown device {device!r}; expected auto, cpu or cuda[:N]") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} requested but CUDA is not available on this machine")
-    return dev
+    """The launch check (`hsfm_core.device.resolve`): 'auto' → GPU 0 when it passes the check (a test
+    kernel included), else the CPU with a warning when a GPU is present but unusable; 'cpu'; 'cuda[:N]' →
+    that GPU, or InputError saying what is wrong and what to install (docs/ARCHITECTURE.md §Devices)."""
+    from hsfm_core.device import resolve
+
+    return torch.device(resolve(device).device)
 
 
 def load_encoder(model: str, pretrained: str | None, device: torch.device) -> Encoder:

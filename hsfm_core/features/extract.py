@@ -3,10 +3,16 @@
 Large datasets can be split across machines with `shard=(i, n)` (contiguous row blocks,
 0-based i); each shard is a complete store that records which block it holds and a
 fingerprint of the dataset listing, and `merge_shards` checks and concatenates them.
+
+How the features were computed is part of what they are: the manifest's `extraction` records the
+device kind and GPU, the precision (fp32, or bf16/fp16 autocast), the TF32 switches, torch and its
+CUDA build (docs/ARCHITECTURE.md §Devices), and shards computed differently are not merged. Image
+decoding runs in `hsfm_core.device.extraction_workers` processes by default (from the usable cores).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import replace
@@ -64,6 +70,22 @@ def dataset_fingerprint(table: DatasetTable) -> str:
     return h.hexdigest()
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def extraction_record(device: torch.device, precision: str, num_workers: int, batch_size: int) -> dict:
+    """How the features are computed: `extraction` in the manifest (merge compares the first three)."""
+    from hsfm_core.device import device_facts, environment, tf32_switches
+
+    where = environment(str(device) if device.type == "cpu" else f"cuda:{device.index or 0}",
+                        device_facts(device.index or 0 if device.type == "cuda" else None),
+                        tf32_switches() if device.type == "cuda" else None)
+    return {"device": device.type, "precision": precision, "tf32": where["tf32"], "gpu": where["gpu"],
+            "torch": where["torch"], "cuda": where["cuda"] if device.type == "cuda" else None,
+            "cudnn": where["cudnn"] if device.type == "cuda" else None, "num_workers": int(num_workers),
+            "batch_size": int(batch_size)}
+
+
 def _manifest(table: DatasetTable, encoder: Encoder) -> dict:
     return {
         "dataset": {"format": table.format, "source": str(table.source.resolve()), "options": table.options},
@@ -84,15 +106,29 @@ def extract(
     *,
     device: torch.device,
     batch_size: int = 256,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     shard: tuple[int, int] | None = None,
     dtype: str = "float32",
     overwrite: bool = False,
     progress: bool = True,
+    precision: str = "fp32",
 ) -> FeatureStore:
+    """Encode every image of `table` (or one shard of it) with `encoder` on `device` into a store at `out`.
+
+    `num_workers`: image-decoding processes (spawned); None picks them from the usable cores and the
+    device (`hsfm_core.device.extraction_workers`). `precision`: "fp32", or "bf16" / "fp16" autocast
+    (fp16 on a GPU only); the features are stored as `dtype` either way."""
+    from hsfm_core.device import extraction_workers, usable_cpus
+
+    if precision not in PRECISIONS:
+        raise InputError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision == "fp16" and device.type != "cuda":
+        raise InputError("fp16 autocast needs a GPU; on the CPU use bf16 or fp32")
+    if num_workers is None:
+        num_workers = extraction_workers(device.type, usable_cpus())
     frame = table.frame
     rows = np.arange(len(frame))
-    manifest = _manifest(table, encoder)
+    manifest = {**_manifest(table, encoder), "extraction": extraction_record(device, precision, num_workers, batch_size)}
     if shard is not None:
         index, count = shard
         rows = np.array_split(rows, count)[index]
@@ -114,8 +150,10 @@ def extract(
     failed: list[int] = []
     with StoreWriter(out, len(paths), encoder.dim, dtype, overwrite=overwrite) as writer:
         bar = tqdm(total=len(paths), unit="img", desc="extract", disable=not progress, smoothing=0.1)
+        autocast = PRECISIONS[precision]
         for images, index, ok in loader:
-            feats = encoder.encode(images.to(device, non_blocking=True)).cpu().numpy()
+            with torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext():
+                feats = encoder.encode(images.to(device, non_blocking=True)).cpu().numpy()
             writer.features[index.numpy()] = feats
             failed.extend(index[~ok].tolist())
             bar.update(len(index))
@@ -137,10 +175,15 @@ def _take(table: DatasetTable, rows: np.ndarray) -> DatasetTable:
 
 
 def _identity(manifest: dict) -> dict:
-    """What must agree between shards. Not paths: machines may mount data and checkpoints elsewhere."""
+    """What must agree between shards. Not paths: machines may mount data and checkpoints elsewhere.
+    Not the GPU model or torch version (recorded): a cluster's nodes differ in those; but the device
+    kind, the precision and TF32 change the numbers more than they do."""
+    how = manifest.get("extraction") or {}
     return {"backbone": manifest["backbone"]["id"], "dim": manifest["dim"], "dtype": manifest["dtype"],
             "class names": manifest["class_names"], "attribute names": manifest["attribute_names"],
-            "dataset format": [manifest["dataset"]["format"], manifest["dataset"]["options"]]}
+            "dataset format": [manifest["dataset"]["format"], manifest["dataset"]["options"]],
+            "extraction device": how.get("device"), "extraction precision": how.get("precision"),
+            "TF32 switches": how.get("tf32")}
 
 
 def merge_shards(shard_dirs: list[str | os.PathLike], out: str | os.PathLike, overwrite: bool = False) -> FeatureStore:
@@ -172,6 +215,8 @@ def merge_shards(shard_dirs: list[str | os.PathLike], out: str | os.PathLike, ov
         raise InputError("cannot merge: the shards' rows do not cover the dataset exactly once")
     manifest = {k: first[k] for k in ("dataset", "image_root", "class_names", "attribute_names", "backbone",
                                       "clip_space", "text_encoder")}
+    if first.get("extraction") is not None:
+        manifest["extraction"] = first["extraction"]
     manifest["shard"] = None
     with StoreWriter(out, len(meta), first["dim"], first["dtype"], overwrite=overwrite) as writer:
         start = 0

@@ -1,7 +1,8 @@
 """The feature store: one directory per dataset × backbone (docs/ARCHITECTURE.md §Store).
 
     manifest.json   what the features are (dataset, backbone, dimension, CLIP space, names,
-                    image root, split and group counts) and a content hash
+                    image root, split and group counts), how they were computed (`extraction`:
+                    device, precision, TF32, torch and CUDA builds) and a content hash
     features.npy    N × d, opened memory-mapped (read-only)
     meta.parquet    row_id, sample_id, split, y, a, g, image_path — row i describes features[i];
                     g = A·y + a for the manifest's C class and A attribute names (§Groups)
@@ -383,6 +384,8 @@ def _check_manifest(manifest: dict, where: Path) -> None:
         raise InputError(f"{where}: init_head must be {INIT_HEAD!r} or null, found {manifest.get('init_head')!r}")
     if manifest.get("shard") is not None and not isinstance(manifest["shard"], dict):
         raise InputError(f"{where}: shard must be an object or null")
+    if manifest.get("extraction") is not None and not isinstance(manifest["extraction"], dict):
+        raise InputError(f"{where}: extraction (how the features were computed) must be an object or null")
 
 
 def _check_meta(meta: pd.DataFrame, manifest: dict, where: Path) -> None:

@@ -1,0 +1,161 @@
+"""The launch check and the device rules (hsfm_core/device.py), on fabricated facts of GPU machines this
+one is not, and on this machine's real torch (a CUDA build without a driver or GPU). torch is never mocked."""
+
+import pytest
+import torch
+
+from hsfm_core import device
+from hsfm_core.device import Choice, DeviceFacts, Gpu, GPU_MIN_STEP_WORK
+from hsfm_core.errors import InputError
+
+# torch 2.14's cu130 wheel, as installed here: no sm_70 (a V100)
+WHEEL = ("sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120")
+H100 = Gpu(0, "NVIDIA H100 80GB HBM3", (9, 0), 79.6)
+V100 = Gpu(0, "Tesla V100-SXM2-32GB", (7, 0), 31.7)
+
+
+def facts(**fields) -> DeviceFacts:
+    return DeviceFacts(**{"torch": "2.14.1+cu130", "cuda_build": "13.0", "cudnn": 92400, "arch_list": WHEEL,
+                          "driver": "580.65", "driver_cuda": "13.0", **fields})
+
+
+def test_requests_are_parsed():
+    assert device.parse("auto") == ("auto", None) and device.parse("cuda") == ("cuda", None)
+    assert device.parse("cuda:3") == ("cuda", 3) and device.parse("cpu") == ("cpu", None)
+    for bad in ("gpu", "cuda:", "cuda:-1", "mps", "CUDA"):
+        with pytest.raises(InputError, match="expected auto, cpu or cuda"):
+            device.parse(bad)
+
+
+def test_architecture_coverage():
+    assert not device.covers(WHEEL, (7, 0))  # a V100 under this wheel
+    assert device.covers(WHEEL, (8, 0)) and device.covers(WHEEL, (9, 0))
+    assert device.covers(("sm_80",), (8, 6))  # a cubin runs on later minors of its major
+    assert not device.covers(("sm_86",), (8, 0)) and not device.covers(("sm_80", "sm_86"), (9, 0))
+    assert device.covers(("sm_80", "compute_86"), (9, 0))  # PTX, compiled by the driver
+    assert device.covers(("sm_90a",), (9, 0))
+
+
+def test_a_healthy_gpu_is_chosen_by_auto_and_by_name():
+    healthy = facts(gpus=(H100,), probes={0: None})
+    assert device.choose("auto", healthy) == Choice("cuda:0", "auto: cuda:0 (NVIDIA H100 80GB HBM3, sm_90) passed "
+                                                              "the launch check")
+    assert device.choose("cuda", healthy).device == "cuda:0" and device.choose("cuda:0", healthy).device == "cuda:0"
+    assert device.choose("cpu", healthy) == Choice("cpu", "asked for")
+
+
+def test_a_gpu_the_wheel_was_not_built_for_is_refused_with_what_to_install():
+    v100 = facts(gpus=(V100,), probes={0: "RuntimeError: CUDA error: no kernel image is available for execution"})
+    with pytest.raises(InputError, match=r"cuda:0 \(Tesla V100-SXM2-32GB, sm_70\) is not among the architectures.*"
+                                         r"install a torch build compiled for sm_70"):
+        device.choose("cuda", v100)
+    auto = device.choose("auto", v100)  # never silently: the reason is recorded and a warning raised
+    assert auto.device == "cpu" and "sm_70" in auto.reason and "sm_70" in auto.warning
+
+
+def test_a_failing_test_kernel_is_the_reason():
+    broken = facts(gpus=(H100,), probes={0: "RuntimeError: CUDA error: an illegal memory access was encountered\n..."})
+    with pytest.raises(InputError, match="a test kernel on cuda:0 .* failed: RuntimeError: CUDA error: an illegal"):
+        device.choose("cuda:0", broken)
+    assert device.choose("auto", broken).device == "cpu"
+
+
+def test_a_driver_older_than_the_wheel_is_named_with_both_versions():
+    old = facts(cuda_error="The NVIDIA driver on your system is too old (found version 12020). Please update your "
+                           "GPU driver", driver="535.104", driver_cuda="12.2", smi_gpus=("NVIDIA A100-SXM4-40GB",))
+    with pytest.raises(InputError, match=r"driver 535.104 \(it supports CUDA ≤ 12.2\) is older than this torch's CUDA "
+                                         r"13.0 build needs: update the driver, or install a torch build"):
+        device.choose("cuda", old)
+    auto = device.choose("auto", old)
+    assert auto.device == "cpu" and auto.warning and "too old" in auto.warning
+
+
+def test_cuda_1_on_a_one_gpu_machine_is_refused_at_the_launch_check():
+    one = facts(gpus=(H100,), probes={1: None}, visible_devices="3")
+    with pytest.raises(InputError, match=r"cuda:1 asked for, but this process sees 1 GPU\(s\): cuda:0 \(NVIDIA H100.*"
+                                         r"CUDA_VISIBLE_DEVICES='3'"):
+        device.choose("cuda:1", one)
+
+
+def test_machines_without_a_usable_gpu_fall_back_quietly_only_when_there_is_none():
+    cpu_wheel = DeviceFacts(torch="2.14.1+cpu")
+    with pytest.raises(InputError, match=r"this torch \(2.14.1\+cpu\) is a CPU-only build; install a CUDA build"):
+        device.choose("cuda", cpu_wheel)
+    assert device.choose("auto", cpu_wheel).warning is None
+    hidden = DeviceFacts(torch="2.14.1+cpu", smi_gpus=("NVIDIA L4",))  # a GPU, but a CPU-only torch
+    assert "nvidia-smi lists NVIDIA L4" in device.choose("auto", hidden).warning
+    no_driver = facts(cuda_error="Found no NVIDIA driver on your system. Please check that you have an NVIDIA GPU "
+                                 "and installed a driver from http://www.nvidia.com/Download/index.aspx",
+                      driver=None, driver_cuda=None)
+    assert device.choose("auto", no_driver).warning is None  # a CUDA wheel on a CPU machine: pip's default
+    with pytest.raises(InputError, match="no NVIDIA driver is loaded"):
+        device.choose("cuda", no_driver)
+    with pytest.raises(InputError, match="no GPU is visible to this process \\(CUDA_VISIBLE_DEVICES=''\\)"):
+        device.choose("cuda", facts(visible_devices=""))
+
+
+def test_auto_keeps_small_work_on_the_cpu_and_says_why():
+    gpu = Choice("cuda:0", "auto: cuda:0 (NVIDIA H100 80GB HBM3, sm_90) passed the launch check")
+    waterbirds = (2 * 16 + 2 * 64) * 2048 * 2  # HSFM's waterbirds preset: (C·n + C·K_hard)·d·C per step
+    small = device.auto_for_work(gpu, "auto", waterbirds, "each HSFM step")
+    assert small.device == "cpu" and "each HSFM step is 6.6e+05 multiply-adds" in small.reason
+    celeba = (2 * 1024 + 2 * 256) * 2048 * 2
+    assert celeba >= GPU_MIN_STEP_WORK and device.auto_for_work(gpu, "auto", celeba) == gpu
+    assert device.auto_for_work(gpu, "cuda", waterbirds) == gpu  # an explicit device is never overridden
+    assert device.auto_for_work(gpu, "auto", None) == gpu
+    cpu = Choice("cpu", "asked for")
+    assert device.auto_for_work(cpu, "auto", celeba) == cpu
+
+
+@pytest.mark.parametrize("request_, gpus, uses_device, expected", [
+    (("auto", 0), 0, True, ("cpu", 0, "auto → cpu: the job asks Slurm for no GPU")),
+    (("auto", 1), 1, True, ("auto", 1, None)),
+    (("cuda", 1), 1, True, ("cuda", 1, None)),
+    (("cuda:1", 2), 2, True, ("cuda:1", 2, None)),
+    (("cpu", 0), 0, True, ("cpu", 0, None)),
+    (("auto", 0), 0, False, ("cpu", 0, None)),
+    (("cuda", 0), 0, False, ("cpu", 0, "dfr runs on the CPU whatever the device")),
+])
+def test_slurm_device_and_gpus_are_reconciled(request_, gpus, uses_device, expected):
+    assert device.reconcile_slurm(request_[0], gpus, uses_device, "dfr" if not uses_device else "hsfm") == expected
+
+
+@pytest.mark.parametrize("request_, gpus, uses_device, message", [
+    ("cuda", 0, True, "--device cuda needs 1 GPU\\(s\\) on the node but the job asks Slurm for 0; ask for --gpus 1"),
+    ("cuda:1", 1, True, "--device cuda:1 needs 2 GPU\\(s\\)"),
+    ("cpu", 2, True, "--device cpu with --gpus 2: the GPU\\(s\\) would sit idle"),
+    ("auto", 1, False, "dfr never uses a GPU"),
+    ("mps", 0, True, "unknown device 'mps'"),
+])
+def test_slurm_requests_that_cannot_agree_are_refused_before_submitting(request_, gpus, uses_device, message):
+    with pytest.raises(InputError, match=message):
+        device.reconcile_slurm(request_, gpus, uses_device, "dfr" if not uses_device else "hsfm")
+
+
+def test_extraction_workers_follow_the_device_and_the_cores():
+    assert device.extraction_workers("cuda", 16) == 8 and device.extraction_workers("cuda", 4) == 3
+    assert device.extraction_workers("cuda", 1) == 0 and device.extraction_workers("cpu", 64) == 0
+    assert 1 <= device.usable_cpus() <= (__import__("os").cpu_count() or 1)
+
+
+def test_the_environment_record_names_the_gpu_and_the_builds():
+    record = device.environment("cuda:0", facts(gpus=(H100,)), {"matmul": False, "cudnn": True})
+    assert record == {"device": "cuda:0", "gpu": "NVIDIA H100 80GB HBM3", "gpu_arch": "sm_90", "gpu_memory_gb": 79.6,
+                      "torch": "2.14.1+cu130", "cuda": "13.0", "cudnn": 92400, "driver": "580.65",
+                      "tf32": {"matmul": False, "cudnn": True}}
+    assert device.environment("cpu", facts(gpus=(H100,)), {"matmul": False, "cudnn": True})["gpu"] is None
+
+
+def test_this_machines_real_facts():
+    """The facts of this process's torch, read for real (no GPU here): the launch check refuses CUDA with
+    the reason, `auto` takes the CPU, and the encoders' resolve_device goes through the same check."""
+    from hsfm_core.features.encoders import resolve_device
+
+    here = device.device_facts()
+    assert here.torch == torch.__version__ and here.cuda_build == torch.version.cuda and not here.gpus
+    assert device.choose("auto", here).device == "cpu"
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
+    for asked in ("cuda", "cuda:1"):
+        with pytest.raises(InputError, match=f"device '{asked}': "):
+            resolve_device(asked)
+    assert device.tf32_switches().keys() == {"matmul", "cudnn"}
