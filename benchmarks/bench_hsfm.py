@@ -1,20 +1,34 @@
-"""HSFM and DFR wall time on generated features of Waterbirds and CelebA size (d = 2048), 2 CPU cores.
+"""HSFM's wall time against the reference loop, side by side in one process (d = 2048, 2 CPU cores).
 
-    python -m benchmarks.bench_hsfm [--sizes waterbirds celeba] [--seeds 5]
+    python -m benchmarks.bench_hsfm [--sizes waterbirds celeba] [--seeds 5] [--repeats 3] [--before REV]
+                                    [--epochs E] [--threads N]
 
 Features: the Gaussian spurious-correlation problem of the tests (weak core direction, strong
-spurious one) with the exact group counts of each benchmark's train and val splits. θ₀ is the ERM probe fitted on a
-20k-row train subsample (fitting it is not part of the HSFM time). Every time is the wall time
-of the `fit_hsfm` / `DFR.fit` call, validation evaluation included, after one small warm-up call
-that pays PyTorch's lazy imports (reported separately as `cold_extra_s`).
+spurious one) with the exact group counts of each benchmark's train and val splits. θ₀ is the ERM
+probe fitted on a 20k-row train subsample (not part of any time). For each size, every repeat times,
+in a rotating order so that load drifts hit each alike:
+- `reference`: tests/reference_hsfm.py, the loop in the authors' idiom (fast weights through
+  `autograd.grad(create_graph=True)`, `nn.Linear`, `clip_grad_norm_`, two Adams), one seed;
+- `before`: `fit_hsfm` as it was at git revision REV (loaded from `git show`), one seed — only with --before;
+- `plain`: today's `fit_hsfm(fused=False)` (autograd and torch.optim), one seed;
+- `fused`: today's `fit_hsfm`, one seed, and S seeds batched.
+Medians over the repeats and their ratios are printed, then one JSON line. Each time is the whole
+call (validation evaluation included) after a warm-up call of each that pays PyTorch's lazy imports.
+The machine is shared: compare only figures from the same run.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,8 +36,8 @@ import torch
 from hsfm_core.groups import binary
 from hsfm_core.methods.dfr import DFR
 from hsfm_core.methods.erm import ERMProbe
-from hsfm_core.methods.hsfm import PRESETS, HSFMSettings
-from hsfm_core.methods.hsfm import fit_hsfm
+from hsfm_core.methods.hsfm import PRESETS, HSFMSettings, fit_hsfm
+from tests.reference_hsfm import reference_hsfm
 
 # Exact group counts (g = 2y + a) per split of the real benchmarks.
 GROUP_COUNTS = {
@@ -51,18 +65,45 @@ def timed(fn):
     return time.perf_counter() - t0, out
 
 
+def fit_hsfm_at(revision: str):
+    """`fit_hsfm` from `hsfm_core/methods/hsfm.py` at a git revision, imported beside today's."""
+    root = Path(__file__).resolve().parents[1]
+    source = subprocess.run(["git", "show", f"{revision}:hsfm_core/methods/hsfm.py"], cwd=root, check=True,
+                            capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp()) / "hsfm_before.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("hsfm_before", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["hsfm_before"] = module
+    spec.loader.exec_module(module)
+    return module.fit_hsfm
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", nargs="+", default=list(GROUP_COUNTS), choices=list(GROUP_COUNTS))
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--before", help="git revision whose fit_hsfm is timed beside today's")
+    parser.add_argument("--epochs", type=int, help="override the presets' E (shorter runs, same per-epoch work)")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["reference", "plain", "seeds", "dfr"])
     args = parser.parse_args()
-    print(f"torch threads {torch.get_num_threads()}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch threads {torch.get_num_threads()}", flush=True)
+    before = fit_hsfm_at(args.before) if args.before else None
 
     (xt, yt, _), (xv, yv, av) = problem((500, 20, 20, 500), 0), problem((100, 100, 100, 100), 1)
     warm = HSFMSettings(n_support=4, inner_steps=2, outer_steps=1, hard_per_class=8, epochs=1)
     probe = ERMProbe().fit(xt[:, :64], yt).head_
-    cold, _ = timed(lambda: fit_hsfm(xt[:, :64], yt, xv[:, :64], yv, 2 * yv + av, probe.weight, probe.bias, warm))
-    results = {"cold_extra_s": cold}
+    small = (xt[:, :64], yt, xv[:, :64], yv, 2 * yv + av, probe.weight, probe.bias)
+    cold, _ = timed(lambda: fit_hsfm(*small, warm))
+    fit_hsfm(*small, warm, fused=False)
+    reference_hsfm(*small, n=4, T=2, alpha=warm.inner_lr, eta=warm.outer_lr, K_H=1, K_hard=8, E=1)
+    if before:
+        before(*small, warm)
+    results = {"torch_threads": torch.get_num_threads(), "cold_extra_s": cold, "before": args.before}
 
     for name in args.sizes:
         counts = GROUP_COUNTS[name]
@@ -70,16 +111,38 @@ def main() -> None:
         gv = 2 * yv + av
         sub = np.random.default_rng(0).permutation(len(xt))[:20_000]
         init = ERMProbe(max_iter=200).fit(xt[sub], yt[sub]).head_
-        config = PRESETS[name]
-        t1, (r1,) = timed(lambda: fit_hsfm(xt, yt, xv, yv, gv, init.weight, init.bias, config, seeds=[0]))
+        config = PRESETS[name] if args.epochs is None else dataclasses.replace(PRESETS[name], epochs=args.epochs)
+        data = (xt, yt, xv, yv, gv, init.weight, init.bias)
         seeds = list(range(args.seeds))
-        tn, rn = timed(lambda: fit_hsfm(xt, yt, xv, yv, gv, init.weight, init.bias, config, seeds=seeds))
-        t_dfr, dfr = timed(lambda: DFR(binary(), seed=0).fit(xv, yv, gv))
-        results[name] = {"preset": dataclasses.asdict(config), "hsfm_one_seed_s": t1, f"hsfm_{len(seeds)}_seeds_s": tn,
-                         "ratio": tn / t1, "sequential_estimate_s": t1 * len(seeds), "dfr_s": t_dfr,
-                         "dfr_selected_C": dfr.best_C_, "hsfm_val_wga_best": r1.history[r1.best_epoch - 1]["val_wga"]}
-        print(f"{name}: HSFM 1 seed {t1:.2f} s; {len(seeds)} seeds batched {tn:.2f} s "
-              f"({tn / t1:.2f}× one seed; sequential would be ≈ {t1 * len(seeds):.1f} s); DFR {t_dfr:.2f} s")
+        runs = {"fused": lambda: fit_hsfm(*data, config, seeds=[0])}
+        if "reference" not in args.skip:
+            runs["reference"] = lambda: reference_hsfm(
+                *data, n=config.n_support, T=config.inner_steps, alpha=config.inner_lr, eta=config.outer_lr,
+                K_H=config.outer_steps, K_hard=config.hard_per_class, E=config.epochs, clip=config.clip_norm, seed=0)
+        if before:
+            runs["before"] = lambda: before(*data, config, seeds=[0])
+        if "plain" not in args.skip:
+            runs["plain"] = lambda: fit_hsfm(*data, config, seeds=[0], fused=False)
+        if "seeds" not in args.skip:
+            runs[f"fused_{len(seeds)}_seeds"] = lambda: fit_hsfm(*data, config, seeds=seeds)
+            if before:
+                runs[f"before_{len(seeds)}_seeds"] = lambda: before(*data, config, seeds=seeds)
+        times = {key: [] for key in runs}
+        order = list(runs)
+        for repeat in range(args.repeats):
+            for key in order[repeat % len(order):] + order[: repeat % len(order)]:
+                elapsed, _ = timed(runs[key])
+                times[key].append(elapsed)
+                print(f"  {name} repeat {repeat + 1}: {key} {elapsed:.2f} s", flush=True)
+        median = {key: statistics.median(values) for key, values in times.items()}
+        ratios = {f"{key}_over_reference": median[key] / median["reference"]
+                  for key in median if key != "reference" and "reference" in median and "seeds" not in key}
+        ratios |= {f"{key}_over_one_seed": median[key] / median[key.split("_")[0]] for key in median if "seeds" in key}
+        results[name] = {"preset": dataclasses.asdict(config), "times_s": times, "median_s": median, **ratios}
+        if "dfr" not in args.skip:
+            results[name]["dfr_s"], _ = timed(lambda: DFR(binary(), seed=0).fit(xv, yv, gv))
+        print(f"{name}: medians " + ", ".join(f"{k} {v:.2f} s" for k, v in median.items()), flush=True)
+        print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items()), flush=True)
     print(f"first call in a process pays {cold:.2f} s of lazy imports (not included above)")
     print(json.dumps(results))
 

@@ -245,9 +245,9 @@ def test_fused_closed_form_matches_autograd_through_the_textbook_unroll(m, steps
     (expected,) = torch.autograd.grad(losses.sum(), H)
     ones = torch.ones(rows, m, 1, dtype=torch.float64)
     fused_losses, grad = fused_outer_loss_and_grad(
-        torch.cat([H.detach(), ones], 2), onehot, torch.cat([W, b[..., None]], 2),
+        torch.cat([H.detach(), ones], 2), onehot.T, torch.cat([W, b[..., None]], 2),
         torch.cat([Qx, torch.ones(rows, q, 1, dtype=torch.float64)], 2), Qy,
-        torch.nn.functional.one_hot(Qy, 2).double(), steps, (-alpha / m)[:, None, None])
+        torch.nn.functional.one_hot(Qy, 2).double().transpose(1, 2), steps, (-alpha / m)[:, None, None])
     torch.testing.assert_close(fused_losses, losses.detach(), rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(grad[..., :-1], expected, rtol=1e-10, atol=1e-14)
     assert expected.abs().max() > 1e-3
@@ -306,3 +306,19 @@ def test_fit_agrees_with_the_reference_loop_in_float64(n):
         torch.testing.assert_close(r.H_after, ref["H_after"], rtol=1e-10, atol=1e-12)
         assert r.best_epoch == ref["best_epoch"]
         _same_history(r.history, ref["history"])
+
+
+@pytest.mark.parametrize("n", [4, 24])
+def test_rows_through_the_unroll_one_at_a_time_equal_the_batch(n, monkeypatch):
+    """Large supports go through the fused unroll a few rows at a time (SUPPORT_BYTES_PER_PASS)."""
+    import hsfm_core.methods.hsfm as hsfm_module
+
+    xt, yt, xv, yv, gv, init = _small_problem()
+    config = HSFMConfig(n_support=n, inner_steps=4, inner_lr=1e-3, outer_lr=0.1, outer_steps=3, hard_per_class=16,
+                        epochs=3)
+    batched = fit_hsfm(xt, yt, xv, yv, gv, init.weight, init.bias, config, seeds=[0, 1, 2], dtype=torch.float64)
+    monkeypatch.setattr(hsfm_module, "SUPPORT_BYTES_PER_PASS", 1)
+    alone = fit_hsfm(xt, yt, xv, yv, gv, init.weight, init.bias, config, seeds=[0, 1, 2], dtype=torch.float64)
+    for a, b in zip(batched, alone):
+        torch.testing.assert_close(a.H_after, b.H_after, rtol=1e-11, atol=1e-13)
+        _same_history(a.history, b.history)

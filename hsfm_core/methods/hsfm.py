@@ -62,6 +62,8 @@ AUTO_SAMPLE_ROWS = 20000
 # for the full celeba preset (m = 2048, bench_hsfm). Batching never lost up to the largest preset; the
 # ratio climbs with m as the batch turns memory-bound, so from twice that size the seeds run one by one.
 LOOP_SEEDS_FROM_SUPPORT_ROWS = 4096
+# The fused unroll takes rows in groups whose support features fit this (a share of a 32 MB L3).
+SUPPORT_BYTES_PER_PASS = 24 * 2**20
 # Settings that only scale a step: configurations differing in nothing else train together, one row each.
 ROW_SCALARS = ("inner_lr", "outer_lr", "clip_norm")
 # The paper's symbols, accepted wherever a field name is (`--set T=10 eta=0.5`).
@@ -165,10 +167,11 @@ def fit_hsfm(
     seeds = list(seeds)
     shared = configs[0]
     train_labels = torch.as_tensor(np.array(train_labels)).long()  # a copy: store arrays are read-only
-    val_x = _finite_float(val_features, "validation features", dtype).to(device)
+    d, n_classes = val_features.shape[1], init_weight.shape[0]
+    width = _augmented_width(d)
+    val_x1 = _finite_float(val_features, "validation features", dtype, width).to(device)  # V × D rows [x 1 0…]
     val_y = torch.as_tensor(np.array(val_labels)).long().to(device)
     val_g = torch.as_tensor(np.array(val_groups)).long().to(device)
-    d, n_classes = val_x.shape[1], init_weight.shape[0]
     _check_inputs(train_labels, val_y, init_weight, init_bias, d, len(train_features), train_features.shape[1],
                   len(seeds))
     n_rows = len(configs) * len(seeds)
@@ -180,12 +183,10 @@ def fit_hsfm(
     H_before = H_before.repeat(len(configs), 1, 1)  # R × m × d: every configuration starts from its seed's rows
     support_y = torch.arange(n_classes).repeat_interleave(shared.n_support).to(device)  # n zeros, n ones, …
 
-    # 2. Persistent head θ ← θ₀ with its own Adam (lr α), state kept across epochs. θ = [W b], so that
-    # one matrix product gives logits (val rows carry a trailing 1).
-    theta0 = torch.cat([init_weight.detach().to(device, dtype), init_bias.detach().to(device, dtype)[:, None]], dim=1)
+    # 2. Persistent head θ ← θ₀ with its own Adam (lr α), state kept across epochs. θ = [W b 0…], so that one
+    # matrix product with a row [x 1 0…] gives its logits.
+    theta0 = _augment(init_weight.detach().to(device, dtype), init_bias.detach().to(device, dtype), width)
     theta0 = theta0.expand(n_rows, -1, -1)
-    val_x1 = torch.cat([val_x, torch.ones(len(val_x), 1, dtype=dtype, device=device)], dim=1)  # V × D
-    del val_x
     scalars = {name: torch.tensor([getattr(c, name) for c in configs], dtype=torch.float64).repeat_interleave(len(seeds))
                for name in ROW_SCALARS}
     steps = (_FusedSteps if fused else _PlainSteps)(H_before, theta0, support_y, shared, scalars)
@@ -240,7 +241,7 @@ def fit_hsfm(
     init_weight, init_bias = init_weight.detach().to(dtype).cpu(), init_bias.detach().to(dtype).cpu()
     best_theta, best_H, H_before = best_theta.cpu(), best_H.cpu(), H_before.cpu()
     return [
-        HSFMResult(seed=seeds[r % len(seeds)], weight=best_theta[r, :, :-1].clone(), bias=best_theta[r, :, -1].clone(),
+        HSFMResult(seed=seeds[r % len(seeds)], weight=best_theta[r, :, :d].clone(), bias=best_theta[r, :, d].clone(),
                    init_weight=init_weight, init_bias=init_bias, support_indices=support[r % len(seeds)],
                    support_labels=support_y.cpu(), H_before=H_before[r], H_after=best_H[r],
                    best_epoch=int(best_epoch[r]), history=histories[r], settings=configs[r // len(seeds)])
@@ -249,7 +250,7 @@ def fit_hsfm(
 
 
 def _val_logits(theta: torch.Tensor, val_x1: torch.Tensor) -> torch.Tensor:
-    """R × C × D heads, V × D rows [x 1] → R × C × V logits: one matrix product for every row."""
+    """R × C × D heads [W b 0…], V × D rows [x 1 0…] → R × C × V logits: one matrix product for every row."""
     n_rows, n_classes, dim = theta.shape
     return (theta.reshape(n_rows * n_classes, dim) @ val_x1.T).view(n_rows, n_classes, -1)
 
@@ -280,34 +281,48 @@ class _Adam:
 
 class _FusedSteps:
     """Steps 3.2 and 3.3 in closed form: the loss and ∇H by hand (`fused_outer_loss_and_grad`), the
-    head's gradient by hand, `_Adam` and clipping on preallocated buffers; no autograd graph. Every
-    scalar setting is per row. H is kept as H̃ = [H 1]: the trailing 1 has zero gradient, so Adam
-    leaves it at exactly 1."""
+    head's gradient by hand, `_Adam` and clipping on buffers allocated once; no autograd graph. Every
+    scalar setting is per row. H is kept as H̃ = [H 1 0…]: those columns get zero gradient, so Adam
+    leaves them exactly as they are.
+
+    Rows go through the unroll `rows_per_pass` at a time: a large support (CelebA: m = 2048, 17 MB a
+    row) is read 2T + 3 times per outer step, and one row's H̃ stays in the cache between those reads
+    where a batch of rows would not (`SUPPORT_BYTES_PER_PASS`)."""
 
     def __init__(self, H_before, theta0, support_y, config: HSFMSettings, scalars: dict[str, torch.Tensor]):
-        n_rows, m, _ = H_before.shape
-        self.config = config
-        self.H1 = torch.cat([H_before, torch.ones(n_rows, m, 1, dtype=H_before.dtype, device=H_before.device)], dim=2)
+        n_rows, m, d = H_before.shape
+        self.config, self.d = config, d
+        self.H1 = _augment(H_before, 1.0, theta0.shape[-1])
         self.theta = theta0.clone()
-        self.onehot = F.one_hot(support_y, theta0.shape[1]).to(H_before.dtype)
-        self.grad_H = torch.empty_like(self.H1)
-        per_row = (-1, 1, 1)
-        self.neg_scale = (-scalars["inner_lr"] / m).to(H_before).view(per_row)  # −α/m
+        self.onehot = F.one_hot(support_y, theta0.shape[1]).to(H_before.dtype).T.contiguous()  # C × m
+        self.neg_scale = (-scalars["inner_lr"] / m).to(H_before).view(-1, 1, 1)  # −α/m
         self.clip = scalars["clip_norm"].to(H_before)
         self.H_adam = _Adam(self.H1, scalars["outer_lr"].to(H_before.device), config.epochs * config.outer_steps)
         self.head_adam = _Adam(self.theta, scalars["inner_lr"].to(H_before.device), config.epochs * config.inner_steps)
+        self.grad_H = torch.empty_like(self.H1)
+        self.rows_per_pass = max(1, SUPPORT_BYTES_PER_PASS // self.H1[0].nbytes)
 
     @property
     def H(self) -> torch.Tensor:
-        return self.H1[..., :-1]
+        return self.H1[..., : self.d]
+
+    def _row_chunks(self):
+        return [slice(i, i + self.rows_per_pass) for i in range(0, len(self.H1), self.rows_per_pass)]
 
     def bilevel(self, hard_x1, hard_y) -> torch.Tensor:
-        hard_onehot = F.one_hot(hard_y, self.onehot.shape[1]).to(self.H1.dtype)
+        hard_onehot = F.one_hot(hard_y, self.onehot.shape[0]).to(self.H1.dtype).transpose(1, 2)  # R × C × q
         total = torch.zeros(len(self.H1), dtype=self.H1.dtype, device=self.H1.device)
+        chunks = self._row_chunks()
         for _ in range(self.config.outer_steps):
-            losses, grad = fused_outer_loss_and_grad(self.H1, self.onehot, self.theta, hard_x1, hard_y, hard_onehot,
-                                                     self.config.inner_steps, self.neg_scale)
-            grad[..., -1] = 0  # the constant column
+            if len(chunks) == 1:
+                losses, grad = fused_outer_loss_and_grad(self.H1, self.onehot, self.theta, hard_x1, hard_y,
+                                                         hard_onehot, self.config.inner_steps, self.neg_scale)
+            else:
+                grad = self.grad_H
+                losses = torch.cat([fused_outer_loss_and_grad(
+                    self.H1[c], self.onehot, self.theta[c], hard_x1[c], hard_y[c], hard_onehot[c],
+                    self.config.inner_steps, self.neg_scale[c], out=grad[c])[0] for c in chunks])
+            grad[..., self.d :] = 0  # the constant and padding columns
             norms = torch.linalg.vector_norm(grad, dim=(1, 2))
             grad.mul_(torch.clamp(self.clip / (norms + 1e-6), max=1.0)[:, None, None])  # clip_grad_norm_, per row
             self.H_adam(grad)
@@ -316,12 +331,13 @@ class _FusedSteps:
 
     def head(self) -> torch.Tensor:
         m = self.H1.shape[1]
+        H1t = self.H1.transpose(1, 2)
         for t in range(self.config.inner_steps):
-            logits = torch.bmm(self.H1, self.theta.transpose(1, 2))
+            logits = torch.bmm(self.theta, H1t)  # C × m
             if t + 1 == self.config.inner_steps:  # the loss reported: before the last step, as autograd's would be
-                loss = (torch.log_softmax(logits, dim=-1) * self.onehot).sum(dim=(1, 2)).div_(-m)
-            grad_logits = torch.softmax(logits, dim=-1).sub_(self.onehot).div_(m)
-            self.head_adam(torch.bmm(grad_logits.transpose(1, 2), self.H1))
+                loss = (torch.log_softmax(logits, dim=1) * self.onehot).sum(dim=(1, 2)).div_(-m)
+            grad_logits = torch.softmax(logits, dim=1).sub_(self.onehot).div_(m)
+            self.head_adam(torch.bmm(grad_logits, self.H1))
         return loss
 
 
@@ -330,10 +346,11 @@ class _PlainSteps:
     `torch.optim.Adam`; one configuration. Kept as the oracle the fused steps are tested against."""
 
     def __init__(self, H_before, theta0, support_y, config: HSFMSettings, scalars: dict[str, torch.Tensor]):
-        self.config = config
+        self.config, self.d = config, H_before.shape[-1]
+        self.width = theta0.shape[-1]
         self.H_param = H_before.clone().requires_grad_(True)
-        self.W = theta0[..., :-1].clone().requires_grad_(True)
-        self.b = theta0[..., -1].clone().requires_grad_(True)
+        self.W = theta0[..., : self.d].clone().requires_grad_(True)
+        self.b = theta0[..., self.d].clone().requires_grad_(True)
         self.support_y = support_y
         self.onehot = F.one_hot(support_y, theta0.shape[1]).to(H_before.dtype)
         self.H_opt = torch.optim.Adam([self.H_param], lr=config.outer_lr)
@@ -345,7 +362,7 @@ class _PlainSteps:
 
     @property
     def theta(self) -> torch.Tensor:
-        return torch.cat([self.W.detach(), self.b.detach()[..., None]], dim=-1)
+        return _augment(self.W.detach(), self.b.detach(), self.width)
 
     def bilevel(self, hard_x1, hard_y) -> torch.Tensor:
         total = torch.zeros(len(self.W), dtype=self.W.dtype, device=self.W.device)
@@ -353,7 +370,8 @@ class _PlainSteps:
             for _ in range(self.config.outer_steps):
                 self.H_opt.zero_grad(set_to_none=True)
                 losses = unrolled_outer_loss(self.H_param, self.onehot, self.W.detach(), self.b.detach(),
-                                             hard_x1[..., :-1], hard_y, self.config.inner_steps, self.config.inner_lr)
+                                             hard_x1[..., : self.d], hard_y, self.config.inner_steps,
+                                             self.config.inner_lr)
                 losses.sum().backward()
                 _clip_per_seed(self.H_param.grad, self.config.clip_norm)
                 self.H_opt.step()
@@ -377,13 +395,42 @@ def _clip_per_seed(grad: torch.Tensor, max_norm: float) -> None:
     grad.mul_(torch.clamp(max_norm / (norms + 1e-6), max=1.0)[:, None, None])
 
 
-def _finite_float(x, what: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    as_numpy = np.float64 if dtype == torch.float64 else np.float32  # (a float16 store is read as float32)
-    t = x.to(dtype) if isinstance(x, torch.Tensor) else torch.from_numpy(np.array(x, dtype=as_numpy)).to(dtype)
-    if not torch.isfinite(t).all():
+def _finite_float(x, what: str, dtype: torch.dtype = torch.float32, width: int | None = None) -> torch.Tensor:
+    """x (array or tensor, n × d) as a `dtype` tensor, refused with the offending rows when not finite.
+    With `width`: the augmented rows [x 1 0…] (`_augmented_width`), read straight into them."""
+    if width is None:
+        as_numpy = np.float64 if dtype == torch.float64 else np.float32  # (a float16 store is read as float32)
+        t = x.to(dtype) if isinstance(x, torch.Tensor) else torch.from_numpy(np.array(x, dtype=as_numpy)).to(dtype)
+    else:
+        t = torch.empty(len(x), width, dtype=dtype)
+        d = x.shape[1]
+        if isinstance(x, torch.Tensor):
+            t[:, :d] = x
+        else:
+            t.numpy()[:, :d] = x  # one copy, converting as it goes (memory maps, float16 stores)
+        t[:, d] = 1
+        t[:, d + 1 :] = 0
+    # a non-finite value makes the sum non-finite; only then (or when finite values overflow it) are
+    # the rows examined one by one
+    if not torch.isfinite(t.sum()) and not torch.isfinite(t).all():
         bad = torch.nonzero(~torch.isfinite(t).reshape(len(t), -1).all(dim=1)).flatten()
         raise InputError(f"{what} contain NaN or inf ({len(bad)} row(s), first {bad[:5].tolist()})")
     return t
+
+
+def _augmented_width(d: int) -> int:
+    """Columns of an augmented row [x 1 0…]: d + 1 rounded up to 16, avoiding multiples of 256 (MKL's
+    skinny products ran 2–4× slower with an odd or a power-of-two row length: d + 1 = 2049 and 2048)."""
+    width = -(-(d + 1) // 16) * 16
+    return width + 16 if width % 256 == 0 else width
+
+
+def _augment(x: torch.Tensor, last: torch.Tensor | float, width: int) -> torch.Tensor:
+    """… × d → … × width: [x last 0…]."""
+    out = x.new_zeros(*x.shape[:-1], width)
+    out[..., : x.shape[-1]] = x
+    out[..., x.shape[-1]] = last
+    return out
 
 
 def _check_inputs(train_y, val_y, init_weight, init_bias, d, n_train, train_dim, n_seeds) -> None:

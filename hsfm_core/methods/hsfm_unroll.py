@@ -126,107 +126,114 @@ class UnrolledSteps(torch.autograd.Function):
 
 
 # -- the fused closed form: loss and ∇H by hand, no autograd ------------------------------------------------
-# docs/ARCHITECTURE.md §HSFM. HSFM's work is small matrices in a long chain of small steps, so its
-# time is the number of operations dispatched. These two functions compute the outer loss and its
-# exact gradient with respect to the support features in about half the operations autograd
-# dispatches for the same steps, and accept one step size per row (configurations that differ only
-# in α train together). They work in *augmented* coordinates: a support or hard row is [x, 1] and the
-# head is θ = [W b] (C × (d+1)), so every affine map is one matrix product and the Gram matrix
-# H̃H̃ᵀ = HHᵀ + 1 carries the bias. Shapes: R rows (configurations × seeds), m support rows, q hard
-# rows, C classes, D = d + 1. `neg_scale` is −α/m per row (R × 1 × 1). Tested against autograd
-# through `_unroll_in_weights` in float64 (tests/test_hsfm.py).
+# docs/ARCHITECTURE.md §HSFM. HSFM's work is small matrices in a long chain of small steps, so its time
+# is the number of operations dispatched. These functions compute the outer loss and its exact
+# gradient with respect to the support features in about half the operations autograd dispatches for
+# the same steps, and accept one step size per row (configurations that differ only in α train
+# together). They work in *augmented* coordinates: a support or hard row is [x 1 0…] and the head is
+# θ = [W b 0…] (C × D, D ≥ d + 1; the zero padding keeps MKL's products fast), so every affine map is
+# one matrix product and the Gram matrix H̃H̃ᵀ = HHᵀ + 1 carries the bias. Shapes: R rows
+# (configurations × seeds), m support rows, q hard rows, C classes. `neg_scale` is −α/m per row
+# (R × 1 × 1). Tested against autograd through `_unroll_in_weights` in float64 (tests/test_hsfm.py).
 
 
-def fused_outer_loss_and_grad(H1, onehot, theta, hard_x1, hard_y, hard_onehot, steps: int, neg_scale):
+def fused_outer_loss_and_grad(H1, onehot, theta, hard_x1, hard_y, hard_onehot, steps: int, neg_scale, out=None):
     """(R outer losses, R × m × D gradient with respect to H̃) of `unrolled_outer_loss`.
 
-    H1: R × m × D support rows [H 1]; onehot: m × C; theta: R × C × D, the head the unroll starts
-    from; hard_x1: R × q × D, hard rows [Q 1]; hard_y: R × q labels, hard_onehot: their one-hot rows. The last column of the gradient is the
-    bias column's: callers that keep it at 1 zero it. The switch between the two forms is
-    `unrolled_outer_loss`'s (m < 2·T·C: the span form).
+    H1: R × m × D support rows [H 1 0…]; onehot: C × m (class-major, as every logit here: C × rows);
+    theta: R × C × D, the head the unroll starts from; hard_x1: R × q × D, hard rows [Q 1 0…]; hard_y:
+    R × q labels, hard_onehot: R × C × q. The gradient's columns from d on are the constant's and the
+    padding's: callers that keep them fixed zero them. `out`: a tensor like H1 to write the gradient
+    into. The switch between the two forms is `unrolled_outer_loss`'s (m < 2·T·C: the span form).
+    Logits are kept class-major (θ·H̃ᵀ, C × m): MKL's skinny products ran 1.3–2× faster that way.
     """
     if H1.shape[1] < 2 * steps * theta.shape[1]:
-        return _span_loss_and_grad(H1, onehot, theta, hard_x1, hard_y, hard_onehot, steps, neg_scale)
-    return _weights_loss_and_grad(H1, onehot, theta, hard_x1, hard_y, hard_onehot, steps, neg_scale)
+        losses, grad = _span_loss_and_grad(H1, onehot, theta, hard_x1, hard_y, hard_onehot, steps, neg_scale)
+        return losses, grad if out is None else out.copy_(grad)
+    return _weights_loss_and_grad(H1, onehot, theta, hard_x1, hard_y, hard_onehot, steps, neg_scale, out)
 
 
 def _outer_loss(outer_logits, hard_y, hard_onehot):
-    """Mean CE on the hard rows and its gradient with respect to their logits."""
-    losses = F.cross_entropy(outer_logits.transpose(1, 2), hard_y, reduction="none").mean(dim=1)
-    return losses, torch.softmax(outer_logits, dim=-1).sub_(hard_onehot).div_(outer_logits.shape[1])
+    """Mean CE on the hard rows (logits R × C × q) and its gradient with respect to their logits."""
+    losses = F.cross_entropy(outer_logits, hard_y, reduction="none").mean(dim=1)
+    return losses, torch.softmax(outer_logits, dim=1).sub_(hard_onehot).div_(outer_logits.shape[2])
 
 
 def _softmax_backward(p, grad_p):
-    """∂ℓ/∂Z = p ⊙ (g − ⟨p, g⟩) for p = softmax(Z), given g = ∂ℓ/∂p."""
+    """∂ℓ/∂Z = p ⊙ (g − ⟨p, g⟩) for p = softmax(Z) over the class axis (dim 1), given g = ∂ℓ/∂p."""
     pg = p * grad_p
-    return torch.addcmul(pg, p, pg.sum(dim=-1, keepdim=True), value=-1)
+    return torch.addcmul(pg, p, pg.sum(dim=1, keepdim=True), value=-1)
 
 
 def _span_loss_and_grad(H1, onehot, theta, hard_x1, hard_y, hard_onehot, steps, neg_scale):
-    """`_unroll_in_span` and its adjoint. Forward: Z_0 = H̃θᵀ; R_t = softmax(Z_{t−1}) − Y;
-    Z_t = Z_{t−1} − (α/m)·K·R_t with K = H̃H̃ᵀ (m × m); θ_T = θ − (α/m)·A_TᵀH̃ with A_T = Σ R_t; hard
-    logits L = Q̃θ_Tᵀ. ∇H̃ collects the three places H̃ enters: K, Z_0 and θ_T. Nothing of size
-    q × m is formed: the hard rows meet H̃ only through C × D products."""
+    """`_unroll_in_span` and its adjoint, class-major (every Z, R, A below is C × m). Forward:
+    Z_0 = θH̃ᵀ; R_t = softmax(Z_{t−1}) − Y; Z_t = Z_{t−1} − (α/m)·R_t·K with K = H̃H̃ᵀ (m × m);
+    θ_T = θ − (α/m)·A_T·H̃ with A_T = Σ R_t; hard logits L = θ_T·Q̃ᵀ. ∇H̃ collects the three places H̃
+    enters: K, Z_0 and θ_T. Nothing of size q × m is formed: the hard rows meet H̃ only through C × D
+    products."""
     r, m = H1.shape[0], H1.shape[1]
-    step_gram = torch.bmm(H1, H1.transpose(1, 2)).mul_(neg_scale)  # −(α/m)·K, symmetric
-    logits = torch.bmm(H1, theta.transpose(1, 2))
+    H1t = H1.transpose(1, 2)
+    step_gram = torch.bmm(H1, H1t).mul_(neg_scale)  # −(α/m)·K, symmetric
+    logits = torch.bmm(theta, H1t)
     probs, residuals = [], []
     for t in range(steps):
-        p = torch.softmax(logits, dim=-1)
+        p = torch.softmax(logits, dim=1)
         residual = p - onehot
         probs.append(p)
         residuals.append(residual)
         if t + 1 < steps:
-            logits = torch.baddbmm(logits, step_gram, residual)
+            logits = torch.baddbmm(logits, residual, step_gram)
     if steps > 1:
-        A = torch.stack(residuals[:-1], dim=2).cumsum_(dim=2)  # R × m × (T−1) × C: A[:, :, t−1] = A_t
-        scaled_A_T = (A[:, :, -1] + residuals[-1]).mul_(neg_scale)  # −(α/m)·A_T
+        A = torch.stack(residuals[:-1], dim=1).cumsum_(dim=1)  # R × (T−1) × C × m: A[:, t−1] = A_t
+        scaled_A_T = (A[:, -1] + residuals[-1]).mul_(neg_scale)  # −(α/m)·A_T
     else:
         scaled_A_T = residuals[0] * neg_scale
-    theta_T = torch.baddbmm(theta, scaled_A_T.transpose(1, 2), H1)
-    losses, grad_outer = _outer_loss(torch.bmm(hard_x1, theta_T.transpose(1, 2)), hard_y, hard_onehot)
+    theta_T = torch.baddbmm(theta, scaled_A_T, H1)
+    losses, grad_outer = _outer_loss(torch.bmm(theta_T, hard_x1.transpose(1, 2)), hard_y, hard_onehot)
 
-    grad_theta_T = torch.bmm(grad_outer.transpose(1, 2), hard_x1)  # ∂ℓ/∂θ_T: C × D
-    grad_A = torch.bmm(H1, grad_theta_T.transpose(1, 2)).mul_(neg_scale)  # ∂ℓ/∂A_T
+    grad_theta_T = torch.bmm(grad_outer, hard_x1)  # ∂ℓ/∂θ_T: C × D
+    grad_A = torch.bmm(grad_theta_T, H1t).mul_(neg_scale)  # ∂ℓ/∂A_T
     grad_logits = [None] * steps  # ∂ℓ/∂Z_t, t = 0 … T−1
     for t in reversed(range(steps)):
         grad_logits[t] = _softmax_backward(probs[t], grad_A)  # A_{t+1} = A_t + softmax(Z_t) − Y
         if t > 0:
-            grad_A = torch.baddbmm(grad_A, step_gram, grad_logits[t])  # Z_t = Z_0 − (α/m)·K·A_t
+            grad_A = torch.baddbmm(grad_A, grad_logits[t], step_gram)  # Z_t = Z_0 − (α/m)·A_t·K
     if steps > 1:
-        grad_Z = torch.stack(grad_logits[1:], dim=2)  # R × m × (T−1) × C
-        # ∂ℓ/∂K = −(α/m)·Σ_{t≥1} ∂Z_t·A_tᵀ; K = H̃H̃ᵀ gives (∂K + ∂Kᵀ)·H̃
-        grad_K = torch.bmm(grad_Z.view(r, m, -1), A.view(r, m, -1).transpose(1, 2))
+        grad_Z = torch.stack(grad_logits[1:], dim=1)  # R × (T−1) × C × m
+        # ∂ℓ/∂K = −(α/m)·Σ_{t≥1} ∂Z_tᵀ·A_t; K = H̃H̃ᵀ gives (∂K + ∂Kᵀ)·H̃
+        grad_K = torch.bmm(grad_Z.view(r, -1, m).transpose(1, 2), A.view(r, -1, m))
         grad = torch.bmm((grad_K + grad_K.transpose(1, 2)).mul_(neg_scale), H1)
-        grad.baddbmm_(grad_Z.sum(dim=2).add_(grad_logits[0]), theta)  # Z_0 = H̃θᵀ (and every Z_t through it)
+        grad.baddbmm_(grad_Z.sum(dim=1).add_(grad_logits[0]).transpose(1, 2), theta)  # Z_0 = θH̃ᵀ (and every Z_t)
     else:
-        grad = torch.bmm(grad_logits[0], theta)
-    grad.baddbmm_(scaled_A_T, grad_theta_T)  # θ_T = θ − (α/m)·A_TᵀH̃
+        grad = torch.bmm(grad_logits[0].transpose(1, 2), theta)
+    grad.baddbmm_(scaled_A_T.transpose(1, 2), grad_theta_T)  # θ_T = θ − (α/m)·A_T·H̃
     return losses, grad
 
 
-def _weights_loss_and_grad(H1, onehot, theta, hard_x1, hard_y, hard_onehot, steps, neg_scale):
-    """`UnrolledSteps` in augmented coordinates: θ_{t+1} = θ_t − (α/m)·R_tᵀH̃, then L = Q̃θ_Tᵀ; the
-    backward collects ∇H̃ as 2T rank-C terms and forms it with one (m × 2TC)·(2TC × D) product."""
+def _weights_loss_and_grad(H1, onehot, theta, hard_x1, hard_y, hard_onehot, steps, neg_scale, out=None):
+    """`UnrolledSteps` in augmented coordinates, class-major: θ_{t+1} = θ_t − (α/m)·R_t·H̃ (R_t: C × m),
+    then L = θ_T·Q̃ᵀ; the backward collects ∇H̃ as 2T rank-C terms and forms it with one
+    (m × 2TC)·(2TC × D) product."""
+    H1t = H1.transpose(1, 2)
     thetas, probs, steps_taken = [], [], []
     th = theta
     for _ in range(steps):
-        p = torch.softmax(torch.bmm(H1, th.transpose(1, 2)), dim=-1)
+        p = torch.softmax(torch.bmm(th, H1t), dim=1)
         step = (p - onehot).mul_(neg_scale)  # −(α/m)·R_t
         thetas.append(th)
         probs.append(p)
         steps_taken.append(step)
-        th = torch.baddbmm(th, step.transpose(1, 2), H1)
-    losses, grad_outer = _outer_loss(torch.bmm(hard_x1, th.transpose(1, 2)), hard_y, hard_onehot)
+        th = torch.baddbmm(th, step, H1)
+    losses, grad_outer = _outer_loss(torch.bmm(th, hard_x1.transpose(1, 2)), hard_y, hard_onehot)
 
-    grad_theta = torch.bmm(grad_outer.transpose(1, 2), hard_x1)  # ∂ℓ/∂θ_T
-    left, right = [], []  # ∇H̃ = Σ left_k · right_k
+    grad_theta = torch.bmm(grad_outer, hard_x1)  # ∂ℓ/∂θ_T
+    left, right = [], []  # ∇H̃ = Σ left_kᵀ · right_k
     for t in reversed(range(steps)):
-        left.append(steps_taken[t])  # θ_{t+1} = θ_t + step_tᵀH̃
+        left.append(steps_taken[t])  # θ_{t+1} = θ_t + step_t·H̃
         right.append(grad_theta)
-        grad_p = torch.bmm(H1, grad_theta.transpose(1, 2)).mul_(neg_scale)
+        grad_p = torch.bmm(grad_theta, H1t).mul_(neg_scale)
         grad_logits = _softmax_backward(probs[t], grad_p)
-        left.append(grad_logits)  # Z_t = H̃θ_tᵀ
+        left.append(grad_logits)  # Z_t = θ_t·H̃ᵀ
         right.append(thetas[t])
-        grad_theta = torch.baddbmm(grad_theta, grad_logits.transpose(1, 2), H1)
-    return losses, torch.bmm(torch.cat(left, dim=2), torch.cat(right, dim=1))
+        grad_theta = torch.baddbmm(grad_theta, grad_logits, H1)
+    return losses, torch.bmm(torch.cat(left, dim=1).transpose(1, 2), torch.cat(right, dim=1), out=out)
