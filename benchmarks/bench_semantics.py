@@ -186,7 +186,8 @@ def summarise_class(entry: dict) -> dict:
         "class": entry["name"], "verdict": entry["verdict"], "seeds": entry["seeds"],
         "alignment_mean": align["mean"], "alignment_std": align["std"], "alignment_per_seed": align["per_seed"],
         "alignment_p": align["p_value"], "alignment_sign_agreement": align["sign_agreement"],
-        "null_q95_abs": align["null_q95_abs"],
+        "null_q95_abs": align["null_q95_abs"], "holds_without_any_one_seed": align["holds_without_any_one_seed"],
+        "leave_one_seed_out": [(x["seed"], x["verdict"], round(x["p_value"], 4)) for x in align["leave_one_seed_out"]],
         "share_of_examples_agreeing": entry["per_example"]["share_agreeing"],
         "share_of_examples_positive": entry["per_example"]["share_positive"],
         "mean_edit_agreement": entry["mean_edit_agreement"],
@@ -232,6 +233,7 @@ def demo(demo_dir: Path, trials: int) -> dict:
                      f"sign {c['alignment_sign_agreement']:.0%}; null |cos| 95 % {c['null_q95_abs']:.2f}); examples "
                      f"agreeing {c['share_of_examples_agreeing'] if c['share_of_examples_agreeing'] is None else round(c['share_of_examples_agreeing'], 2)}, "
                      f"positive {c['share_of_examples_positive']:.2f}")
+                _log("    with one seed left out: " + ", ".join(f"−s{seed} {v} (p {p:.2g})" for seed, v, p in c["leave_one_seed_out"]))
                 agreement = c["mean_edit_agreement"]
                 _log(f"    mean edits across seeds: cos mean {agreement['mean_cosine']:+.2f}, min {agreement['min_cosine']:+.2f} "
                      f"(isotropic chance {agreement['chance']:.2f}, null 95 % {agreement['null_q95']:.2f})")
