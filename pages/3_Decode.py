@@ -83,6 +83,11 @@ def class_reading(entry: dict) -> None:
         st.caption(f"Alignment of the mean edit with the direction toward *{minority}*: {align['mean']:+.3f} ± "
                    f"{align['std'] or 0:.3f} over {len(align['per_seed'])} seed(s), combined p = {align['p_value']:.2g}, "
                    f"{align['sign_agreement']:.0%} of seeds agree in sign.")
+        flips = [x for x in align.get("leave_one_seed_out") or [] if x["verdict"] != entry["verdict"]]
+        if align.get("leave_one_seed_out"):
+            st.caption("The verdict holds with any one seed left out." if not flips else
+                       "Leaving out seed " + ", ".join(str(x["seed"]) for x in flips) + " would change it to "
+                       + ", ".join(VERDICT_TEXT.get(x["verdict"], x["verdict"]) for x in flips[:1]) + ".")
     agree = entry["mean_edit_agreement"]
     if agree and agree.get("mean_cosine") is not None:
         st.caption(f"The seeds' mean edits agree with each other at cosine {agree['mean_cosine']:+.2f} "

@@ -138,14 +138,20 @@ def edits_verdict(run: dict) -> None:
         agreeing = round(align["sign_agreement"] * len(align["per_seed"]))
         numbers = (f"alignment {align['mean']:+.2f} ± {align['std'] or 0:.2f}, {agreeing} of {len(align['per_seed'])} "
                    f"seeds agree in sign, combined p = {align['p_value']:.2g}")
+        flips = [x["seed"] for x in align.get("leave_one_seed_out") or [] if x["verdict"] != entry["verdict"]]
+        fragile = (f" Leaving out seed {', '.join(map(str, flips))} alone would change the reading." if flips else
+                   " It holds with any one seed left out." if align.get("leave_one_seed_out") else "")
+        shares = entry.get("per_example") or {}
+        few = (f" Only {shares['share_agreeing']:.0%} of the individual edits agree: a few examples carry the mean."
+               if shares.get("share_agreeing") is not None and shares["share_agreeing"] < 0.5 else "")
         if entry["verdict"] == "no_consistent_direction":
             st.markdown(f"- *{entry['name']}*: **no consistent direction** ({numbers}). It would take every seed "
-                        f"pointing the same way, with a combined p below {result['alpha']}, to say more.")
+                        f"pointing the same way, with a combined p below {result['alpha']}, to say more.{fragile}")
         else:
             toward = entry["verdict"] == "toward_minority"
             st.markdown(f"- *{entry['name']}*: the edits point **{'toward' if toward else 'away from'} {minority}** "
                         f"({numbers}). One more seed pointing the other way, or a combined p above "
-                        f"{result['alpha']}, would overturn this.")
+                        f"{result['alpha']}, would overturn this.{fragile}{few}")
     if seeds < 3:
         st.caption("Fewer than three seeds: train more (Decode offers it) before trusting any reading.")
     st.caption(f"Rule: {result['verdict_rule']}. Decode shows the null, the concepts and each seed.")
