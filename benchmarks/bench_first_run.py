@@ -1,12 +1,15 @@
 """The first launch as a new user meets it, in headless chromium on this machine.
 
-    python -m benchmarks.bench_first_run [--fresh-numba] [--numba-only | --no-numba]
+    python -m benchmarks.bench_first_run [--fresh-numba] [--numba-only | --no-numba] [--runs N] [--fresh-only]
 
 1. A fresh machine: an empty HSFM_CACHE_DIR (no demo workspace) — server start → Home shown (the
    demo build included), then → Projection's map shown without a click (the build starts the map in
-   a worker process; a time from server start and one from Home). `--fresh-numba` also points
-   NUMBA_CACHE_DIR at an empty folder, as on a fresh installation (numba's compiled kernels gone).
-2. A later launch on the same cache: server start → Home, → Projection's map.
+   a worker process; a time from server start and one from Home), and the map worker's own record
+   (`<map>.job.json`: seconds and CPU seconds from its request to the map on disk). `--fresh-numba` also
+   points NUMBA_CACHE_DIR at an empty folder, as on a fresh installation (numba's compiled kernels gone).
+2. A later launch on the same cache: server start → Home, → Projection's map (`--fresh-only`: skipped).
+`--runs N` repeats 1–2. Run from another checkout's root (`git archive <commit> | tar -x -C DIR`, then
+`cd DIR && python -m benchmarks.bench_first_run`) to time that version's app side by side.
 3. The map worker's numba cost: the demo-size map (11,820 points, 512-d) fitted in a new process
    twice with an empty NUMBA_CACHE_DIR: the first process compiles and caches umap's kernels, the
    second loads them (its map time is the fit alone). Also timed: the same fit with umap's own
@@ -23,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from tests.browser import MAP_AREA as MAP, browser_page, streamlit_server, wait_until_idle
 
@@ -47,8 +51,8 @@ print(t1 - t0, time.perf_counter() - t1)
 
 
 def launch(env: dict, timeout_s: float = 1200) -> dict:
-    """Server start → Home shown, → Projection's map shown (seconds)."""
-    out = {}
+    """Server start → Home shown, → Projection's map shown (seconds), and the map worker's record."""
+    out = {"load average at start": round(os.getloadavg()[0], 1)}
     start = time.perf_counter()
     with streamlit_server(env=env, timeout=timeout_s) as (url, _), browser_page() as page:
         page.goto(url)
@@ -61,6 +65,10 @@ def launch(env: dict, timeout_s: float = 1200) -> dict:
         wait_until_idle(page, timeout_s * 1000)
         out["server start → the demo map shown"] = round(time.perf_counter() - start, 1)
         out["Home shown → the demo map shown (click on Projection included)"] = round(time.perf_counter() - home, 1)
+    for job in Path(env["HSFM_CACHE_DIR"]).glob("demo-workspace-v*/cache/umap-*.job.json"):
+        record = json.loads(job.read_text())
+        out["map worker: request → map on disk_s"] = round(record.get("seconds", float("nan")), 1)
+        out["map worker: CPU_s"] = round(record.get("cpu_seconds", float("nan")), 1)
     return out
 
 
@@ -84,16 +92,19 @@ def main() -> None:
     parser.add_argument("--fresh-numba", action="store_true", help="also start with an empty NUMBA_CACHE_DIR")
     parser.add_argument("--numba-only", action="store_true", help="only part 3")
     parser.add_argument("--no-numba", action="store_true", help="parts 1 and 2 only")
+    parser.add_argument("--runs", type=int, default=1, help="repeat parts 1 and 2")
+    parser.add_argument("--fresh-only", action="store_true", help="part 1 without part 2")
     args = parser.parse_args()
-    figures: dict = {}
-    if not args.numba_only:
+    figures: dict = {"checkout": str(Path.cwd())}
+    for run in range(args.runs if not args.numba_only else 0):
         env = {"HSFM_CACHE_DIR": tempfile.mkdtemp(prefix="hsfm-bench-cache-"), "HSFM_WORKSPACE": ""}
         if args.fresh_numba:
             env["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="hsfm-bench-numba-")
         os.environ.pop("HSFM_WORKSPACE", None)
-        figures["fresh machine"] = launch(env)
-        figures["later launch"] = launch(env)
-        figures["env"] = env
+        figures[f"fresh machine, run {run + 1}"] = launch(env)
+        if not args.fresh_only:
+            figures[f"later launch, run {run + 1}"] = launch(env)
+        figures[f"env, run {run + 1}"] = env
         print(json.dumps(figures, indent=2, ensure_ascii=False), flush=True)
     if not args.no_numba:
         figures["map worker, numba"] = numba_costs()

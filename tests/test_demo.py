@@ -109,3 +109,33 @@ def test_first_projection_visit_finds_the_demo_map_without_a_click(first_launch,
     assert not at.exception, at.exception
     assert at.session_state["hsfm.focus_run"] == run["run_id"]  # the sidebar's default is the map's run
     assert len(at.get("plotly_chart")) == 1 and not at.get("progress")
+
+
+def test_the_fast_first_map_meets_its_quality_floor(first_launch):
+    """The demo's default map — the fast layout (docs/ARCHITECTURE.md §Demo) — against the full fit of
+    the same points: trustworthiness ≥ 0.95 (k = 15, on a 3,000-point sample: sklearn's exact computation
+    is n² in memory), at least half of each point's 15 nearest map neighbours kept (measured 0.61; another
+    seed of the full fit keeps 0.68), and feature-space neighbourhoods shown within 10 % of the full fit's."""
+    import pandas as pd
+    from sklearn.manifold import trustworthiness
+
+    from hsfm_core.analysis.projection import (ProjectionParams, default_map_run, embed_jointly,
+                                               neighbour_agreement, wait_for_map)
+    from hsfm_core.runs import load_support
+
+    _, workspace = first_launch
+    store = FeatureStore.open(workspace)
+    run = default_map_run(workspace)
+    frame = pd.read_parquet(wait_for_map(store, run, timeout=600))
+    fast = frame[["x", "y"]].to_numpy(np.float32)  # originals in row order, then the edits: the fit's order
+    originals = np.asarray(store.features, dtype=np.float32)
+    edits = load_support(run, store)["after"].numpy()
+    assert len(fast) == len(originals) + len(edits) and (frame["kind"] == "edited").sum() == len(edits)
+    full = embed_jointly(originals, edits, ProjectionParams(layout="full"))
+    features = np.concatenate([originals, edits])
+    every = np.arange(len(features))
+    sample = np.sort(np.random.default_rng(0).choice(len(features), size=3000, replace=False))
+    assert trustworthiness(full[sample], fast[sample], n_neighbors=15) >= 0.95
+    assert neighbour_agreement(full, fast, every, k=15, metric="euclidean") >= 0.5
+    shown = {name: neighbour_agreement(features, layout, every, k=15) for name, layout in (("fast", fast), ("full", full))}
+    assert shown["fast"] >= 0.9 * shown["full"], shown
