@@ -310,7 +310,7 @@ def _split_rows(store, settings: TrainSettings) -> tuple[np.ndarray, np.ndarray]
 
 
 def train_renderer(store, size: int = 64, epochs: int = 12, *, out: str | os.PathLike | None = None,
-                   progress: bool | TrainProgress = True, **settings) -> dict:
+                   progress: bool | TrainProgress = True, source: str | None = None, **settings) -> dict:
     """Train an inverter on a store's own images and features; write it with its card; → the card.
 
     Args:
@@ -320,6 +320,7 @@ def train_renderer(store, size: int = 64, epochs: int = 12, *, out: str | os.Pat
         out: the folder to write (default `<workspace>/renderers/inverter/`, where `load_inverter` looks
             first); replaced atomically.
         progress: True for a tqdm bar, False for none, or a callable(step, steps, losses).
+        source: how the card names the data (default: the store's folder).
         settings: other `TrainSettings` fields (width, batch_size, lr, feature_weight, seed, splits, holdout).
 
     The card (`card.json`, and `README.md` for people) records the data, the steps, the losses and the
@@ -394,7 +395,7 @@ def train_renderer(store, size: int = 64, epochs: int = 12, *, out: str | os.Pat
         "format": FORMAT, "version": VERSION, "renderer": "inverter",
         "config": asdict(net.config),
         "backbone": backbone_record(store),
-        "data": {"store": str(Path(store.path).resolve()), "store_hash": store.content_hash,
+        "data": {"store": source or str(Path(store.path).resolve()), "store_hash": store.content_hash,
                  "dataset": store.manifest["dataset"].get("format"), "splits": list(settings.splits),
                  "images": int(len(fit_rows_kept)), "unreadable_images_left_out": int(len(fit_rows) - len(fit_rows_kept)),
                  "image_size": settings.size},

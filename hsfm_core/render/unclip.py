@@ -57,6 +57,14 @@ def embeddings_only_encoder(dtype=None):
             super().__init__()
             self.dtype_marker = torch.nn.Parameter(torch.zeros(0, dtype=dtype or torch.float32), requires_grad=False)
 
+        @property
+        def dtype(self):
+            return self.dtype_marker.dtype
+
+        @property
+        def device(self):
+            return self.dtype_marker.device
+
         def forward(self, *args, **kwargs):
             raise RuntimeError("the unclip renderer passes image embeddings; it has no image encoder")
 
@@ -229,12 +237,18 @@ def load_unclip(store, weights: str | os.PathLike | None, *, device: str = "auto
     folder = check_weights_folder(weights, variant)
     from diffusers import StableUnCLIPImg2ImgPipeline
 
+    from diffusers.utils import logging as diffusers_logging
+
     dev = resolve_device(device)
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # not "expected CLIPVisionModelWithProjection" for the stand-in
     try:
         pipe = StableUnCLIPImg2ImgPipeline.from_pretrained(folder, image_encoder=embeddings_only_encoder(),
                                                            feature_extractor=None, local_files_only=True)
     except Exception as exc:  # corrupt or partial weights: name the folder and the cause
         raise InputError(f"cannot load the unCLIP pipeline from {folder}: {type(exc).__name__}: {exc}") from None
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
     return from_pipeline(pipe, store, variant, folder, dev, steps=steps, guidance_scale=guidance_scale,
                          noise_level=noise_level, prompt=prompt)
 
