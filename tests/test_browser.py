@@ -111,6 +111,8 @@ def test_every_page_in_the_browser_with_a_real_lasso(app_workspace):
         assert page.get_by_text(selected, exact=False).count() >= 1
 
         open_page(page, "Decode", "Mean edit per class", timings)
+        verdict = page.get_by_text("Verdict:", exact=False).first.inner_text()  # the run group's, against its null
+        assert any(v in verdict for v in ("no consistent direction", "point to the minority", "point away from")), verdict
         page.get_by_text("The Projection selection").wait_for()
         page.get_by_text("selected images", exact=False).first.wait_for(timeout=30_000)
         shot(page, "decode")
