@@ -291,12 +291,14 @@ def tf32_switches() -> dict:
     return {"matmul": bool(torch.backends.cuda.matmul.allow_tf32), "cudnn": bool(torch.backends.cudnn.allow_tf32)}
 
 
-def resolve(requested: str) -> Choice:
-    """`choose` on this process's facts (the launch check), warning when a present GPU is not used."""
+def resolve(requested: str, probe: bool = True) -> Choice:
+    """`choose` on this process's facts (the launch check), warning when a present GPU is not used.
+    `probe=False` skips the test kernel: for a process that only submits work elsewhere (a server
+    launching a local job), which need not hold a CUDA context; the process that trains probes."""
     kind, index = parse(requested)
     if kind == "cpu":
         return Choice("cpu", "asked for")
-    choice = choose(requested, device_facts(index or 0))
+    choice = choose(requested, device_facts(index or 0 if probe else None))
     if choice.warning:
         warnings.warn(choice.warning, RuntimeWarning, stacklevel=2)
     return choice

@@ -159,3 +159,11 @@ def test_this_machines_real_facts():
         with pytest.raises(InputError, match=f"device '{asked}': "):
             resolve_device(asked)
     assert device.tf32_switches().keys() == {"matmul", "cudnn"}
+
+
+def test_without_the_probe_the_check_reads_no_kernel_result():
+    """`probe=False` (a process that only submits): the same refusals, without a test kernel."""
+    assert device.device_facts(None).probes == {}
+    with pytest.raises(InputError, match="device 'cuda:2'"):
+        device.resolve("cuda:2", probe=False)
+    assert device.resolve("auto", probe=False).device == "cpu"

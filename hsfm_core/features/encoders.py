@@ -45,13 +45,14 @@ class Encoder:
         return self.network(images).float()
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: str, probe: bool = True) -> torch.device:
     """The launch check (`hsfm_core.device.resolve`): 'auto' → GPU 0 when it passes the check (a test
-    kernel included), else the CPU with a warning when a GPU is present but unusable; 'cpu'; 'cuda[:N]' →
-    that GPU, or InputError saying what is wrong and what to install (docs/ARCHITECTURE.md §Devices)."""
+    kernel included unless `probe` is False), else the CPU with a warning when a GPU is present but
+    unusable; 'cpu'; 'cuda[:N]' → that GPU, or InputError saying what is wrong and what to install
+    (docs/ARCHITECTURE.md §Devices)."""
     from hsfm_core.device import resolve
 
-    return torch.device(resolve(device).device)
+    return torch.device(resolve(device, probe=probe).device)
 
 
 def load_encoder(model: str, pretrained: str | None, device: torch.device) -> Encoder:
