@@ -21,7 +21,7 @@ Open a workspace: `open_workspace`, `demo_workspace` (→ `Workspace`: .store, .
 Train and select: `train_runs`, `sweep`, `evaluate`. Tables: `group_table`, `summary_table`.
 Analysis (the facade's instruments, `hsfm_core/instruments/`: each returns what the CLI's JSON prints):
 `project`, `decode`, `neighbors`, `edit_shift`, `edit_semantics` (what a run group's edits encode, against
-a null). Figures: `group_figure`, `projection_figure`,
+a null), `render` (edited features as pictures, with the attribute flip rate). Figures: `group_figure`, `projection_figure`,
 `concept_figure`, `training_figure`. Bad input raises `InputError`.
 
 These names load on first use (module `__getattr__`), so `import hsfm_core` imports neither torch
@@ -45,6 +45,7 @@ __all__ = [
     "open_workspace",
     "project",
     "projection_figure",
+    "render",
     "summary_table",
     "sweep",
     "train_runs",

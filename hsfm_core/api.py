@@ -26,15 +26,15 @@ from hsfm_core.errors import InputError
 from hsfm_core.instruments.decode import concept_figure, decode
 from hsfm_core.instruments.evaluation import evaluate
 from hsfm_core.instruments.projection import project, projection_figure
+from hsfm_core.instruments.render import render
 from hsfm_core.instruments.retrieval import edit_shift, neighbors
 from hsfm_core.instruments.semantics import edit_semantics
 from hsfm_core.instruments.tables import group_table, summary_table
 from hsfm_core.workspace import Workspace, as_workspace, open_workspace
 
 __all__ = ["Workspace", "concept_figure", "decode", "demo_workspace", "edit_semantics", "edit_shift", "evaluate",
-           "group_figure",
-           "group_table", "neighbors", "open_workspace", "project", "projection_figure", "summary_table", "sweep",
-           "train_runs", "training_figure"]
+           "group_figure", "group_table", "neighbors", "open_workspace", "project", "projection_figure", "render",
+           "summary_table", "sweep", "train_runs", "training_figure"]
 
 Settings = Mapping[str, object] | Iterable[str] | None  # {"alpha": 2e-4} or ["alpha=2e-4"]
 

@@ -152,6 +152,22 @@ def group_semantics() -> None:
                                        e["attribute_alignment"]["p_per_seed"]))]), hide_index=True, width="stretch")
 
 
+def rendered_means(run: dict) -> None:
+    """Each class's mean support feature before and after its mean edit, drawn by the store's inverter,
+    with the flip rate that makes the picture evidence (renderings re-encoded, attribute classified)."""
+    classes, images = ui.render_class_means(store, run)
+    flips = {c["class"]: c for c in ui.flip_rate(store, run)["per_class"]}
+    st.markdown("**The mean edit as a picture** (each class's mean support feature, before → after):")
+    columns = st.columns(len(classes))
+    for column, c, pair in zip(columns, classes, images):
+        column.image([ui.picture(pair[0], 128), ui.picture(pair[1], 128)], caption=["before", "after"], width=128)
+        if c in flips:
+            f = flips[c]
+            column.caption(f"{store.class_names[c]}: the rendered attribute flips from {f['majority']} to "
+                           f"{f['minority']} for {f['rate']:.0%} of {f['n']} support examples (random within-class "
+                           f"edits of the same sizes: {f['null_rate']:.0%}).")
+
+
 with ui.errors_shown("Cannot test what the edits encode", stop=False):
     group_semantics()
 
@@ -170,6 +186,11 @@ else:
                 st.metric(f"{entry['name']} ({entry['n']} edited)", f"{entry['contrast']:+.3f}",
                           help=f"cos(mean edit, “{positive}”) − cos(mean edit, “{negative}”)")
                 st.plotly_chart(concept_bars(entry["top"]), width="stretch", key=f"decode.class{entry['class']}")
+        if ui.renderer_missing(store):
+            st.caption(ui.renderer_missing(store))
+        else:
+            with ui.errors_shown("Cannot render the edits", stop=False):
+                rendered_means(focus)
 
         st.subheader("One support example")
         indices = support["indices"].numpy()

@@ -41,6 +41,34 @@ else:
     if support is not None and row in support["indices"].tolist():
         queries["Nearest to its edited feature"] = {"row": row, "edited": True}
 
+def rendered_edit(example: int) -> None:
+    """Original image | render(z) | render(z + Δ) | the nearest real image to z + Δ, and the strip along
+    z + t·Δ: what the edited feature would look like, drawn by the store's inverter."""
+    st.subheader("What the edited feature looks like")
+    strip = ui.render_strip(store, focus, [example])[0]  # steps × H × W × 3, every t at once (cached)
+    nearest = ui.neighbors(store, focus, support=example, edited=True, k=1)["neighbors"]
+    tiles = [(ui.thumbnail(str(store.image_path(row)), 128) if row >= 0 and store.image_root else None, "the image"),
+             (ui.picture(strip[ui.STRIP_STEPS.index(0.0)], 128), "render(z)"),
+             (ui.picture(strip[ui.STRIP_STEPS.index(1.0)], 128), "render(z + Δ)"),
+             (ui.thumbnail(str(store.image_path(nearest[0]["row"])), 128) if nearest and store.image_root else None,
+              "nearest real image to z + Δ")]
+    st.image([t for t, _ in tiles if t is not None], caption=[c for t, c in tiles if t is not None], width=128)
+    t = st.select_slider("t in z + t·Δ", options=list(ui.STRIP_STEPS), value=1.0, key="neighbors.t",
+                         help="0 is the original feature, 1 the edited one; beyond 1 the edit is extrapolated")
+    st.image([ui.picture(image, 96) for image in strip],
+             caption=[f"t = {s:g}" + (" ◀" if s == t else "") for s in ui.STRIP_STEPS], width=96)
+    st.image(ui.picture(strip[ui.STRIP_STEPS.index(t)], 192), caption=f"render(z + {t:g}·Δ)", width=192)
+    if t > 1:
+        st.caption("Beyond t = 1 the rendering is an extrapolation past the edit, and likely past the data.")
+
+
+if mode == "A support example":
+    if ui.renderer_missing(store):
+        st.caption(ui.renderer_missing(store))
+    else:
+        with ui.errors_shown("Cannot render this edit", stop=False):
+            rendered_edit(chosen)
+
 if row >= 0:
     st.markdown(f"**Query: row {row} · {labels[group_of[row]]} · {store.meta['split'].iat[row]}**")
     ui.image_grid(store, [row], ["the query image"], key="neighbors.query", size=128)

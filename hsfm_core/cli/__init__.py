@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hsfm_core.cli import analysis, data, training
+from hsfm_core.cli import analysis, data, rendering, training
 from hsfm_core.cli.common import EXIT_BAD_INPUT, Parser
 from hsfm_core.errors import InputError
 
@@ -25,6 +25,7 @@ def build_parser(prog: str = "python -m hsfm_core") -> argparse.ArgumentParser:
     data.add_commands(sub)
     training.add_commands(sub)
     analysis.add_commands(sub)
+    rendering.add_commands(sub)
     return parser
 
 

@@ -15,6 +15,7 @@ and its API return value are the same dict.
 | decode        | decode, describe_selection, concept_figure |
 | retrieval     | neighbors, edit_shift, edit_diagnostics |
 | semantics     | edit_semantics, edited_groups, resolve_group |
+| render        | render, strip, class_means, flip_rate, renderer, train_renderer |
 
 Nothing below this layer imports it (imports point one way, §Layers).
 """

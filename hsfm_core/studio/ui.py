@@ -419,6 +419,76 @@ def edited_groups(store) -> list:
     return groups(workspace_of(store))
 
 
+@st.cache_data(max_entries=8, show_spinner=False, hash_funcs=STORE_HASH, ttl=60)
+def renderer_missing(store) -> str | None:
+    """None when the store has an inverter renderer (its own or a bundled one that fits its backbone),
+    else what to do — pages say it as information, not as an error. Re-checked every minute (one may
+    be trained meanwhile)."""
+    from hsfm_core.render.inverter import find_inverter
+
+    if find_inverter(store) is not None:
+        return None
+    return (f"No renderer inverts this store's backbone yet: `python -m hsfm_core train-renderer --workspace "
+            f"{store.path}` trains one on its images (the demo's is bundled).")
+
+
+STRIP_STEPS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)  # the Neighbors strip: z + t·Δ at fixed t, rendered at once
+
+
+@st.cache_data(max_entries=64, show_spinner="Rendering the features…", hash_funcs=STORE_HASH)
+def _render_strip(store, run_id: str, support: tuple, steps: tuple, _run) -> np.ndarray:
+    from hsfm_core.instruments.render import strip
+
+    return strip(workspace_of(store), _run, list(support), list(steps))
+
+
+def render_strip(store, run: dict, support: list[int], steps=STRIP_STEPS) -> np.ndarray:
+    """The facade's rendering of z + t·Δ for support examples (the store's inverter), cached per
+    (store, run, examples, steps): uint8 examples × steps × H × W × 3."""
+    return _render_strip(store, run["run_id"], tuple(int(i) for i in support), tuple(float(t) for t in steps), run)
+
+
+@st.cache_data(max_entries=16, show_spinner="Rendering each class's mean before and after its mean edit…",
+               hash_funcs=STORE_HASH)
+def _render_class_means(store, run_id: str, _run):
+    from hsfm_core.instruments.render import class_means
+
+    return class_means(workspace_of(store), _run)
+
+
+def render_class_means(store, run: dict):
+    """(classes, uint8 classes × 2 × H × W × 3): each class's mean support feature before / after."""
+    return _render_class_means(store, run["run_id"], run)
+
+
+@st.cache_data(max_entries=16, show_spinner="Re-encoding the renderings to measure the attribute flip…",
+               hash_funcs=STORE_HASH)
+def _flip_rate(store, run_id: str, _run) -> dict:
+    from hsfm_core.instruments.render import flip_rate as measure
+
+    return measure(workspace_of(store), _run)
+
+
+def flip_rate(store, run: dict) -> dict:
+    """The facade's flip rate of a run's edits (rendered, re-encoded, attribute classified) with its null."""
+    return _flip_rate(store, run["run_id"], run)
+
+
+def picture(image: np.ndarray, size: int = THUMB_PX) -> bytes:
+    """A rendered uint8 image as a PNG, enlarged without blurring (the inverter renders 64 px)."""
+    import io
+
+    from PIL import Image
+
+    picture = Image.fromarray(image)
+    if max(picture.size) < size:
+        scale = size / max(picture.size)
+        picture = picture.resize((round(picture.width * scale), round(picture.height * scale)), Image.NEAREST)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 @st.cache_data(max_entries=16, show_spinner="Searching neighbours of every support example…", hash_funcs=STORE_HASH)
 def _edit_shift(store, run_id: str, k: int, _run) -> dict:
     from hsfm_core.instruments.retrieval import edit_shift as shift
