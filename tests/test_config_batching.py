@@ -86,3 +86,16 @@ def test_the_default_fit_many_fits_each_settings_in_turn(tmp_path):
         (alone,) = erm.fit(store, s, [0])
         assert torch.equal(fitted[0].weight, alone.weight)
     assert not torch.equal(many[0][0].weight, many[1][0].weight)
+
+
+def test_a_diverging_configuration_leaves_the_others_exactly_their_own():
+    xt, yt, xv, yv, gv, init = _problem()
+    base = _configs(4)[0]
+    wild = dataclasses.replace(base, outer_lr=1e30)  # the edits overflow float32 within a step
+    rows = fit_hsfm(xt, yt, xv, yv, gv, init.weight, init.bias, [base, wild], seeds=[0])
+    (alone,) = fit_hsfm(xt, yt, xv, yv, gv, init.weight, init.bias, base, seeds=[0])
+    assert not torch.isfinite(rows[1].H_after).all() or not all(
+        torch.isfinite(torch.tensor(h["outer_loss"])) for h in rows[1].history)
+    torch.testing.assert_close(rows[0].weight, alone.weight, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(rows[0].H_after, alone.H_after, rtol=1e-5, atol=1e-6)
+    assert [h["val_wga"] for h in rows[0].history] == pytest.approx([h["val_wga"] for h in alone.history], abs=1e-9)

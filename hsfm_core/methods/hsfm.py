@@ -1,14 +1,19 @@
 """HSFM — Hard-Set-Guided Feature-Space Meta-Learning (docs/ARCHITECTURE.md §HSFM), as a pure function
 over tensors, and its method entry (settings, presets, the store adapter).
 
-Read `fit_hsfm` beside Algorithm 1; the numbered comments match its steps. Several seeds run
-*together*: every tensor carries a leading seed axis S, losses are per-seed means summed over seeds
-(so each seed's gradient is exactly its own), gradient clipping is per seed, and Adam is
-elementwise — so a batched run is the same computation as S separate runs, in one pass of the
-same ops. Any number of classes C: n support rows and K_hard hard rows per class, classes in
-order 0…C−1 (the paper's binary case is C = 2).
+Read `fit_hsfm` beside Algorithm 1; the numbered comments match its steps. Several runs train
+*together* as rows: every tensor carries a leading row axis R = configurations × seeds, losses are
+per-row means summed over rows (so each row's gradient is exactly its own), gradient clipping is per
+row, Adam is elementwise, and α, η and the clip norm are per-row tensors — so a batched call is the
+same computation as R separate runs, in one pass of the same ops. Configurations can share a pass
+when they differ only in `ROW_SCALARS`. Any number of classes C: n support rows and K_hard hard rows
+per class, classes in order 0…C−1 (the paper's binary case is C = 2).
 
-Shapes: S seeds, m = C·n support rows, C classes, d features, V validation rows.
+Steps 3.2–3.3 run fused by default (`_FusedSteps`: the loss and ∇H in closed form, no autograd);
+`fused=False` runs them as first written (`_PlainSteps`: autograd, `torch.optim.Adam`), the oracle.
+
+Shapes: R rows, m = C·n support rows, C classes, d features (D ≥ d + 1 augmented columns), V
+validation rows.
 """
 
 from __future__ import annotations
