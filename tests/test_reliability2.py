@@ -504,6 +504,19 @@ def test_3_both_ways_of_running_a_sweep_take_the_same_lock(ws):
     assert not list((ws / "runs").glob("sweep-*"))  # nothing trained, nothing removed
 
 
+def test_7_results_csv_reads_back_or_names_the_cell(ws):
+    directory = erm_sweep(ws)
+    request = sweeps.load_request(ws, directory.name)
+    sweeps.write_results(ws, request)
+    table = sweeps.read_results(ws, directory.name)
+    assert table["config"].tolist() == [0, 1] and table["seeds_done"].tolist() == [0, 0]
+    assert table["selected"].tolist() == [False, False] and table["val_wga_mean"].isna().all()
+    text = (directory / "results.csv").read_text().splitlines()
+    (directory / "results.csv").write_text("\n".join([text[0], text[1].replace(",False", ",maybe")]) + "\n")
+    with pytest.raises(InputError, match="row 2, column selected: expected True or False, found 'maybe'"):
+        sweeps.read_results(ws, directory.name)
+
+
 # -- 1, 2, 3. processes (slow: real processes) ---------------------------------------------------------
 
 @pytest.mark.slow
