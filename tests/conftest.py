@@ -16,6 +16,12 @@ Three rules keep that safe and free of repeated work:
   ones before the others, so that no long test starts when the other workers are running out of work.
 
 Without xdist (`-p no:xdist`, or `-n 0`) the same fixtures run in one process, as before.
+
+Groups reach xdist's scheduler through a file, not through the test ids: pytest 9.2 builds a test's id from a
+structured field, so xdist 3.8's loadgroup (which appends `@group` to the old one) silently stops grouping
+(pytest-dev/pytest-xdist#1386, open). Each worker writes {test id: group} for the tests it collected
+(`xdist_group` marks, ours and any written in a test file) beside the workers' temp folders; the controller's
+scheduler, xdist's own LoadGroupScheduling, reads its scopes from it.
 """
 
 import os
@@ -31,6 +37,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import fcntl  # noqa: E402
+import json  # noqa: E402
 import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Callable  # noqa: E402
@@ -41,6 +48,7 @@ from tests.helpers import make_tiny_clip, make_waterbirds  # noqa: E402
 
 BROWSER_GROUP = "browser"
 DONE = ".built"  # written last into a shared folder: a folder without it is an unfinished build
+GROUPS_FILE = "xdist-groups.json"  # {test id: xdist group}, written by the workers for the controller
 
 
 @pytest.fixture(scope="session")
@@ -126,7 +134,39 @@ def pytest_itemcollected(item):
             item.add_marker(pytest.mark.xdist_group(group))
 
 
+def _group_names(item: pytest.Item) -> str | None:
+    """The test's xdist group, as xdist names it (several marks: their names, sorted, joined by _)."""
+    names = {str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")}
+    return "_".join(sorted(names)) or None
+
+
 @pytest.hookimpl(trylast=True)  # after pytest has ordered the tests by their fixtures
 def pytest_collection_modifyitems(config, items):
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # the order xdist hands out single tests (stable: groups keep theirs)
-        items.sort(key=lambda item: not (item.get_closest_marker("xdist_group") or item.get_closest_marker("slow")))
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    # the order xdist hands out single tests (stable: groups keep theirs)
+    items.sort(key=lambda item: not (item.get_closest_marker("xdist_group") or item.get_closest_marker("slow")))
+    groups = {item.nodeid: group for item in items if (group := _group_names(item))}
+    shared = config._tmp_path_factory.getbasetemp().parent  # the controller's base temp folder
+    partial = shared / f".{GROUPS_FILE}.{os.environ['PYTEST_XDIST_WORKER']}"
+    partial.write_text(json.dumps(groups))
+    partial.replace(shared / GROUPS_FILE)  # atomic: every worker collects the same tests, and writes the same
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadgroup` with the groups the workers wrote (see the top of this file)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class FileGroupScheduling(LoadGroupScheduling):
+        groups: dict | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:  # first asked once every worker has finished collecting
+                path = config._tmp_path_factory.getbasetemp() / GROUPS_FILE
+                self.groups = json.loads(path.read_text()) if path.exists() else {}
+            return self.groups.get(nodeid) or super()._split_scope(nodeid)
+
+    return FileGroupScheduling(config, log)
