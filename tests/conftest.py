@@ -1,6 +1,6 @@
 """Fixtures shared by the suite, and how it runs in parallel.
 
-`make test` runs the suite on every core with pytest-xdist (pytest.ini: `-n auto --dist loadgroup`).
+`make test` runs the suite on every core with pytest-xdist (Makefile: `-n auto --dist loadgroup`).
 Three rules keep that safe and free of repeated work:
 
 - **Shared, built once.** Session fixtures that build something (the app workspace, the tiny CLIP) build
@@ -12,7 +12,7 @@ Three rules keep that safe and free of repeated work:
   test file runs on the same worker as the others that use it (an `xdist_group` per file), so that fixture
   is built once; the real-Slurm tests (one cluster, whose accounting mode they switch) are one such
   group. Browser tests run one at a time (group `browser`): each holds a Streamlit server and a chromium.
-- **Long work first.** xdist hands out the groups first (largest first), then the single tests: the `slow`
+- **Long work first.** xdist hands out the groups first (most tests first), then the single tests: the `slow`
   ones before the others, so that no long test starts when the other workers are running out of work.
 
 Without xdist (`-p no:xdist`, or `-n 0`) the same fixtures run in one process, as before.
