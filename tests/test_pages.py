@@ -194,7 +194,9 @@ def test_lesson_walks_through_every_step(monkeypatch, app_workspace):
                        "The features were fine: retrain only the head", "HSFM: edit a few features", "Your turn"]
     at.button(key="lesson.back").click().run()
     assert at.header[0].value == "HSFM: edit a few features"
-    assert "“water background” − “land background” contrast" in texts(at)
+    lesson = texts(at)  # the measured verdict (semantics over the run group), not a caption written by hand
+    assert "What do the edits encode?" in lesson and "combined p =" in lesson
+    assert "The edits mostly move along the background" not in lesson
 
 
 @pytest.mark.parametrize("page", ["1_Groups", "2_Projection", "3_Decode", "4_Neighbors", "6_Lesson"])
@@ -303,7 +305,7 @@ def test_edits_off_the_data_are_flagged(monkeypatch, app_workspace, tmp_path):
     run = runs_by_method(workspace)["hsfm"]
     support = load_file(run["path"] / "support.safetensors")
     at = open_page(monkeypatch, workspace, "3_Decode")
-    assert not at.warning and "Median edit" in texts(at)  # tiny settings: the edits stay among real features
+    assert not [w for w in at.warning if "off the data" in w.value] and "Median edit" in texts(at)  # tiny settings
     support["after"] = support["before"] + 50 * torch.randn_like(support["before"])  # far from every real feature
     save_file(support, run["path"] / "support.safetensors")
     ui._support.clear()
