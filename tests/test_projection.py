@@ -126,7 +126,7 @@ def test_landmarks_hold_every_edit_and_kept_row_and_each_groups_share():
     assert (tiny[landmarks(5003, 0, 100, strata=tiny)] == 1).sum() >= 1
 
 
-def test_fast_layout_keeps_the_neighbourhoods_of_the_full_fit():
+def test_fast_layout_keeps_the_neighbourhoods_of_the_full_fit(monkeypatch):
     """Above 2 × FAST_LANDMARKS points the default layout fits the landmarks, places the rest and refines:
     the map keeps what the full fit shows (trustworthiness against it, neighbours kept, edits placed)."""
     from sklearn.manifold import trustworthiness
@@ -153,6 +153,12 @@ def test_fast_layout_keeps_the_neighbourhoods_of_the_full_fit():
     on_map = {name: neighbour_agreement(features, layout, np.arange(3020), k=15)
               for name, layout in (("fast", fast), ("full", full))}
     assert on_map["fast"] >= 0.8 * on_map["full"], on_map  # measured 0.18 against 0.21
+    from hsfm_core.analysis import projection
+
+    monkeypatch.setattr(projection, "FAST_MAX_POINTS", 3000)  # above it, the full layout
+    stages.clear()
+    above = embed_jointly(originals, edits, ProjectionParams(), progress=lambda stage, fraction: stages.append(stage))
+    assert not any("landmarks" in s for s in stages) and np.array_equal(above, full)
     with pytest.raises(InputError, match="layout"):
         ProjectionParams(layout="tsne")
 

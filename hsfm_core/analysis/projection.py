@@ -26,7 +26,7 @@ a Streamlit server never blocks on a fit and never holds umap's memory. A fresh 
 importing torch, pandas, FAISS and umap before its fit; `prepare_worker` starts one that imports and
 then waits on its stdin, and the next `start_map` hands it its map (the demo build prepares one).
 
-Layouts. `ProjectionParams.layout` "fast" (the default, above 2 × FAST_LANDMARKS points) fits UMAP on
+Layouts. `ProjectionParams.layout` "fast" (the default, from 2,000 to 50,000 points) fits UMAP on
 1,000 landmarks — every edit, every support example's original, and a sample stratified by group —
 places every other point at the membership-weighted mean of its 15 nearest landmarks (umap's own
 `transform` initialisation), then refines every point for 40 epochs on the whole k-NN graph at a
@@ -79,6 +79,9 @@ LAYOUTS = ("fast", "full")
 FAST_LANDMARKS = 1000  # points the fast layout fits UMAP on: the edits, the support rows, a stratified sample
 FAST_REFINE_EPOCHS = 40  # then every point, from the landmarks' layout, for this many epochs (full: umap's 200)
 FAST_REFINE_RATE = 0.25  # at umap's `transform` learning rate (1/4 of a fit's): refine the layout, not redo it
+# Above, the full layout from PCA: its quality with 1,000 landmarks is unmeasured there, and at 200k points
+# the k-NN graph is most of the map's time (bench_scale: about a minute of 93 s) whichever the layout
+FAST_MAX_POINTS = EXACT_KNN_MAX_ROWS
 
 
 @dataclass(frozen=True)
@@ -197,16 +200,17 @@ def embed_jointly(originals: np.ndarray, edits: np.ndarray, params: ProjectionPa
                   keep: np.ndarray | None = None) -> np.ndarray:
     """2-D coordinates for originals and edits fitted together: (n_originals + n_edits) × 2.
 
-    `params.layout` "fast" (more than 2 × FAST_LANDMARKS points): the layout of the landmarks — every
-    edit, the originals at positions `keep`, a sample of the rest stratified by `strata` (one label per
-    original) — then every point, placed from its nearest landmarks and refined with the whole graph."""
+    `params.layout` "fast" (from 2 × FAST_LANDMARKS to FAST_MAX_POINTS points): the layout of the
+    landmarks — every edit, the originals at positions `keep`, a sample of the rest stratified by
+    `strata` (one label per original) — then every point, placed from its nearest landmarks and refined
+    with the whole graph."""
     data = np.concatenate([np.asarray(originals, dtype=np.float32), np.asarray(edits, dtype=np.float32)])
     report = progress or (lambda stage, fraction: None)
     report(f"Finding each point's {params.n_neighbors} nearest neighbours (FAISS)", 0.05)
     # FAISS at every size: umap's own exact path below 4,096 points calls a numba distance from Python
     # once per pair (sklearn's pairwise_distances with a callable), seconds for a few thousand points
     graph = (*knn_graph(data, params.n_neighbors, params.metric), None)
-    if params.layout == "fast" and n_epochs is None and len(data) > 2 * FAST_LANDMARKS \
+    if params.layout == "fast" and n_epochs is None and 2 * FAST_LANDMARKS < len(data) <= FAST_MAX_POINTS \
             and 4 * params.n_neighbors < FAST_LANDMARKS:
         return _embed_fast(data, graph, len(originals), params, report, strata, keep)
     report("Laying out the map (UMAP)", 0.3)
@@ -380,9 +384,9 @@ PREPARED_IMPORTS = ("hsfm_core.runs", "hsfm_core.features", "hsfm_core.analysis.
 def estimate_seconds(n_points: int, layout: str = "fast") -> float:
     """A map's expected time on 2 CPU cores in a fresh worker, numba's cache warm: imports, FAISS graph,
     UMAP's layout. Full: fitted to benchmarks/bench_first_run.py and bench_scale.py (about 15 s at 12k
-    points, 2 min at 200k). Fast: about 4 s of imports and 2 s at 12k (bench_projection.py --quality);
-    at 200k the graph's minute, the landmarks and 40 of the full layout's 200 epochs."""
-    return 8.0 + n_points / 1_800 if layout == "full" else 5.0 + n_points / 3_000
+    points, 2 min at 200k). Fast (up to FAST_MAX_POINTS): about 4 s of imports and 2 s at 12k
+    (bench_projection.py --quality-only)."""
+    return 8.0 + n_points / 1_800 if layout == "full" or n_points > FAST_MAX_POINTS else 5.0 + n_points / 3_000
 
 
 def _job_file(path: Path) -> Path:
