@@ -121,8 +121,8 @@ def start_foreground_sweep(ws: Path, alphas: str = "1e-3,2e-3", max_parallel: in
 
 
 def training_runs(ws: Path) -> list[Path]:
-    """Run folders whose history has at least one epoch."""
-    return [p.parent for p in Path(ws, "runs").glob("*/history.jsonl") if p.stat().st_size]
+    """A sweep's run folders whose history has at least one epoch."""
+    return [p.parent for p in Path(ws, "runs").glob("sweep-*/history.jsonl") if p.stat().st_size]
 
 
 def until(condition, timeout_s: float, what: str = "condition"):
