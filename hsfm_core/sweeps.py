@@ -2,11 +2,16 @@
 selected on validation only.
 
     sweeps/<sweep_id>/request.json   method, preset, grid, fixed overrides, seeds, placement
-    sweeps/<sweep_id>/status         running | done | failed | cancelled
+    sweeps/<sweep_id>/status         running | submitted | done | failed | cancelled, as its writer last said
+                                     (readers derive the state: `status`)
+    sweeps/<sweep_id>/process.json   who runs it: the foreground `run`, or the background queue of `submit`
+                                     (pid, start time, host: a run's process record)
+    sweeps/<sweep_id>/.lock          flock held by whoever runs it, either way
     sweeps/<sweep_id>/cancel         present when a cancel was asked for
     sweeps/<sweep_id>/results.csv    one row per configuration: settings, run ids, seeds finished, val and test
-                                     mean ± std, selected (written when a foreground sweep ends)
-    sweeps/<sweep_id>/jobs.json      the background jobs of a submitted sweep, {config: job id}
+                                     mean ± std, selected (written when a sweep stops; `read_results`)
+    sweeps/<sweep_id>/jobs.json      the background jobs of a submitted sweep, {config: job id}, as launched
+    sweeps/<sweep_id>/runner.log     the background queue's log
 
 Every (configuration, seed) is an ordinary run, `<sweep_id>-c<k>-s<seed>`, tagged in its config
 with `sweep` and `sweep_config`. The sweep id is a hash of the method, preset, grid and fixed
@@ -19,13 +24,27 @@ the selected one has the highest mean val worst-group accuracy over its seeds; t
 1e-9) go to the higher mean val adjusted average, then to the earlier configuration in grid order.
 Test figures are reported for every configuration and never read by `select`.
 
-Execution. In the foreground (`run`, the CLI's default) configurations train in parallel worker
-processes (`spawn`), at most `max_parallel` at a time (default: the workspace's job limit). In the
-background (`submit`, the app's Sweep view and the CLI's `--submit local|slurm`) each configuration
-is one job of the existing job machinery: local jobs (`jobs.launch`) wait for the workspace's
-concurrency slots; on Slurm the configurations go as ONE job array (`jobs.launch_array`, submitit's
-`executor.batch()`), one task per configuration, each task an ordinary job (status, cancel). Either way a configuration's seeds train in one
-`train` call, where HSFM batches or loops them by size (`methods/hsfm.py`).
+**Before anything is written** (`check`): the request's fields (types, seeds 0…2**32−1, no key both fixed and
+swept: `SweepRequest`), its size against the workspace's limit (`jobs/settings.json` max_sweep_runs, default
+500 configurations × seeds; `yes=True` — the CLI's `--yes` — runs a larger one), every configuration's
+settings, and the store (it must exist: a sweep never creates the workspace; every split and validation group
+the method needs).
+
+Execution. Whoever runs a sweep holds its `.lock`, so the two ways exclude each other. In the foreground
+(`run`, the CLI's default) configurations train in parallel worker processes (`spawn`), at most
+`max_parallel` at a time (default: the workspace's job limit); the workers die with the process that runs
+them (`parallel.process_pool`). In the background (`submit`, the app's Sweep view and the CLI's
+`--submit local|slurm`) each configuration is one job of the existing job machinery. Locally, one small
+background process — the sweep's queue (`_serve`), which inherits the lock — launches a configuration's job
+(`jobs.launch`) only while fewer than the job limit of them are queued or training: a waiting configuration
+costs no process, and jobs.json grows as they launch (`cancel` reaches every one). On Slurm the
+configurations go as ONE job array (`jobs.launch_array`, submitit's `executor.batch()`), one task per
+configuration, each task an ordinary job (status, cancel), and the scheduler queues them. Either way a
+configuration's seeds train in one `train` call, where HSFM batches or loops them by size (`methods/hsfm.py`).
+
+A sweep's state is derived like a run's (`status`): `running`/`submitted` while its process lives or any of
+its jobs is active; once neither, done (every seed finished), cancelled (a cancel was asked for) or failed
+— so a SIGKILLed sweep reads failed at the next read, and running it again resumes it.
 """
 
 from __future__ import annotations
@@ -44,6 +63,7 @@ import subprocess
 import sys
 import time
 import traceback
+from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import IO, Callable, Sequence
@@ -343,7 +363,7 @@ def run(workspace: str | os.PathLike, request: SweepRequest,
             with process_pool(workers) as pool:
                 futures = submit_all(pool, _train_configuration, [(str(workspace), _request_dict(request), k, seeds, threads)
                                                                  for k, _, seeds in todo])
-                for done, future in enumerate(_as_completed(futures), start=1):
+                for done, future in enumerate(as_completed(futures), start=1):
                     outcomes.append(future.result())
                     if on_configuration is not None:
                         on_configuration(done, len(todo), outcomes[-1])
@@ -357,12 +377,6 @@ def run(workspace: str | os.PathLike, request: SweepRequest,
         write_results(workspace, request)
         lock.close()
     return results(workspace, request)
-
-
-def _as_completed(futures):
-    from concurrent.futures import as_completed
-
-    return as_completed(futures)
 
 
 def submit(workspace: str | os.PathLike, request: SweepRequest, *, yes: bool = False) -> dict:

@@ -316,7 +316,7 @@ def test_9_table_out_where_nothing_can_be_written_is_an_error(ws, tmp_path, caps
     (tmp_path / "a-file").write_text("x")
     for out in (tmp_path, "/proc/nope/table.md", tmp_path / "a-file" / "table.md"):
         code, _, err = cli(capsys, "table", "--workspace", ws, "--out", out)
-        assert code == 2 and last_line(err).startswith(f"error: ") and str(out) in err, err
+        assert code == 2 and last_line(err).startswith("error: ") and str(out) in err, err
     assert (tmp_path / "a-file").read_text() == "x"
 
 
