@@ -12,7 +12,8 @@ in a rotating order so that load drifts hit each alike:
 - `before`: `fit_hsfm` as it was at git revision REV (loaded from `git show`), one seed — only with --before;
 - `plain`: today's `fit_hsfm(fused=False)` (autograd and torch.optim), one seed;
 - `fused`: today's `fit_hsfm`, one seed, and S seeds batched.
-Medians over the repeats and their ratios are printed, then one JSON line. Each time is the whole
+Medians over the repeats and their ratios (of wall and of CPU time, the steadier of the two on a
+shared machine) are printed, then one JSON line. Each time is the whole
 call (validation evaluation included) after a warm-up call of each that pays PyTorch's lazy imports.
 The machine is shared: compare only figures from the same run.
 """
@@ -63,6 +64,13 @@ def timed(fn):
     t0 = time.perf_counter()
     out = fn()
     return time.perf_counter() - t0, out
+
+
+def timed_cpu(fn):
+    """(wall s, CPU s of this process): CPU time is the steadier of the two on a shared machine."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def fit_hsfm_at(revision: str):
@@ -128,20 +136,28 @@ def main() -> None:
             if before:
                 runs[f"before_{len(seeds)}_seeds"] = lambda: before(*data, config, seeds=seeds)
         times = {key: [] for key in runs}
+        cpu = {key: [] for key in runs}
         order = list(runs)
         for repeat in range(args.repeats):
             for key in order[repeat % len(order):] + order[: repeat % len(order)]:
-                elapsed, _ = timed(runs[key])
+                elapsed, cpu_s = timed_cpu(runs[key])
                 times[key].append(elapsed)
-                print(f"  {name} repeat {repeat + 1}: {key} {elapsed:.2f} s", flush=True)
+                cpu[key].append(cpu_s)
+                print(f"  {name} repeat {repeat + 1}: {key} {elapsed:.2f} s (CPU {cpu_s:.2f} s)", flush=True)
         median = {key: statistics.median(values) for key, values in times.items()}
-        ratios = {f"{key}_over_reference": median[key] / median["reference"]
-                  for key in median if key != "reference" and "reference" in median and "seeds" not in key}
-        ratios |= {f"{key}_over_one_seed": median[key] / median[key.split("_")[0]] for key in median if "seeds" in key}
-        results[name] = {"preset": dataclasses.asdict(config), "times_s": times, "median_s": median, **ratios}
+        median_cpu = {key: statistics.median(values) for key, values in cpu.items()}
+        ratios = {}
+        for suffix, table in (("", median), ("_cpu", median_cpu)):
+            ratios |= {f"{key}_over_reference{suffix}": table[key] / table["reference"]
+                       for key in table if key != "reference" and "reference" in table and "seeds" not in key}
+            ratios |= {f"{key}_over_one_seed{suffix}": table[key] / table[key.split("_")[0]]
+                       for key in table if "seeds" in key}
+        results[name] = {"preset": dataclasses.asdict(config), "times_s": times, "cpu_s": cpu, "median_s": median,
+                         "median_cpu_s": median_cpu, **ratios}
         if "dfr" not in args.skip:
             results[name]["dfr_s"], _ = timed(lambda: DFR(binary(), seed=0).fit(xv, yv, gv))
-        print(f"{name}: medians " + ", ".join(f"{k} {v:.2f} s" for k, v in median.items()), flush=True)
+        print(f"{name}: medians " + ", ".join(f"{k} {v:.2f} s (CPU {median_cpu[k]:.2f} s)" for k, v in median.items()),
+              flush=True)
         print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items()), flush=True)
     print(f"first call in a process pays {cold:.2f} s of lazy imports (not included above)")
     print(json.dumps(results))

@@ -466,6 +466,9 @@ class HSFM(Method):
     needs = ("train", "val")
     uses_device = True
     edits_features = True
+    # settings that `fit_many` trains in one pass when nothing else differs: a sweep grid over these alone
+    # is one pass per value of its other keys (docs/ARCHITECTURE.md §HSFM)
+    row_scalars = ROW_SCALARS
 
     def default_preset(self, store=None):
         """The paper's preset for ResNet-50 ERM features of its datasets, else `auto`."""
