@@ -40,24 +40,38 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import random
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import psutil
 
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, LASSO, MAP_AREA, streamlit_server
+from tests.browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    LASSO,
+    MAP_AREA,
+    REPO,
+    listening_port,
+    stop,
+)
 
 ACTION_TIMEOUT_MS = 900_000  # a 25-session class on 2 shared cores: waits are long, failures are recorded
 SECOND_LASSO = [(0.02, 0.05), (0.12, 0.05), (0.12, 0.95), (0.02, 0.95), (0.02, 0.05)]  # starts outside LASSO
 LAUNCH_WINDOW_S = 10.0
+EXCEPTION = "[data-testid='stException']"
 
 # Timestamps of every websocket message the page sends and receives (Date.now(), ms since the epoch).
 WS_HOOK = """(() => {
@@ -176,7 +190,7 @@ def usage(before: dict, after: dict) -> dict:
     seconds = {side: sum(max(0.0, v - before["cpu"][side].get(pid, 0.0)) for pid, v in after["cpu"][side].items())
                for side in ("server", "client", "jobs")}
     wall = after["t"] - before["t"]
-    busy = lambda t: t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0)  # noqa: E731
+    busy = lambda t: t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0)
     machine_busy = busy(after["machine"]) - busy(before["machine"])
     capacity = wall * (psutil.cpu_count() or 1)
     return {"wall_s": round(wall, 1), "server_cpu_s": round(seconds["server"], 1),
@@ -211,13 +225,15 @@ class Session:
 
     async def timed(self, name: str, action, ready) -> None:
         """`await action()`, then `await ready()` and an idle script; records the latency and the
-        websocket window inside it, then what the page shows (exceptions, error boxes)."""
+        websocket window inside it, then what the page shows (exceptions, error boxes). An exception
+        shown before the expected element ends the wait (the action is recorded as failed)."""
         page = self.page
         await page.evaluate("() => { window.__ws.sent = []; window.__ws.recv = []; }")
+        shown_before = await page.locator(EXCEPTION).count()
         start = time.time()
         mark = await action()
         start = mark or start  # a lasso's mouse-up, not the drawing before it
-        await ready()
+        failed = not await self.ready_or_exception(ready, shown_before)
         await self.idle()
         end = time.time()
         ws = await page.evaluate("() => window.__ws")
@@ -226,22 +242,44 @@ class Session:
         window = (recv[-1] - sent[0]) / 1000 if sent and recv else 0.0
         latency = end - start
         self.actions.append({"action": name, "s": round(latency, 3), "server_window_s": round(min(window, latency), 3),
-                             "load1": load1()})
-        for testid, out in (("stException", self.exceptions), ("stAlertContentError", self.errors)):
-            found = page.locator(f"[data-testid='{testid}']")
+                             "load1": load1(), **({"failed": True} if failed else {})})
+        for selector, out in ((EXCEPTION, self.exceptions), ("[data-testid='stAlertContentError']", self.errors)):
+            found = page.locator(selector)
             for i in range(await found.count()):
                 text = (await found.nth(i).inner_text())[:300]
                 if f"{name}: {text}" not in out:
                     out.append(f"{name}: {text}")
 
-    async def nav(self, name: str, expect: str) -> None:
+    async def ready_or_exception(self, ready, shown_before: int) -> bool:
+        """True when `ready()` finished, False when an exception was shown first (a page that failed never
+        shows its expected element)."""
+        if shown_before:
+            await ready()
+            return True
+        ok = asyncio.ensure_future(ready())
+        shown = asyncio.ensure_future(self.page.locator(EXCEPTION).first.wait_for(timeout=ACTION_TIMEOUT_MS))
+        done, pending = await asyncio.wait({ok, shown}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if ok in done:
+            ok.result()  # its timeout, if that is what ended it
+            return True
+        return False
+
+    async def nav(self, name: str, expect: str, also: str | None = None) -> None:
+        """Click a page in the sidebar; ready when `expect` (text) and `also` (a selector) show."""
         page = self.page
 
         async def click():
             await page.locator("[data-testid='stSidebarNav'] a", has_text=name).first.click()
 
-        await self.timed(f"open {name}", click,
-                         lambda: page.get_by_text(expect, exact=False).first.wait_for(timeout=ACTION_TIMEOUT_MS))
+        async def ready():
+            await page.get_by_text(expect, exact=False).first.wait_for(timeout=ACTION_TIMEOUT_MS)
+            if also:
+                await page.locator(also).first.wait_for(timeout=ACTION_TIMEOUT_MS)
+
+        await self.timed(f"open {name}", click, ready)
 
     async def lasso(self, corners) -> float:
         """The lasso gesture of tests/browser.py; → time.time() just before the closing mouse-up."""
@@ -253,7 +291,7 @@ class Session:
         x0, y0, w, h = box["x"], box["y"], box["width"], box["height"]
         await page.mouse.move(x0 + corners[0][0] * w, y0 + corners[0][1] * h)
         await page.mouse.down()
-        for a, b in zip(corners, corners[1:]):
+        for a, b in itertools.pairwise(corners):
             for t in (0.25, 0.5, 0.75, 1.0):
                 await page.mouse.move(x0 + (a[0] + t * (b[0] - a[0])) * w, y0 + (a[1] + t * (b[1] - a[1])) * h)
         start = time.time()
@@ -278,9 +316,7 @@ class Session:
             await self.timed(f"Lesson: Next → step {step}",
                              lambda: page.get_by_role("button", name="Next →").click(),
                              lambda s=step: page.get_by_text(f"Step {s} of").first.wait_for(timeout=ACTION_TIMEOUT_MS))
-        await self.nav("Projection", "Colour by")
-        await self.timed("Projection: the map drawn", lambda: asyncio.sleep(0),
-                         lambda: page.locator(MAP_AREA).first.wait_for(timeout=ACTION_TIMEOUT_MS))
+        await self.nav("Projection", "Colour by", also=MAP_AREA)  # the map drawn
         await page.wait_for_timeout(1000)  # plotly attaches its drag handlers after the first paint
         await self.timed("Projection: lasso", lambda: self.lasso(LASSO),
                          lambda: page.get_by_text("Selection:", exact=False).first.wait_for(timeout=ACTION_TIMEOUT_MS))
@@ -329,17 +365,18 @@ class Session:
             return
         self.launch.update(accepted=True, job_id=found.group(1))
         job = self.launch["job_id"]
-        follow = page.locator("[data-testid='stSelectbox']").filter(has_text="Follow job").first
-        # the followed job's label ends "· done · yours" once it has finished (pages/5_Retrain.py: job_label)
+        follow = page.get_by_role("combobox", name="Follow job")  # its value: the followed job's label
+        # which ends "· done · yours" once the job has finished (pages/5_Retrain.py: job_label)
         try:
             await page.wait_for_function(
-                "j => [...document.querySelectorAll('[data-testid=\"stSelectbox\"]')].some(e => "
-                "e.innerText.includes(j) && /· (done|failed|cancelled)/.test(e.innerText))",
+                "j => { const e = document.querySelector('input[aria-label=\"Follow job\"]'); "
+                "return e && e.value.includes(j) && /· (done|failed|cancelled)/.test(e.value); }",
                 arg=job, timeout=finish_timeout_s * 1000, polling=1000)
-        except Exception:  # noqa: BLE001 - recorded as not finished
+        except Exception:  # noqa: BLE001 - recorded as not finished, with what the page showed
+            self.launch["label_at_timeout"] = await follow.input_value() if await follow.count() else None
             return
-        label = await follow.inner_text()
-        self.launch.update(finished="· done" in label, yours=job in label and "yours" in label,
+        label = await follow.input_value()
+        self.launch.update(finished="· done" in label, yours=job in label and "yours" in label, label=label,
                            finished_after_s=round(time.time() - self.launch["pressed_at"], 1))
 
 
@@ -418,7 +455,9 @@ def launches_on_disk(workspace: Path, sessions: list[Session], before: set[str])
     accepted = [s.launch["job_id"] for s in sessions if s.launch and s.launch["accepted"]]
     ids = {j["job_id"] for j in created}
     runs = [r for j in created for r in j["run_ids"]]
-    return {"jobs_created": len(created), "lost": sorted(set(accepted) - ids), "extra": sorted(ids - set(accepted)),
+    took = [(j.get("ended") or {}).get("t") and j["ended"]["t"] - j["created_t"] for j in created]
+    return {"jobs_created": len(created), "statuses": [j["status"] for j in created],
+            "created_to_ended_s": [round(t, 1) if t else None for t in took], "lost": sorted(set(accepted) - ids), "extra": sorted(ids - set(accepted)),
             "runs": len(runs), "duplicate_runs": len(runs) - len(set(runs)),
             "sessions_tagged": len({(j["spec"].get("tags") or {}).get("session") for j in created}),
             "done_on_disk": sum(j["status"] == "done" for j in created)}
@@ -451,6 +490,20 @@ async def phase(browsers, url, workspace: Path, monitor: Monitor, n: int, share:
     return out
 
 
+async def warm_up(browser, url: str) -> float:
+    """The teacher opens Home once before the class comes in (the server's imports and first run);
+    → seconds until Home showed. Not part of the class's figures."""
+    context = await browser.new_context()
+    try:
+        page = await context.new_page()
+        start = time.time()
+        await page.goto(url)
+        await page.get_by_text("Dataset card").first.wait_for(timeout=ACTION_TIMEOUT_MS)
+        return round(time.time() - start, 1)
+    finally:
+        await context.close()
+
+
 def remove_maps(workspace: Path) -> None:
     """The copy's maps (and their worker records), so that the class triggers the fit."""
     from hsfm_core.analysis import projection
@@ -464,13 +517,64 @@ def remove_maps(workspace: Path) -> None:
         f.unlink()
 
 
-async def point(args, workspace: Path, n: int, last: bool) -> dict:
+def stop_jobs(workspace: Path) -> None:
+    """Cancel the launched jobs still queued or running (the scratch copy is removed next)."""
+    from hsfm_core import jobs
+
+    for job in jobs.list_jobs(workspace) if (workspace / "jobs").is_dir() else []:
+        if job["status"] in jobs.ACTIVE:
+            jobs.cancel(workspace, job["job_id"])
+            jobs.wait(workspace, job["job_id"], timeout_s=60)
+
+
+def snapshot(into: Path) -> str:
+    """The checkout's committed files at HEAD (`git archive`) in `into`: the server runs from them, so that
+    edits made to the shared working tree during a long run cannot change the code under measurement."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", "HEAD"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+@contextmanager
+def server(code: Path, workspace: Path, log: Path, timeout: float = 300):
+    """`streamlit run app.py -- --workspace W` as tests/browser.py's `streamlit_server` starts it (a port the
+    system picks, read back from the listening socket; health checked; stopped by PID), but from `code`: its
+    directory is the working directory and PYTHONPATH, so the map workers and jobs it starts import the same
+    code. → (URL, process)."""
+    cmd = [sys.executable, "-m", "streamlit", "run", str(code / "app.py"), "--server.headless", "true",
+           "--server.address", "127.0.0.1", "--server.port", "0", "--browser.gatherUsageStats", "false",
+           "--", "--workspace", str(workspace)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(code)}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=code, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline, url = time.monotonic() + timeout, None
+            while True:
+                if url is None and (port := listening_port(proc.pid)):
+                    url = f"http://127.0.0.1:{port}"
+                if url is not None:
+                    try:
+                        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                            if r.status == 200:
+                                break
+                    except OSError:
+                        pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"streamlit did not become healthy: {log.read_text(errors='replace')[-2000:]}")
+                time.sleep(0.2)
+            yield url, proc
+        finally:
+            stop(proc)
+
+
+async def point(args, code: Path, workspace: Path, n: int, last: bool) -> dict:
     from playwright.async_api import async_playwright
 
     log = Path(tempfile.mkstemp(prefix=f"classroom-server-{n}-", suffix=".log")[1])
     result = {}
-    with streamlit_server("--workspace", str(workspace), timeout=300, log=log,
-                          env={"HF_HUB_OFFLINE": "1"}) as (url, proc):
+    with server(code, workspace, log) as (url, proc):
         monitor = Monitor(proc.pid, workspace)
         monitor.start()
         try:
@@ -478,12 +582,13 @@ async def point(args, workspace: Path, n: int, last: bool) -> dict:
                 browsers = [await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
                             for _ in range(min(args.browsers, n))]
                 try:
+                    teacher = await warm_up(browsers[0], url)
                     cold = last and args.cold_map
                     if cold:
                         remove_maps(workspace)
                     result = await phase(browsers, url, workspace, monitor, n, args.train_share,
                                          args.finish_timeout, args.ramp, cold_map=cold)
-                    result["rss_idle_before"] = None
+                    result["teacher_first_home_s"] = teacher
                     if last and args.second_walk:
                         await asyncio.sleep(args.settle)  # the first walk's sessions expire (TTL 120 s)
                         idle = monitor.rss_mb()
@@ -509,7 +614,7 @@ async def point(args, workspace: Path, n: int, last: bool) -> dict:
 
 def row(n: int, r: dict) -> str:
     lat, m = r["latency"], r["machine"]
-    return (f"{n:>3} | {r['walks_completed']:>3}/{n:<3} | {lat['p50_s']:>6.2f} | {lat['p90_s']:>6.2f} | {lat['max_s']:>6.1f} | "
+    return (f"{n:>3} | {r['walks_completed']:>3}/{n:<3} | {m['wall_s']:>6.0f} | {lat['p50_s']:>6.2f} | {lat['p90_s']:>6.2f} | {lat['max_s']:>6.1f} | "
             f"{len(r['exceptions']):>3} | {len(r['error_boxes']):>3} | {r['rss_end']['total_mb']:>6} "
             f"({r['rss_end']['server_mb']}) | {r['accepted']}/{r['launched']} → {r['finished']} done, "
             f"{r['shown_as_yours']} yours | {m['umap_fits']} | {m['server_share_of_machine']:.0%} / "
@@ -530,21 +635,27 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=130, help="seconds between the two walks of the largest N")
     parser.add_argument("--ramp", type=float, default=5, help="sessions start within this many seconds")
     parser.add_argument("--finish-timeout", type=float, default=900, help="seconds a launched run may take")
+    parser.add_argument("--live-code", action="store_true",
+                        help="serve the working tree itself (default: a snapshot of HEAD, immune to concurrent edits)")
     parser.add_argument("--json", help="write every figure here")
     args = parser.parse_args()
     if not os.path.exists(CHROMIUM):
         raise SystemExit("Debian chromium is needed: apt-get install chromium")
     curve = sorted({int(x) for x in args.curve.split(",")} if args.curve else {args.sessions})
     scratch = Path(tempfile.mkdtemp(prefix="hsfm-classroom-"))
-    workspace = scratch / "ws"
+    workspace, code = scratch / "ws", scratch / "code"
     shutil.copytree(Path(args.workspace).expanduser(), workspace, symlinks=True)
-    results = {}
+    commit = "the working tree (live)" if args.live_code else snapshot(code)
+    code = REPO if args.live_code else code
+    print(f"Server code: {commit}; workspace: a copy of {args.workspace}; cores: {psutil.cpu_count()}; "
+          f"load average now {os.getloadavg()}", flush=True)
+    results = {"commit": commit}
     try:
-        print("  N | walks   |  p50 s |  p90 s |  max s | exc | err | RSS MB (server) | launches | UMAP fits | "
+        print("  N | walks   | wall s |  p50 s |  p90 s |  max s | exc | err | RSS MB (server) | launches | UMAP fits | "
               "CPU server / browsers / others | client share of latency (p50) | load avg 1 min", flush=True)
         for n in curve:
-            results[n] = asyncio.run(point(args, workspace, n, last=n == curve[-1]))
-            print(row(n, results[n]), flush=True)
+            results[n] = asyncio.run(point(args, code, workspace, n, last=n == curve[-1]))
+            print(row(n, results[n]) + f"   (teacher's first Home {results[n]['teacher_first_home_s']} s)", flush=True)
             if "second_walk" in results[n]:
                 print(row(n, results[n]["second_walk"]) + "   (second walk, same server)", flush=True)
                 print(f"    RSS after the first walk {results[n]['rss_end']}, idle between walks "
@@ -554,11 +665,14 @@ def main() -> None:
             if "cold_map" in results[n]:
                 print(f"    cold map, {n} sessions open Projection at once: {results[n]['cold_map']}", flush=True)
     finally:
+        stop_jobs(workspace)
         shutil.rmtree(scratch, ignore_errors=True)
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2, default=str))
-    for n, r in results.items():
-        print(f"\nN = {n}: per action (p50 / p90 s, client share p50)")
+    walks = [(f"N = {n}", r) for n, r in results.items() if n != "commit"]
+    walks += [(f"N = {n}, second walk", r["second_walk"]) for n, r in results.items() if n != "commit" and "second_walk" in r]
+    for n, r in walks:
+        print(f"\n{n}: per action (p50 / p90 s, client share p50)")
         for name, v in r["latency"]["per_action"].items():
             print(f"    {name:<52} {v['n']:>4}  {v['p50_s']:>6.2f} / {v['p90_s']:>6.2f}  {v['client_share_p50']:.2f}")
         for what in ("failed", "exceptions", "error_boxes"):

@@ -3,7 +3,15 @@ once are two Streamlit sessions, and one's lasso, compared runs and slider never
 
 import pytest
 
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, MAP_AREA, lasso, require_chromium, streamlit_app, wait_until_idle
+from tests.browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    MAP_AREA,
+    lasso,
+    require_chromium,
+    streamlit_app,
+    wait_until_idle,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 SLIDER = "Neighbours shown"  # on Neighbors; 16 by default
