@@ -174,7 +174,7 @@ def test_inverter_errors(tmp_path, store):
         inverter.load_inverter(gaussian)
     with pytest.raises(InputError, match="does not fit"):
         inverter.load_inverter(gaussian, BUNDLED)
-    with pytest.raises(InputError, match="no image root|images"):
+    with pytest.raises(InputError, match="cannot rebuild"):  # imported features: no backbone, no images
         inverter.train_renderer(gaussian, epochs=1, progress=False)
     broken = tmp_path / "broken"
     shutil.copytree(BUNDLED, broken)
@@ -223,11 +223,13 @@ def test_flip_rates_use_a_linear_probe_outside_clip_space(tmp_path):
 
     gaussian = gaussian_workspace(tmp_path / "g", d=64)
     hsfm, _ = hsfm_and_erm_runs(gaussian.path)
-    run = next(r for r in list_runs(gaussian.path) if r["method"] == "hsfm")
+    run = next(r for r in list_runs(gaussian.path) if r["run_id"] == hsfm.run_id)
     classifier = attribute_classifier(gaussian)
     assert classifier.kind == "linear probe"
     test = gaussian.select("test")
     assert (classifier.predict(np.asarray(test.features)) == test.a).mean() > 0.9
+    with pytest.raises(InputError, match="cannot rebuild"):  # imported features: no backbone to re-encode with
+        flip.flip_rates(gaussian, run, Counting(), null_draws=2, cache=False)
 
 
 # -- unCLIP ---------------------------------------------------------------------------------------------------
@@ -287,8 +289,16 @@ def tiny_unclip_pipeline(folder: Path, embed_dim: int = 1024):
     `folder` the way a downloaded one is laid out. The tokenizer is a hand-written 56-token BPE vocabulary
     (the real one is a file of the weights folder)."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableUnCLIPImg2ImgPipeline, UNet2DConditionModel
-    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        DDPMScheduler,
+        StableUnCLIPImg2ImgPipeline,
+        UNet2DConditionModel,
+    )
+    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import (
+        StableUnCLIPImageNormalizer,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(0)
@@ -333,8 +343,12 @@ def test_unclip_wiring_on_a_tiny_random_pipeline(tmp_path):
         renderer = unclip.load_unclip(store, folder, device="cpu", steps=2)
         assert renderer.variant == "stable-diffusion-2-1-unclip" and renderer.scale == pytest.approx(expected_scale)
         seen = []
-        original = renderer.pipe.image_normalizer.scale
-        renderer.pipe.image_normalizer.scale = lambda embeds: seen.append(embeds.clone()) or original(embeds)
+
+        def record(embeds, seen=seen, original=renderer.pipe.image_normalizer.scale):
+            seen.append(embeds.clone())
+            return original(embeds)
+
+        renderer.pipe.image_normalizer.scale = record
         features = np.asarray(store.features[:3])
         with pytest.warns(unclip.SlowRenderWarning, match="s per image"):
             images = renderer.render(features, seed=7)

@@ -19,8 +19,8 @@ import json
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -44,7 +44,7 @@ class Renderer:
 
     def render(self, features, seed: int = 0) -> np.ndarray:
         """`features` (n × d, or one d-vector) → uint8 images n × H × W × 3, the same for the same seed."""
-        x = np.asarray(features, dtype=np.float32)
+        x = np.array(features, dtype=np.float32)  # a private, writable copy (store rows are read-only memmaps)
         if x.ndim == 1:
             x = x[None]
         if x.ndim != 2 or x.shape[1] != self.dim:

@@ -18,7 +18,13 @@ import numpy as np
 
 from hsfm_core.errors import InputError
 from hsfm_core.render.backbone import attribute_classifier, store_backbone
-from hsfm_core.render.base import Renderer, _render_cached, _support_of, check_renderer_fits, workspace_cache
+from hsfm_core.render.base import (
+    Renderer,
+    _render_cached,
+    _support_of,
+    check_renderer_fits,
+    workspace_cache,
+)
 
 
 def majority_attributes(store) -> np.ndarray:

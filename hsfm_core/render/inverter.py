@@ -26,10 +26,10 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -53,7 +53,7 @@ MAX_WIDTH_FACTOR = 8  # channels grow ×2 per halving of the resolution, up to 8
 class InverterConfig:
     dim: int  # feature dimension
     size: int = 64  # output H = W, a power of two ≥ 8
-    width: int = 32  # channels at the output resolution
+    width: int = 16  # channels at the output resolution
 
     def __post_init__(self) -> None:
         if self.size < 8 or self.size & (self.size - 1) or self.size > 512:
@@ -243,13 +243,13 @@ def _load(folder: Path, card: dict) -> InverterRenderer:
 @dataclass(frozen=True)
 class TrainSettings:
     size: int = 64
-    width: int = 32
-    epochs: int = 12
-    batch_size: int = 64
+    width: int = 16  # the decoder's cost is its high-resolution convolutions: 16 channels at 64 px
+    epochs: int = 10
+    batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 50
-    feature_weight: float = 1.0  # the feature-matching term's weight beside the pixel L1
+    feature_weight: float = 2.0  # the feature-matching term's weight beside the pixel L1
     seed: int = 0
     splits: tuple[str, ...] = ("train", "val")  # the rows trained on; quality is measured on the others
     holdout: int = 512  # rows of the quality check (a seeded sample of the rows not trained on)
@@ -309,7 +309,7 @@ def _split_rows(store, settings: TrainSettings) -> tuple[np.ndarray, np.ndarray]
     return fit, np.sort(rng.choice(others, size=min(settings.holdout, len(others)), replace=False))
 
 
-def train_renderer(store, size: int = 64, epochs: int = 12, *, out: str | os.PathLike | None = None,
+def train_renderer(store, size: int = 64, epochs: int = 10, *, out: str | os.PathLike | None = None,
                    progress: bool | TrainProgress = True, source: str | None = None, **settings) -> dict:
     """Train an inverter on a store's own images and features; write it with its card; → the card.
 
@@ -333,11 +333,12 @@ def train_renderer(store, size: int = 64, epochs: int = 12, *, out: str | os.Pat
 
     settings = TrainSettings(size=size, epochs=epochs, **settings)
     started = time.perf_counter()
-    cpu_started = time.process_time()
     backbone = store_backbone(store)
     fit_rows, held_rows = _split_rows(store, settings)
     images, fit_rows_kept = load_images(store, fit_rows, settings.size)
     load_s = time.perf_counter() - started
+    cpu_started = time.process_time()  # training only, as train_seconds
+    load_average = [round(os.getloadavg()[0], 1)]  # how busy the machine was: wall times depend on it
     X = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # uint8; floats per batch (memory)
     Z = torch.from_numpy(np.asarray(store.features[fit_rows_kept], dtype=np.float32))
 
@@ -388,6 +389,7 @@ def train_renderer(store, size: int = 64, epochs: int = 12, *, out: str | os.Pat
     net.eval()
     train_s = time.perf_counter() - started - load_s
     cpu_s = time.process_time() - cpu_started
+    load_average.append(round(os.getloadavg()[0], 1))
 
     renderer = InverterRenderer(net, {}, None, "unsaved")
     quality = inverter_quality(store, renderer, held_rows, reference_rows=fit_rows_kept)
@@ -406,6 +408,7 @@ def train_renderer(store, size: int = 64, epochs: int = 12, *, out: str | os.Pat
                      "parameters": int(sum(p.numel() for p in net.parameters())),
                      "load_seconds": round(load_s, 1), "train_seconds": round(train_s, 1),
                      "cpu_seconds": round(cpu_s, 1), "torch_threads": torch.get_num_threads(),
+                     "load_average_start_end": load_average, "cpus": os.cpu_count(),
                      "final": log[-1] if log else None, "log": log},
         "quality": quality,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -421,6 +424,8 @@ def save(net: InverterNet, card: dict, folder: str | os.PathLike) -> Path:
     place (an earlier inverter there is replaced only once the new one is complete)."""
     from safetensors.torch import save_file
 
+    from hsfm_core.fsutil import current_umask
+
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.{uuid.uuid4().hex[:8]}"
@@ -429,6 +434,7 @@ def save(net: InverterNet, card: dict, folder: str | os.PathLike) -> Path:
         state = {k: (v.half() if k not in ("feature_mean", "feature_std") else v.float()).contiguous()
                  for k, v in net.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT, "version": str(VERSION)})
+        os.chmod(tmp / WEIGHTS, 0o666 & ~current_umask())  # as any file this process writes (not 0600)
         (tmp / CARD).write_text(json.dumps(card, indent=1) + "\n", encoding="utf-8")
         (tmp / README).write_text(card_markdown(card), encoding="utf-8")
         old = None
@@ -464,8 +470,10 @@ def card_markdown(card: dict) -> str:
         f"Loss: {t['loss']} (feature_weight {t['feature_weight']}). {t['optimizer']}, lr {t['lr']}, "
         f"weight decay {t['weight_decay']}, batch {t['batch_size']}, {t['epochs']} epochs = {t['steps']:,} steps, "
         f"seed {t['seed']}; {t['parameters']:,} parameters, stored in fp16.",
-        f"Time: {t['train_seconds']:.0f} s training ({t['cpu_seconds']:.0f} s of CPU time, {t['torch_threads']} torch "
-        f"threads) after {t['load_seconds']:.0f} s reading images.",
+        f"Time: {t['train_seconds']:.0f} s training ({t['cpu_seconds']:.0f} s of CPU time; torch threads: "
+        f"{t['torch_threads']}) after {t['load_seconds']:.0f} s reading images"
+        + (f"; the machine's load average went {t['load_average_start_end'][0]} → {t['load_average_start_end'][1]} "
+           f"on {t['cpus']} CPUs (wall time depends on it)." if t.get("load_average_start_end") else "."),
         f"Final losses (mean of the last logged steps): pixel L1 {t['final']['pixel_l1']:.4f}, "
         f"1 − cos {t['final']['feature_1_minus_cos']:.4f}." if t.get("final") else "", "",
         "## Quality",

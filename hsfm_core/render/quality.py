@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from hsfm_core.render.backbone import attribute_classifier, class_classifier, store_backbone
+from hsfm_core.render.backbone import (
+    attribute_classifier,
+    class_classifier,
+    store_backbone,
+)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-DEFAULTS = {"size": 64, "epochs": 12, "width": 16, "batch_size": 32, "feature_weight": 1.0}
+DEFAULTS = {"size": 64, "epochs": 10, "width": 16, "batch_size": 32, "feature_weight": 2.0}
 
 
 def main(argv=None) -> None:

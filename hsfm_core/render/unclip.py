@@ -78,7 +78,7 @@ class SlowRenderWarning(UserWarning):
 def require_diffusers():
     """The diffusers module, or InputError naming the extra to install."""
     try:
-        import diffusers  # noqa: F401
+        import diffusers
         import transformers  # noqa: F401
     except ImportError as exc:
         raise InputError(f"the unclip renderer needs diffusers and transformers, which are not installed "
@@ -236,7 +236,6 @@ def load_unclip(store, weights: str | os.PathLike | None, *, device: str = "auto
     variant = variant_for_store(store)
     folder = check_weights_folder(weights, variant)
     from diffusers import StableUnCLIPImg2ImgPipeline
-
     from diffusers.utils import logging as diffusers_logging
 
     dev = resolve_device(device)
