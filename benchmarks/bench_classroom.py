@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -109,6 +110,7 @@ class Monitor(threading.Thread):
         self.fit_pids: set[tuple[str, int]] = set()
         self.map_workers: set[int] = set()
         self.peak_rss = 0
+        self.min_available = psutil.virtual_memory().available  # the machine's memory left, at its lowest
         self.halt = threading.Event()
         self.lock = threading.Lock()
         self.sample()
@@ -150,6 +152,7 @@ class Monitor(threading.Thread):
                     except psutil.Error:
                         pass
             self.peak_rss = max(self.peak_rss, rss)
+            self.min_available = min(self.min_available, psutil.virtual_memory().available)
             for job in self.cache.glob("umap-*.job.json"):
                 try:
                     self.fit_pids.add((job.name, int(json.loads(job.read_text())["pid"])))
@@ -168,8 +171,12 @@ class Monitor(threading.Thread):
 
     def rss_mb(self) -> dict:
         """RSS of the server process, of its children (map workers), of the launched jobs' processes."""
-        server, _, jobs = self.trees()
+        server, client, jobs = self.trees()
         own, kids, work = 0, 0, 0
+        browsers = 0  # summed RSS of the client's processes (shared pages counted in each: an upper bound)
+        for p in client:
+            with contextlib.suppress(psutil.Error):
+                browsers += p.memory_info().rss
         for p in server + jobs:
             try:
                 rss = p.memory_info().rss
@@ -182,7 +189,7 @@ class Monitor(threading.Thread):
             else:
                 kids += rss
         return {"server_mb": round(own / 2**20), "children_mb": round(kids / 2**20), "jobs_mb": round(work / 2**20),
-                "total_mb": round((own + kids) / 2**20)}
+                "total_mb": round((own + kids) / 2**20), "client_mb": round(browsers / 2**20)}
 
 
 def usage(before: dict, after: dict) -> dict:
@@ -365,18 +372,23 @@ class Session:
             return
         self.launch.update(accepted=True, job_id=found.group(1))
         job = self.launch["job_id"]
-        follow = page.get_by_role("combobox", name="Follow job")  # its value: the followed job's label
-        # which ends "· done · yours" once the job has finished (pages/5_Retrain.py: job_label)
+        follow = page.get_by_role("combobox", name="Follow job")  # its value: the followed job's label, "· yours"
+        # The job's end: the Status metric of the followed job (the selectbox's label keeps the status it had
+        # when first drawn — Streamlit does not redraw a keyed selectbox whose labels changed).
         try:
             await page.wait_for_function(
-                "j => { const e = document.querySelector('input[aria-label=\"Follow job\"]'); "
-                "return e && e.value.includes(j) && /· (done|failed|cancelled)/.test(e.value); }",
+                "j => { const f = document.querySelector('input[aria-label=\"Follow job\"]'); "
+                "const m = [...document.querySelectorAll('[data-testid=\"stMetric\"]')]"
+                ".find(e => e.innerText.startsWith('Status')); "
+                "return f && f.value.includes(j) && m && /done|failed|cancelled/.test(m.innerText); }",
                 arg=job, timeout=finish_timeout_s * 1000, polling=1000)
         except Exception:  # noqa: BLE001 - recorded as not finished, with what the page showed
             self.launch["label_at_timeout"] = await follow.input_value() if await follow.count() else None
             return
+        status = await page.locator("[data-testid='stMetric']", has_text="Status").first.inner_text()
         label = await follow.input_value()
-        self.launch.update(finished="· done" in label, yours=job in label and "yours" in label, label=label,
+        self.launch.update(finished=status.split()[-1] == "done", yours=job in label and "yours" in label,
+                           label=label, label_status_stale=status.split()[-1] not in label,
                            finished_after_s=round(time.time() - self.launch["pressed_at"], 1))
 
 
@@ -476,11 +488,13 @@ async def phase(browsers, url, workspace: Path, monitor: Monitor, n: int, share:
            "failed": {s.index: s.failed for s in sessions if s.failed},
            "latency": latency_table(sessions), "exceptions": [e for s in sessions for e in s.exceptions],
            "error_boxes": [e for s in sessions for e in s.errors], "rss_end": rss,
-           "peak_rss_mb": round(monitor.peak_rss / 2**20), "machine": usage(before, after),
+           "peak_rss_mb": round(monitor.peak_rss / 2**20),
+           "machine_memory_available_min_mb": round(monitor.min_available / 2**20), "machine": usage(before, after),
            "launched": sum(bool(s.launch) for s in sessions),
            "accepted": sum(bool(s.launch and s.launch["accepted"]) for s in sessions),
            "finished": sum(bool(s.launch and s.launch["finished"]) for s in sessions),
            "shown_as_yours": sum(bool(s.launch and s.launch["yours"]) for s in sessions),
+           "follow_label_status_stale": sum(bool(s.launch and s.launch.get("label_status_stale")) for s in sessions),
            "launches": [s.launch for s in sessions if s.launch],
            "on_disk": launches_on_disk(workspace, sessions, jobs_before) if launchers else {}}
     cold = [a["s"] for s in sessions for a in s.actions if a["action"].startswith("cold map")]
