@@ -27,6 +27,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -37,6 +38,7 @@ import uuid
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import IO
 
 from hsfm_core import slurm
 from hsfm_core.errors import InputError
@@ -259,7 +261,7 @@ def _register(workspace: Path, spec, run_id: str | None, folder: Path | None = N
     folder when several jobs share one (a job array), else the job's own."""
     from hsfm_core.features.encoders import resolve_device
     from hsfm_core.runs import new_run_id
-    from hsfm_core.train import free_run_ids, open_store_for
+    from hsfm_core.train import open_store_for
 
     spec = spec.check()
     open_store_for(workspace, spec.method)
@@ -271,13 +273,21 @@ def _register(workspace: Path, spec, run_id: str | None, folder: Path | None = N
         slurm.check_here(spec.slurm)
     if (limit := int(spec.max_parallel or job_limit(workspace))) < 1:
         raise InputError(f"the job limit must be ≥ 1, got {limit}")
+    return _write_record(workspace, spec.to_dict(), run_id or new_run_id(spec.method),
+                         limit if spec.executor == "local" else None, folder)
+
+
+def _write_record(workspace: Path, spec: dict, run_id: str, max_parallel: int | None, folder: Path | None = None) -> Path:
+    """Write the job.json of a checked request (`TrainSpec.to_dict()`); → the job's directory."""
+    from hsfm_core.runs import free_run_ids
+
     now = datetime.now(timezone.utc)
-    job_id, run_id = f"job-{now:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}", run_id or new_run_id(spec.method)
-    run_ids = free_run_ids(workspace, run_id, spec.seeds)
+    job_id = f"job-{now:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
+    run_ids = free_run_ids(workspace, run_id, spec["seeds"])
     (directory := job_dir(workspace, job_id)).joinpath("submitit").mkdir(parents=True)
     write_json_atomic(directory / "job.json", {
-        "job_id": job_id, "workspace": str(workspace), "spec": spec.to_dict(), "run_id": run_id,
-        "run_ids": run_ids, "max_parallel": limit if spec.executor == "local" else None,
+        "job_id": job_id, "workspace": str(workspace), "spec": spec, "run_id": run_id,
+        "run_ids": run_ids, "max_parallel": max_parallel,
         "created_at": now.isoformat(timespec="seconds"), "created_t": time.time(),
         # the caller's GPUs, restored by the worker: submitit's controller cannot leave CUDA_VISIBLE_DEVICES unset
         "env": {k: v for k, v in os.environ.items() if k == "CUDA_VISIBLE_DEVICES"},
@@ -367,6 +377,133 @@ def _submit_here(directory: str) -> None:
     pid = int(executor.submit(_worker_main, record["workspace"], record["job_id"]).job_id)  # the controller's
     controller = {"pid": pid, "started": psutil.Process(pid).create_time(), "host": socket.gethostname()}
     _update(Path(directory), submitit_job_id=str(pid), controller=controller)  # as runs.process_alive reads it
+
+
+# -- a queue: many local requests, launched behind the limit by one small process -------------
+# A sweep submitted locally is a queue (docs/ARCHITECTURE.md §Jobs): its folder holds
+#     queue.json   {"limit": N, "entries": [{"key", "run_id", "spec": TrainSpec.to_dict()}]}, written (checked) by
+#                  the submitter
+#     jobs.json    {key: job id}, as each entry is launched (and the jobs still active from an earlier queue)
+#     cancel       present when a cancel was asked for: nothing more is launched, the active jobs are cancelled
+#     status       the queue's verdict when it ends: done | failed | cancelled
+#     process.json the queue's process (a run's process record), so a reader can tell it died
+# The queue process imports neither torch nor the methods (the requests were checked by the submitter, and
+# every worker checks its request again): it is small, and a waiting request costs no process at all.
+
+QUEUE_POLL_S = 0.5
+
+
+def start_queue(workspace: str | os.PathLike, folder: Path, lock: "IO | None" = None) -> subprocess.Popen:
+    """Start `serve_queue` for `folder` in a new session (it outlives the app and the terminal, as jobs do), handing
+    it `lock` (an open file whose flock it then holds for its life: an inherited descriptor, so the lock is never
+    without an owner), and record it in folder/process.json. The queue waits for "go" on its stdin: write it, and
+    close stdin, once the caller's own records are written."""
+    import psutil
+
+    pythonpath = os.pathsep.join(filter(None, (str(CHECKOUT), os.environ.get("PYTHONPATH"))))
+    fds = (lock.fileno(),) if lock is not None else ()
+    with open(folder / "queue.log", "ab") as log:
+        queue = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from hsfm_core.jobs import serve_queue; "
+             "serve_queue(sys.argv[1], sys.argv[2], int(sys.argv[3]))", str(workspace), str(folder),
+             str(fds[0] if fds else -1)], env={**os.environ, "PYTHONPATH": pythonpath}, stdin=subprocess.PIPE,
+            stdout=log, stderr=log, pass_fds=fds, start_new_session=True)
+    try:
+        started = psutil.Process(queue.pid).create_time()
+    except psutil.NoSuchProcess:
+        started = time.time()
+    write_json_atomic(folder / "process.json", {"pid": queue.pid, "started": started, "host": socket.gethostname(),
+                                                "slurm_job_id": None, "at": time.time()})
+    return queue
+
+
+def serve_queue(workspace: str, folder: str, lock_fd: int = -1) -> str:
+    """The queue process (see above): launch each entry when fewer than `limit` of its jobs are active, stop
+    launching on a cancel, then write the verdict. → the verdict."""
+    lock = os.fdopen(lock_fd, "a") if lock_fd >= 0 else None  # held until this process ends
+    if sys.stdin.read() != "go\n":  # the submitter stopped before its records were written
+        return "failed"
+    workspace_path, folder_path, status = Path(workspace), Path(folder), "failed"
+    try:
+        status = _serve(workspace_path, folder_path)
+    except Exception:  # noqa: BLE001 — the log keeps it; the verdict is failed
+        traceback.print_exc()
+    finally:
+        write_text_atomic(folder_path / "status", status + "\n")
+        print(f"[queue] {status}", flush=True)
+        if lock is not None:
+            lock.close()
+    return status
+
+
+def _serve(workspace: Path, folder: Path) -> str:
+    from hsfm_core.runs import run_dir, run_ids_for
+
+    queue = check_fields(read_json(folder / "queue.json", "job queue"), str(folder / "queue.json"),
+                         {"limit": positive_int, "entries": list})
+    launched = dict(read_json(folder / "jobs.json", "job list")) if (folder / "jobs.json").exists() else {}
+    active = {key for key, job_id in launched.items() if job_active(workspace, job_id)}
+    waiting = [e for e in queue["entries"] if e["key"] not in active]
+    watched, failed = set(active), False
+    print(f"[queue] {len(waiting)} request(s) to launch, at most {queue['limit']} at once", flush=True)
+    while not (folder / "cancel").exists():
+        active = {key for key in active if job_active(workspace, launched[key])}
+        while waiting and len(active) < queue["limit"] and not (folder / "cancel").exists():
+            entry = waiting.pop(0)
+            for rid in run_ids_for(entry["run_id"], entry["spec"]["seeds"]):  # an unfinished earlier attempt
+                path = run_dir(workspace, rid)
+                if path.is_dir() and _run_status(path) != "done":
+                    shutil.rmtree(path)
+            try:
+                record = launch_checked(workspace, entry["spec"], entry["run_id"])
+            except InputError as exc:  # e.g. a run of it finished meanwhile: this entry fails, the others go on
+                print(f"[queue] {entry['key']} not launched: {exc}", flush=True)
+                failed = True
+                continue
+            launched[entry["key"]] = record["job_id"]
+            write_json_atomic(folder / "jobs.json", launched)
+            active.add(entry["key"])
+            watched.add(entry["key"])
+            print(f"[queue] {entry['key']}: {record['job_id']}", flush=True)
+        if not waiting and not active:
+            break
+        time.sleep(QUEUE_POLL_S)
+    if (folder / "cancel").exists():
+        for key in active:  # launched after the canceller read jobs.json, or not reached yet
+            cancel(workspace, launched[key])
+        deadline = time.monotonic() + 60
+        while any(job_active(workspace, launched[key]) for key in active) and time.monotonic() < deadline:
+            time.sleep(QUEUE_POLL_S)
+        return "cancelled"
+    ended = [get_job(workspace, launched[key])["status"] for key in watched]
+    return "done" if not failed and not waiting and all(s == "done" for s in ended) else "failed"
+
+
+def _run_status(path: Path) -> str | None:
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        return (path / "status").read_text(encoding="utf-8").strip()
+    return None
+
+
+def launch_checked(workspace: str | os.PathLike, spec: dict, run_id: str) -> dict:
+    """`launch` of a local request already checked (`TrainSpec.to_dict()` of a checked spec), without importing
+    torch or the methods: the queue's launch. The worker checks the request again before training."""
+    workspace = Path(workspace).resolve()
+    if spec.get("executor") != "local":
+        raise InputError("a queue launches local jobs only")
+    directory = _write_record(workspace, spec, run_id, int(spec.get("max_parallel") or job_limit(workspace)))
+    try:
+        _submit_detached(directory)
+    except Exception as exc:
+        raise _submission_failed([directory], exc) from exc
+    return get_job(workspace, directory.name)
+
+
+def job_active(workspace: str | os.PathLike, job_id: str) -> bool:
+    """Whether a job is still queued or training (a job whose folder is gone has ended)."""
+    if not (job_dir(workspace, job_id) / "job.json").exists():
+        return False
+    return get_job(workspace, job_id)["status"] in ACTIVE
 
 
 # -- the worker (runs in the submitit job process) -----------------------------------------

@@ -25,14 +25,15 @@ import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-
-import torch
-from safetensors.torch import save
+from typing import TYPE_CHECKING, Sequence
 
 from hsfm_core.version import __version__
 from hsfm_core.errors import InputError
 from hsfm_core.fsutil import write_bytes_atomic, write_json_atomic, write_text_atomic
 from hsfm_core.safe_io import check_fields, described, finite_number, read_json, read_safetensors, read_text
+
+if TYPE_CHECKING:  # torch is imported where tensors are written or read: listing runs and liveness need none
+    import torch  # (the background queue of jobs reads runs and stays small: docs/ARCHITECTURE.md §Jobs)
 
 RUNS_DIR = "runs"
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
@@ -61,6 +62,8 @@ def code_version() -> str:
 
 
 def _tensor_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save
+
     return save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
 
 
@@ -72,6 +75,20 @@ def run_dir(workspace: str | os.PathLike, run_id: str) -> Path:
 
 
 _run_dir = run_dir
+
+
+def run_ids_for(run_id: str, seeds: Sequence[int]) -> list[str]:
+    """The run ids `train(run_id=…)` writes: one per seed, `<run_id>-s<seed>`."""
+    return [f"{run_id}-s{int(seed)}" for seed in dict.fromkeys(seeds)]
+
+
+def free_run_ids(workspace: str | os.PathLike, run_id: str, seeds: Sequence[int]) -> list[str]:
+    """`run_ids_for`, after checking that none exists yet: runs are never overwritten."""
+    run_ids = run_ids_for(run_id, seeds)
+    for rid in run_ids:
+        if run_dir(workspace, rid).exists():
+            raise InputError(f"{run_dir(workspace, rid)} already exists; runs are never overwritten")
+    return run_ids
 
 
 def process_record() -> dict:
@@ -348,6 +365,8 @@ def load_support(run: dict, store=None) -> dict[str, torch.Tensor]:
     if store is not None:
         if after.shape[1] != store.dim:
             raise InputError(f"{path}: support features are {after.shape[1]}-d; the store's are {store.dim}-d")
+        import torch
+
         bad = torch.nonzero((indices < -1) | (indices >= len(store.meta))).flatten()
         if len(bad):
             i = int(bad[0])

@@ -9,9 +9,11 @@ selected on validation only.
     sweeps/<sweep_id>/.lock          flock held by whoever runs it, either way
     sweeps/<sweep_id>/cancel         present when a cancel was asked for
     sweeps/<sweep_id>/results.csv    one row per configuration: settings, run ids, seeds finished, val and test
-                                     mean ± std, selected (written when a sweep stops; `read_results`)
+                                     mean ± std, selected (written when a foreground sweep stops;
+                                     `read_results`; `progress` computes it live)
     sweeps/<sweep_id>/jobs.json      the background jobs of a submitted sweep, {config: job id}, as launched
-    sweeps/<sweep_id>/runner.log     the background queue's log
+    sweeps/<sweep_id>/queue.json     what a local `submit` queued (checked requests; `jobs.serve_queue`)
+    sweeps/<sweep_id>/queue.log      the background queue's log
 
 Every (configuration, seed) is an ordinary run, `<sweep_id>-c<k>-s<seed>`, tagged in its config
 with `sweep` and `sweep_config`. The sweep id is a hash of the method, preset, grid and fixed
@@ -35,9 +37,9 @@ Execution. Whoever runs a sweep holds its `.lock`, so the two ways exclude each 
 `max_parallel` at a time (default: the workspace's job limit); the workers die with the process that runs
 them (`parallel.process_pool`). In the background (`submit`, the app's Sweep view and the CLI's
 `--submit local|slurm`) each configuration is one job of the existing job machinery. Locally, one small
-background process — the sweep's queue (`_serve`), which inherits the lock — launches a configuration's job
-(`jobs.launch`) only while fewer than the job limit of them are queued or training: a waiting configuration
-costs no process, and jobs.json grows as they launch (`cancel` reaches every one). On Slurm the
+background process — the sweep's queue (`jobs.serve_queue`: no torch in it), which inherits the lock —
+launches a configuration's job only while fewer than the job limit of them are queued or training: a
+waiting configuration costs no process, and jobs.json grows as they launch (`cancel` reaches every one). On Slurm the
 configurations go as ONE job array (`jobs.launch_array`, submitit's `executor.batch()`), one task per
 configuration, each task an ordinary job (status, cancel), and the scheduler queues them. Either way a
 configuration's seeds train in one `train` call, where HSFM batches or loops them by size (`methods/hsfm.py`).
@@ -49,7 +51,6 @@ its jobs is active; once neither, done (every seed finished), cancelled (a cance
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import itertools
@@ -58,11 +59,7 @@ import math
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import traceback
 from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -83,7 +80,6 @@ SWEEPS_DIR = "sweeps"
 TIE = 1e-9
 FIGURES = ("wga", "avg_adjusted")
 STATUSES = ("running", "submitted", "done", "failed", "cancelled")  # as written; readers derive (see `status`)
-RUNNER_POLL_S = 0.5
 _SWEEP_ID = re.compile(r"^sweep-[A-Za-z0-9][A-Za-z0-9_.-]*-[0-9a-f]{8}$")
 
 
@@ -382,9 +378,9 @@ def run(workspace: str | os.PathLike, request: SweepRequest,
 def submit(workspace: str | os.PathLike, request: SweepRequest, *, yes: bool = False) -> dict:
     """Run the sweep in the background; → {configuration: job id, or None while it waits in the sweep's queue}.
 
-    Local: ONE background process, the sweep's queue (`_serve`, holding the sweep's lock), launches a job per
-    configuration (`jobs.launch`) only while fewer than the job limit of them are queued or training, so a
-    waiting configuration costs no process; jobs.json lists each job as it is launched (`cancel` reaches them).
+    Local: ONE small background process, the sweep's queue (`jobs.serve_queue`, holding the sweep's lock), launches
+    a job per configuration only while fewer than the job limit of them are queued or training, so a waiting
+    configuration costs no process; jobs.json lists each job as it is launched (`cancel` reaches them).
     Slurm: every configuration at once, as one job array (the scheduler queues them). Follow it with `progress`."""
     from hsfm_core import jobs
 
@@ -411,107 +407,24 @@ def submit(workspace: str | os.PathLike, request: SweepRequest, *, yes: bool = F
             write_text_atomic(directory / "status", "done\n")
             write_results(workspace, request)
             return {}
+        configurations = request.configurations()  # checked by _open: the queue launches them unchecked
+        entries = [{"key": str(k), "run_id": f"{request.sweep_id}-c{k:02d}",
+                    "spec": request.spec(configurations[k], seeds, k).to_dict()} for k, seeds in todo]
+        write_json_atomic(directory / "queue.json", {"limit": _limit(workspace, request), "entries": entries})
         write_json_atomic(directory / "jobs.json", launched)
-        runner = _start_runner(workspace, directory, lock)
+        queue = jobs.start_queue(workspace, directory, lock)
         write_text_atomic(directory / "status", "submitted\n")
-        runner.stdin.write(b"go\n")  # registered: the queue may start (and write the final status)
-        runner.stdin.close()
+        queue.stdin.write(b"go\n")  # registered: the queue may start (and write the final status)
+        queue.stdin.close()
         return {**{k: launched[k] for k in sorted(active, key=int)}, **{str(k): None for k, _ in todo}}
     finally:
         lock.close()  # the queue holds the lock through its own descriptor
 
 
-def _start_runner(workspace: Path, directory: Path, lock: IO) -> subprocess.Popen:
-    """Start the sweep's queue (`_serve`) in a new session (it outlives the app and the terminal, as jobs do),
-    handing it the sweep's lock (an inherited descriptor: no moment without an owner); record it in
-    process.json, as a foreground run records itself."""
-    import psutil
-
-    from hsfm_core.resources import CHECKOUT
-
-    pythonpath = os.pathsep.join(filter(None, (str(CHECKOUT), os.environ.get("PYTHONPATH"))))
-    with open(directory / "runner.log", "ab") as log:
-        runner = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from hsfm_core.sweeps import _serve; "
-             "_serve(sys.argv[1], sys.argv[2], int(sys.argv[3]))", str(workspace), directory.name, str(lock.fileno())],
-            env={**os.environ, "PYTHONPATH": pythonpath}, stdin=subprocess.PIPE, stdout=log, stderr=log,
-            pass_fds=(lock.fileno(),), start_new_session=True)
-    try:
-        started = psutil.Process(runner.pid).create_time()
-    except psutil.NoSuchProcess:
-        started = time.time()
-    write_json_atomic(directory / "process.json", {"pid": runner.pid, "started": started,
-                                                   "host": socket.gethostname(), "slurm_job_id": None,
-                                                   "at": time.time()})
-    return runner
-
-
-def _serve(workspace: str, sweep_id: str, lock_fd: int) -> None:
-    """The background queue of a submitted local sweep (one small process; no training here): launch each
-    unfinished configuration as a job when fewer than the job limit of this sweep's jobs are active, stop
-    launching on a cancel, then write the sweep's status and results."""
-    lock = os.fdopen(lock_fd, "a")  # the sweep's lock, inherited from submit: held for this process's life
-    if sys.stdin.read() != "go\n":  # submit stopped before the sweep was registered
-        return
-    workspace_path, status, request = Path(workspace), "failed", None
-    directory = sweep_dir(workspace_path, sweep_id)
-    try:
-        request = load_request(workspace_path, sweep_id)
-        status = _run_queue(workspace_path, request, directory)
-    except Exception:  # noqa: BLE001 — the log keeps it; the sweep reads failed
-        traceback.print_exc()
-    finally:
-        write_text_atomic(directory / "status", status + "\n")
-        if request is not None:
-            with contextlib.suppress(Exception):
-                write_results(workspace_path, request)
-        print(f"[sweep] {status}", flush=True)
-        lock.close()
-
-
-def _run_queue(workspace: Path, request: SweepRequest, directory: Path) -> str:
-    from hsfm_core import jobs
-
-    limit, configurations = _limit(workspace, request), request.configurations()
-    launched = _launched(workspace, request.sweep_id)
-    active = {k for k, job_id in launched.items() if _job_active(workspace, job_id)}
-    queue = [(k, seeds) for k, _, seeds in pending(workspace, request) if str(k) not in active]
-    print(f"[sweep] {request.sweep_id}: {len(queue)} configuration(s) to launch, at most {limit} at once", flush=True)
-    while not (directory / "cancel").exists():
-        active = {k for k in active if _job_active(workspace, launched[k])}
-        while queue and len(active) < limit and not (directory / "cancel").exists():
-            k, seeds = queue.pop(0)
-            _clear_unfinished(workspace, request, k, seeds)
-            try:
-                record = jobs.launch(workspace, request.spec(configurations[k], seeds, k),
-                                     run_id=f"{request.sweep_id}-c{k:02d}")
-            except InputError as exc:  # e.g. the store changed since submit: this configuration fails, the rest go on
-                print(f"[sweep] configuration {k} not launched: {exc}", flush=True)
-                continue
-            launched[str(k)] = record["job_id"]
-            write_json_atomic(directory / "jobs.json", launched)
-            active.add(str(k))
-            print(f"[sweep] configuration {k}: {record['job_id']}", flush=True)
-        if not queue and not active:
-            break
-        time.sleep(RUNNER_POLL_S)
-    if (directory / "cancel").exists():
-        for k in active:  # launched after `cancel` read jobs.json, or not reached yet
-            jobs.cancel(workspace, launched[k])
-        deadline = time.monotonic() + 60
-        while any(_job_active(workspace, launched[k]) for k in active) and time.monotonic() < deadline:
-            time.sleep(RUNNER_POLL_S)
-        return "cancelled"
-    return _ended(workspace, request)
-
-
 def _job_active(workspace, job_id: str) -> bool:
-    """Whether a launched job is still queued or training (a job whose folder is gone has ended)."""
     from hsfm_core import jobs
 
-    if not (jobs.job_dir(workspace, job_id) / "job.json").exists():
-        return False
-    return jobs.get_job(workspace, job_id)["status"] in jobs.ACTIVE
+    return jobs.job_active(workspace, job_id)
 
 
 def _active_jobs(workspace, sweep_id: str) -> list[str]:

@@ -12,7 +12,6 @@ import os
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -23,7 +22,7 @@ from hsfm_core.features import FeatureStore
 from hsfm_core.features.encoders import resolve_device
 from hsfm_core.heads import evaluate_head
 from hsfm_core.methods.base import Progress
-from hsfm_core.runs import RunWriter, code_version, new_run_id, run_dir
+from hsfm_core.runs import RunWriter, code_version, free_run_ids, new_run_id
 from hsfm_core.spec import TrainSpec
 
 
@@ -49,20 +48,6 @@ def open_store_for(workspace: str | os.PathLike, method_name: str) -> FeatureSto
                              f"{', '.join(store.splits) or 'no splits'}")
     method.check_store(store)  # e.g. every validation group present, for methods that select on them
     return store
-
-
-def run_ids_for(run_id: str, seeds: Sequence[int]) -> list[str]:
-    """The run ids `train(run_id=…)` writes: one per seed."""
-    return [f"{run_id}-s{int(seed)}" for seed in dict.fromkeys(seeds)]
-
-
-def free_run_ids(workspace: str | os.PathLike, run_id: str, seeds: Sequence[int]) -> list[str]:
-    """`run_ids_for`, after checking that none exists yet: runs are never overwritten."""
-    run_ids = run_ids_for(run_id, seeds)
-    for rid in run_ids:
-        if run_dir(workspace, rid).exists():
-            raise InputError(f"{run_dir(workspace, rid)} already exists; runs are never overwritten")
-    return run_ids
 
 
 def train(workspace: str | os.PathLike, spec: TrainSpec | str, *, progress: Progress | None = None,
