@@ -100,8 +100,9 @@ def flip_rates(store, run: dict, renderer: Renderer, *, seed: int | None = None,
     images = _render_cached(renderer, cache, store, run["run_id"], "support", positions, features, [0.0, 1.0], seed)
     nulls = null_edits(store, labels, np.linalg.norm(delta, axis=1), null_draws, seed)
     null_features = (before[None] + nulls).transpose(1, 0, 2)  # n × draws × d
-    null_images = _render_cached(renderer, cache, store, run["run_id"], f"null-s{seed}", positions, null_features,
-                                 [float(k) for k in range(null_draws)], seed)
+    # cached like the edits, the draw number standing for t (a draw depends on the seed and the number of draws)
+    null_images = _render_cached(renderer, cache, store, run["run_id"], f"null-s{seed}-of-{null_draws}", positions,
+                                 null_features, [float(k) for k in range(null_draws)], seed)
 
     backbone = store_backbone(store)
     classify = attribute_classifier(store)
