@@ -327,7 +327,7 @@ def train_renderer(store, size: int = 64, epochs: int = 10, *, out: str | os.Pat
     quality numbers on held-out rows (`render.quality.inverter_quality`)."""
     from tqdm.auto import tqdm
 
-    from hsfm_core import __version__
+    from hsfm_core.version import __version__
     from hsfm_core.render.backbone import store_backbone
     from hsfm_core.render.quality import inverter_quality
 
