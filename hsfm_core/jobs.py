@@ -10,6 +10,11 @@ A job keeps only what no run can hold:
     jobs/<job_id>/error.txt   the traceback of a job that crashed
     jobs/<job_id>/submitit/   submitit's pickles (the call, its result: never loaded here) and logs
     jobs/slots/slot-<i>.lock  local concurrency slots (`fcntl.flock`, freed when a process dies)
+    jobs/settings.json        the workspace's max_parallel and max_sweep_runs (`settings`)
+
+Every reader checks job.json key by key (`_read`): valid JSON of the wrong types is an InputError naming the
+key. Many local requests can go through a queue (`start_queue`): one small process that launches them behind
+the limit (a local sweep; see the section below).
 
 A job is `queued` until `train` has created its runs (a slot, then loading), then `running`, then
 `done`, `failed` or `cancelled`. Nothing is kept in memory: readers find jobs after a restart, and end
