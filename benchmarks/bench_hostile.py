@@ -1,4 +1,4 @@
-"""Hostile inputs and faults against the CLI (issue 12): how many end as a clear error or a correct recovery.
+"""Hostile inputs and faults against the CLI (issues 12 and 26): how many end as a clear error or a correct recovery.
 
     python -m benchmarks.bench_hostile [--rounds 20] [--skip-slow]
 
@@ -10,6 +10,14 @@ one). Anything else — another exception (a traceback), exit 0 on bad input, a 
 counted as a failure and printed. Then: a SIGKILLed `train`, two writers at once without
 `--overwrite`, and the stress of 2 spawned writers × `--rounds` overwrites with a reader that
 recomputes the content hash of every store it opens (mixed opens: target 0).
+
+Issue 26's classes (`sweep_job_cases`, and `sweep_process_cases` unless --skip-slow): seeds out of
+range, bad job settings, valid JSON of the wrong types in a sweep's request, a job's record and a run's
+process record, sweep ids that climb out of the workspace, `table --out` where nothing can be written, a
+NUL byte in an image path, NaN in metrics, a missing workspace, a key both set and swept, a grid over
+the size cap, a validation group with too few rows, features that overflow float32, a NaN head; then a
+SIGKILLed foreground sweep (orphans, its status), `--submit local` beside a foreground run of the same
+sweep, and the process count of a queued `--submit local` sweep.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -37,8 +46,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hsfm_core.cli import main  # noqa: E402
+from hsfm_core.errors import InputError  # noqa: E402
 from tests.test_reliability import (dfr_npz, reference_folder, rewrite_manifest, rewrite_meta,  # noqa: E402
                                     run_of, run_writer_stress)
+from tests.test_reliability2 import (kill_processes, processes_mentioning, registered_job,  # noqa: E402
+                                     rewrite_json, start_foreground_sweep, stop_group, store_with_val_rows,
+                                     training_runs)
 
 
 def call(argv) -> tuple[int | str, str, str]:
@@ -53,13 +66,19 @@ def call(argv) -> tuple[int | str, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+def _ends_in_error(err: str) -> bool:
+    """A clear error: the command's last line on stderr is `error: …` (a sweep prints its plan before)."""
+    lines = err.strip().splitlines()
+    return bool(lines) and lines[-1].startswith("error: ") and "Traceback" not in err
+
+
 class Tally:
     def __init__(self):
         self.rows: list[tuple[str, str, bool, str]] = []
 
     def error(self, name: str, argv) -> None:
         code, _, err = call(argv)
-        ok = code == 2 and err.startswith("error: ")
+        ok = code == 2 and _ends_in_error(err)
         self.rows.append((name, "error", ok, err.strip().splitlines()[-1][:150] if err.strip() else str(code)))
 
     def recovery(self, name: str, ok: bool, detail: str) -> None:
@@ -293,6 +312,8 @@ def dataset_cases(t: Tally, tmp: Path) -> None:
         p.write_bytes(p.read_bytes()[:60])  # the header parses; the pixels do not
     case("a truncated image (fails while encoding)", truncated, check_out=True)
     case("an image that is not one", lambda d, c, f: (d / f["filename"][0]).write_bytes(b"not a png"))
+    case("an image path with a NUL byte (issue 26)",
+         lambda d, c, f: rewrite(c, f.assign(filename=[f["filename"][0] + "\x00.png"] + list(f["filename"][1:]))))
 
 
 def killed_trainer(t: Tally, base: Path, tmp: Path) -> None:
@@ -326,11 +347,326 @@ def concurrent_without_overwrite(t: Tally, tmp: Path) -> None:
                codes == [0, 2] and any("pass --overwrite" in e for _, e in results), f"exit codes {codes}")
 
 
+# -- issue 26 -------------------------------------------------------------------------------------------
+
+def _standard_json(text: str) -> bool:
+    """Whether `text` is standard JSON (no NaN or Infinity)."""
+    def refuse(constant):
+        raise ValueError(constant)
+    try:
+        json.loads(text, parse_constant=refuse)
+        return True
+    except ValueError:
+        return False
+
+
+def sweep_job_cases(t: Tally, base: Path, tmp: Path) -> None:
+    """Issue 26's input classes, in-process through the CLI's entry point (and the readers the app calls)."""
+    from hsfm_core import sweeps
+
+    n = iter(range(10_000))
+
+    def fresh() -> Path:
+        return copy(base, tmp, f"s{next(n)}")
+
+    def new_runs(ws: Path, before: set) -> set:
+        return {p.name for p in (ws / "runs").iterdir()} - before
+
+    # 5. seeds out of range: refused before any run folder exists
+    for label, argv in (("train erm --seeds 2**32", ["train", "--method", "erm", "--seeds", 2**32]),
+                        ("train dfr --seeds 2**63", ["train", "--method", "dfr", "--seeds", 2**63]),
+                        ("train afr --seeds 2**32 (torch)", ["train", "--method", "afr", "--seeds", 2**32]),
+                        ("sweep dfr --seeds 2**32", ["sweep", "--method", "dfr", "--grid", "n_refits=1,2", "--seeds",
+                                                     2**32, "--max-parallel", "1"])):
+        ws = fresh()
+        before = {p.name for p in (ws / "runs").iterdir()}
+        t.error(f"seeds: {label}", [argv[0], "--workspace", ws, *argv[1:]])
+        t.recovery(f"seeds: {label} leaves no run folder", not new_runs(ws, before), str(sorted(new_runs(ws, before))))
+
+    # 6. jobs/settings.json with a bad job limit
+    for label, text in (("max_parallel 0", '{"max_parallel": 0}'), ("max_parallel -3", '{"max_parallel": -3}'),
+                        ("max_parallel 'two'", '{"max_parallel": "two"}'), ("max_parallel true", '{"max_parallel": true}'),
+                        ("a list", "[2]"), ("not JSON", "{x")):
+        ws = fresh()
+        (ws / "jobs").mkdir(exist_ok=True)
+        (ws / "jobs" / "settings.json").write_text(text)
+        t.error(f"jobs/settings.json {label}: sweep", ["sweep", "--workspace", ws, "--method", "dfr", "--grid",
+                                                       "n_refits=1,2", "--seeds", "0"])
+
+    # 7a. a sweep's request.json: valid JSON, wrong types
+    for label, change in (("grid 5", lambda r: r.update(grid=5)), ("grid values a string", lambda r: r.update(grid={"n_refits": "12"})),
+                          ("seeds a string", lambda r: r.update(seeds="01")), ("seeds [true]", lambda r: r.update(seeds=[True])),
+                          ("method 7", lambda r: r.update(method=7)), ("overrides {}", lambda r: r.update(overrides={})),
+                          ("max_parallel 'x'", lambda r: r.update(max_parallel="x")), ("a list", None)):
+        ws = fresh()
+        good = sweeps.create(ws, sweeps.SweepRequest(method="erm", grid={"C": [1.0, 2.0]}, seeds=(0,)))
+        bad = sweeps.create(ws, sweeps.SweepRequest(method="dfr", grid={"n_refits": [1, 2]}, seeds=(0,)))
+        if change is None:
+            (bad / "request.json").write_text("[1, 2]")
+        else:
+            rewrite_json(bad / "request.json", change)
+        t.error(f"sweep request.json {label}: sweep --cancel", ["sweep", "--workspace", ws, "--method", "dfr",
+                                                                "--cancel", bad.name])
+        try:
+            listed = sweeps.list_sweeps(ws)
+            ok = [s["sweep_id"] for s in listed if "error" not in s] == [good.name] and \
+                any(s["sweep_id"] == bad.name and "error" in s for s in listed)
+            try:
+                sweeps.progress(ws, bad.name)
+                ok = False
+            except InputError:
+                pass
+            detail = "listed"
+        except Exception as exc:  # noqa: BLE001
+            ok, detail = False, f"traceback {type(exc).__name__}: {exc}"
+        t.recovery(f"sweep request.json {label}: list_sweeps names it, lists the other (the Retrain page)", ok, detail)
+
+    # 7b. a job's job.json: valid JSON, wrong types
+    for label, change in (("run_ids 5", lambda r: r.update(run_ids=5)), ("spec a list", lambda r: r.update(spec=[])),
+                          ("controller.pid 'abc'", lambda r: r.update(controller={"pid": "abc", "started": 1.0, "host": socket.gethostname()}, submitit_job_id="1")),
+                          ("controller.pid -5", lambda r: r.update(controller={"pid": -5, "started": 1.0, "host": socket.gethostname()}, submitit_job_id="1")),
+                          ("created_t a string", lambda r: r.update(created_t="yesterday")),
+                          ("submitit_folder 3", lambda r: r.update(submitit_folder=3, submitit_job_id="1")),
+                          ("ended a string", lambda r: r.update(ended="done"))):
+        ws = fresh()
+        good = registered_job(ws)
+        bad = registered_job(ws)
+        rewrite_json(bad / "job.json", change)
+        t.error(f"job.json {label}: cancel", ["cancel", "--workspace", ws, bad.name, "--wait", "0"])
+        t.error(f"job.json {label}: jobs --log", ["jobs", "--workspace", ws, "--log", bad.name])
+        code, out, err = call(["jobs", "--workspace", ws, "--json"])
+        try:
+            rows = json.loads(out) if code == 0 else []
+        except ValueError:
+            rows = []
+        t.recovery(f"job.json {label}: jobs lists the good job and names the bad one",
+                   code == 0 and {r["job_id"]: r["status"] for r in rows}.get(bad.name) == "unreadable"
+                   and good.name in {r["job_id"] for r in rows}, f"exit {code} {err.strip()[-120:]}")
+
+    # 7c. a run's process.json: valid JSON, wrong types (on a run that says it is running)
+    for label, record in (("pid -5", {"pid": -5, "started": 1.0, "host": socket.gethostname()}),
+                          ("pid 'abc'", {"pid": "abc", "started": 1.0, "host": socket.gethostname()}),
+                          ("pid 10**30", {"pid": 10**30, "started": 1.0, "host": socket.gethostname()}),
+                          ("started 'x'", {"pid": os.getpid(), "started": "x", "host": socket.gethostname()}),
+                          ("host 5", {"pid": os.getpid(), "started": 1.0, "host": 5})):
+        ws = fresh()
+        bad = run_of(ws, "erm")
+        (bad / "status").write_text("running\n")
+        (bad / "process.json").write_text(json.dumps(record))
+        code, out, err = call(["runs", "--workspace", ws, "--json"])
+        try:
+            listing = json.loads(out) if code == 0 else {}
+        except ValueError:
+            listing = {}
+        good = run_of(ws, "hsfm").name
+        t.recovery(f"process.json {label}: runs --json lists the other runs",
+                   good in [r["run_id"] for r in listing.get("runs", [])], f"exit {code} {err.strip()[-120:]}")
+        code, _, err = call(["train", "--workspace", ws, "--method", "erm", "--quiet"])
+        t.recovery(f"process.json {label}: train still trains", code == 0, f"exit {code} {err.strip()[-120:]}")
+
+    # 8. sweep ids that climb out of the workspace
+    ws, other = fresh(), fresh()
+    target = sweeps.create(other, sweeps.SweepRequest(method="erm", grid={"C": [1.0, 2.0]}, seeds=(0,)))
+    for label, sweep_id in (("../../other/sweeps/<id>", f"../../{other.name}/sweeps/{target.name}"),
+                            ("an absolute path", str(target)), ("..", "..")):
+        t.error(f"sweep --cancel {label}", ["sweep", "--workspace", ws, "--method", "erm", "--cancel", sweep_id])
+    t.recovery("sweep --cancel of another workspace's sweep writes no flag there", not (target / "cancel").exists(),
+               str((target / "cancel").exists()))
+
+    # 9. table --out where nothing can be written
+    ws = fresh()
+    (tmp / "a-file").write_text("x")
+    for label, out in (("a folder", tmp), ("under a missing folder of /proc", "/proc/nope/table.md"),
+                       ("under a file", tmp / "a-file" / "table.md")):
+        t.error(f"table --out {label}", ["table", "--workspace", ws, "--out", out])
+
+    # 11. metrics.json with NaN or Infinity: `runs --json` prints standard JSON
+    for label, change in (("NaN", lambda m: m["val"].update(wga=float("nan"))),
+                          ("Infinity", lambda m: m["test"].update(wga=float("inf"), avg_adjusted=float("-inf"))),
+                          ("NaN in group_acc", lambda m: m["test"]["group_acc"].__setitem__(0, float("nan"))),
+                          ("no group_acc", lambda m: m["test"].pop("group_acc"))):
+        ws = fresh()
+        rewrite_json(run_of(ws, "erm") / "metrics.json", change)
+        code, out, _ = call(["runs", "--workspace", ws, "--json"])
+        t.recovery(f"metrics.json with {label}: runs --json prints standard JSON",
+                   code == 0 and _standard_json(out) and run_of(ws, "hsfm").name in out, f"exit {code}")
+
+    # 12. a missing workspace is not created; a key both set and swept is refused
+    missing = tmp / "does-not-exist"
+    t.error("sweep --workspace DOES_NOT_EXIST", ["sweep", "--workspace", missing, "--method", "dfr", "--grid", "n_refits=1,2"])
+    t.recovery("sweep --workspace DOES_NOT_EXIST creates nothing", not missing.exists(), str(missing.exists()))
+    ws = fresh()
+    t.error("sweep --set alpha=… --grid alpha=…", ["sweep", "--workspace", ws, "--method", "hsfm", "--grid",
+                                                   "alpha=1e-3,2e-3", "--set", "alpha=5e-3", *TINY, "--seeds", "0",
+                                                   "--max-parallel", "1"])
+    t.recovery("sweep --set alpha --grid alpha trains nothing", not (ws / "sweeps").exists(), "")
+
+    # 4b. a grid over the size cap (refused with the number, before anything is checked or written)
+    ws = fresh()
+    values = ",".join(f"{v:.6g}" for v in np.geomspace(1e-4, 1e-1, 300))
+    t0 = time.perf_counter()
+    code, _, err = call_subprocess(["sweep", "--workspace", ws, "--method", "hsfm", "--grid", f"alpha={values}",
+                                    f"eta={values}", "--seeds", "0"], timeout_s=60)
+    t.rows.append(("sweep of a 300 × 300 grid (90,000 runs)", "error",
+                   code == 2 and _ends_in_error(err) and "90000" in err.replace(",", ""),
+                   f"{(err.strip().splitlines() or [str(code)])[-1][:120]} ({time.perf_counter() - t0:.0f} s)"))
+
+    # 13. a validation group with too few rows: methods that select or balance on val groups refuse, naming it
+    for keep in (0, 1):
+        ws = store_with_val_rows(tmp / f"val{next(n)}", group=3, keep=keep)
+        for method, extra in (("dfr", []), ("dfr", ["--preset", "official"]), ("afr", []), ("hsfm", ["--set", *TINY])):
+            code, _, err = call(["train", "--workspace", ws, "--method", method, *extra, "--quiet"])
+            named = "waterbird · water" in err or "group 3" in err
+            t.rows.append((f"val group 3 with {keep} row(s): train {method} {' '.join(extra[:2])}".rstrip(), "error",
+                           code == 2 and _ends_in_error(err) and named, (err.strip().splitlines() or [str(code)])[-1][:150]))
+        code, _, err = call(["train", "--workspace", ws, "--method", "erm", "--quiet"])
+        t.recovery(f"val group 3 with {keep} row(s): erm (reads no val group) trains", code == 0, f"exit {code}")
+
+    # 14. features that overflow float32 arithmetic: import refuses; a NaN head ends failed with its epoch
+    big = dfr_npz(tmp / f"big{next(n)}.npz")
+    arrays = dict(np.load(big))
+    arrays["embeddings_train"] = np.where(arrays["embeddings_train"] > 0, 3e38, -3e38).astype(np.float32)
+    np.savez(big, **arrays)
+    t.error("import of ±3e38 features", ["import", "--from", "dfr", "--path", big, "--out", tmp / f"imp{next(n)}"])
+    ws = store_with_val_rows(tmp / f"huge{next(n)}", keep=10_000, scale=1e38)
+    code, _, err = call(["train", "--workspace", ws, "--method", "hsfm", "--set", *TINY, "--quiet"])
+    statuses = [(p / "status").read_text().strip() for p in sorted((ws / "runs").iterdir())] if (ws / "runs").is_dir() else []
+    why = next(((p / "error.txt").read_text() for p in sorted((ws / "runs").iterdir()) if (p / "error.txt").is_file()), "") \
+        if (ws / "runs").is_dir() else ""
+    t.recovery("train hsfm on ±3e38 features: the run is failed, naming the epoch", code == 2 and statuses == ["failed"]
+               and "epoch" in why and "non-finite" in why, f"exit {code} statuses {statuses} {why[:80]!r}")
+
+
+TINY = ["E=2", "K_H=2", "T=2", "n=4", "K_hard=8"]
+
+
+def call_subprocess(argv, timeout_s: float) -> tuple[int | str, str, str]:
+    """`python -m hsfm_core ARGV` in its own session, killed with its process group after `timeout_s`."""
+    process = subprocess.Popen([sys.executable, "-m", "hsfm_core", *map(str, argv)], cwd=ROOT,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = process.communicate(timeout=timeout_s)
+        return process.returncode, out, err
+    except subprocess.TimeoutExpired:
+        stop_group(process)
+        return f"still running after {timeout_s:.0f} s", "", f"still running after {timeout_s:.0f} s"
+
+
+def sweep_process_cases(t: Tally, base: Path, tmp: Path) -> dict:
+    """Issue 26's process classes: a SIGKILLed foreground sweep, --submit beside a foreground run, a queued
+    --submit local. → the measured figures."""
+    import psutil
+
+    from hsfm_core import sweeps
+
+    figures = {}
+    # 1, 2. SIGKILL the parent of a foreground `sweep --max-parallel 2`
+    ws = copy(base, tmp, "killed-sweep")
+    process = start_foreground_sweep(ws)
+    try:
+        _wait(lambda: len(training_runs(ws)) >= 2 or process.poll() is not None, 240)
+        children = psutil.Process(process.pid).children(recursive=True)
+        sweep_id = next((ws / "sweeps").iterdir()).name
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(30)
+        t_kill = time.monotonic()
+        _wait(lambda: not [c for c in children if _alive(c)], 5)
+        survivors = [c for c in children if _alive(c)]
+        figures["orphans_after_sigkill"] = len(survivors)
+        t.recovery("SIGKILL of a foreground sweep --max-parallel 2: no survivors within 5 s",
+                   not survivors and len(children) >= 2, f"{len(children)} children, {len(survivors)} alive after 5 s")
+        status = _wait(lambda: (s := sweeps.status(ws, sweep_id)) == "failed" and s, 10) or sweeps.status(ws, sweep_id)
+        figures["killed_sweep_reads_failed_s"] = round(time.monotonic() - t_kill, 2) if status == "failed" else None
+        listed = {s["sweep_id"]: s.get("status") for s in sweeps.list_sweeps(ws)}
+        t.recovery("a SIGKILLed sweep reads failed (status, list_sweeps) within 10 s",
+                   status == "failed" and listed.get(sweep_id) == "failed", f"status {status}, listed {listed.get(sweep_id)}")
+    finally:
+        stop_group(process)
+        kill_processes(processes_mentioning(str(ws)))
+
+    # 3. --submit local while a foreground run of the same sweep trains
+    ws = copy(base, tmp, "two-ways")
+    process = start_foreground_sweep(ws, max_parallel=1)
+    try:
+        _wait(lambda: training_runs(ws) or process.poll() is not None, 240)
+        running = {p: (p / "process.json").read_text() for p in training_runs(ws)}  # who trains each run
+        code, _, err = call(["sweep", "--workspace", ws, "--method", "hsfm", "--grid", "alpha=1e-3,2e-3", "--set",
+                             *ENDLESS_SET, "--seeds", "0", "--max-parallel", "1", "--device", "cpu", "--submit", "local"])
+        t.rows.append(("sweep --submit local beside a foreground run of the same sweep", "error",
+                       code == 2 and _ends_in_error(err), (err.strip().splitlines() or [str(code)])[-1][:150]))
+        time.sleep(1)
+        intact = [p for p, who in running.items() if (p / "process.json").is_file() and (p / "process.json").read_text() == who]
+        t.recovery("… and the foreground's runs are intact (the same folders, the same trainer), its process alive",
+                   bool(running) and len(intact) == len(running) and process.poll() is None,
+                   f"{len(intact)}/{len(running)} runs intact, exit {process.poll()}")
+    finally:
+        stop_group(process)
+        kill_processes(processes_mentioning(str(ws)))
+
+    # 4. --submit local of 6 endless configurations with max_parallel 2: processes at most the limit plus a constant
+    ws = copy(base, tmp, "storm")
+    try:
+        t0 = time.monotonic()
+        code, out, err = call(["sweep", "--workspace", ws, "--method", "hsfm", "--grid", "alpha=1e-3,2e-3,3e-3,4e-3,5e-3,6e-3",
+                               "--set", *ENDLESS_SET, "--seeds", "0", "--max-parallel", "2", "--device", "cpu",
+                               "--submit", "local"])
+        peak, peak_rss = 0, 0.0
+        while time.monotonic() - t0 < 45:
+            mine = processes_mentioning(str(ws))
+            peak, peak_rss = max(peak, len(mine)), max(peak_rss, _rss_mb(mine))
+            time.sleep(0.5)
+        figures["submit_local_6_configs"] = {"peak_processes": peak, "peak_rss_mb": round(peak_rss)}
+        t.recovery("sweep --submit local, 6 configurations, max_parallel 2: ≤ 2 × 2 + 2 processes",
+                   code == 0 and 0 < peak <= 6, f"exit {code}, peak {peak} processes, {peak_rss:.0f} MB")
+        sweep_id = next((ws / "sweeps").iterdir()).name
+        launched = json.loads((ws / "sweeps" / sweep_id / "jobs.json").read_text()) \
+            if (ws / "sweeps" / sweep_id / "jobs.json").is_file() else {}
+        code, _, _ = call(["sweep", "--workspace", ws, "--method", "hsfm", "--cancel", sweep_id])
+        gone = _wait(lambda: not processes_mentioning(str(ws)), 60)
+        t.recovery("… jobs.json lists what was launched and sweep --cancel stops every process",
+                   bool(launched) and code == 0 and bool(gone), f"{len(launched)} in jobs.json, exit {code}, "
+                   f"{len(processes_mentioning(str(ws)))} processes left")
+    finally:
+        kill_processes(processes_mentioning(str(ws)))
+    return figures
+
+
+ENDLESS_SET = ["E=100000", "K_H=1", "T=1", "n=4", "K_hard=8"]
+
+
+def _wait(condition, timeout_s: float):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    return None
+
+
+def _alive(process) -> bool:
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _rss_mb(processes) -> float:
+    from tests.test_reliability2 import rss_mb
+
+    return rss_mb(processes)
+
+
 def main_() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=20, help="overwrites per writer in the stress test")
     parser.add_argument("--writers", type=int, default=2)
-    parser.add_argument("--skip-slow", action="store_true", help="skip the extraction, killed-trainer and stress parts")
+    parser.add_argument("--skip-slow", action="store_true", help="skip the extraction, killed-trainer, sweep-process "
+                        "and stress parts")
+    parser.add_argument("--only-26", action="store_true", help="only issue 26's cases")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     t0 = time.perf_counter()
@@ -338,18 +674,25 @@ def main_() -> None:
     with tempfile.TemporaryDirectory(prefix="hsfm-hostile-") as folder:
         tmp = Path(folder)
         base = base_workspace(tmp)
-        run_cases(t, base, tmp)
+        if not args.only_26:
+            run_cases(t, base, tmp)
+        sweep_job_cases(t, base, tmp)
+        figures = {}
         if not args.skip_slow:
-            dataset_cases(t, tmp)
-            killed_trainer(t, base, tmp)
-            concurrent_without_overwrite(t, tmp)
+            if not args.only_26:
+                dataset_cases(t, tmp)
+                killed_trainer(t, base, tmp)
+                concurrent_without_overwrite(t, tmp)
+            figures = sweep_process_cases(t, base, tmp)
         for name, kind, ok, detail in t.rows:
             print(f"{'ok  ' if ok else 'FAIL'} [{kind:8}] {name}: {detail}")
         errors = sum(ok for _, kind, ok, _ in t.rows if kind == "error")
         recoveries = sum(ok for _, kind, ok, _ in t.rows if kind == "recovery")
         print(f"\nhostile cases: {len(t.rows)}; clear error (error: …, exit 2): {errors}; correct recovery: "
               f"{recoveries}; other (traceback, wrong exit or wrong recovery): {len(t.rows) - errors - recoveries}")
-        if not args.skip_slow:
+        if figures:
+            print(f"issue 26 figures: {json.dumps(figures)}")
+        if not args.skip_slow and not args.only_26:
             report = run_writer_stress(tmp / "stress", writers=args.writers, rounds=args.rounds)
             print(f"stress: {report['writers']} spawned writers × {report['rounds']} overwrites each, exit codes "
                   f"{report['exit_codes']}; a reader opened the store {report['opens']} times: mixed opens "

@@ -1,7 +1,16 @@
 """The job system's costs on CPU: launch → the worker's first line, → its runs, and a whole HSFM run
-through a local submitit job vs the same `train()` call in this process.
+through a local submitit job vs the same `train()` call in this process; with --sweep-queue, the processes
+and memory of a queued `--submit local` sweep instead.
 
     python -m benchmarks.bench_jobs [--latency-repeats 5] [--repeats 1]
+    python -m benchmarks.bench_jobs --sweep-queue [--configurations 50] [--max-parallel 2] [--seconds 120]
+
+--sweep-queue (issue 26): `sweeps.submit` of a sweep of `--configurations` tiny HSFM configurations (one seed
+each) with `max_parallel` 2 on a small generated store; every 0.25 s it counts the processes whose command line
+names the workspace (the sweep's queue, the jobs' submitters, submitit controllers and workers) and sums their
+RSS, for `--seconds` (configurations finish and the next ones start meanwhile), then cancels the sweep and times
+until no process is left. Target: at most the limit × 2 (controller + worker) + a constant (the queue, a
+submitter while it launches), whatever the sweep's size.
 
 Workspace: generated features of Waterbirds size (d = 2048, the exact train/val/test group counts;
 the generator of bench_hsfm). (1) Latency: `launch()` an HSFM job (it returns once submitit's controller
@@ -72,11 +81,57 @@ def first_line_latency(ws: Path) -> tuple[float, float, float]:
     return returned, first, running
 
 
+def sweep_queue(configurations: int, max_parallel: int, seconds: float) -> dict:
+    """Peak processes and RSS of a queued local sweep (see the module docstring)."""
+    from hsfm_core import sweeps
+    from tests.gaussian import gaussian_workspace
+    from tests.test_reliability2 import kill_processes, processes_mentioning, rss_mb
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = Path(tmp) / "ws"
+        gaussian_workspace(ws, d=16, sizes=(600, 300, 300))
+        alphas = ",".join(f"{a:.6g}" for a in np.geomspace(1e-4, 1e-2, configurations))
+        request = sweeps.SweepRequest(method="hsfm", grid=sweeps.parse_grid("hsfm", [f"alpha={alphas}"]), seeds=(0,),
+                                      overrides=("E=20", "K_H=1", "T=2", "n=4", "K_hard=8"), device="cpu",
+                                      max_parallel=max_parallel)
+        try:
+            t0 = time.perf_counter()
+            queued = sweeps.submit(ws, request)
+            submit_s = time.perf_counter() - t0
+            peak, peak_rss, samples = 0, 0.0, []
+            while time.perf_counter() - t0 < seconds:
+                mine = processes_mentioning(str(ws))
+                peak, peak_rss = max(peak, len(mine)), max(peak_rss, rss_mb(mine))
+                samples.append(len(mine))
+                time.sleep(0.25)
+            finished = sweeps.progress(ws, request.sweep_id)["finished"]
+            launched = len(json.loads((sweeps.sweep_dir(ws, request.sweep_id) / "jobs.json").read_text()))
+            t1 = time.perf_counter()
+            sweeps.cancel(ws, request.sweep_id)
+            while processes_mentioning(str(ws)) and time.perf_counter() - t1 < 120:
+                time.sleep(0.25)
+            return {"configurations": configurations, "max_parallel": max_parallel, "submit_returned_s": round(submit_s, 2),
+                    "queued": len(queued), "window_s": seconds, "peak_processes": peak, "peak_rss_mb": round(peak_rss),
+                    "median_processes": statistics.median(samples), "launched_in_window": launched,
+                    "finished_in_window": finished, "cancel_to_no_process_s": round(time.perf_counter() - t1, 2),
+                    "left_after_cancel": len(processes_mentioning(str(ws))),
+                    "status_after_cancel": sweeps.status(ws, request.sweep_id)}
+        finally:
+            kill_processes(processes_mentioning(str(ws)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--latency-repeats", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3, help="waterbirds runs through each path")
+    parser.add_argument("--sweep-queue", action="store_true", help="measure a queued --submit local sweep instead")
+    parser.add_argument("--configurations", type=int, default=50)
+    parser.add_argument("--max-parallel", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=120)
     args = parser.parse_args()
+    if args.sweep_queue:
+        print(json.dumps(sweep_queue(args.configurations, args.max_parallel, args.seconds)))
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         ws = waterbirds_workspace(Path(tmp) / "ws")
