@@ -1,6 +1,6 @@
 """The one check to run when a GPU machine is lent: every GPU path of the project against the CPU.
 
-    python -m benchmarks.gpu_check [--out DIR] [--quick] [--only SECTION ...] [--as-gpu cpu]
+    python -m benchmarks.gpu_check [--out DIR] [--quick] [--only SECTION ...] [--as-gpu cpu] [--demo DEMO]
 
 Sections (each runs on the CPU, and on the GPU when the launch check passes; a section that fails is
 recorded with its error and the next one runs):
@@ -15,8 +15,9 @@ recorded with its error and the next one runs):
            the rows, d = 256, 2 epochs), 1 seed: CPU and GPU wall time (after a warm-up on each device),
            the GPU run twice (head, edited support and history bit-identical?), GPU against CPU (max |Δ|
            of the head, val WGA), and what `auto` would choose (device.auto_for_work) beside the faster.
-  demo     the demo build (hsfm_core.demo.build) on the CPU and on the GPU: the build's own timings, each
-           role's test WGA on both, and the GPU's default HSFM run trained again (bit-identical?).
+  demo     the demo build (hsfm_core.demo.build) on the CPU (--demo: an existing build, copied) and on the
+           GPU: the build's own timings, each role's test WGA on both, and on each device the default
+           HSFM run trained again (bit-identical?).
   sweep    the demo's α × η × K_hard grid (benchmarks/bench_sweep.py, 12 configurations × 3 seeds) on the
            demo's store, on the CPU and twice on the GPU: wall time, tables identical between GPU runs,
            the configuration selected on validation on each.
@@ -182,7 +183,9 @@ def hsfm_section(state: dict, quick: bool) -> dict:
     return out
 
 
-def demo_section(state: dict, work: Path) -> dict:
+def demo_section(state: dict, work: Path, reuse: Path | None) -> dict:
+    """The demo built on each device (`reuse`: a built demo workspace, copied, stands for the CPU's
+    build), and its default HSFM run trained again on the same device: the same run, bit for bit?"""
     import torch
 
     from hsfm_core.demo.build import build_demo, demo_requests
@@ -190,22 +193,25 @@ def demo_section(state: dict, work: Path) -> dict:
     from hsfm_core.train import train
 
     out = {}
-    for where in ["cpu"] + ([state["gpu"]] if state["gpu"] else []):
-        folder = work / f"demo-{where.replace(':', '')}"
-        built, seconds = timed(lambda: build_demo(folder, default_map="none", device=where, force=True))
+    for k, where in enumerate(["cpu"] + ([state["gpu"]] if state["gpu"] else [])):
+        folder = work / f"demo-{k}-{where.replace(':', '')}"
+        if k == 0 and reuse is not None:
+            shutil.copytree(reuse, folder, ignore=shutil.ignore_patterns("cache", "jobs", "sweeps", "synthbirds"))
+            built, seconds = folder, None
+        else:
+            built, seconds = timed(lambda: build_demo(folder, default_map="none", device=where, force=True))
         record = json.loads((built / "demo.json").read_text())
-        out[where] = {"build_s": seconds, "timings": record["timings"],
+        label = "cpu" if k == 0 else "gpu"
+        out[label] = {"device": where, "build_s": seconds, "reused": seconds is None, "timings": record["timings"],
                       "test_wga": {role: r["test_wga"] for role, r in record["runs"].items()}}
-        state[f"demo_{where}"] = built
-        if where != "cpu":  # the default HSFM run trained again on the same GPU: the same run?
-            role, spec = next((r, s) for r, s in demo_requests(where) if s.method == "hsfm")
-            first = find_run(built, record["runs"][role]["run_ids"][0])
-            again = find_run(built, train(built, spec)[0].run_id)
-            heads = load_head(first), load_head(again)
-            supports = load_support(first), load_support(again)
-            out[where]["hsfm_rerun_bit_identical"] = bool(
-                all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
-                and all(torch.equal(supports[0][k], supports[1][k]) for k in supports[0]))
+        state.setdefault("demo_cpu", built)
+        role, spec = next((r, s) for r, s in demo_requests(where) if s.method == "hsfm")
+        first = find_run(built, record["runs"][role]["run_ids"][0])
+        again = find_run(built, train(built, spec)[0].run_id)
+        heads, supports = (load_head(first), load_head(again)), (load_support(first), load_support(again))
+        out[label]["hsfm_rerun_bit_identical"] = bool(
+            all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
+            and all(torch.equal(supports[0][k], supports[1][k]) for k in supports[0]))
     return out
 
 
@@ -244,6 +250,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="small sizes: checks that every path runs")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--demo", type=Path, help="a built demo workspace standing for the CPU's build (copied)")
     parser.add_argument("--as-gpu", metavar="DEVICE", help="run the GPU side on this device (cpu: checks the "
                         "script's comparisons on a machine without a GPU)")
     args = parser.parse_args()
@@ -254,7 +261,7 @@ def main() -> None:
     state: dict = {"gpu": None}
     report: dict = {"quick": args.quick, "work": str(work)}
     runners = {"facts": lambda: facts_section(state), "extract": lambda: extract_section(state, work, args.quick),
-               "hsfm": lambda: hsfm_section(state, args.quick), "demo": lambda: demo_section(state, work),
+               "hsfm": lambda: hsfm_section(state, args.quick), "demo": lambda: demo_section(state, work, args.demo),
                "sweep": lambda: sweep_section(state, work, args.quick)}
     for name in SECTIONS:
         if name != "facts" and name not in args.only:
