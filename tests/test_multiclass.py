@@ -186,7 +186,8 @@ def test_projection_decode_and_neighbors_render_for_three_classes(monkeypatch, c
         assert not at.exception
     at.switch_page("pages/3_Decode.py").run()
     assert not at.exception and not at.error
-    assert [h.value for h in at.header][:1] == ["Mean edit per class"]
+    assert [h.value for h in at.header][:2] == ["What the edits encode, over seeds", "One run"]
+    assert len([m for m in at.markdown if m.value.startswith("**Verdict:")]) == 3  # the run group's, one per class
     assert len([m for m in at.metric if "edited" in m.label]) == 3  # one per class
     at.switch_page("pages/4_Neighbors.py").run()
     assert not at.exception and not at.error
