@@ -341,12 +341,11 @@ class Session:
         """Retrain, ERM picked, seeds "0": ready to press Launch run."""
         page = self.page
         await self.nav("Retrain", "Launch run")
-        method = page.locator("[data-testid='stSelectbox']").filter(has_text="Method").first
+        method = page.get_by_role("combobox", name="Method").first
 
-        async def pick():
+        async def pick():  # open the list, click ERM's option (typing into a list still opening can be lost)
             await method.click()
-            await page.keyboard.type("ERM")
-            await page.keyboard.press("Enter")
+            await page.get_by_role("option", name=re.compile(r"^ERM\b")).first.click(timeout=120_000)
 
         await self.timed("Retrain: pick ERM", pick,
                          lambda: page.get_by_text("ERM settings", exact=False).first.wait_for(timeout=ACTION_TIMEOUT_MS))
@@ -372,23 +371,23 @@ class Session:
             return
         self.launch.update(accepted=True, job_id=found.group(1))
         job = self.launch["job_id"]
-        follow = page.get_by_role("combobox", name="Follow job")  # its value: the followed job's label, "· yours"
         # The job's end: the Status metric of the followed job (the selectbox's label keeps the status it had
-        # when first drawn — Streamlit does not redraw a keyed selectbox whose labels changed).
-        try:
-            await page.wait_for_function(
-                "j => { const f = document.querySelector('input[aria-label=\"Follow job\"]'); "
-                "const m = [...document.querySelectorAll('[data-testid=\"stMetric\"]')]"
+        # when first drawn — Streamlit does not redraw a keyed selectbox whose labels changed). Both read from
+        # one look at the page (a rerun may briefly show the old and the new selectbox).
+        look = ("j => { const f = [...document.querySelectorAll('input[aria-label=\"Follow job\"]')]"
+                ".find(e => e.value.includes(j)); const m = [...document.querySelectorAll('[data-testid=\"stMetric\"]')]"
                 ".find(e => e.innerText.startsWith('Status')); "
-                "return f && f.value.includes(j) && m && /done|failed|cancelled/.test(m.innerText); }",
-                arg=job, timeout=finish_timeout_s * 1000, polling=1000)
+                "return f && m && /done|failed|cancelled/.test(m.innerText) ? [f.value, m.innerText] : false; }")
+        try:
+            handle = await page.wait_for_function(look, arg=job, timeout=finish_timeout_s * 1000, polling=1000)
         except Exception:  # noqa: BLE001 - recorded as not finished, with what the page showed
-            self.launch["label_at_timeout"] = await follow.input_value() if await follow.count() else None
+            self.launch["label_at_timeout"] = await page.evaluate(
+                "() => [...document.querySelectorAll('input[aria-label=\"Follow job\"]')].map(e => e.value)")
             return
-        status = await page.locator("[data-testid='stMetric']", has_text="Status").first.inner_text()
-        label = await follow.input_value()
-        self.launch.update(finished=status.split()[-1] == "done", yours=job in label and "yours" in label,
-                           label=label, label_status_stale=status.split()[-1] not in label,
+        label, status = await handle.json_value()
+        status = status.split()[-1]
+        self.launch.update(finished=status == "done", yours=job in label and "yours" in label,
+                           label=label, label_status_stale=status not in label,
                            finished_after_s=round(time.time() - self.launch["pressed_at"], 1))
 
 
