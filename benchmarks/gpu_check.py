@@ -250,7 +250,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="small sizes: checks that every path runs")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
-    parser.add_argument("--demo", type=Path, help="a built demo workspace standing for the CPU's build (copied)")
+    parser.add_argument("--demo", type=Path, help="a built demo workspace standing for the CPU's build (copied; "
+                        "built by this code, or its re-run differs)")
     parser.add_argument("--as-gpu", metavar="DEVICE", help="run the GPU side on this device (cpu: checks the "
                         "script's comparisons on a machine without a GPU)")
     args = parser.parse_args()
