@@ -33,7 +33,6 @@ and ftfy for extraction and the demo, platformdirs, filelock, submitit for the s
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -252,6 +251,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--demo", type=Path, help="a built demo workspace standing for the CPU's build (copied; "
                         "built by this code, or its re-run differs)")
+    parser.add_argument("--keep", action="store_true", help="keep the working folder (images, stores, demos)")
     parser.add_argument("--as-gpu", metavar="DEVICE", help="run the GPU side on this device (cpu: checks the "
                         "script's comparisons on a machine without a GPU)")
     args = parser.parse_args()
@@ -279,8 +279,8 @@ def main() -> None:
               + (f" — {report[name]['error']}" if "error" in report[name] else ""), flush=True)
         (out_dir / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
     print(json.dumps(report, indent=2, default=str))
-    with contextlib.suppress(OSError):
-        shutil.rmtree(work / "cache")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
