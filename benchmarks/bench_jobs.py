@@ -98,11 +98,15 @@ def sweep_queue(configurations: int, max_parallel: int, seconds: float) -> dict:
             t0 = time.perf_counter()
             queued = sweeps.submit(ws, request)
             submit_s = time.perf_counter() - t0
-            peak, peak_rss, samples = 0, 0.0, []
+            peak, peak_rss, samples, by_kind = 0, 0.0, [], {}
+            queue_pid = json.loads((sweeps.sweep_dir(ws, request.sweep_id) / "process.json").read_text())["pid"]
             while time.perf_counter() - t0 < seconds:
                 mine = processes_mentioning(str(ws))
                 peak, peak_rss = max(peak, len(mine)), max(peak_rss, rss_mb(mine))
                 samples.append(len(mine))
+                for process in mine:  # the largest RSS seen of each kind of process
+                    kind = _kind(process, queue_pid)
+                    by_kind[kind] = max(by_kind.get(kind, 0), round(rss_mb([process])))
                 time.sleep(0.25)
             finished = sweeps.progress(ws, request.sweep_id)["finished"]
             launched = len(json.loads((sweeps.sweep_dir(ws, request.sweep_id) / "jobs.json").read_text()))
@@ -112,12 +116,26 @@ def sweep_queue(configurations: int, max_parallel: int, seconds: float) -> dict:
                 time.sleep(0.25)
             return {"configurations": configurations, "max_parallel": max_parallel, "submit_returned_s": round(submit_s, 2),
                     "queued": len(queued), "window_s": seconds, "peak_processes": peak, "peak_rss_mb": round(peak_rss),
-                    "median_processes": statistics.median(samples), "launched_in_window": launched,
+                    "median_processes": statistics.median(samples), "peak_rss_mb_by_kind": by_kind,
+                    "launched_in_window": launched,
                     "finished_in_window": finished, "cancel_to_no_process_s": round(time.perf_counter() - t1, 2),
                     "left_after_cancel": len(processes_mentioning(str(ws))),
                     "status_after_cancel": sweeps.status(ws, request.sweep_id)}
         finally:
             kill_processes(processes_mentioning(str(ws)))
+
+
+def _kind(process, queue_pid: int) -> str:
+    """queue (the sweep's), submitter, controller (submitit's) or worker, from the pid and command line."""
+    import psutil
+
+    try:
+        line = " ".join(process.cmdline())
+    except psutil.Error:
+        return "gone"
+    if process.pid == queue_pid:
+        return "queue"
+    return "controller" if "submitit.local._local" in line else "submitter" if "_submit_here" in line else "worker"
 
 
 def main() -> None:

@@ -452,7 +452,7 @@ def _serve(workspace: Path, folder: Path) -> str:
     watched, failed = set(active), False
     print(f"[queue] {len(waiting)} request(s) to launch, at most {queue['limit']} at once", flush=True)
     while not (folder / "cancel").exists():
-        active = {key for key in active if job_active(workspace, launched[key])}
+        active = {key for key in active if _occupying(workspace, launched[key])}
         while waiting and len(active) < queue["limit"] and not (folder / "cancel").exists():
             entry = waiting.pop(0)
             for rid in run_ids_for(entry["run_id"], entry["spec"]["seeds"]):  # an unfinished earlier attempt
@@ -482,6 +482,17 @@ def _serve(workspace: Path, folder: Path) -> str:
         return "cancelled"
     ended = [get_job(workspace, launched[key])["status"] for key in watched]
     return "done" if not failed and not waiting and all(s == "done" for s in ended) else "failed"
+
+
+def _occupying(workspace: Path, job_id: str) -> bool:
+    """Whether a launched job still holds one of the queue's places: until it has ended and its processes are gone
+    (a finished worker and submitit's controller linger a moment after the job's end is written)."""
+    from hsfm_core.runs import process_alive
+
+    if job_active(workspace, job_id):
+        return True
+    return (job_dir(workspace, job_id) / "job.json").exists() and \
+        process_alive(get_job(workspace, job_id).get("controller")) is True
 
 
 def _run_status(path: Path) -> str | None:
