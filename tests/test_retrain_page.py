@@ -110,8 +110,10 @@ def test_launch_watch_finish_and_compare(monkeypatch, workspace):
     assert "Launched job" in at.success[0].value and "with n=4 T=2 K_H=2 K_hard=8 E=60" in at.success[0].value
     (job,) = jobs.list_jobs(workspace)
     assert job["spec"]["overrides"] == ["n=4", "T=2", "K_H=2", "K_hard=8", "E=60"]
-    assert TrainSpec.from_dict(job["spec"]) == TrainSpec.create("hsfm", preset="waterbirds", seeds=[0],
-                                                                overrides=["n=4", "T=2", "K_H=2", "K_hard=8", "E=60"])
+    spec = TrainSpec.from_dict(job["spec"])
+    assert set(spec.tags) == {"session"}  # the launching session's mark (its own jobs are shown as "yours")
+    assert dataclasses.replace(spec, tags={}) == TrainSpec.create("hsfm", preset="waterbirds", seeds=[0],
+                                                                  overrides=["n=4", "T=2", "K_H=2", "K_hard=8", "E=60"])
     statuses = poll(at, lambda a: any("Done" in s.value for s in a.success), what="the job to finish")
     assert "running" in statuses  # progress was shown while it trained
     assert at.metric[0].value == "done" and at.metric[3].value.endswith("%")  # val WGA of the last epoch
