@@ -105,10 +105,11 @@ def main() -> None:
         if not args.fresh_only:
             figures[f"later launch, run {run + 1}"] = launch(env)
         figures[f"env, run {run + 1}"] = env
-        print(json.dumps(figures, indent=2, ensure_ascii=False), flush=True)
+        if run + 1 < args.runs or not args.no_numba:  # the figures so far, as soon as measured (stderr)
+            print(json.dumps(figures, indent=2, ensure_ascii=False), file=sys.stderr, flush=True)
     if not args.no_numba:
         figures["map worker, numba"] = numba_costs()
-    print(json.dumps(figures, indent=2, ensure_ascii=False))
+    print(json.dumps(figures, indent=2, ensure_ascii=False))  # stdout: one JSON document
 
 
 if __name__ == "__main__":
