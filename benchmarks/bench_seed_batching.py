@@ -65,10 +65,11 @@ def main() -> None:
         rows.append({"support_rows": m, "one_seed_s": one, "batched_s": batched, "loop_estimate_s": one * len(seeds),
                      "batched_over_loop": batched / (one * len(seeds)), "batched_over_one": batched / one,
                      "one_seed_cpu_s": one_cpu, "batched_cpu_s": batched_cpu,
-                     "batched_over_one_cpu": batched_cpu / one_cpu})
+                     "batched_over_one_cpu": batched_cpu / one_cpu,
+                     "batched_over_loop_cpu": batched_cpu / (one_cpu * len(seeds))})
         print(f"m = {m:5d}: one seed {one:6.2f} s · {len(seeds)} batched {batched:6.2f} s ({batched / one:.2f}×; "
               f"CPU {one_cpu:.2f} / {batched_cpu:.2f} s = {batched_cpu / one_cpu:.2f}×) · batched/loop "
-              f"{batched / (one * len(seeds)):.2f}", flush=True)
+              f"{batched / (one * len(seeds)):.2f} (CPU {batched_cpu / (one_cpu * len(seeds)):.2f})", flush=True)
     print(json.dumps({"torch_threads": torch.get_num_threads(), "epochs": args.epochs, "seeds": len(seeds), "rows": rows}))
 
 

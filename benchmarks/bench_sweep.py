@@ -12,8 +12,8 @@
    single-seed `python -m hsfm_core train` (waterbirds preset); the demo's 12-configuration × 3-seed
    sweep (α ∈ {5e-5, 2e-4, 5e-4} × η ∈ {0.1, 1} × K_hard ∈ {16, 64}) through `python -m hsfm_core sweep`
    as it is; and the same sweep as the CLI would run it with `fit_many` (`--one-process-sweep`, below:
-   one interpreter, one `fit_many` call — two passes, one per K_hard — then every run written as
-   `train` writes it and the results table read back). Ratios against the single-seed train.
+   one interpreter on one thread, one `fit_many` call — two passes, one per K_hard — then every run
+   written as `train` writes it and the results table read back). Ratios against the single-seed train.
    `--cli-threads N` sets OMP_NUM_THREADS for all three (default: unset, torch's own choice).
 3. `--selection`: the sweep through `sweeps.run`, what it selects on validation, its test WGA beside
    DFR's and the paper preset's on the same seeds, and the edit diagnostics.
@@ -139,9 +139,14 @@ def train_many(workspace, specs, run_ids):
 
 
 def one_process_sweep(workspace: Path) -> None:
-    """The demo sweep as the CLI would run it with fit_many: every configuration in one call."""
+    """The demo sweep as the CLI would run it with fit_many: every configuration in one call, on one
+    thread — what each of the proposed `sweeps.run`'s workers gets on 2 cores (it would run the two
+    passes, one per K_hard, in two such workers at once; here they run one after the other)."""
+    import torch
+
     from hsfm_core import sweeps
 
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 1))
     request = sweeps.SweepRequest(method="hsfm", grid=sweeps.parse_grid("hsfm", GRID), seeds=SEEDS,
                                   preset="waterbirds", device="cpu")
     configurations = request.configurations()
