@@ -73,6 +73,7 @@ ACTION_TIMEOUT_MS = 900_000  # a 25-session class on 2 shared cores: waits are l
 SECOND_LASSO = [(0.02, 0.05), (0.12, 0.05), (0.12, 0.95), (0.02, 0.95), (0.02, 0.05)]  # starts outside LASSO
 LAUNCH_WINDOW_S = 10.0
 EXCEPTION = "[data-testid='stException']"
+LOST_LASSO_S = 45  # no message to the server this long after a lasso's mouse-up: the gesture was lost
 
 # Timestamps of every websocket message the page sends and receives (Date.now(), ms since the epoch).
 WS_HOOK = """(() => {
@@ -224,6 +225,7 @@ class Session:
         self.errors: list[str] = []
         self.failed: str | None = None
         self.launch: dict | None = None
+        self.lost_lassos = 0
 
     async def idle(self) -> None:  # tests/browser.py: wait_until_idle
         await self.page.wait_for_selector("[data-testid='stApp'][data-test-connection-state='CONNECTED']",
@@ -305,6 +307,23 @@ class Session:
         await page.mouse.up()
         return start
 
+    async def sent_lasso(self, corners, tries: int = 3) -> float:
+        """`lasso`, drawn again when the page has sent the server nothing LOST_LASSO_S after the mouse-up (the
+        gesture never reached plotly: its handlers not attached yet, or dropped by a starved browser);
+        counted in `lost_lassos`. → the time of the mouse-up that counted."""
+        from playwright.async_api import TimeoutError as PlaywrightTimeout
+
+        for _ in range(tries):
+            sent = await self.page.evaluate("() => window.__ws.sent.length")
+            start = await self.lasso(corners)
+            try:
+                await self.page.wait_for_function("n => window.__ws.sent.length > n", arg=sent,
+                                                  timeout=LOST_LASSO_S * 1000)
+                return start
+            except PlaywrightTimeout:
+                self.lost_lassos += 1
+        return start
+
     async def selection_text(self) -> str:
         found = self.page.get_by_text("Selection:", exact=False)
         return await found.first.inner_text() if await found.count() else ""
@@ -325,10 +344,10 @@ class Session:
                              lambda s=step: page.get_by_text(f"Step {s} of").first.wait_for(timeout=ACTION_TIMEOUT_MS))
         await self.nav("Projection", "Colour by", also=MAP_AREA)  # the map drawn
         await page.wait_for_timeout(1000)  # plotly attaches its drag handlers after the first paint
-        await self.timed("Projection: lasso", lambda: self.lasso(LASSO),
+        await self.timed("Projection: lasso", lambda: self.sent_lasso(LASSO),
                          lambda: page.get_by_text("Selection:", exact=False).first.wait_for(timeout=ACTION_TIMEOUT_MS))
         before = await self.selection_text()
-        await self.timed("Projection: another lasso", lambda: self.lasso(SECOND_LASSO),
+        await self.timed("Projection: another lasso", lambda: self.sent_lasso(SECOND_LASSO),
                          lambda: page.wait_for_function(
                              "t => { const e = [...document.querySelectorAll('[data-testid=\"stMarkdownContainer\"]')]"
                              ".find(e => e.innerText.includes('Selection:')); return e && e.innerText !== t; }",
@@ -493,6 +512,7 @@ async def phase(browsers, url, workspace: Path, monitor: Monitor, n: int, share:
            "accepted": sum(bool(s.launch and s.launch["accepted"]) for s in sessions),
            "finished": sum(bool(s.launch and s.launch["finished"]) for s in sessions),
            "shown_as_yours": sum(bool(s.launch and s.launch["yours"]) for s in sessions),
+           "lost_lassos_redrawn": sum(s.lost_lassos for s in sessions),
            "follow_label_status_stale": sum(bool(s.launch and s.launch.get("label_status_stale")) for s in sessions),
            "launches": [s.launch for s in sessions if s.launch],
            "on_disk": launches_on_disk(workspace, sessions, jobs_before) if launchers else {}}
