@@ -213,6 +213,9 @@ def show_jobs() -> None:
                           key="retrain.watch_widget")
     st.session_state[WATCH_KEY] = chosen
     job = jobs.get_job(workspace, chosen)  # fresh: the table above may be a moment older
+    if job["status"] not in jobs.ACTIVE and chosen in now_active:  # it ended since the table's read: the
+        st.session_state["retrain.active"] = now_active - {chosen}  # sidebar's pickers were drawn without its runs
+        st.rerun(scope="app")
     progress = jobs.job_progress(workspace, chosen)
     status = job["status"]  # status, error and traceback from one read
 

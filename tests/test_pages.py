@@ -167,7 +167,8 @@ def test_decode_page_explains_a_store_without_clip_text(monkeypatch, tmp_path):
 
 def test_neighbors_page_compares_original_and_edited_neighbours(monkeypatch, app_workspace):
     at = open_page(monkeypatch, app_workspace, "4_Neighbors")
-    assert [h.value for h in at.subheader] == ["Nearest to the original feature", "Nearest to the edited feature"]
+    assert [h.value for h in at.subheader] == ["What the edited feature looks like", "Nearest to the original feature",
+                                               "Nearest to the edited feature"]
     before, after = at.dataframe[0].value, at.dataframe[1].value
     assert before.to_numpy().sum() == 16 and after.to_numpy().sum() == 16
     neighbours = [c for c in image_captions(at) if " · cos " in c]
@@ -178,6 +179,32 @@ def test_neighbors_page_compares_original_and_edited_neighbours(monkeypatch, app
     at.radio(key="neighbors.mode").set_value("Any image (store row)").run()
     at.number_input(key="neighbors.row").set_value(200).run()
     assert not at.exception and [h.value for h in at.subheader] == ["Nearest to this image's feature"]
+
+
+def test_neighbors_strip_and_slider_render_the_edit_path(monkeypatch, app_workspace):
+    """The render view: image | render(z) | render(z + Δ) | nearest real image, the strip along z + t·Δ with the
+    chosen t marked, and the large rendering following the slider (an extrapolation past t = 1 says so)."""
+    at = open_page(monkeypatch, app_workspace, "4_Neighbors")
+    captions = image_captions(at)
+    assert {"render(z)", "render(z + Δ)", "nearest real image to z + Δ"} <= set(captions)
+    strip = [c for c in captions if c.startswith("t = ")]
+    assert strip == [f"t = {s:g}" + (" ◀" if s == 1.0 else "") for s in ui.STRIP_STEPS]
+    assert "render(z + 1·Δ)" in captions
+    assert not any("extrapolation" in c.value for c in at.caption)
+
+    def big(a) -> str:  # the large rendering's media URL: a content hash, so another picture has another URL
+        t = a.select_slider(key="neighbors.t").value
+        return next(e for e in a.get("image") if e.captions == [f"render(z + {t:g}·Δ)"]).proto.imgs[0].url
+
+    at_one = big(at)
+    at.select_slider(key="neighbors.t").set_value(1.5).run()
+    assert not at.exception, at.exception
+    captions = image_captions(at)
+    assert "render(z + 1.5·Δ)" in captions and "t = 1.5 ◀" in captions and "t = 1" in captions
+    assert any("extrapolation" in c.value for c in at.caption)
+    assert big(at) != at_one  # another rendering is shown, not the same picture relabelled
+    at.select_slider(key="neighbors.t").set_value(0.0).run()
+    assert "render(z + 0·Δ)" in image_captions(at)
 
 
 def test_lesson_walks_through_every_step(monkeypatch, app_workspace):

@@ -66,7 +66,7 @@ def poll(at, until, timeout_s: float = 120, what: str = "the page"):
         seen.append(at.metric[0].value if at.metric else None)
         if until(at):
             return seen
-        time.sleep(0.5)
+        time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}; statuses seen {seen[-5:]}")
 
 
@@ -105,15 +105,16 @@ def test_launch_watch_finish_and_compare(monkeypatch, workspace):
     before = {r["run_id"] for r in list_runs(workspace)}
     at = retrain_page(monkeypatch, workspace)
     assert "No jobs yet" in at.info[0].value
-    set_hsfm(at, n=4, K_hard=8, K_H=2, T=2, E=60)
+    # E = 2,000: about 2 s of training here (0.2 s at E = 60), so the page's polls see it running
+    set_hsfm(at, n=4, K_hard=8, K_H=2, T=2, E=2000)
     launch(at)
-    assert "Launched job" in at.success[0].value and "with n=4 T=2 K_H=2 K_hard=8 E=60" in at.success[0].value
+    assert "Launched job" in at.success[0].value and "with n=4 T=2 K_H=2 K_hard=8 E=2000" in at.success[0].value
     (job,) = jobs.list_jobs(workspace)
-    assert job["spec"]["overrides"] == ["n=4", "T=2", "K_H=2", "K_hard=8", "E=60"]
+    assert job["spec"]["overrides"] == ["n=4", "T=2", "K_H=2", "K_hard=8", "E=2000"]
     spec = TrainSpec.from_dict(job["spec"])
     assert set(spec.tags) == {"session"}  # the launching session's mark (its own jobs are shown as "yours")
     assert dataclasses.replace(spec, tags={}) == TrainSpec.create("hsfm", preset="waterbirds", seeds=[0],
-                                                                  overrides=["n=4", "T=2", "K_H=2", "K_hard=8", "E=60"])
+                                                                  overrides=["n=4", "T=2", "K_H=2", "K_hard=8", "E=2000"])
     statuses = poll(at, lambda a: any("Done" in s.value for s in a.success), what="the job to finish")
     assert "running" in statuses  # progress was shown while it trained
     assert at.metric[0].value == "done" and at.metric[3].value.endswith("%")  # val WGA of the last epoch
