@@ -162,6 +162,12 @@ class Method:
                                       f"{self.label} selects or balances on validation groups")
 
 
+    def step_work(self, store, settings) -> int | None:
+        """Multiply-adds of one step of `fit` for one run on this store: what `auto` weighs against a GPU's
+        kernel-launch cost (`hsfm_core.device.auto_for_work`, docs/ARCHITECTURE.md §Devices). None: unknown,
+        `auto` takes a usable GPU."""
+        return None
+
     def fit(self, store, settings, seeds: Sequence[int], *, device: str | torch.device = "cpu",
             progress: Progress | None = None) -> list[FittedHead]:
         """One `FittedHead` per seed, on the store's features (the caller checked `needs`)."""

@@ -520,6 +520,17 @@ class HSFM(Method):
                f"= {settings.outer_lr:.3g}; other settings from the {AUTO_BASE} preset")
         return settings, why
 
+    def step_work(self, store, settings):
+        return self.work_per_step(store.groups.n_classes, store.dim, settings)
+
+    @staticmethod
+    def work_per_step(n_classes: int, d: int, settings) -> int:
+        """Multiply-adds of one step for one run: the logits of the C·n support rows (inner step) and of the
+        C·K_hard hard rows (outer loss), C·d each. A step is dozens of kernels of this size: `auto` keeps it on
+        the CPU below `device.GPU_MIN_STEP_WORK` (docs/ARCHITECTURE.md §Devices); batched seeds and
+        configurations widen the kernels but do not add launches."""
+        return (n_classes * settings.n_support + n_classes * settings.hard_per_class) * d * n_classes
+
     def fit(self, store, settings, seeds, *, device="cpu", progress=None):
         return self.fit_many(store, [settings], seeds, device=device, progress=progress)[0]
 
