@@ -12,6 +12,7 @@ import os
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -65,30 +66,73 @@ def train(workspace: str | os.PathLike, spec: TrainSpec | str, *, progress: Prog
         spec = TrainSpec.create(spec, **request)
     elif request:
         raise TypeError(f"train(workspace, spec) takes no request keywords beside a TrainSpec: {sorted(request)}")
-    method = methods.get(spec.method)
-    base_id = run_id if run_id is not None else new_run_id(spec.method)
-    run_ids = free_run_ids(workspace, base_id, spec.seeds)  # all checked before the first run directory exists
-    store = open_store_for(workspace, spec.method)
-    settings, preset, why = spec.resolve(store)
-    device = resolve_device(spec.device) if method.uses_device else torch.device("cpu")
+    return train_many(workspace, [spec], progress=progress, run_ids=[run_id])[0]
 
-    common = {"method": spec.method, "preset": preset, "preset_reason": why,
-              "hyperparameters": _jsonable(dataclasses.asdict(settings)), "request": spec.to_dict(),
-              "seeds_in_call": list(spec.seeds), "device": str(device), "workspace": str(Path(workspace).resolve()),
-              "store_hash": store.content_hash, "code_version": code_version(), **spec.tags}
-    writers = [RunWriter(workspace, rid, {**common, "seed": seed}) for rid, seed in zip(run_ids, spec.seeds)]
+
+def train_many(workspace: str | os.PathLike, specs: Sequence[TrainSpec], *, progress: Progress | None = None,
+               run_ids: Sequence[str | None] | None = None) -> list[list[TrainedRun]]:
+    """`train` for several requests of one method on the same seeds and device, in ONE `Method.fit_many` call:
+    requests whose settings differ only in the method's `row_scalars` train in one pass (HSFM's α, η, clip
+    norm: a row each, like seeds; docs/ARCHITECTURE.md §Sweeps). → one list of runs per request, in order.
+
+    Every run is the run `train(workspace, specs[k], run_id=run_ids[k])` writes, file for file (config.json,
+    history.jsonl, head, support, metrics; only ids and times differ): each run's config records its own
+    request. `run_ids[k]` names request k's runs `<run_id>-s<seed>` (None: a new id). Everything is checked
+    before the first run directory exists. `progress(epoch, epochs, entries)`: entries for every (request,
+    seed), request-major, None for those not training that epoch (`Method.fit_many`).
+
+    Bad input found inside the fit removes every unfinished run (InputError); an interrupt leaves them
+    `cancelled`, a crash `failed`; a run whose head or history is not finite is kept `failed` and the others
+    are finished, then `TrainingDiverged` names the failed ones (issue 26).
+    """
+    specs = list(specs)
+    if not specs or not all(isinstance(s, TrainSpec) for s in specs):
+        raise TypeError("train_many(workspace, specs) takes a non-empty list of TrainSpec")
+    first = specs[0]
+    seeds = list(first.seeds)
+    if any(s.method != first.method or list(s.seeds) != seeds or s.device != first.device for s in specs):
+        raise ValueError("train_many trains requests of one method, on the same seeds and device")
+    run_ids = [None] * len(specs) if run_ids is None else list(run_ids)
+    if len(run_ids) != len(specs):
+        raise ValueError(f"{len(specs)} requests but {len(run_ids)} run ids")
+    method = methods.get(first.method)
+    bases = [rid if rid is not None else new_run_id(first.method) for rid in run_ids]
+    if len(set(bases)) != len(bases):
+        raise InputError(f"run ids given twice: {sorted({b for b in bases if bases.count(b) > 1})}")
+    ids = [free_run_ids(workspace, base, seeds) for base in bases]  # all checked before the first run directory exists
+    store = open_store_for(workspace, first.method)
+    resolved = [spec.resolve(store) for spec in specs]  # (settings, preset, why), each checked
+    device = resolve_device(first.device) if method.uses_device else torch.device("cpu")
+
+    writers, owners = [], []  # request-major, as fit_many's entries: (request k, seed)
+    try:
+        for k, (spec, (settings, preset, why), rids) in enumerate(zip(specs, resolved, ids)):
+            common = {"method": spec.method, "preset": preset, "preset_reason": why,
+                      "hyperparameters": _jsonable(dataclasses.asdict(settings)), "request": spec.to_dict(),
+                      "seeds_in_call": list(spec.seeds), "device": str(device),
+                      "workspace": str(Path(workspace).resolve()), "store_hash": store.content_hash,
+                      "code_version": code_version(), **spec.tags}
+            for rid, seed in zip(rids, spec.seeds):
+                writers.append(RunWriter(workspace, rid, {**common, "seed": seed}))
+                owners.append(k)
+    except BaseException:
+        for w in writers:  # e.g. a run directory that appeared meanwhile: none of this call's runs is kept
+            w.discard()
+        raise
 
     def on_epoch(epoch: int, epochs: int, entries: list[dict]) -> None:
         for writer, entry in zip(writers, entries):
-            if entry is not None:  # None: a seed that is not training this epoch (seeds run one after another)
+            if entry is not None:  # None: a run not training this epoch (another pass, or seeds one after another)
                 writer.append_history(entry)
         if progress is not None:
             progress(epoch, epochs, entries)
 
-    out, diverged = [], []
+    out: list[list[TrainedRun]] = [[] for _ in specs]
+    diverged = []
     try:
-        fitted = method.fit(store, settings, list(spec.seeds), device=device, progress=on_epoch)
-        for writer, head in zip(writers, fitted):
+        fitted = method.fit_many(store, [settings for settings, _, _ in resolved], seeds, device=device,
+                                 progress=on_epoch)
+        for writer, k, head in zip(writers, owners, [head for heads in fitted for head in heads]):
             if (reason := non_finite(head)) is not None:  # never a NaN head marked done (issue 26)
                 writer.update_config(fitted=_jsonable(head.selected), init_head=head.init_source)
                 writer.fail(f"{reason}; the run is failed rather than scored. {DIVERGED_HINT}")
@@ -97,7 +141,7 @@ def train(workspace: str | os.PathLike, spec: TrainSpec | str, *, progress: Prog
             metrics = evaluate_head(store, head.weight, head.bias)
             writer.update_config(fitted=_jsonable(head.selected), init_head=head.init_source)
             writer.finish(head.head_tensors(), metrics, head.support)
-            out.append(TrainedRun(writer.run_id, writer.path, head.seed, metrics, preset, why))
+            out[k].append(TrainedRun(writer.run_id, writer.path, head.seed, metrics, resolved[k][1], resolved[k][2]))
     except InputError:
         for w in writers:  # bad input found inside the fit: leave nothing half-written behind
             if w.status() != "done":
@@ -115,7 +159,7 @@ def train(workspace: str | os.PathLike, spec: TrainSpec | str, *, progress: Prog
         raise
     if diverged:  # the runs are kept, failed, with the epoch and the reason in error.txt
         raise TrainingDiverged(f"{len(diverged)} of {len(writers)} run(s) failed: " + "; ".join(diverged)
-                               + f". {DIVERGED_HINT}", done=out)
+                               + f". {DIVERGED_HINT}", done=[run for runs in out for run in runs])
     return out
 
 
