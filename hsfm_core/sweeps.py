@@ -77,6 +77,9 @@ from hsfm_core.safe_io import finite_number, read_json, read_text
 from hsfm_core.spec import EXECUTORS, TrainSpec
 
 SWEEPS_DIR = "sweeps"
+# The most configurations × seeds one pass trains (`passes`): a pass's tensors grow with its rows, and a failed
+# pass fails all of them. 36 rows hold the demo's 12-configuration × 3-seed sweep's passes whole.
+MAX_PASS_ROWS = 64
 TIE = 1e-9
 FIGURES = ("wga", "avg_adjusted")
 STATUSES = ("running", "submitted", "done", "failed", "cancelled")  # as written; readers derive (see `status`)
@@ -277,8 +280,13 @@ def load_request(workspace: str | os.PathLike, sweep_id: str) -> SweepRequest:
     return request
 
 
+def config_run_id(request: SweepRequest, k: int) -> str:
+    """The run id that configuration k's runs are named after (`<it>-s<seed>`, `train`'s `run_id`)."""
+    return f"{request.sweep_id}-c{k:02d}"
+
+
 def run_id_of(request: SweepRequest, k: int, seed: int) -> str:
-    return f"{request.sweep_id}-c{k:02d}-s{seed}"
+    return f"{config_run_id(request, k)}-s{seed}"
 
 
 def _run_status(workspace, run_id: str) -> str | None:
@@ -299,16 +307,55 @@ def pending(workspace, request: SweepRequest) -> list[tuple[int, dict, list[int]
     return out
 
 
-def _train_configuration(workspace: str, request_dict: dict, k: int, seeds: list[int], threads: int) -> str:
-    """One configuration's seeds in a worker process: the unit of parallel work. → done, cancelled, or
-    `failed: why` (its runs say more; the other configurations go on)."""
+def passes(request: SweepRequest, todo: Sequence[tuple[int, dict, list[int]]], workers: int = 1,
+           max_rows: int | None = None) -> list[tuple[list[int], list[int]]]:
+    """The sweep's units of work, [(configurations, seeds)], each trained by ONE `train_many` call.
+
+    Configurations with the same unfinished seeds whose grid values differ only in the method's `row_scalars`
+    (HSFM: α, η, clip norm) share a pass: the scalars become a leading axis like the seeds, each row exactly its
+    own run (docs/ARCHITECTURE.md §Sweeps). A setting that changes a shape (HSFM's n, T, K_H, K_hard, E), or any
+    setting of a method without row scalars, keeps configurations apart. A pass holds at most `max_rows`
+    configurations × seeds (default `MAX_PASS_ROWS`); while there are fewer units than `workers`, the largest
+    is halved, so every worker trains. Grid order is kept within and across units."""
+    method = methods.get(request.method)
+    scalars = set(getattr(method, "row_scalars", ()))
+    max_rows = MAX_PASS_ROWS if max_rows is None else max_rows
+    groups: dict[tuple, list[tuple[int, list[int]]]] = {}
+    for k, configuration, seeds in todo:
+        shape = [(name, repr(value)) for name, value in configuration.items()
+                 if method.field_name(name) not in scalars]
+        key = (tuple(seeds), tuple(shape)) if scalars else (k,)
+        groups.setdefault(key, []).append((k, list(seeds)))
+    units = []
+    for members in groups.values():
+        seeds = members[0][1]
+        size = max(1, max_rows // len(seeds))  # configurations per pass
+        parts = math.ceil(len(members) / size)
+        units += [([k for k, _ in chunk], seeds) for chunk in _split(members, parts)]
+    while len(units) < workers and max(len(ks) for ks, _ in units) > 1:
+        i = max(range(len(units)), key=lambda j: len(units[j][0]))
+        (ks, seeds), half = units[i], (len(units[i][0]) + 1) // 2
+        units[i:i + 1] = [(ks[:half], seeds), (ks[half:], seeds)]
+    return sorted(units, key=lambda unit: unit[0][0])
+
+
+def _split(items: list, parts: int) -> list[list]:
+    """`items` in `parts` consecutive chunks of sizes differing by at most one."""
+    size, extra = divmod(len(items), parts)
+    bounds = [i * size + min(i, extra) for i in range(parts + 1)]
+    return [items[lo:hi] for lo, hi in zip(bounds, bounds[1:])]
+
+
+def _train_pass(workspace: str, request_dict: dict, ks: list[int], seeds: list[int], threads: int) -> dict[int, str]:
+    """One unit of `passes` in a worker process: configurations `ks` on `seeds`, one `train_many` call.
+    → {configuration: done, cancelled, or `failed: why`} (the runs say more; the other units go on)."""
     import torch
 
-    from hsfm_core.train import train
+    from hsfm_core.train import train_many
 
     torch.set_num_threads(threads)  # parallel workers share the cores instead of oversubscribing them
     request = SweepRequest(**request_dict)
-    configuration = request.configurations()[k]
+    configurations = request.configurations()
     cancel_flag = sweep_dir(workspace, request.sweep_id) / "cancel"
 
     def progress(epoch, epochs, entries):
@@ -316,17 +363,21 @@ def _train_configuration(workspace: str, request_dict: dict, k: int, seeds: list
             raise KeyboardInterrupt("sweep cancelled")
 
     if cancel_flag.exists():
-        return "cancelled"
-    _clear_unfinished(workspace, request, k, seeds)
+        return {k: "cancelled" for k in ks}
+    for k in ks:
+        _clear_unfinished(workspace, request, k, seeds)
+    outcome = "done"
     try:
-        train(workspace, request.spec(configuration, seeds, k), progress=progress, run_id=f"{request.sweep_id}-c{k:02d}")
+        train_many(workspace, [request.spec(configurations[k], seeds, k) for k in ks], progress=progress,
+                   run_ids=[config_run_id(request, k) for k in ks])
     except KeyboardInterrupt:
-        return "cancelled"
-    except InputError as exc:
-        return f"failed: {exc}"
-    except Exception as exc:  # noqa: BLE001 — train recorded it in the runs (error.txt); the sweep goes on
-        return f"failed: {type(exc).__name__}: {exc}"
-    return "done"
+        outcome = "cancelled"
+    except InputError as exc:  # bad input, or some runs diverged (TrainingDiverged: the others finished)
+        outcome = f"failed: {exc}"
+    except Exception as exc:  # noqa: BLE001 — train_many recorded it in the runs (error.txt); the sweep goes on
+        outcome = f"failed: {type(exc).__name__}: {exc}"
+    finished = {k for k in ks if all(_run_status(workspace, run_id_of(request, k, s)) == "done" for s in seeds)}
+    return {k: "done" if k in finished else outcome if outcome != "done" else "failed" for k in ks}
 
 
 def _limit(workspace, request: SweepRequest) -> int:
@@ -352,17 +403,20 @@ def run(workspace: str | os.PathLike, request: SweepRequest,
         write_json_atomic(directory / "process.json", process_record())  # before the status: readers check it
         write_text_atomic(directory / "status", "running\n")
         todo = pending(workspace, request)
-        outcomes = []
+        outcomes: list[str] = []
         if todo:
-            workers = min(_limit(workspace, request), len(todo))
+            limit = _limit(workspace, request)
+            units = passes(request, todo, workers=limit)
+            workers = min(limit, len(units))
             threads = max(1, (os.cpu_count() or 1) // workers)
             with process_pool(workers) as pool:
-                futures = submit_all(pool, _train_configuration, [(str(workspace), _request_dict(request), k, seeds, threads)
-                                                                 for k, _, seeds in todo])
-                for done, future in enumerate(as_completed(futures), start=1):
-                    outcomes.append(future.result())
-                    if on_configuration is not None:
-                        on_configuration(done, len(todo), outcomes[-1])
+                futures = submit_all(pool, _train_pass, [(str(workspace), _request_dict(request), ks, seeds, threads)
+                                                         for ks, seeds in units])
+                for future in as_completed(futures):
+                    for k, outcome in future.result().items():  # a pass's configurations end together
+                        outcomes.append(outcome)
+                        if on_configuration is not None:
+                            on_configuration(len(outcomes), len(todo), outcome)
         status = "cancelled" if "cancelled" in outcomes else "failed" if any(o.startswith("failed") for o in outcomes) \
             else "done"
     except KeyboardInterrupt:
@@ -396,7 +450,7 @@ def submit(workspace: str | os.PathLike, request: SweepRequest, *, yes: bool = F
             for k, seeds in todo:
                 _clear_unfinished(workspace, request, k, seeds)
             configurations = request.configurations()
-            specs = [(request.spec(configurations[k], seeds, k), f"{request.sweep_id}-c{k:02d}") for k, seeds in todo]
+            specs = [(request.spec(configurations[k], seeds, k), config_run_id(request, k)) for k, seeds in todo]
             records = jobs.launch_array(workspace, specs)
             launched.update({str(k): record["job_id"] for (k, _), record in zip(todo, records)})
             write_json_atomic(directory / "jobs.json", launched)
@@ -408,7 +462,7 @@ def submit(workspace: str | os.PathLike, request: SweepRequest, *, yes: bool = F
             write_results(workspace, request)
             return {}
         configurations = request.configurations()  # checked by _open: the queue launches them unchecked
-        entries = [{"key": str(k), "run_id": f"{request.sweep_id}-c{k:02d}",
+        entries = [{"key": str(k), "run_id": config_run_id(request, k),
                     "spec": request.spec(configurations[k], seeds, k).to_dict()} for k, seeds in todo]
         write_json_atomic(directory / "queue.json", {"limit": _limit(workspace, request), "entries": entries})
         write_json_atomic(directory / "jobs.json", launched)
