@@ -291,6 +291,49 @@ def tf32_switches() -> dict:
     return {"matmul": bool(torch.backends.cuda.matmul.allow_tf32), "cudnn": bool(torch.backends.cudnn.allow_tf32)}
 
 
+def may_probe() -> bool:
+    """Whether this process may run the test kernel: not when it is the app's server. A server that ran it
+    would hold a CUDA context for its whole life — memory on the GPU, and on a GPU in exclusive-process
+    mode (common on clusters) every job's worker would be refused the device. Its jobs' workers run the
+    kernel themselves, before they create their runs."""
+    import sys
+
+    if "streamlit" not in sys.modules:
+        return True
+    from streamlit import runtime
+
+    return not runtime.exists()
+
+
+def training_device(requested: str, uses_device: bool, work: int | None, *, method: str = "this method",
+                    note: str | None = None, facts: DeviceFacts | None = None,
+                    tf32: dict | None = None) -> tuple["torch.device", dict]:
+    """Where a training run computes, and what its config records about it → (torch.device,
+    {"device", "device_reason", "environment"}) (docs/ARCHITECTURE.md §Devices).
+
+    A method that never uses a device runs on the CPU. Otherwise the launch check (`choose`, with the test
+    kernel on the GPU asked for) then, for `auto`, the size rule (`auto_for_work`: `work` = the method's
+    `step_work`, multiply-adds of one step). `note`: why a request's device was changed before it got here
+    (`TrainSpec.device_note`, e.g. `auto` → `cpu` on a Slurm job with no GPU), recorded as the reason of a
+    device it explains. `facts` / `tf32`: this process's own (`device_facts`, `tf32_switches`) unless given —
+    the tests give those of machines this one is not."""
+    import torch
+
+    if not uses_device:
+        choice, facts = Choice("cpu", f"{method} never uses a device: it computes on the CPU"), facts or device_facts(None)
+    else:
+        kind, index = parse(requested)
+        facts = facts or device_facts(None if kind == "cpu" else index or 0)
+        choice = choose(requested, facts)
+        if choice.warning:
+            warnings.warn(choice.warning, RuntimeWarning, stacklevel=2)
+        choice = auto_for_work(choice, requested, work, f"each {method} step")
+    reason = note if note and choice.reason == "asked for" else choice.reason
+    switches = (tf32 if tf32 is not None else tf32_switches()) if choice.device.startswith("cuda") else None
+    return torch.device(choice.device), {"device": choice.device, "device_reason": reason,
+                                        "environment": environment(choice.device, facts, switches)}
+
+
 def resolve(requested: str, probe: bool = True) -> Choice:
     """`choose` on this process's facts (the launch check), warning when a present GPU is not used.
     `probe=False` skips the test kernel: for a process that only submits work elsewhere (a server

@@ -81,7 +81,7 @@ _RECORD_OPTIONAL = {"workspace": str, "run_id": str, "max_parallel": positive_in
                     "ended": dict, "status": str, "error": str}
 _SPEC = {"method": str, "seeds": list, "executor": str}
 _SPEC_OPTIONAL = {"time_limit_min": finite_number, "slurm": dict, "preset": str, "overrides": string_list,
-                  "device": str, "max_parallel": positive_int, "tags": dict}
+                  "device": str, "max_parallel": positive_int, "tags": dict, "device_note": str}
 _WORKER_OPTIONAL = {"pid": int, "started": finite_number, "t": finite_number, "deadline": finite_number,
                     "at": finite_number, "host": str}
 _ENDED_OPTIONAL = {"status": str, "error": str, "t": finite_number, "detected_t": finite_number}
@@ -261,19 +261,20 @@ def set_max_sweep_runs(workspace: str | os.PathLike, n: int) -> None:
     _write_setting(workspace, "max_sweep_runs", n, "the sweep size limit")
 
 
-def _register(workspace: Path, spec, run_id: str | None, folder: Path | None = None) -> Path:
+def _register(workspace: Path, spec, run_id: str | None, folder: Path | None = None,
+              probe: bool | None = None) -> Path:
     """Check one request and write its job.json (not submitted yet); → the job's directory. `folder`: submitit's
-    folder when several jobs share one (a job array), else the job's own."""
-    from hsfm_core.features.encoders import resolve_device
+    folder when several jobs share one (a job array), else the job's own. The device (docs/ARCHITECTURE.md
+    §Devices): a Slurm request's device and GPU count are reconciled by `spec.check()` (the reconciled request is
+    the one recorded); a local one's device passes the launch check here (`TrainSpec.check_device_here`; `probe`:
+    the test kernel, by default unless this is the app's server — the worker runs it again before training)."""
     from hsfm_core.runs import new_run_id
     from hsfm_core.train import open_store_for
 
     spec = spec.check()
     open_store_for(workspace, spec.method)
     if spec.executor == "local":  # the device must exist here; a Slurm node's cannot be seen from here
-        resolve_device(spec.device)
-    elif not re.match(r"^(auto|cpu|cuda(:[0-9]+)?)$", spec.device):
-        raise InputError(f"unknown device {spec.device!r}; expected auto, cpu or cuda[:N]")
+        spec.check_device_here(probe)
     else:
         slurm.check_here(spec.slurm)
     if (limit := int(spec.max_parallel or job_limit(workspace))) < 1:
@@ -316,11 +317,13 @@ def _submission_failed(directories: list[Path], exc: Exception) -> InputError:
     return InputError(message)
 
 
-def launch(workspace: str | os.PathLike, spec, run_id: str | None = None) -> dict:
+def launch(workspace: str | os.PathLike, spec, run_id: str | None = None, probe: bool | None = None) -> dict:
     """Check the request (a `TrainSpec`), register the job, submit it; → its record, at once. `InputError` (nothing
-    registered) for a bad request, store, device or taken `run_id`; a refused submission leaves the job `failed`."""
+    registered) for a bad request, store, device or taken `run_id`; a refused submission leaves the job `failed`.
+    `probe`: whether the local launch check runs the test kernel here (`_register`)."""
     workspace = Path(workspace).resolve()
-    directory = _register(workspace, spec, run_id)
+    spec = spec.check()  # on Slurm: the device and GPUs reconciled, as registered
+    directory = _register(workspace, spec, run_id, probe=probe)
     try:
         if spec.executor == "local":
             _submit_detached(directory)
@@ -341,6 +344,7 @@ def launch_array(workspace: str | os.PathLike, requests: list[tuple]) -> list[di
         return []
     if {spec.executor for spec, _ in requests} != {"slurm"} or len({repr(s.slurm) for s, _ in requests}) != 1:
         raise InputError("a job array needs Slurm requests with the same Slurm options")
+    requests = [(spec.check(), run_id) for spec, run_id in requests]  # the device and GPUs reconciled, as registered
     directories: list[Path] = []
     for spec, run_id in requests:  # every request is checked before anything is submitted
         folder = directories[0] / "submitit" if directories else None

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Iterable, Sequence
 
 from hsfm_core import methods
+from hsfm_core.device import parse as parse_device, reconcile_slurm
 from hsfm_core.errors import InputError
 from hsfm_core.methods.base import check_seeds
 
@@ -70,13 +71,16 @@ class TrainSpec:
     time_limit_min: float | None = None
     max_parallel: int | None = None  # local jobs of the workspace training at once (None: the workspace's limit)
     tags: dict = field(default_factory=dict)  # e.g. {"sweep": id}; copied into each run's config
+    device_note: str | None = None  # why `device` is not what was asked for (a Slurm request reconciled, §Devices)
 
     @classmethod
     def create(cls, method: str, *, preset: str | None = None, overrides: Iterable[str] = (),
                seeds: Sequence[int] = (0,), device: str = "auto", executor: str = "local",
                slurm: SlurmOptions | dict | None = None, time_limit_min: float | None = None,
-               max_parallel: int | None = None, tags: dict | None = None) -> "TrainSpec":
-        """A checked request; InputError with the one-line reason for anything wrong."""
+               max_parallel: int | None = None, tags: dict | None = None,
+               device_note: str | None = None) -> "TrainSpec":
+        """A checked request; InputError with the one-line reason for anything wrong. A Slurm request's
+        device and GPU count are made to agree here (`check`), so `device` may differ from the one given."""
         try:
             seeds = tuple(dict.fromkeys(int(s) for s in seeds))
         except (TypeError, ValueError, OverflowError):
@@ -84,11 +88,17 @@ class TrainSpec:
         spec = cls(method=method, preset=preset, overrides=tuple(str(o) for o in overrides), seeds=seeds,
                    device=str(device), executor=executor,
                    slurm=SlurmOptions.from_value(slurm) if executor == "slurm" else None,
-                   time_limit_min=time_limit_min, max_parallel=max_parallel, tags=dict(tags or {}))
+                   time_limit_min=time_limit_min, max_parallel=max_parallel, tags=dict(tags or {}),
+                   device_note=None if device_note is None else str(device_note))
         return spec.check()
 
     def check(self) -> "TrainSpec":
+        """This request checked → itself, or, on Slurm, itself with the device and GPU count reconciled
+        (`device.reconcile_slurm`, docs/ARCHITECTURE.md §Devices): `--device cuda` with `--gpus 0` and a GPU
+        asked for a method that never uses one are refused here, before anything is queued; `auto` with no
+        GPU becomes `cpu` with the reason in `device_note`."""
         method = methods.get(self.method)
+        parse_device(self.device)
         check_seeds(self.seeds)  # 0…2**32 − 1: refused here, before any run folder exists
         if self.executor not in EXECUTORS:
             raise InputError(f"unknown executor {self.executor!r}; expected local or slurm")
@@ -102,7 +112,24 @@ class TrainSpec:
             raise InputError(f"{self.method} has no 'auto' preset; presets: {', '.join(method.presets) or 'none'}")
         else:  # `auto` is derived from the store when training starts; the overrides are checked now
             method.parse(self.overrides)
+        if self.executor == "slurm":
+            device, gpus, note = reconcile_slurm(self.device, self.slurm.gpus, method.uses_device, method.name)
+            if (device, gpus) != (self.device, int(self.slurm.gpus)) or (note and note != self.device_note):
+                return replace(self, device=device, slurm=replace(self.slurm, gpus=gpus),
+                               device_note=note or self.device_note)
         return self
+
+    def check_device_here(self, probe: bool | None = None):
+        """The launch check of a local request on this machine (`device.resolve`): `cuda:1` on a one-GPU
+        machine, a torch wheel without the GPU's architecture or a driver too old are refused with what to
+        install, before the job is registered. → the `device.Choice`, or None where no device is checked (a
+        Slurm request: its node cannot be seen from here; a method that never uses a device). `probe`: run the
+        test kernel (None: unless this process is the app's server, `device.may_probe`)."""
+        from hsfm_core import device
+
+        if self.executor != "local" or not methods.get(self.method).uses_device:
+            return None
+        return device.resolve(self.device, probe=device.may_probe() if probe is None else probe)
 
     def resolve(self, store=None):
         """(settings, preset name, why): the settings this request trains with on `store`."""
@@ -130,4 +157,4 @@ class TrainSpec:
                           seeds=data.get("seeds", (0,)), device=data.get("device", "auto"),
                           executor=data.get("executor", "local"), slurm=data.get("slurm"),
                           time_limit_min=data.get("time_limit_min"), max_parallel=data.get("max_parallel"),
-                          tags=data.get("tags"))
+                          tags=data.get("tags"), device_note=data.get("device_note"))

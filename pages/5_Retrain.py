@@ -78,15 +78,25 @@ with st.form("retrain.form"):
                           + (f" (aliases {', '.join(method.aliases)})" if method.aliases else ""))
     left, middle, right = st.columns(3)
     seeds_text = left.text_input("Seeds", "0", key="retrain.seeds", help="e.g. 0, 1, 2 or 0-4: one run per seed")
+    # a method that never uses a device is offered neither a device nor a GPU (docs/ARCHITECTURE.md §Devices)
+    no_device = f"{method.label} never uses a device: it computes on the CPU, and asks Slurm for no GPU"
     device = middle.radio("Device", ["auto", "cpu", "cuda"], horizontal=True, key="retrain.device",
                           disabled=not method.uses_device,
-                          help="auto = CUDA when this machine (or the Slurm node) has it")
+                          help="auto = CUDA when this machine (or the Slurm node) has it and the run is large enough "
+                               "to gain from it (the run's config records which and why)" if method.uses_device
+                          else no_device)
+    if not method.uses_device:
+        middle.caption(no_device + ".")
     where = right.radio("Run on", ["this machine", "a Slurm cluster"], horizontal=True, key="retrain.where")
     with st.expander("Slurm settings (used when running on a Slurm cluster)"):
         a, b, c, d = st.columns(4)
         partition = a.text_input("Partition", key="retrain.partition")
         time_min = b.number_input("Time limit (minutes)", 1, 7 * 24 * 60, 60, key="retrain.time")
-        gpus = c.number_input("GPUs", 0, 16, 1, key="retrain.gpus")
+        if method.uses_device:
+            gpus = c.number_input("GPUs", 0, 16, 1, key="retrain.gpus",
+                                  help="0: the job runs on the CPU (auto becomes cpu; cuda is refused)")
+        else:
+            gpus = c.number_input("GPUs", 0, 0, 0, key="retrain.gpus.none", disabled=True, help=no_device)
         mem_gb = d.number_input("Memory (GB, 0 = cluster default)", 0, 2048, 0, key="retrain.mem")
         sbatch = st.text_input("More sbatch options (key=value, space-separated; e.g. qos=high account=lab)",
                                key="retrain.sbatch")
@@ -132,7 +142,8 @@ if launched:
         st.session_state[WATCH_KEY] = job["job_id"]
         st.session_state.pop("retrain.watch_widget", None)  # follow the new job
         st.success(f"Launched job `{job['job_id']}` → run(s) {', '.join(job['run_ids'])}"
-                   + (f" with {' '.join(overrides)}" if overrides else ""))
+                   + (f" with {' '.join(overrides)}" if overrides else "")
+                   + (f". Device: {spec.device_note}" if spec.device_note else ""))
 
 
 def save_job_limit() -> None:

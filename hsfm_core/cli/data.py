@@ -1,4 +1,4 @@
-"""Data commands (docs/ARCHITECTURE.md §Store, §Demo, §Package): extract, import, demo, app."""
+"""Data commands (docs/ARCHITECTURE.md §Store, §Devices, §Demo, §Package): extract, import, demo, app."""
 
 from __future__ import annotations
 
@@ -20,7 +20,12 @@ def _add_extract(sub) -> None:
     p.add_argument("--out", required=True, help="feature store (workspace) directory to write")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda[:N]")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--num-workers", type=int, default=0, help="image decoding processes (spawned); 0 = in-process")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="image decoding processes (spawned); 0 = in-process; default: from the device and the usable "
+                        "cores (on a GPU one per core but one, at most 8; on the CPU 0)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="the encoder's arithmetic: fp32, or bf16/fp16 autocast (fp16 on a GPU only); recorded in the "
+                        "manifest, and shards of different precisions are not merged")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored feature precision")
     p.add_argument("--shard", help="i/n: extract only block i (0-based) of n, for splitting across machines")
     p.add_argument("--merge", nargs="+", metavar="SHARD", help="merge these shard stores into --out instead of extracting")
@@ -48,7 +53,7 @@ def _run_extract(args) -> int:
     for flag in ("data", "format", "model"):
         if not getattr(args, flag):
             raise InputError(f"extract needs --{flag}")
-    if args.batch_size < 1 or args.num_workers < 0:
+    if args.batch_size < 1 or (args.num_workers is not None and args.num_workers < 0):
         raise InputError("--batch-size must be ≥ 1 and --num-workers ≥ 0")
     shard = parse_shard(args.shard)
 
@@ -62,10 +67,12 @@ def _run_extract(args) -> int:
         options = {k: v for k, v in (("class_names", args.class_names), ("attribute_names", args.attribute_names)) if v}
     table = read_dataset(args.format, args.data, args.csv, **options)
     device = resolve_device(args.device)
+    if args.precision == "fp16" and device.type != "cuda":  # before the encoder is loaded
+        raise InputError(f"--precision fp16 needs a GPU, and --device {args.device} runs on the CPU: use bf16 or fp32")
     encoder = load_encoder(args.model, args.pretrained, device)
     store = extract(table, encoder, args.out, device=device, batch_size=args.batch_size,
                     num_workers=args.num_workers, shard=shard, dtype=args.dtype,
-                    overwrite=args.overwrite, progress=not args.quiet)
+                    overwrite=args.overwrite, progress=not args.quiet, precision=args.precision)
     print_json(_store_summary(store))
     return 0
 
