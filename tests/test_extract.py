@@ -219,3 +219,51 @@ def test_shards_computed_differently_are_not_merged(waterbirds_dir, tiny_clip, t
     extract(table, encoder, tmp_path / "s1", device=cpu, shard=(1, 2), progress=False, overwrite=True)
     merged = merge_shards([tmp_path / "s0", tmp_path / "s1"], tmp_path / "merged")
     assert merged.manifest["extraction"]["precision"] == "fp32" and merged.manifest["n_rows"] == 60
+
+
+def test_the_extract_command_picks_workers_and_takes_a_precision(waterbirds_dir, tiny_clip, tmp_path, capsys):
+    """`--num-workers` defaults to the device's rule over the usable cores (the CPU: in-process); `--precision`
+    reaches the manifest; fp16 on the CPU is refused before the encoder is loaded, with what to use instead."""
+    base = ["extract", "--data", waterbirds_dir, "--format", "waterbirds", "--model", tiny_clip, "--quiet",
+            "--device", "cpu"]
+    assert run_cli(*base, "--out", tmp_path / "bf16", "--precision", "bf16") == 0
+    record = FeatureStore.open(tmp_path / "bf16").manifest["extraction"]
+    assert (record["device"], record["precision"], record["num_workers"], record["tf32"]) == ("cpu", "bf16", 0, None)
+    assert run_cli(*base, "--out", tmp_path / "fp16", "--precision", "fp16") == 2
+    assert "--precision fp16 needs a GPU, and --device cpu runs on the CPU: use bf16 or fp32" in capsys.readouterr().err
+    assert not (tmp_path / "fp16").exists()
+    assert run_cli(*base, "--out", tmp_path / "w", "--num-workers", "-1") == 2
+    assert "--num-workers ≥ 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_cli(*base, "--out", tmp_path / "int8", "--precision", "int8")
+
+
+def _recorded_elsewhere(store_dir, **extraction) -> None:
+    """Rewrite a shard's `extraction` record as if it had been computed on another machine (its features are
+    kept): what a shard from a GPU node looks like here."""
+    import json
+
+    path = store_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["extraction"] = {**manifest["extraction"], **extraction}
+    path.write_text(json.dumps(manifest))
+
+
+def test_shards_from_another_device_or_tf32_setting_are_not_merged(waterbirds_dir, tiny_clip, tmp_path):
+    from hsfm_core.data import read_dataset
+    from hsfm_core.features.extract import extract, merge_shards
+
+    table = read_dataset("waterbirds", waterbirds_dir)
+    encoder = load_encoder(tiny_clip, None, torch.device("cpu"))
+    for i in range(2):
+        extract(table, encoder, tmp_path / f"s{i}", device=torch.device("cpu"), shard=(i, 2), progress=False)
+    gpu = {"device": "cuda", "gpu": "NVIDIA H100 80GB HBM3", "tf32": {"matmul": False, "cudnn": True}}
+    _recorded_elsewhere(tmp_path / "s1", **gpu)
+    with pytest.raises(InputError, match=r"s1: extraction device differs from .*s0 \('cuda' vs 'cpu'\)"):
+        merge_shards([tmp_path / "s0", tmp_path / "s1"], tmp_path / "merged")
+    _recorded_elsewhere(tmp_path / "s0", **{**gpu, "gpu": "NVIDIA A100-SXM4-40GB", "tf32": {"matmul": True, "cudnn": True}})
+    with pytest.raises(InputError, match="TF32 switches differ"):
+        merge_shards([tmp_path / "s0", tmp_path / "s1"], tmp_path / "merged")
+    _recorded_elsewhere(tmp_path / "s0", **{**gpu, "gpu": "NVIDIA A100-SXM4-40GB"})  # another GPU model: merged
+    merged = merge_shards([tmp_path / "s0", tmp_path / "s1"], tmp_path / "merged")
+    assert merged.manifest["extraction"]["device"] == "cuda" and merged.manifest["n_rows"] == 60
