@@ -1,33 +1,32 @@
-"""HSFM sweeps that share one pass (docs/ARCHITECTURE.md §HSFM), measured on the demo workspace.
+"""HSFM sweeps that share one pass (docs/ARCHITECTURE.md §Sweeps), measured on the demo workspace.
 
-    python -m benchmarks.bench_sweep --demo DEMO_WORKSPACE [--configs 4 12 36] [--repeats 2] [--threads 1] [--cli]
-                                     [--cli-threads N] [--selection]
+    python -m benchmarks.bench_sweep --demo DEMO_WORKSPACE [--configs 4 12 36] [--repeats 2] [--threads 1]
+                                     [--no-cli] [--cli-threads N] [--selection]
 
-1. In one warm process (default): configurations that differ only in α and η (an α × η grid on the
-   `waterbirds` preset, seeds 0–2) trained by `Method.fit_many` in one pass, against the same
-   configurations one `fit` after another (each with its seeds batched: what a sweep worker does
-   today), interleaved, medians of `--repeats`; the speedup at each `--configs` count. `--threads`
-   (default 1, what each of a sweep's two workers gets on 2 cores).
-2. `--cli`: from the command line, each in a fresh interpreter and a fresh copy of the store: one
-   single-seed `python -m hsfm_core train` (waterbirds preset); the demo's 12-configuration × 3-seed
-   sweep (α ∈ {5e-5, 2e-4, 5e-4} × η ∈ {0.1, 1} × K_hard ∈ {16, 64}) through `python -m hsfm_core sweep`
-   as it is; and the same sweep as the CLI would run it with `fit_many` (`--one-process-sweep`, below:
-   one interpreter on one thread, one `fit_many` call — two passes, one per K_hard — then every run
-   written as `train` writes it and the results table read back). Ratios against the single-seed train.
-   `--cli-threads N` sets OMP_NUM_THREADS for all three (default: unset, torch's own choice).
+One command prints every number (the demo is never written to: each measurement trains in a fresh copy of
+its store, in a temporary folder):
+
+1. The sweep's speedup against separate runs, in one warm process on `--threads` threads (default 1: what
+   each of a sweep's two workers gets on 2 cores): n configurations that differ only in α and η (an α × η
+   grid on the `waterbirds` preset, seeds 0–2), trained as the sweep trains them — its units
+   (`sweeps.passes`, one worker: passes of at most `sweeps.MAX_PASS_ROWS` rows), each one `train_many`
+   call — against one `train` per configuration (its seeds batched: what a sweep did before passes),
+   every run written to disk either way. Interleaved, medians of `--repeats`, at each `--configs` count.
+2. From the command line (skip with `--no-cli`), each command in a fresh interpreter and a fresh copy of the
+   store: one single-seed `python -m hsfm_core train` (waterbirds preset) against the demo's
+   12-configuration × 3-seed sweep `python -m hsfm_core sweep` (α ∈ {5e-5, 2e-4, 5e-4} × η ∈ {0.1, 1} ×
+   K_hard ∈ {16, 64}: two passes, one per K_hard, on the workspace's two workers), alternated, medians of
+   `--repeats`. `--cli-threads N` sets OMP_NUM_THREADS for both (default: unset, torch's own choice).
 3. `--selection`: the sweep through `sweeps.run`, what it selects on validation, its test WGA beside
    DFR's and the paper preset's on the same seeds, and the edit diagnostics.
 
-Wall and CPU time (user + sys, the process and its workers) are both reported: on a machine shared
-with other sessions CPU time is the steadier of the two. `--one-process-sweep WS` is the projected
-CLI sweep itself (the change to `train`/`sweeps.run` this
-benchmark argues for, `train_many` below): the process that `--cli` times.
+Wall and CPU time (user + sys, of the process and its workers) are both reported, with the load average:
+on a machine shared with other sessions CPU time is the steadier of the two.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import resource
@@ -62,99 +61,58 @@ def scalar_grid(n: int) -> list[tuple[float, float]]:
     return [(float(f"{a:.3g}"), float(f"{e:.3g}")) for a in alphas for e in etas]
 
 
+def load() -> str:
+    return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def in_process(demo: Path, counts: list[int], repeats: int, threads: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    from hsfm_core import methods
-    from hsfm_core.features import FeatureStore
-
-    store = FeatureStore.open(demo)
-    hsfm = methods.get("hsfm")
-    base = hsfm.settings("waterbirds", [])
-    hsfm.fit(store, dataclasses.replace(base, epochs=1), [0])  # warm-up: lazy imports, allocator
-    out = {"torch_threads": torch.get_num_threads()}
-    for n in counts:
-        settings = [dataclasses.replace(base, inner_lr=a, outer_lr=e) for a, e in scalar_grid(n)]
-        times = {"separate": [], "together": []}
-        cpu = {"separate": [], "together": []}
-        for repeat in range(repeats):
-            for key in (("separate", "together") if repeat % 2 == 0 else ("together", "separate")):
-                t0, c0 = time.perf_counter(), time.process_time()
-                if key == "separate":
-                    [hsfm.fit(store, s, list(SEEDS)) for s in settings]
-                else:
-                    hsfm.fit_many(store, settings, list(SEEDS))
-                times[key].append(time.perf_counter() - t0)
-                cpu[key].append(time.process_time() - c0)
-                print(f"  {n} configurations × {len(SEEDS)} seeds, repeat {repeat + 1}: {key} {times[key][-1]:.2f} s "
-                      f"(CPU {cpu[key][-1]:.2f} s)", flush=True)
-        median = {k: statistics.median(v) for k, v in times.items()}
-        median_cpu = {k: statistics.median(v) for k, v in cpu.items()}
-        out[n] = {"times_s": times, "cpu_s": cpu, "median_s": median, "median_cpu_s": median_cpu,
-                  "speedup": median["separate"] / median["together"],
-                  "speedup_cpu": median_cpu["separate"] / median_cpu["together"]}
-        print(f"{n} configurations × {len(SEEDS)} seeds: separate {median['separate']:.2f} s, together "
-              f"{median['together']:.2f} s, speedup {out[n]['speedup']:.2f}× (CPU time: "
-              f"{out[n]['speedup_cpu']:.2f}×)", flush=True)
-    return out
-
-
-def train_many(workspace, specs, run_ids):
-    """`train` for several requests of one method on the same seeds, one `Method.fit_many` call: the
-    change proposed for hsfm_core/train.py (the runs and their files are exactly `train`'s)."""
-    import torch
-
-    from hsfm_core import methods
-    from hsfm_core.features.encoders import resolve_device
-    from hsfm_core.heads import evaluate_head
-    from hsfm_core.runs import RunWriter, code_version
-    from hsfm_core.train import _jsonable, free_run_ids, open_store_for
-
-    method = methods.get(specs[0].method)
-    seeds = list(specs[0].seeds)
-    ids = [free_run_ids(workspace, run_id, seeds) for run_id in run_ids]
-    store = open_store_for(workspace, method.name)
-    resolved = [spec.resolve(store) for spec in specs]
-    device = resolve_device(specs[0].device) if method.uses_device else torch.device("cpu")
-    writers = []
-    for spec, (settings, preset, why), rids in zip(specs, resolved, ids):
-        common = {"method": spec.method, "preset": preset, "preset_reason": why,
-                  "hyperparameters": _jsonable(dataclasses.asdict(settings)), "request": spec.to_dict(),
-                  "seeds_in_call": seeds, "device": str(device), "workspace": str(Path(workspace).resolve()),
-                  "store_hash": store.content_hash, "code_version": code_version(), **spec.tags}
-        writers += [RunWriter(workspace, rid, {**common, "seed": seed}) for rid, seed in zip(rids, seeds)]
-
-    def on_epoch(epoch, epochs, entries):
-        for writer, entry in zip(writers, entries):
-            if entry is not None:
-                writer.append_history(entry)
-
-    fitted = method.fit_many(store, [r[0] for r in resolved], seeds, device=device, progress=on_epoch)
-    for writer, head in zip(writers, [h for heads in fitted for h in heads]):
-        metrics = evaluate_head(store, head.weight, head.bias)
-        writer.update_config(fitted=_jsonable(head.selected), init_head=head.init_source)
-        writer.finish(head.head_tensors(), metrics, head.support)
-    return writers
-
-
-def one_process_sweep(workspace: Path) -> None:
-    """The demo sweep as the CLI would run it with fit_many: every configuration in one call, on one
-    thread — what each of the proposed `sweeps.run`'s workers gets on 2 cores (it would run the two
-    passes, one per K_hard, in two such workers at once; here they run one after the other)."""
-    import torch
-
     from hsfm_core import sweeps
+    from hsfm_core.train import train, train_many
 
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 1))
-    request = sweeps.SweepRequest(method="hsfm", grid=sweeps.parse_grid("hsfm", GRID), seeds=SEEDS,
-                                  preset="waterbirds", device="cpu")
-    configurations = request.configurations()
-    specs = [request.spec(c, list(SEEDS), k) for k, c in enumerate(configurations)]
-    train_many(workspace, specs, [f"{request.sweep_id}-c{k:02d}" for k in range(len(specs))])
-    table = sweeps.results(workspace, request)
-    assert int(table["seeds_done"].sum()) == len(configurations) * len(SEEDS), table
-    print(table[["config", "val_wga_mean", "selected"]].to_string(index=False))
+    scratch = Path(tempfile.mkdtemp(prefix="hsfm-bench-sweep-"))
+    out = {"torch_threads": torch.get_num_threads(), "max_pass_rows": sweeps.MAX_PASS_ROWS}
+    try:
+        ws = fresh_copy(demo, scratch / "warm")
+        train(ws, "hsfm", preset="waterbirds", overrides=["E=1"], seeds=[0], device="cpu")  # lazy imports, allocator
+        for n in counts:
+            request = sweeps.SweepRequest(method="hsfm", grid={"inner_lr": sorted({a for a, _ in scalar_grid(n)}),
+                                                               "outer_lr": sorted({e for _, e in scalar_grid(n)})},
+                                          seeds=SEEDS, preset="waterbirds", device="cpu")
+            assert request.n_configurations == n, (n, request.grid)
+            configurations = request.configurations()
+            specs = [request.spec(c, list(SEEDS), k) for k, c in enumerate(configurations)]
+            units = sweeps.passes(request, [(k, c, list(SEEDS)) for k, c in enumerate(configurations)])
+            times, cpu = {"separate": [], "passes": []}, {"separate": [], "passes": []}
+            for repeat in range(repeats):
+                for key in (("separate", "passes") if repeat % 2 == 0 else ("passes", "separate")):
+                    ws = fresh_copy(demo, scratch / f"{key}-{n}-{repeat}")
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    if key == "separate":
+                        for k, spec in enumerate(specs):
+                            train(ws, spec, run_id=sweeps.config_run_id(request, k))
+                    else:
+                        for ks, seeds in units:
+                            train_many(ws, [specs[k] for k in ks], run_ids=[sweeps.config_run_id(request, k) for k in ks])
+                    times[key].append(time.perf_counter() - t0)
+                    cpu[key].append(time.process_time() - c0)
+                    assert int(sweeps.results(ws, request)["seeds_done"].sum()) == n * len(SEEDS)
+                    shutil.rmtree(ws, ignore_errors=True)
+                    print(f"  {n} configurations × {len(SEEDS)} seeds, repeat {repeat + 1}: {key} {times[key][-1]:.2f} s "
+                          f"(CPU {cpu[key][-1]:.2f} s; {load()})", flush=True)
+            median = {k: statistics.median(v) for k, v in times.items()}
+            median_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+            out[n] = {"passes": [len(ks) for ks, _ in units], "times_s": times, "cpu_s": cpu, "median_s": median,
+                      "median_cpu_s": median_cpu, "speedup": median["separate"] / median["passes"],
+                      "speedup_cpu": median_cpu["separate"] / median_cpu["passes"]}
+            print(f"{n} configurations × {len(SEEDS)} seeds ({len(units)} pass(es) of {out[n]['passes']} "
+                  f"configurations): separate {median['separate']:.2f} s, in passes {median['passes']:.2f} s, "
+                  f"speedup {out[n]['speedup']:.2f}× wall, {out[n]['speedup_cpu']:.2f}× CPU time", flush=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return out
 
 
 def cli(demo: Path, repeats: int, threads: int | None) -> dict:
@@ -165,16 +123,15 @@ def cli(demo: Path, repeats: int, threads: int | None) -> dict:
     commands = {
         "train_1_seed": lambda ws: [python, "-m", "hsfm_core", "train", "--workspace", ws, "--method", "hsfm",
                                     "--preset", "waterbirds", "--seeds", "0", "--device", "cpu", "--quiet"],
-        "sweep_cli_today": lambda ws: [python, "-m", "hsfm_core", "sweep", "--workspace", ws, "--method", "hsfm",
-                                       "--preset", "waterbirds", "--grid", *GRID, "--seeds", *map(str, SEEDS),
-                                       "--device", "cpu", "--quiet"],
-        "sweep_one_pass": lambda ws: [python, "-m", "benchmarks.bench_sweep", "--one-process-sweep", ws],
+        "sweep_12x3": lambda ws: [python, "-m", "hsfm_core", "sweep", "--workspace", ws, "--method", "hsfm",
+                                  "--preset", "waterbirds", "--grid", *GRID, "--seeds", *map(str, SEEDS),
+                                  "--device", "cpu", "--quiet"],
     }
     times = {key: [] for key in commands}
     cpu = {key: [] for key in commands}  # user + sys of the command and its workers: steadier under load
     try:
         for repeat in range(repeats):
-            for key, command in commands.items():
+            for key, command in (commands.items() if repeat % 2 == 0 else reversed(commands.items())):
                 ws = fresh_copy(demo, scratch / key)
                 before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 t0 = time.perf_counter()
@@ -184,18 +141,19 @@ def cli(demo: Path, repeats: int, threads: int | None) -> dict:
                 cpu[key].append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
                 if done.returncode != 0:
                     raise SystemExit(f"{key} failed:\n{done.stdout}\n{done.stderr}")
-                print(f"  repeat {repeat + 1}: {key} {times[key][-1]:.1f} s (CPU {cpu[key][-1]:.1f} s)", flush=True)
+                print(f"  repeat {repeat + 1}: {key} {times[key][-1]:.1f} s (CPU {cpu[key][-1]:.1f} s; {load()})",
+                      flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     median = {k: statistics.median(v) for k, v in times.items()}
     median_cpu = {k: statistics.median(v) for k, v in cpu.items()}
-    ratios = {f"{k}_over_train": median[k] / median["train_1_seed"] for k in median if k != "train_1_seed"}
-    ratios_cpu = {f"{k}_over_train_cpu": median_cpu[k] / median_cpu["train_1_seed"] for k in median if k != "train_1_seed"}
+    ratio, ratio_cpu = (median["sweep_12x3"] / median["train_1_seed"],
+                        median_cpu["sweep_12x3"] / median_cpu["train_1_seed"])
     print("CLI medians: " + ", ".join(f"{k} {v:.1f} s (CPU {median_cpu[k]:.1f} s)" for k, v in median.items()))
-    print("CLI ratios against one single-seed train: " + ", ".join(f"{k} {v:.2f}×" for k, v in ratios.items())
-          + " (CPU time: " + ", ".join(f"{k} {v:.2f}×" for k, v in ratios_cpu.items()) + ")")
+    print(f"CLI: the 12-configuration × 3-seed sweep takes {ratio:.2f}× one single-seed train wall "
+          f"({ratio_cpu:.2f}× CPU time; target ≤ 3×)", flush=True)
     return {"omp_num_threads": threads, "times_s": times, "cpu_s": cpu, "median_s": median, "median_cpu_s": median_cpu,
-            **ratios, **ratios_cpu}
+            "sweep_over_train": ratio, "sweep_over_train_cpu": ratio_cpu}
 
 
 def selection(demo: Path, out: Path, max_parallel: int) -> dict:
@@ -242,28 +200,25 @@ def selection(demo: Path, out: Path, max_parallel: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--demo", type=Path)
+    parser.add_argument("--demo", type=Path, required=True)
     parser.add_argument("--configs", type=int, nargs="*", default=[4, 12, 36])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--cli", action="store_true")
+    parser.add_argument("--no-cli", action="store_true", help="skip the command-line comparison")
     parser.add_argument("--cli-threads", type=int)
     parser.add_argument("--selection", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("/tmp/hsfm-bench-sweep"))
     parser.add_argument("--max-parallel", type=int, default=2)
-    parser.add_argument("--one-process-sweep", type=Path, metavar="WS", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.one_process_sweep:
-        return one_process_sweep(args.one_process_sweep)
-    if args.demo is None:
-        parser.error("--demo DEMO_WORKSPACE is required")
-    results = {}
+    results = {"load_at_start": os.getloadavg(), "cpus": os.cpu_count()}
+    print(f"{os.cpu_count()} CPUs, {load()}", flush=True)
     if args.configs:
         results["in_process"] = in_process(args.demo, args.configs, args.repeats, args.threads)
-    if args.cli:
+    if not args.no_cli:
         results["cli"] = cli(args.demo, args.repeats, args.cli_threads)
     if args.selection:
         results["selection"] = selection(args.demo, args.out, args.max_parallel)
+    results["load_at_end"] = os.getloadavg()
     print(json.dumps(results))
 
 

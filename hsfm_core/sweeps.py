@@ -343,7 +343,7 @@ def _split(items: list, parts: int) -> list[list]:
     """`items` in `parts` consecutive chunks of sizes differing by at most one."""
     size, extra = divmod(len(items), parts)
     bounds = [i * size + min(i, extra) for i in range(parts + 1)]
-    return [items[lo:hi] for lo, hi in zip(bounds, bounds[1:])]
+    return [items[lo:hi] for lo, hi in itertools.pairwise(bounds)]
 
 
 def _train_pass(workspace: str, request_dict: dict, ks: list[int], seeds: list[int], threads: int) -> dict[int, str]:
@@ -413,7 +413,7 @@ def run(workspace: str | os.PathLike, request: SweepRequest,
                 futures = submit_all(pool, _train_pass, [(str(workspace), _request_dict(request), ks, seeds, threads)
                                                          for ks, seeds in units])
                 for future in as_completed(futures):
-                    for k, outcome in future.result().items():  # a pass's configurations end together
+                    for outcome in future.result().values():  # a pass's configurations end together
                         outcomes.append(outcome)
                         if on_configuration is not None:
                             on_configuration(len(outcomes), len(todo), outcome)

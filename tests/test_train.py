@@ -227,3 +227,99 @@ def test_seeds_one_after_another_match_the_batch(tmp_path, monkeypatch):
         assert [h["epoch"] for h in history] == [1, 2, 3]
         head_a, head_b = load_file(a.path / "head.safetensors"), load_file(b.path / "head.safetensors")
         torch.testing.assert_close(head_a["weight"], head_b["weight"], rtol=1e-4, atol=1e-5)
+
+
+def _run_files(path) -> dict:
+    volatile = {"run_id", "started_at", "finished_at"}
+    return {"config": {k: v for k, v in json.loads((path / "config.json").read_text()).items() if k not in volatile},
+            "history": [{k: v for k, v in json.loads(line).items() if k != "elapsed_s"}
+                        for line in (path / "history.jsonl").read_text().splitlines()],
+            "metrics": json.loads((path / "metrics.json").read_text()), "status": (path / "status").read_text(),
+            **{name: load_file(path / f"{name}.safetensors") for name in ("head", "support")}}
+
+
+def test_train_many_writes_the_runs_train_writes(tmp_path):
+    """Two requests that differ only in η share one pass (docs/ARCHITECTURE.md §Sweeps); each run's files are
+    those of the same request trained alone (float32 here: test_sweep_passes compares in float64)."""
+    from hsfm_core.spec import TrainSpec
+    from hsfm_core.train import train_many
+
+    ws = tmp_path / "ws"
+    gaussian_workspace(ws)
+    specs = [TrainSpec.create("hsfm", overrides=[*FAST, f"eta={eta}"], seeds=[0, 1], device="cpu", tags={"k": k})
+             for k, eta in enumerate((0.1, 1.0))]
+    seen = []
+    together = train_many(ws, specs, run_ids=["many-a", "many-b"],
+                          progress=lambda epoch, epochs, entries: seen.append((epoch, epochs, len(entries))))
+    assert seen == [(0, 3, 0), (1, 3, 4), (2, 3, 4), (3, 3, 4)]  # one pass: every run trains every epoch
+    assert [[r.run_id for r in runs] for runs in together] == [["many-a-s0", "many-a-s1"], ["many-b-s0", "many-b-s1"]]
+    for spec, runs in zip(specs, together):
+        alone = train(ws, spec)
+        for a, b in zip(runs, alone):
+            fa, fb = _run_files(a.path), _run_files(b.path)
+            assert fa["config"] == fb["config"] and fa["config"]["request"] == spec.to_dict()
+            assert fa["status"] == fb["status"] == "done\n" and fa["metrics"] == fb["metrics"]
+            assert [h["epoch"] for h in fa["history"]] == [1, 2, 3]
+            for ha, hb in zip(fa["history"], fb["history"]):
+                assert ha.keys() == hb.keys() and ha["val_wga"] == hb["val_wga"]
+                assert ha["outer_loss"] == pytest.approx(hb["outer_loss"], rel=1e-5)
+            for name in ("head", "support"):
+                for key in fb[name]:
+                    torch.testing.assert_close(fa[name][key], fb[name][key], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(load_file(together[0][0].path / "head.safetensors")["weight"],
+                              load_file(together[1][0].path / "head.safetensors")["weight"])
+
+
+def test_train_many_checks_every_request_before_any_run(tmp_path):
+    from hsfm_core.spec import TrainSpec
+    from hsfm_core.train import train_many
+
+    ws = tmp_path / "ws"
+    gaussian_workspace(ws)
+    good = TrainSpec.create("hsfm", overrides=FAST, seeds=[0, 1], device="cpu")
+    (taken,) = train(ws, "erm", seeds=[0])  # erm-…-s0
+    base = taken.run_id.removesuffix("-s0")
+    for specs, run_ids, error, message in [
+        ([good, good], ["a", base], InputError, "already exists"),
+        ([good, good], ["a", "a"], InputError, "run ids given twice"),
+        ([good, TrainSpec.create("hsfm", overrides=FAST, seeds=[0])], None, ValueError, "same seeds"),
+        ([good, TrainSpec.create("erm", seeds=[0, 1])], None, ValueError, "one method"),
+    ]:
+        with pytest.raises(error, match=message):
+            train_many(ws, specs, run_ids=run_ids)
+    assert [r["run_id"] for r in list_runs(ws)] == [taken.run_id]  # nothing written, nothing removed
+
+
+def test_train_many_keeps_issue_26s_endings(tmp_path, monkeypatch):
+    """A diverging request fails alone (its runs kept `failed`, the others finished); bad input found inside the
+    fit removes every run of the call; an interrupt leaves them all `cancelled`."""
+    import hsfm_core.methods.hsfm as hsfm_module
+    from hsfm_core.spec import TrainSpec
+    from hsfm_core.train import TrainingDiverged, train_many
+
+    ws = tmp_path / "ws"
+    gaussian_workspace(ws)
+    specs = [TrainSpec.create("hsfm", overrides=[*FAST, f"eta={eta}"], seeds=[0, 1], device="cpu")
+             for eta in (0.1, 1e30)]  # η = 1e30: the edits overflow float32
+    with pytest.raises(TrainingDiverged, match="2 of 4 run\\(s\\) failed") as caught:
+        train_many(ws, specs, run_ids=["calm", "wild"])
+    assert [r.run_id for r in caught.value.done] == ["calm-s0", "calm-s1"]
+    statuses = {r["run_id"]: r["status"] for r in list_runs(ws)}
+    assert statuses == {"calm-s0": "done", "calm-s1": "done", "wild-s0": "failed", "wild-s1": "failed"}
+    assert "non-finite" in (ws / "runs" / "wild-s0" / "error.txt").read_text()
+
+    def refuse(*args, **kwargs):
+        raise InputError("bad features")
+
+    monkeypatch.setattr(hsfm_module, "fit_hsfm", refuse)
+    with pytest.raises(InputError, match="bad features"):
+        train_many(ws, specs, run_ids=["bad-a", "bad-b"])
+    assert len(list_runs(ws)) == 4  # nothing of the refused call is left
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hsfm_module, "fit_hsfm", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_many(ws, specs, run_ids=["stop-a", "stop-b"])
+    assert {r["status"] for r in list_runs(ws) if r["run_id"].startswith("stop-")} == {"cancelled"}
