@@ -157,7 +157,89 @@ def edits_verdict(run: dict) -> None:
     st.caption(f"Rule: {result['verdict_rule']}. Decode shows the null, the concepts and each seed.")
 
 
-with ui.errors_shown("This step cannot be shown for this workspace", stop=False):
+def rendered_edit(run: dict) -> None:
+    """One support example's feature drawn along its edit z + t·Δ by the store's renderer, beside the measured
+    flip rate of its run group's edits against the null (docs/ARCHITECTURE.md §Render). The class and the
+    example are picked by the rule stated under the pictures (`ui.lesson_rendered_example`); every number
+    comes from the open workspace."""
+    from hsfm_core.analysis.seeds import group_key
+
+    st.markdown("**What would an edited feature look like?**")
+    missing = ui.renderer_missing(store)
+    if missing:
+        st.caption(f"No pictures for this workspace: {missing}")
+        return
+    group = next((g for g in ui.edited_groups(store) if g.key == group_key(run)), None)
+    seeds = group.runs if group else [run]
+    # the first visit renders and re-encodes every seed's edits and their null edits (seconds); the page above
+    # and the Back / Next buttons are already drawn, and the results are cached for every later visit
+    with st.spinner(f"Rendering the edits of {len(seeds)} seed{'s' if len(seeds) > 1 else ''} and reading the "
+                    "pictures back (the first visit only)…", show_time=True):
+        flips = ui.flip_rates_over_seeds(store, seeds)
+    usual_run = latest.get(usual.name)
+    worst = usual_run["metrics"]["test"]["worst_group"] if usual_run else None
+    chosen = ui.lesson_rendered_example(store, seeds, flips, worst)
+    if chosen is None:
+        st.caption("This run's support examples are not rows of this store, so there is nothing to draw.")
+        return
+    name = classes[chosen["class"]]
+    strip = ui.render_strip(store, chosen["run"], [chosen["support"]])[0]  # the Neighbors strip, cached
+    seed = f" of seed {chosen['seed']}" if len(seeds) > 1 and chosen["seed"] is not None else ""
+    row = chosen["row"]  # -1: an imported run's example, not a row of this store
+    what = f"a *{labels[store.meta['g'].iat[row]]}* training image" if row >= 0 else f"a *{name}* example"
+    st.markdown(f"A **renderer** — a small network trained to turn this backbone's features back into images — "
+                f"draws support example #{chosen['support']}{seed}, {what}, at z + t·Δ: t = 0 is its original feature z, t = 1 its edited feature z + Δ, and "
+                f"beyond 1 the edit is carried further than {methods.get(run['method']).label} took it.")
+    real = ui.thumbnail(str(store.image_path(row)), 96) if row >= 0 and store.image_root else None
+    reads = {0.0: chosen["before"], 1.0: chosen["after"]}
+    tiles = ([(real, "the image")] if real else []) + [
+        (ui.picture(image, 96), f"t = {t:g}" + (f" · reads {reads[t]}" if t in reads else ""))
+        for t, image in zip(ui.STRIP_STEPS, strip)]
+    st.image([p for p, _ in tiles], caption=[c for _, c in tiles], width=96)
+    st.caption("Beyond t = 1 the rendering is an extrapolation past the edit, and likely past the data.")
+    st.markdown(f"Read back, the rendering of z shows *{chosen['before']}* and that of z + Δ *{chosen['after']}*"
+                + (": under its edit, this image's attribute flips." if chosen["flipped"] else
+                   ": this example's rendered attribute does not flip."))
+    classifier = flips["per_run"][0]["classifier"]
+    over = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else "one seed"
+    st.markdown(f"**Does the picture change?** Each rendering is encoded again by the same backbone and its attribute "
+                f"read by {classifier}. The **flip rate** of a class is the share of its support examples whose "
+                "rendering shows the class's usual training attribute before the edit and another one after it. "
+                "Random edits of the same sizes — differences between two real training features of the class — "
+                f"give the rate to expect by chance ({over}):")
+    for entry in flips["per_class"]:
+        mark = "**" if entry["class"] == chosen["class"] else ""
+        st.markdown(f"- {mark}*{entry['name']}*{mark}: *{entry['majority']}* → *{entry['minority']}* for "
+                    f"**{format_mean_std(entry['rate_mean'], entry['rate_std'] if len(seeds) > 1 else None)} %** of "
+                    f"{entry['n']} support examples; random edits: "
+                    f"{format_mean_std(entry['null_mean'], entry['null_std'] if len(seeds) > 1 else None)} %. "
+                    f"Above chance in {entry['seeds_above_null']} of {len(seeds)} seed{'s' if len(seeds) > 1 else ''}.")
+    mine = next(e for e in flips["per_class"] if e["class"] == chosen["class"])
+    above, total = mine["seeds_above_null"], len(seeds)
+    st.markdown(f"So for *{name}*, " + (
+        f"the edits flip the rendered attribute more often than random edits of their size in every seed: the "
+        "pictures show the attribute the edits move." if above == total else
+        f"the edits flip the rendered attribute more often than chance in only {above} of {total} seeds: the "
+        "pictures do not show a consistent change of attribute." if above else
+        "the edits flip the rendered attribute no more often than random edits of their size: whatever the edits "
+        "encode, these renderings do not show it as a change of attribute.")
+        + (" One seed is not enough to tell: train more." if total < 3 else ""))
+    rule = (f"the class of {usual.label}'s worst test group (*{labels[worst]}*)" if chosen["by"] == "worst group" else
+            "the class whose edits flip the rendered attribute most often above chance")
+    st.caption(f"Shown by rule: {rule}; its first support example whose rendering flips, in seed order; when none "
+               "does, its first support example. The rates count every support example, whatever is shown.")
+
+
+body = st.container()  # the step; drawn after the buttons below it, so a step still rendering can be left
+back, forward = st.columns(2)
+if back.button("← Back", disabled=step == 0, key="lesson.back"):
+    st.session_state["lesson.step"] = step - 1
+    st.rerun()
+if forward.button("Next →", disabled=step == len(STEPS) - 1, key="lesson.next", type="primary"):
+    st.session_state["lesson.step"] = step + 1
+    st.rerun()
+
+with body, ui.errors_shown("This step cannot be shown for this workspace", stop=False):
     if step == 0:
         st.header("Meet the data")
         if store.has_split("train"):
@@ -253,6 +335,8 @@ with ui.errors_shown("This step cannot be shown for this workspace", stop=False)
                         st.markdown(f"**{title} the edit**")
                         ui.image_grid(store, ids, [labels[store.meta['g'].iat[i]] for i in ids],
                                       key=f"lesson.nn.{method.name}.{title}", page_size=6)
+            with ui.errors_shown("Cannot render the edits", stop=False):
+                rendered_edit(run)
     else:
         st.header("Your turn")
         st.markdown(f"- **Retrain**: launch {ui.editor_labels()} with other settings (the form lists each one) or "
@@ -262,11 +346,3 @@ with ui.errors_shown("This step cannot be shown for this workspace", stop=False)
                     "- **Projection**: lasso the edited points and look at the images around them.\n"
                     "- **Decode**: add your own words to the vocabulary and see which ones the edits point to.")
         st.page_link("pages/5_Retrain.py", label="Open the Retrain page", icon=":material/rocket_launch:")
-
-back, forward = st.columns(2)
-if back.button("← Back", disabled=step == 0, key="lesson.back"):
-    st.session_state["lesson.step"] = step - 1
-    st.rerun()
-if forward.button("Next →", disabled=step == len(STEPS) - 1, key="lesson.next", type="primary"):
-    st.session_state["lesson.step"] = step + 1
-    st.rerun()

@@ -226,6 +226,60 @@ def test_lesson_walks_through_every_step(monkeypatch, app_workspace):
     assert "The edits mostly move along the background" not in lesson
 
 
+def lesson_editors_step(monkeypatch, workspace) -> AppTest:
+    at = open_page(monkeypatch, workspace, "6_Lesson")
+    for _ in range(4):
+        at.button(key="lesson.next").click().run()
+    assert not at.exception, at.exception
+    assert at.header[0].value == "HSFM: edit a few features"
+    return at
+
+
+def test_lesson_renders_an_edit_beside_its_measured_flip_rate(monkeypatch, app_workspace):
+    """The editors' step draws one support example along z + t·Δ (the Neighbors strip, read back at t = 0 and 1)
+    and gives every class's flip rate beside its null exactly as the facade measures them; the example is the
+    one the stated rule picks (the class of ERM's worst test group, its first example whose rendering flips)."""
+    from hsfm_core.instruments.render import flip_rate
+
+    at = lesson_editors_step(monkeypatch, app_workspace)
+    assert not at.error, [e.value for e in at.error]
+    runs = runs_by_method(app_workspace)
+    measured = flip_rate(app_workspace, runs["hsfm"])  # the run group holds this one seed
+    lesson = texts(at)
+    for entry in measured["per_class"]:
+        assert (f"*{entry['majority']}* → *{entry['minority']}* for **{100 * entry['rate']:.1f} %** of {entry['n']} "
+                f"support examples; random edits: {100 * entry['null_rate']:.1f} %. Above chance in "
+                f"{int(entry['rate'] > entry['null_rate'])} of 1 seed.") in lesson
+    store = FeatureStore.open(app_workspace)
+    worst = runs["erm"]["metrics"]["test"]["worst_group"]
+    examples = [e for e in measured["per_example"] if e["class"] == store.groups.class_of(worst)]
+    chosen = next((e for e in examples if e["flipped"]), examples[0])
+    assert f"draws support example #{chosen['support']}, a *{store.groups.names[store.meta['g'].iat[chosen['row']]]}*" in lesson
+    assert f"the class of ERM's worst test group (*{store.groups.names[worst]}*)" in lesson
+    assert "One seed is not enough to tell" in lesson
+
+    (strip,) = [e for e in at.get("image") if "the image" in e.captions]
+    reads = {0.0: f" · reads {chosen['before']}", 1.0: f" · reads {chosen['after']}"}
+    assert strip.captions == ["the image"] + [f"t = {t:g}" + reads.get(t, "") for t in ui.STRIP_STEPS]
+    urls = [image.url for image in strip.proto.imgs]  # media URLs are content hashes
+    assert len(set(urls[1:])) > 1  # the picture changes along the edit
+    at.run()  # a revisit: the same pictures, from the caches
+    (again,) = [e for e in at.get("image") if "the image" in e.captions]
+    assert [image.url for image in again.proto.imgs] == urls
+
+
+def test_lesson_says_why_it_has_no_pictures_for_a_store_without_a_renderer(monkeypatch, tmp_path):
+    from tests.gaussian import gaussian_workspace, hsfm_and_erm_runs
+
+    gaussian_workspace(tmp_path / "ws")
+    hsfm_and_erm_runs(tmp_path / "ws")
+    at = lesson_editors_step(monkeypatch, tmp_path / "ws")
+    assert any(c.value.startswith("No pictures for this workspace: No renderer inverts this store's backbone yet")
+               and "train-renderer" in c.value for c in at.caption)
+    assert not [e for e in at.get("image") if any(c.startswith("t = ") for c in e.captions)]
+    assert "flip rate" not in texts(at)
+
+
 @pytest.mark.parametrize("page", ["1_Groups", "2_Projection", "3_Decode", "4_Neighbors", "6_Lesson"])
 def test_every_page_reports_a_broken_workspace(monkeypatch, tmp_path, page):
     (tmp_path / "ws").mkdir()

@@ -474,6 +474,50 @@ def flip_rate(store, run: dict) -> dict:
     return _flip_rate(store, run["run_id"], run)
 
 
+def flip_rates_over_seeds(store, runs: list[dict]) -> dict:
+    """The flip rate of every run of a run group (the facade's, cached per run) and per class its mean ± std
+    over the seeds beside the null's (`render.flip.summarize`): {"per_run": [one flip_rate per run],
+    "per_class": [{class, name, n, majority, minority, rate_mean, rate_std, null_mean, null_std, rates,
+    null_rates, seeds_above_null}]}, where `seeds_above_null` counts the seeds whose rate exceeds their null
+    rate and `n` is the class's support examples per run (docs/ARCHITECTURE.md §Render)."""
+    from hsfm_core.render.flip import summarize
+
+    per_run = [flip_rate(store, run) for run in runs]
+    first = {}
+    for result in per_run:
+        for entry in result["per_class"]:
+            first.setdefault(entry["class"], entry)
+    per_class = [{**entry, "n": first[entry["class"]]["n"], "majority": first[entry["class"]]["majority"],
+                  "minority": first[entry["class"]]["minority"],
+                  "seeds_above_null": int(sum(r > n for r, n in zip(entry["rates"], entry["null_rates"])))}
+                 for entry in summarize(per_run)["per_class"]]
+    return {"per_run": per_run, "per_class": per_class}
+
+
+def lesson_rendered_example(store, runs: list[dict], flips: dict, worst_group: int | None) -> dict | None:
+    """Which support example the Lesson renders, by a rule stated on the page, never by hand:
+    the class is the one of the usual model's worst test group (`worst_group`; the class the lesson has shown
+    failing), else — without that run, or when the class has no support examples — the class whose mean flip
+    rate exceeds its null's by most (ties: the lower class). The example is that class's first support example
+    whose rendering flips under its edit, over the runs in seed order, then in support order; when none flips,
+    the class's first support example in the first run.
+    → {"class", "by": "worst group" | "flip rate", "run", "seed", "support", "row", "before", "after", "flipped"}
+    or None when no run has support examples."""
+    present = {e["class"] for result in flips["per_run"] for e in result["per_example"]}
+    if not present:
+        return None
+    by = "worst group"
+    chosen = store.groups.class_of(worst_group) if worst_group is not None else None
+    if chosen not in present:
+        by = "flip rate"
+        chosen = max((e for e in flips["per_class"] if e["class"] in present),
+                     key=lambda e: (e["rate_mean"] - e["null_mean"], -e["class"]))["class"]
+    candidates = [(run, result, example) for run, result in zip(runs, flips["per_run"])
+                  for example in result["per_example"] if example["class"] == chosen]
+    run, result, example = next((c for c in candidates if c[2]["flipped"]), candidates[0])
+    return {"class": int(chosen), "by": by, "run": run, "seed": run.get("config", {}).get("seed"), **example}
+
+
 def picture(image: np.ndarray, size: int = THUMB_PX) -> bytes:
     """A rendered uint8 image as a PNG, enlarged without blurring (the inverter renders 64 px)."""
     import io
