@@ -219,6 +219,16 @@ def test_this_machines_training_device():
     assert device.may_probe()  # a test process is not the app's server
 
 
+def test_the_apps_server_never_runs_the_test_kernel():
+    """Inside a Streamlit app (AppTest runs one) `may_probe` is False: the server holds no CUDA context."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_string("import streamlit as st\nfrom hsfm_core.device import may_probe\n"
+                             "st.write(f'probe {may_probe()}')").run()
+    assert not at.exception and [m.value for m in at.markdown] == ["probe False"]
+    assert device.may_probe()
+
+
 def test_hsfm_step_work_is_the_size_auto_weighs():
     from hsfm_core.methods.base import Method
     from hsfm_core.methods.hsfm import METHOD, PRESETS
