@@ -33,16 +33,19 @@ settings, and the store (it must exist: a sweep never creates the workspace; eve
 the method needs).
 
 Execution. Whoever runs a sweep holds its `.lock`, so the two ways exclude each other. In the foreground
-(`run`, the CLI's default) configurations train in parallel worker processes (`spawn`), at most
-`max_parallel` at a time (default: the workspace's job limit); the workers die with the process that runs
-them (`parallel.process_pool`). In the background (`submit`, the app's Sweep view and the CLI's
-`--submit local|slurm`) each configuration is one job of the existing job machinery. Locally, one small
+(`run`, the CLI's default) the configurations train in passes (`passes`: those that differ only in the
+method's row scalars — HSFM's α, η, clip norm — share one `train_many` call, every run exactly the run
+`train` writes alone), in parallel worker processes (`spawn`), at most `max_parallel` at a time (default: the
+workspace's job limit); the workers die with the process that runs them (`parallel.process_pool`). In the
+background (`submit`, the app's Sweep view and the CLI's `--submit local|slurm`) each configuration is one job
+of the existing job machinery. Locally, one small
 background process — the sweep's queue (`jobs.serve_queue`: no torch in it), which inherits the lock —
 launches a configuration's job only while fewer than the job limit of them are queued or training: a
 waiting configuration costs no process, and jobs.json grows as they launch (`cancel` reaches every one). On Slurm the
 configurations go as ONE job array (`jobs.launch_array`, submitit's `executor.batch()`), one task per
-configuration, each task an ordinary job (status, cancel), and the scheduler queues them. Either way a
-configuration's seeds train in one `train` call, where HSFM batches or loops them by size (`methods/hsfm.py`).
+configuration, each task an ordinary job (status, cancel), and the scheduler queues them. In the background a
+configuration's seeds train in one `train` call (a job is one request; on Slurm `--time` stays a per-configuration
+limit), where HSFM batches or loops them by size (`methods/hsfm.py`).
 
 A sweep's state is derived like a run's (`status`): `running`/`submitted` while its process lives or any of
 its jobs is active; once neither, done (every seed finished), cancelled (a cancel was asked for) or failed
