@@ -188,8 +188,9 @@ def rendered_edit(run: dict) -> None:
     row = chosen["row"]  # -1: an imported run's example, not a row of this store
     what = f"a *{labels[store.meta['g'].iat[row]]}* training image" if row >= 0 else f"a *{name}* example"
     st.markdown(f"A **renderer** — a small network trained to turn this backbone's features back into images — "
-                f"draws support example #{chosen['support']}{seed}, {what}, at z + t·Δ: t = 0 is its original feature z, t = 1 its edited feature z + Δ, and "
-                f"beyond 1 the edit is carried further than {methods.get(run['method']).label} took it.")
+                f"draws support example #{chosen['support']}{seed}, {what}, at z + t·Δ: t = 0 is its original "
+                f"feature z, t = 1 its edited feature z + Δ, and beyond 1 the edit is carried further than "
+                f"{methods.get(run['method']).label} took it.")
     real = ui.thumbnail(str(store.image_path(row)), 96) if row >= 0 and store.image_root else None
     reads = {0.0: chosen["before"], 1.0: chosen["after"]}
     tiles = ([(real, "the image")] if real else []) + [
@@ -202,9 +203,10 @@ def rendered_edit(run: dict) -> None:
                    ": this example's rendered attribute does not flip."))
     classifier = flips["per_run"][0]["classifier"]
     over = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else "one seed"
-    st.markdown(f"**Does the picture change?** Each rendering is encoded again by the same backbone and its attribute "
-                f"read by {classifier}. The **flip rate** of a class is the share of its support examples whose "
-                "rendering shows the class's usual training attribute before the edit and another one after it. "
+    st.markdown(f"**Does the picture change?** Each rendering is encoded again by the same backbone and its "
+                f"attribute classified by the store's {classifier} classifier. The **flip rate** of a class is the "
+                "share of its support examples whose rendering shows the class's usual training attribute before the "
+                "edit and another one after it. "
                 "Random edits of the same sizes — differences between two real training features of the class — "
                 f"give the rate to expect by chance ({over}):")
     for entry in flips["per_class"]:
@@ -217,7 +219,7 @@ def rendered_edit(run: dict) -> None:
     mine = next(e for e in flips["per_class"] if e["class"] == chosen["class"])
     above, total = mine["seeds_above_null"], len(seeds)
     st.markdown(f"So for *{name}*, " + (
-        f"the edits flip the rendered attribute more often than random edits of their size in every seed: the "
+        "the edits flip the rendered attribute more often than random edits of their size in every seed: the "
         "pictures show the attribute the edits move." if above == total else
         f"the edits flip the rendered attribute more often than chance in only {above} of {total} seeds: the "
         "pictures do not show a consistent change of attribute." if above else

@@ -137,6 +137,45 @@ def test_every_page_in_the_browser_with_a_real_lasso(app_workspace):
     (artifacts() / "browser-timings.json").write_text(json.dumps(timings, indent=2))
 
 
+def test_neighbors_t_slider_moves_the_rendering_in_the_browser(app_workspace):
+    """On Neighbors, the keyboard moves the t select_slider's thumb one step: the strip's ◀ marker follows it and
+    the large rendering becomes another picture (its media URL is a hash of the image's bytes)."""
+    import re
+
+    require_chromium()
+    timings = {}
+    with streamlit_app("--workspace", str(app_workspace), timeout=120) as url, browser_page() as page:
+        page.goto(f"{url}/Neighbors")
+        page.get_by_text("What the edited feature looks like").first.wait_for(timeout=120_000)
+        wait_until_idle(page, 120_000)
+        no_exception(page)
+        marker = page.locator("[data-testid='stImageCaption']", has_text="◀")
+        large = page.locator("[data-testid='stImage']").filter(has=page.locator(
+            "[data-testid='stImageCaption']", has_text=re.compile(r"^render\(z \+ [\d.]+·Δ\)$")))
+        assert marker.inner_text() == "t = 1 ◀" and large.inner_text() == "render(z + 1·Δ)"
+        before = large.locator("img").get_attribute("src")
+        thumb = page.locator("[data-testid='stSlider']", has_text="t in z + t·Δ").locator("input[type='range']")
+        thumb.focus()
+        start = time.perf_counter()
+        page.keyboard.press("ArrowRight")
+        page.locator("[data-testid='stImageCaption']", has_text="t = 1.25 ◀").wait_for(timeout=30_000)
+        wait_until_idle(page)
+        timings["t slider one step → strip marker and large rendering"] = round(time.perf_counter() - start, 3)
+        no_exception(page)
+        assert marker.count() == 1 and large.inner_text() == "render(z + 1.25·Δ)"
+        assert page.locator("[data-testid='stImageCaption']", has_text=re.compile(r"^t = 1$")).count() == 1
+        after = large.locator("img").get_attribute("src")
+        assert after != before
+        page.get_by_text("extrapolation", exact=False).first.wait_for()  # past t = 1, the page says so
+        thumb.focus()
+        page.keyboard.press("Home")  # the first option, t = 0: the original feature
+        page.locator("[data-testid='stImageCaption']", has_text="t = 0 ◀").wait_for(timeout=30_000)
+        wait_until_idle(page)
+        assert large.inner_text() == "render(z + 0·Δ)" and large.locator("img").get_attribute("src") not in (before, after)
+        shot(page, "neighbors-render")
+    (artifacts() / "render-timings.json").write_text(json.dumps(timings, indent=2))
+
+
 @contextmanager
 def retrain_in_browser(app_workspace, tmp_path):
     """A copy of the app workspace served by a fresh app, a browser page on Retrain; every job killed after."""

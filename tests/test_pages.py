@@ -254,7 +254,8 @@ def test_lesson_renders_an_edit_beside_its_measured_flip_rate(monkeypatch, app_w
     worst = runs["erm"]["metrics"]["test"]["worst_group"]
     examples = [e for e in measured["per_example"] if e["class"] == store.groups.class_of(worst)]
     chosen = next((e for e in examples if e["flipped"]), examples[0])
-    assert f"draws support example #{chosen['support']}, a *{store.groups.names[store.meta['g'].iat[chosen['row']]]}*" in lesson
+    group = store.groups.names[store.meta["g"].iat[chosen["row"]]]
+    assert f"draws support example #{chosen['support']}, a *{group}* training image" in lesson
     assert f"the class of ERM's worst test group (*{store.groups.names[worst]}*)" in lesson
     assert "One seed is not enough to tell" in lesson
 

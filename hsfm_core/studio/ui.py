@@ -512,9 +512,9 @@ def lesson_rendered_example(store, runs: list[dict], flips: dict, worst_group: i
         by = "flip rate"
         chosen = max((e for e in flips["per_class"] if e["class"] in present),
                      key=lambda e: (e["rate_mean"] - e["null_mean"], -e["class"]))["class"]
-    candidates = [(run, result, example) for run, result in zip(runs, flips["per_run"])
+    candidates = [(run, example) for run, result in zip(runs, flips["per_run"])
                   for example in result["per_example"] if example["class"] == chosen]
-    run, result, example = next((c for c in candidates if c[2]["flipped"]), candidates[0])
+    run, example = next((c for c in candidates if c[1]["flipped"]), candidates[0])
     return {"class": int(chosen), "by": by, "run": run, "seed": run.get("config", {}).get("seed"), **example}
 
 
