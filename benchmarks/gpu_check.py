@@ -6,18 +6,22 @@ Sections (each runs on the CPU, and on the GPU when the launch check passes; a s
 recorded with its error and the next one runs):
 
   facts    the launch check (hsfm_core.device): torch, its CUDA and cuDNN builds, the architectures it was
-           built for, the driver, every GPU, the test kernel; what `auto` picks and why.
+           built for, the driver, every GPU, the test kernel; what `auto` picks and why; what a run's config
+           records (device.training_device) for a small and a large HSFM step under `auto`.
   extract  SynthBirds images (the demo's; --quick: 1/50 of them) encoded by the bundled CLIP: CPU fp32,
-           GPU fp32 twice, GPU bf16 autocast. Time and images/s; max |Δ| and min cosine against the CPU;
-           whether the two GPU runs are bit-identical.
+           GPU fp32 twice, GPU bf16 and fp16 autocast, decoding workers picked from the cores
+           (device.extraction_workers). Time and images/s; max |Δ| and min cosine against the CPU; whether
+           the two GPU runs are bit-identical; the manifest's `extraction` record of each.
   hsfm     HSFM at the waterbirds and celeba presets on generated features of each benchmark's size
            (d = 2048, the exact train/val group counts; benchmarks/bench_hsfm.py's problem; --quick: 1/20 of
            the rows, d = 256, 2 epochs), 1 seed: CPU and GPU wall time (after a warm-up on each device),
            the GPU run twice (head, edited support and history bit-identical?), GPU against CPU (max |Δ|
-           of the head, val WGA), and what `auto` would choose (device.auto_for_work) beside the faster.
+           of the head, val WGA), and what `auto` chooses for it here (device.training_device with the
+           method's step_work: the launch check, then the size rule) beside the faster.
   demo     the demo build (hsfm_core.demo.build) on the CPU (--demo: an existing build, copied) and on the
            GPU: the build's own timings, each role's test WGA on both, and on each device the default
-           HSFM run trained again (bit-identical?).
+           HSFM run trained again (bit-identical?) and what its config records (device, device_reason,
+           environment).
   sweep    the demo's α × η × K_hard grid (benchmarks/bench_sweep.py, 12 configurations × 3 seeds) on the
            demo's store, on the CPU and twice on the GPU: wall time, tables identical between GPU runs,
            the configuration selected on validation on each.
@@ -75,8 +79,16 @@ def facts_section(state: dict) -> dict:
     auto = device.choose("auto", facts)
     state["gpu"] = auto.device if auto.device.startswith("cuda") else None
     missing = sorted({m for needs in NEEDS.values() for m in needs if importlib.util.find_spec(m) is None})
+    from hsfm_core.methods.hsfm import METHOD, PRESETS
+
+    training = {}
+    for name in GROUP_COUNTS:  # what a run's config records under `auto` (its step at d = 2,048, C = 2)
+        where, record = device.training_device("auto", True, METHOD.work_per_step(2, 2048, PRESETS[name]),
+                                               method="HSFM")
+        training[name] = {**record, "torch_device": str(where)}
     return {"facts": {**dataclasses.asdict(facts), "probes": {str(k): v for k, v in facts.probes.items()}},
             "auto": dataclasses.asdict(auto), "environment": device.environment(auto.device, facts, device.tf32_switches()),
+            "auto_training": training, "may_probe": device.may_probe(), "gpu_min_step_work": device.GPU_MIN_STEP_WORK,
             "threads": torch.get_num_threads(), "cpus": device.usable_cpus(), "missing": missing}
 
 
@@ -97,8 +109,8 @@ def extract_section(state: dict, work: Path, quick: bool) -> dict:
     synthbirds.write_dataset(data, seed=0, counts=counts, workers=max(1, min(8, usable_cpus())))
     out = {"images": int(sum(map(sum, counts.values()))), "draw_images_s": time.perf_counter() - started, "runs": []}
     table = read_dataset("waterbirds", data)
-    variants = [("cpu", "fp32")] + ([(state["gpu"], "fp32"), (state["gpu"], "fp32"), (state["gpu"], "bf16")]
-                                    if state["gpu"] else [])
+    gpu_precisions = ["fp32", "fp32", "bf16"] + (["fp16"] if str(state["gpu"]).startswith("cuda") else [])
+    variants = [("cpu", "fp32")] + ([(state["gpu"], p) for p in gpu_precisions] if state["gpu"] else [])
     features = []
     for k, (where, precision) in enumerate(variants):
         dev = torch.device(where)
@@ -111,7 +123,8 @@ def extract_section(state: dict, work: Path, quick: bool) -> dict:
         cosine = (x * cpu).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(cpu, axis=1)
         out["runs"].append({"device": where, "precision": precision, "seconds": seconds,
                             "images_per_s": out["images"] / seconds, "workers": store.manifest["extraction"]["num_workers"],
-                            "max_abs_diff_vs_cpu": float(np.abs(x - cpu).max()), "min_cosine_vs_cpu": float(cosine.min())})
+                            "max_abs_diff_vs_cpu": float(np.abs(x - cpu).max()), "min_cosine_vs_cpu": float(cosine.min()),
+                            "extraction": store.manifest["extraction"]})
     if state["gpu"]:
         out["gpu_fp32_rerun_bit_identical"] = bool(np.array_equal(features[1], features[2]))
     return out
@@ -138,7 +151,7 @@ def hsfm_section(state: dict, quick: bool) -> dict:
 
     from hsfm_core import device
     from hsfm_core.methods.erm import ERMProbe
-    from hsfm_core.methods.hsfm import PRESETS, fit_hsfm
+    from hsfm_core.methods.hsfm import METHOD, PRESETS, fit_hsfm
 
     d, scale = (256, 20) if quick else (2048, 1)
     out = {"d": d, "row_scale": f"1/{scale}"}
@@ -158,8 +171,7 @@ def hsfm_section(state: dict, quick: bool) -> dict:
         (xt, yt, _), (xv, yv, gv) = hsfm_problem(counts["train"], d, scale, 0), hsfm_problem(counts["val"], d, scale, 1)
         sub = np.random.default_rng(0).permutation(len(xt))[:20_000]
         init = ERMProbe(max_iter=200).fit(xt[sub], yt[sub]).head_
-        C = 2
-        work = (C * settings.n_support + C * settings.hard_per_class) * d * C
+        work = METHOD.work_per_step(2, d, settings)  # what train() hands to device.training_device
         entry = {"settings": dataclasses.asdict(settings), "step_work": work}
         results = {}
         for where, label in [("cpu", "cpu")] + ([(state["gpu"], "gpu"), (state["gpu"], "gpu_again")] if state["gpu"] else []):
@@ -175,8 +187,8 @@ def hsfm_section(state: dict, quick: bool) -> dict:
                                                     and untimed(a.history) == untimed(b.history))
             entry["gpu_vs_cpu_max_abs_head_diff"] = float((a.weight.cpu() - c.weight).abs().max())
             entry["gpu_over_cpu_time"] = entry["gpu_s"] / entry["cpu_s"]
-            gpu_choice = device.Choice(state["gpu"], "the launch check passed")
-            entry["auto_would_choose"] = device.auto_for_work(gpu_choice, "auto", work, "each HSFM step").device
+            where, record = device.training_device("auto", True, work, method="HSFM")
+            entry["auto_chooses"], entry["auto_reason"] = str(where), record["device_reason"]
             entry["faster"] = "gpu" if entry["gpu_s"] < entry["cpu_s"] else "cpu"
         out[name] = entry
     return out
@@ -207,6 +219,7 @@ def demo_section(state: dict, work: Path, reuse: Path | None) -> dict:
         role, spec = next((r, s) for r, s in demo_requests(where) if s.method == "hsfm")
         first = find_run(built, record["runs"][role]["run_ids"][0])
         again = find_run(built, train(built, spec)[0].run_id)
+        out[label]["hsfm_config"] = {k: again["config"].get(k) for k in ("device", "device_reason", "environment")}
         heads, supports = (load_head(first), load_head(again)), (load_support(first), load_support(again))
         out[label]["hsfm_rerun_bit_identical"] = bool(
             all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
