@@ -50,22 +50,13 @@ def _run_extract(args) -> int:
         store = merge_shards(args.merge, args.out, overwrite=args.overwrite)
         print_json(_store_summary(store))
         return 0
-    for flag in ("data", "format", "model"):
-        if not getattr(args, flag):
-            raise InputError(f"extract needs --{flag}")
-    if args.batch_size < 1 or (args.num_workers is not None and args.num_workers < 0):
-        raise InputError("--batch-size must be ≥ 1 and --num-workers ≥ 0")
+    _check_extract_flags(args)
     shard = parse_shard(args.shard)
 
     from hsfm_core.data import read_dataset
     from hsfm_core.features.encoders import load_encoder, resolve_device
 
-    options = {}
-    if args.format == "celeba":
-        options = {"target": args.target, "attribute": args.attribute, "images": args.images}
-    elif args.format == "csv":
-        options = {k: v for k, v in (("class_names", args.class_names), ("attribute_names", args.attribute_names)) if v}
-    table = read_dataset(args.format, args.data, args.csv, **options)
+    table = read_dataset(args.format, args.data, args.csv, **_dataset_options(args))
     device = resolve_device(args.device)
     if args.precision == "fp16" and device.type != "cuda":  # before the encoder is loaded
         raise InputError(f"--precision fp16 needs a GPU, and --device {args.device} runs on the CPU: use bf16 or fp32")
@@ -75,6 +66,23 @@ def _run_extract(args) -> int:
                     overwrite=args.overwrite, progress=not args.quiet, precision=args.precision)
     print_json(_store_summary(store))
     return 0
+
+
+def _check_extract_flags(args) -> None:
+    for flag in ("data", "format", "model"):
+        if not getattr(args, flag):
+            raise InputError(f"extract needs --{flag}")
+    if args.batch_size < 1 or (args.num_workers is not None and args.num_workers < 0):
+        raise InputError("--batch-size must be ≥ 1 and --num-workers ≥ 0")
+
+
+def _dataset_options(args) -> dict:
+    """The reader's keywords for the dataset's format (CelebA's columns, a CSV's names)."""
+    if args.format == "celeba":
+        return {"target": args.target, "attribute": args.attribute, "images": args.images}
+    if args.format == "csv":
+        return {k: v for k, v in (("class_names", args.class_names), ("attribute_names", args.attribute_names)) if v}
+    return {}
 
 
 def _add_import(sub) -> None:
