@@ -64,6 +64,8 @@ def _submit_train(args) -> int:
     if not args.quiet:
         print(f"submitted {record['job_id']} ({args.submit}, {record['status']}); runs {', '.join(record['run_ids'])}. "
               f"Follow it with: python -m hsfm_core jobs --workspace {args.workspace}", file=sys.stderr)
+        if note := record["spec"].get("device_note"):  # e.g. auto → cpu: the job asks Slurm for no GPU
+            print(f"device: {note}", file=sys.stderr)
     print_json({"job_id": record["job_id"], "status": record["status"], "executor": record["executor"],
                 "submitit_job_id": record["submitit_job_id"], "runs": record["run_ids"]})
     return 0
