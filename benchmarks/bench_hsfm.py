@@ -9,7 +9,8 @@ probe fitted on a 20k-row train subsample (not part of any time). For each size,
 in a rotating order so that load drifts hit each alike:
 - `reference`: tests/reference_hsfm.py, the loop in the authors' idiom (fast weights through
   `autograd.grad(create_graph=True)`, `nn.Linear`, `clip_grad_norm_`, two Adams), one seed;
-- `before`: `fit_hsfm` as it was at git revision REV (loaded from `git show`), one seed — only with --before;
+- `before`: `fit_hsfm` and its unroll as they were at git revision REV (loaded from `git show`), one seed
+  and S seeds — only with --before;
 - `plain`: today's `fit_hsfm(fused=False)` (autograd and torch.optim), one seed;
 - `fused`: today's `fit_hsfm`, one seed, and S seeds batched.
 Medians over the repeats and their ratios (of wall and of CPU time, the steadier of the two on a
@@ -74,17 +75,33 @@ def timed_cpu(fn):
 
 
 def fit_hsfm_at(revision: str):
-    """`fit_hsfm` from `hsfm_core/methods/hsfm.py` at a git revision, imported beside today's."""
+    """`fit_hsfm` from `hsfm_core/methods/hsfm.py` at a git revision, imported beside today's, with the
+    unroll (`hsfm_unroll.py`) of that revision too."""
     root = Path(__file__).resolve().parents[1]
-    source = subprocess.run(["git", "show", f"{revision}:hsfm_core/methods/hsfm.py"], cwd=root, check=True,
-                            capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp()) / "hsfm_before.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("hsfm_before", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["hsfm_before"] = module
-    spec.loader.exec_module(module)
-    return module.fit_hsfm
+    folder = Path(tempfile.mkdtemp())
+
+    def load(name: str, repo_path: str, replace: tuple[str, str] | None = None):
+        source = subprocess.run(["git", "show", f"{revision}:{repo_path}"], cwd=root, check=True,
+                                capture_output=True, text=True).stdout
+        if replace:
+            source = source.replace(*replace)
+        path = folder / f"{name}.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    load("hsfm_unroll_before", "hsfm_core/methods/hsfm_unroll.py")
+    module = load("hsfm_before", "hsfm_core/methods/hsfm.py",
+                  ("from hsfm_core.methods.hsfm_unroll import", "from hsfm_unroll_before import"))
+    settings_class = getattr(module, "HSFMSettings", None) or module.HSFMConfig
+
+    def fit(*data, config, **kwargs):  # today's settings as that revision's class (it may check isinstance)
+        return module.fit_hsfm(*data, settings_class(**dataclasses.asdict(config)), **kwargs)
+
+    return fit
 
 
 def main() -> None:
@@ -110,7 +127,7 @@ def main() -> None:
     fit_hsfm(*small, warm, fused=False)
     reference_hsfm(*small, n=4, T=2, alpha=warm.inner_lr, eta=warm.outer_lr, K_H=1, K_hard=8, E=1)
     if before:
-        before(*small, warm)
+        before(*small, config=warm)
     results = {"torch_threads": torch.get_num_threads(), "cold_extra_s": cold, "before": args.before}
 
     for name in args.sizes:
@@ -128,13 +145,13 @@ def main() -> None:
                 *data, n=config.n_support, T=config.inner_steps, alpha=config.inner_lr, eta=config.outer_lr,
                 K_H=config.outer_steps, K_hard=config.hard_per_class, E=config.epochs, clip=config.clip_norm, seed=0)
         if before:
-            runs["before"] = lambda: before(*data, config, seeds=[0])
+            runs["before"] = lambda: before(*data, config=config, seeds=[0])
         if "plain" not in args.skip:
             runs["plain"] = lambda: fit_hsfm(*data, config, seeds=[0], fused=False)
         if "seeds" not in args.skip:
             runs[f"fused_{len(seeds)}_seeds"] = lambda: fit_hsfm(*data, config, seeds=seeds)
             if before:
-                runs[f"before_{len(seeds)}_seeds"] = lambda: before(*data, config, seeds=seeds)
+                runs[f"before_{len(seeds)}_seeds"] = lambda: before(*data, config=config, seeds=seeds)
         times = {key: [] for key in runs}
         cpu = {key: [] for key in runs}
         order = list(runs)

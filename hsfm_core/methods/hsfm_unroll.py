@@ -148,8 +148,7 @@ def fused_outer_loss_and_grad(H1, onehot, theta, hard_x1, hard_y, hard_onehot, s
     Logits are kept class-major (θ·H̃ᵀ, C × m): MKL's skinny products ran 1.3–2× faster that way.
     """
     if H1.shape[1] < 2 * steps * theta.shape[1]:
-        losses, grad = _span_loss_and_grad(H1, onehot, theta, hard_x1, hard_y, hard_onehot, steps, neg_scale)
-        return losses, grad if out is None else out.copy_(grad)
+        return _span_loss_and_grad(H1, onehot, theta, hard_x1, hard_y, hard_onehot, steps, neg_scale, out)
     return _weights_loss_and_grad(H1, onehot, theta, hard_x1, hard_y, hard_onehot, steps, neg_scale, out)
 
 
@@ -165,7 +164,7 @@ def _softmax_backward(p, grad_p):
     return torch.addcmul(pg, p, pg.sum(dim=1, keepdim=True), value=-1)
 
 
-def _span_loss_and_grad(H1, onehot, theta, hard_x1, hard_y, hard_onehot, steps, neg_scale):
+def _span_loss_and_grad(H1, onehot, theta, hard_x1, hard_y, hard_onehot, steps, neg_scale, out=None):
     """`_unroll_in_span` and its adjoint, class-major (every Z, R, A below is C × m). Forward:
     Z_0 = θH̃ᵀ; R_t = softmax(Z_{t−1}) − Y; Z_t = Z_{t−1} − (α/m)·R_t·K with K = H̃H̃ᵀ (m × m);
     θ_T = θ − (α/m)·A_T·H̃ with A_T = Σ R_t; hard logits L = θ_T·Q̃ᵀ. ∇H̃ collects the three places H̃
@@ -202,38 +201,79 @@ def _span_loss_and_grad(H1, onehot, theta, hard_x1, hard_y, hard_onehot, steps, 
         grad_Z = torch.stack(grad_logits[1:], dim=1)  # R × (T−1) × C × m
         # ∂ℓ/∂K = −(α/m)·Σ_{t≥1} ∂Z_tᵀ·A_t; K = H̃H̃ᵀ gives (∂K + ∂Kᵀ)·H̃
         grad_K = torch.bmm(grad_Z.view(r, -1, m).transpose(1, 2), A.view(r, -1, m))
-        grad = torch.bmm((grad_K + grad_K.transpose(1, 2)).mul_(neg_scale), H1)
+        grad = torch.bmm((grad_K + grad_K.transpose(1, 2)).mul_(neg_scale), H1, out=out)
         grad.baddbmm_(grad_Z.sum(dim=1).add_(grad_logits[0]).transpose(1, 2), theta)  # Z_0 = θH̃ᵀ (and every Z_t)
     else:
-        grad = torch.bmm(grad_logits[0].transpose(1, 2), theta)
+        grad = torch.bmm(grad_logits[0].transpose(1, 2), theta, out=out)
     grad.baddbmm_(scaled_A_T.transpose(1, 2), grad_theta_T)  # θ_T = θ − (α/m)·A_T·H̃
     return losses, grad
 
 
 def _weights_loss_and_grad(H1, onehot, theta, hard_x1, hard_y, hard_onehot, steps, neg_scale, out=None):
-    """`UnrolledSteps` in augmented coordinates, class-major: θ_{t+1} = θ_t − (α/m)·R_t·H̃ (R_t: C × m),
-    then L = θ_T·Q̃ᵀ; the backward collects ∇H̃ as 2T rank-C terms and forms it with one
-    (m × 2TC)·(2TC × D) product."""
+    """`UnrolledSteps` in augmented coordinates, class-major, moving the head only where it can move.
+
+    Every inner step adds −(α/m)·R_t·H̃ to θ, and each column of R_t = softmax − Y sums to zero over
+    the classes, so θ_t = θ + P·Φ_t with P = [I; −1ᵀ] (C × k, k = C − 1) and Φ_t = −(α/m)·Σ_{τ<t} R'_τ·H̃
+    (R' = R's first k rows): the unroll tracks Φ (k × D) and Z_t = θH̃ᵀ + P·Φ_tH̃ᵀ. Each pass over H̃,
+    the support (17 MB a row at CelebA size) is then a product with k rows instead of C: for the binary
+    case a matrix-vector product where there was a two-row one: 26 instead of 47 ms an outer step at
+    m = 2048 (`benchmarks/bench_hsfm_unroll.py`). The backward collects ∇H̃ as 2T rank-k terms and forms
+    it with one (m × 2Tk)·(2Tk × D) product (docs/ARCHITECTURE.md §HSFM)."""
+    k = theta.shape[1] - 1
     H1t = H1.transpose(1, 2)
-    thetas, probs, steps_taken = [], [], []
-    th = theta
-    for _ in range(steps):
-        p = torch.softmax(torch.bmm(th, H1t), dim=1)
-        step = (p - onehot).mul_(neg_scale)  # −(α/m)·R_t
-        thetas.append(th)
+    pivot = _pivot_basis(theta)  # P, R × C × k
+    z0 = torch.bmm(theta, H1t)  # Z_0 = θH̃ᵀ
+    logits, phi = z0, None
+    probs, steps_taken, phis = [], [], []
+    for t in range(steps):
+        p = torch.softmax(logits, dim=1)
+        step = (p[:, :k] - onehot[:k]).mul_(neg_scale)  # −(α/m)·R'_t
+        phi = torch.bmm(step, H1) if phi is None else torch.baddbmm(phi, step, H1)  # Φ_{t+1}
         probs.append(p)
         steps_taken.append(step)
-        th = torch.baddbmm(th, step, H1)
-    losses, grad_outer = _outer_loss(torch.bmm(th, hard_x1.transpose(1, 2)), hard_y, hard_onehot)
+        phis.append(phi)
+        if t + 1 < steps:
+            logits = torch.baddbmm(z0, pivot, _times_support_t(phi, H1, H1t))  # Z_{t+1} = Z_0 + P·Φ_{t+1}H̃ᵀ
+    theta_T = torch.baddbmm(theta, pivot, phi)
+    losses, grad_outer = _outer_loss(torch.bmm(theta_T, hard_x1.transpose(1, 2)), hard_y, hard_onehot)
 
-    grad_theta = torch.bmm(grad_outer, hard_x1)  # ∂ℓ/∂θ_T
-    left, right = [], []  # ∇H̃ = Σ left_kᵀ · right_k
-    for t in reversed(range(steps)):
-        left.append(steps_taken[t])  # θ_{t+1} = θ_t + step_t·H̃
-        right.append(grad_theta)
-        grad_p = torch.bmm(grad_theta, H1t).mul_(neg_scale)
-        grad_logits = _softmax_backward(probs[t], grad_p)
-        left.append(grad_logits)  # Z_t = θ_t·H̃ᵀ
-        right.append(thetas[t])
-        grad_theta = torch.baddbmm(grad_theta, grad_logits, H1)
+    grad_theta_T = torch.bmm(grad_outer, hard_x1)  # ∂ℓ/∂θ_T
+    grad_phi = grad_theta_T[:, :k] - grad_theta_T[:, k:]  # ∂ℓ/∂Φ_T = Pᵀ·∂ℓ/∂θ_T
+    left, right = [], []  # ∇H̃ = Σ left_iᵀ · right_i
+    grad_z_sum = None
+    for t in reversed(range(steps)):  # grad_phi holds ∂ℓ/∂Φ_{t+1}
+        left.append(steps_taken[t])  # Φ_{t+1} = Φ_t + step_t·H̃
+        right.append(grad_phi)
+        grad_residual = _times_support_t(grad_phi, H1, H1t).mul_(neg_scale)  # ∂ℓ/∂R'_t
+        # ∂ℓ/∂Z_t = p ⊙ (g − ⟨p, g⟩) with g = [∂ℓ/∂R'_t; 0] (the last class's residual enters nowhere):
+        # rows :k are grad_z, row k is −p_k·⟨p, g⟩, so the columns sum to zero and ∂ℓ/∂Z_t = P·grad_z
+        p_first = probs[t][:, :k]
+        pg = p_first * grad_residual
+        p_dot_g = pg.sum(dim=1, keepdim=True)
+        grad_z = torch.addcmul(pg, p_first, p_dot_g, value=-1)
+        grad_z_sum = grad_z if grad_z_sum is None else grad_z_sum + grad_z
+        if t > 0:
+            grad_zp = torch.addcmul(grad_z, probs[t][:, k:], p_dot_g)  # Pᵀ·∂ℓ/∂Z_t
+            left.append(grad_zp)  # Z_t = Z_0 + P·Φ_t·H̃ᵀ
+            right.append(phis[t - 1])
+            grad_phi = torch.baddbmm(grad_phi, grad_zp, H1)
+    left.append(grad_z_sum)  # Z_0 = θH̃ᵀ in every Z_t: Σ_t (P·grad_z_t)ᵀθ = Σ_t grad_z_tᵀ·Pᵀθ
+    right.append(theta[:, :k] - theta[:, k:])
     return losses, torch.bmm(torch.cat(left, dim=1).transpose(1, 2), torch.cat(right, dim=1), out=out)
+
+
+def _pivot_basis(theta):
+    """P = [I; −1ᵀ] (C × (C − 1)), one per row of `theta` (R × C × D): θ + P·Φ moves θ in the directions whose
+    class sum is zero, the only ones a gradient step of a softmax cross-entropy takes."""
+    k = theta.shape[1] - 1
+    basis = torch.cat([torch.eye(k, dtype=theta.dtype, device=theta.device),
+                       torch.full((1, k), -1.0, dtype=theta.dtype, device=theta.device)])
+    return basis.expand(theta.shape[0], -1, -1)
+
+
+def _times_support_t(a, H1, H1t):
+    """a·H̃ᵀ (R × k × D by R × D × m): with one row it is a matrix-vector product, which MKL runs 1.4×
+    faster as H̃·aᵀ (the same m numbers, the same memory)."""
+    if a.shape[1] == 1:
+        return torch.bmm(H1, a.transpose(1, 2)).transpose(1, 2)
+    return torch.bmm(a, H1t)
