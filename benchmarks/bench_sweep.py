@@ -1,7 +1,7 @@
 """HSFM sweeps that share one pass (docs/ARCHITECTURE.md §Sweeps), measured on the demo workspace.
 
     python -m benchmarks.bench_sweep --demo DEMO_WORKSPACE [--configs 4 12 36] [--repeats 2] [--threads 1]
-                                     [--no-cli] [--cli-threads N] [--selection]
+                                     [--no-cli] [--cli-threads N] [--before REV] [--selection]
 
 One command prints every number (the demo is never written to: each measurement trains in a fresh copy of
 its store, in a temporary folder):
@@ -16,7 +16,9 @@ its store, in a temporary folder):
    store: one single-seed `python -m hsfm_core train` (waterbirds preset) against the demo's
    12-configuration × 3-seed sweep `python -m hsfm_core sweep` (α ∈ {5e-5, 2e-4, 5e-4} × η ∈ {0.1, 1} ×
    K_hard ∈ {16, 64}: two passes, one per K_hard, on the workspace's two workers), alternated, medians of
-   `--repeats`. `--cli-threads N` sets OMP_NUM_THREADS for both (default: unset, torch's own choice).
+   `--repeats`. `--cli-threads N` sets OMP_NUM_THREADS for all (default: unset, torch's own choice).
+   `--before REV` also times the same sweep as the code at git revision REV ran it (d68270c~1: one
+   configuration per worker task, before passes), from a `git archive` of REV.
 3. `--selection`: the sweep through `sweeps.run`, what it selects on validation, its test WGA beside
    DFR's and the paper preset's on the same seeds, and the edit diagnostics.
 
@@ -115,17 +117,25 @@ def in_process(demo: Path, counts: list[int], repeats: int, threads: int) -> dic
     return out
 
 
-def cli(demo: Path, repeats: int, threads: int | None) -> dict:
+def cli(demo: Path, repeats: int, threads: int | None, before: str | None = None) -> dict:
     root = Path(__file__).resolve().parents[1]
     python = sys.executable
     env = {**os.environ, "HF_HUB_OFFLINE": "1"} | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
     scratch = Path(tempfile.mkdtemp(prefix="hsfm-bench-sweep-"))
+    sweep = ["-m", "hsfm_core", "sweep", "--method", "hsfm", "--preset", "waterbirds", "--grid", *GRID, "--seeds",
+             *map(str, SEEDS), "--device", "cpu", "--quiet", "--workspace"]
+    places = {}  # command → (cwd, env): the code at `before` runs from a `git archive` of it
+    if before:
+        code = scratch / "before-code"
+        code.mkdir()
+        archive = subprocess.run(["git", "archive", before], cwd=root, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(code)], input=archive, check=True)
+        places["sweep_12x3_before"] = (code, {**env, "PYTHONPATH": str(code)})
     commands = {
         "train_1_seed": lambda ws: [python, "-m", "hsfm_core", "train", "--workspace", ws, "--method", "hsfm",
                                     "--preset", "waterbirds", "--seeds", "0", "--device", "cpu", "--quiet"],
-        "sweep_12x3": lambda ws: [python, "-m", "hsfm_core", "sweep", "--workspace", ws, "--method", "hsfm",
-                                  "--preset", "waterbirds", "--grid", *GRID, "--seeds", *map(str, SEEDS),
-                                  "--device", "cpu", "--quiet"],
+        "sweep_12x3": lambda ws: [python, *sweep, ws],
+        **({"sweep_12x3_before": lambda ws: [python, *sweep, ws]} if before else {}),
     }
     times = {key: [] for key in commands}
     cpu = {key: [] for key in commands}  # user + sys of the command and its workers: steadier under load
@@ -133,12 +143,13 @@ def cli(demo: Path, repeats: int, threads: int | None) -> dict:
         for repeat in range(repeats):
             for key, command in (commands.items() if repeat % 2 == 0 else reversed(commands.items())):
                 ws = fresh_copy(demo, scratch / key)
-                before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                usage = resource.getrusage(resource.RUSAGE_CHILDREN)
                 t0 = time.perf_counter()
-                done = subprocess.run(command(str(ws)), cwd=root, env=env, capture_output=True, text=True)
+                cwd, command_env = places.get(key, (root, env))
+                done = subprocess.run(command(str(ws)), cwd=cwd, env=command_env, capture_output=True, text=True)
                 times[key].append(time.perf_counter() - t0)
                 after = resource.getrusage(resource.RUSAGE_CHILDREN)
-                cpu[key].append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+                cpu[key].append(after.ru_utime - usage.ru_utime + after.ru_stime - usage.ru_stime)
                 if done.returncode != 0:
                     raise SystemExit(f"{key} failed:\n{done.stdout}\n{done.stderr}")
                 print(f"  repeat {repeat + 1}: {key} {times[key][-1]:.1f} s (CPU {cpu[key][-1]:.1f} s; {load()})",
@@ -147,13 +158,15 @@ def cli(demo: Path, repeats: int, threads: int | None) -> dict:
         shutil.rmtree(scratch, ignore_errors=True)
     median = {k: statistics.median(v) for k, v in times.items()}
     median_cpu = {k: statistics.median(v) for k, v in cpu.items()}
-    ratio, ratio_cpu = (median["sweep_12x3"] / median["train_1_seed"],
-                        median_cpu["sweep_12x3"] / median_cpu["train_1_seed"])
+    ratios = {key: (median[key] / median["train_1_seed"], median_cpu[key] / median_cpu["train_1_seed"])
+              for key in commands if key != "train_1_seed"}
     print("CLI medians: " + ", ".join(f"{k} {v:.1f} s (CPU {median_cpu[k]:.1f} s)" for k, v in median.items()))
-    print(f"CLI: the 12-configuration × 3-seed sweep takes {ratio:.2f}× one single-seed train wall "
-          f"({ratio_cpu:.2f}× CPU time; target ≤ 3×)", flush=True)
-    return {"omp_num_threads": threads, "times_s": times, "cpu_s": cpu, "median_s": median, "median_cpu_s": median_cpu,
-            "sweep_over_train": ratio, "sweep_over_train_cpu": ratio_cpu}
+    for key, (ratio, ratio_cpu) in ratios.items():
+        print(f"CLI: the 12-configuration × 3-seed sweep{' at ' + before if key.endswith('before') else ''} takes "
+              f"{ratio:.2f}× one single-seed train wall ({ratio_cpu:.2f}× CPU time; target ≤ 3×)", flush=True)
+    return {"omp_num_threads": threads, "before": before, "times_s": times, "cpu_s": cpu, "median_s": median,
+            "median_cpu_s": median_cpu, **{f"{key}_over_train": r for key, (r, _) in ratios.items()},
+            **{f"{key}_over_train_cpu": r for key, (_, r) in ratios.items()}}
 
 
 def selection(demo: Path, out: Path, max_parallel: int) -> dict:
@@ -206,6 +219,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-cli", action="store_true", help="skip the command-line comparison")
     parser.add_argument("--cli-threads", type=int)
+    parser.add_argument("--before", metavar="REV", help="also time the CLI sweep of git revision REV (e.g. d68270c~1, "
+                        "before passes), from a `git archive` of it")
     parser.add_argument("--selection", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("/tmp/hsfm-bench-sweep"))
     parser.add_argument("--max-parallel", type=int, default=2)
@@ -215,7 +230,7 @@ def main() -> None:
     if args.configs:
         results["in_process"] = in_process(args.demo, args.configs, args.repeats, args.threads)
     if not args.no_cli:
-        results["cli"] = cli(args.demo, args.repeats, args.cli_threads)
+        results["cli"] = cli(args.demo, args.repeats, args.cli_threads, args.before)
     if args.selection:
         results["selection"] = selection(args.demo, args.out, args.max_parallel)
     results["load_at_end"] = os.getloadavg()

@@ -335,7 +335,7 @@ def passes(request: SweepRequest, todo: Sequence[tuple[int, dict, list[int]]], w
         size = max(1, max_rows // len(seeds))  # configurations per pass
         parts = math.ceil(len(members) / size)
         units += [([k for k, _ in chunk], seeds) for chunk in _split(members, parts)]
-    while len(units) < workers and max(len(ks) for ks, _ in units) > 1:
+    while units and len(units) < workers and max(len(ks) for ks, _ in units) > 1:
         i = max(range(len(units)), key=lambda j: len(units[j][0]))
         (ks, seeds), half = units[i], (len(units[i][0]) + 1) // 2
         units[i:i + 1] = [(ks[:half], seeds), (ks[half:], seeds)]

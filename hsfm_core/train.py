@@ -104,14 +104,14 @@ def train_many(workspace: str | os.PathLike, specs: Sequence[TrainSpec], *, prog
     resolved = [spec.resolve(store) for spec in specs]  # (settings, preset, why), each checked
     device = resolve_device(first.device) if method.uses_device else torch.device("cpu")
 
+    shared = {"device": str(device), "workspace": str(Path(workspace).resolve()), "store_hash": store.content_hash,
+              "code_version": code_version()}  # one `git rev-parse` per call, not per request
     writers, owners = [], []  # request-major, as fit_many's entries: (request k, seed)
     try:
         for k, (spec, (settings, preset, why), rids) in enumerate(zip(specs, resolved, ids)):
             common = {"method": spec.method, "preset": preset, "preset_reason": why,
                       "hyperparameters": _jsonable(dataclasses.asdict(settings)), "request": spec.to_dict(),
-                      "seeds_in_call": list(spec.seeds), "device": str(device),
-                      "workspace": str(Path(workspace).resolve()), "store_hash": store.content_hash,
-                      "code_version": code_version(), **spec.tags}
+                      "seeds_in_call": list(spec.seeds), **shared, **spec.tags}
             for rid, seed in zip(rids, spec.seeds):
                 writers.append(RunWriter(workspace, rid, {**common, "seed": seed}))
                 owners.append(k)
