@@ -155,10 +155,13 @@ def group_semantics() -> None:
 def rendered_means(run: dict) -> None:
     """Each class's mean support feature before and after its mean edit, drawn by the store's inverter,
     with the flip rate that makes the picture evidence (renderings re-encoded, attribute classified)."""
-    classes, images = ui.render_class_means(store, run)
-    flips = {c["class"]: c for c in ui.flip_rate(store, run)["per_class"]}
+    classes, images = ui.render_class_means(store, run)  # a few renderings: drawn at once
     st.markdown("**The mean edit as a picture** (each class's mean support feature, before → after):")
     columns = st.columns(len(classes))
+    # the flip rate renders and re-encodes every edit and null edit (seconds on a first visit): in a worker
+    # process, with a placeholder below the pictures, unless it is on disk (docs/ARCHITECTURE.md §Render)
+    waiting = not ui.flip_rates_ready(store, [run]) and ui.rendered_in_background(store, [run])
+    flips = {} if waiting else {c["class"]: c for c in ui.flip_rate(store, run)["per_class"]}
     for column, c, pair in zip(columns, classes, images):
         column.image([ui.picture(pair[0], 128), ui.picture(pair[1], 128)], caption=["before", "after"], width=128)
         if c in flips:

@@ -171,10 +171,12 @@ def rendered_edit(run: dict) -> None:
         return
     group = next((g for g in ui.edited_groups(store) if g.key == group_key(run)), None)
     seeds = group.runs if group else [run]
-    # the first visit renders and re-encodes every seed's edits and their null edits (seconds); the page above
-    # and the Back / Next buttons are already drawn, and the results are cached for every later visit
+    # the first visit renders and re-encodes every seed's edits and their null edits (seconds): a worker process
+    # does it while a placeholder polls the render cache on disk, which every later visit, and server, reads
+    if not ui.flip_rates_ready(store, seeds) and ui.rendered_in_background(store, seeds):
+        return
     with st.spinner(f"Rendering the edits of {len(seeds)} seed{'s' if len(seeds) > 1 else ''} and reading the "
-                    "pictures back (the first visit only)…", show_time=True):
+                    "pictures back (the first visit only)…", show_time=True):  # only when no worker could
         flips = ui.flip_rates_over_seeds(store, seeds)
     usual_run = latest.get(usual.name)
     worst = usual_run["metrics"]["test"]["worst_group"] if usual_run else None

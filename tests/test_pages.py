@@ -3,6 +3,7 @@
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -235,22 +236,49 @@ def lesson_editors_step(monkeypatch, workspace) -> AppTest:
     return at
 
 
+def rendering_placeholder(at) -> bool:
+    """Whether a render view shows its placeholder (its work runs in a worker process)."""
+    return any("in the background" in (p.proto.text or "") for p in at.get("progress"))
+
+
+def until_rendered(at, timeout: float = 300) -> AppTest:
+    """Rerun the page, as the placeholder's fragment does each second, until the render view is drawn."""
+    deadline = time.monotonic() + timeout
+    while rendering_placeholder(at):
+        assert time.monotonic() < deadline, "the render view was never filled in"
+        time.sleep(0.5)
+        at.run()
+        assert not at.exception, at.exception
+    return at
+
+
+def private_copy(app_workspace, tmp_path) -> Path:
+    """The app's workspace without its caches: nothing rendered yet."""
+    workspace = tmp_path / "ws"
+    shutil.copytree(app_workspace, workspace, ignore=shutil.ignore_patterns("cache"))
+    return workspace
+
+
 def test_lesson_renders_an_edit_beside_its_measured_flip_rate(monkeypatch, app_workspace):
     """The editors' step draws one support example along z + t·Δ (the Neighbors strip, read back at t = 0 and 1)
     and gives every class's flip rate beside its null exactly as the facade measures them; the example is the
     one the stated rule picks (the class of ERM's worst test group, its first example whose rendering flips)."""
+    at = until_rendered(lesson_editors_step(monkeypatch, app_workspace))
+    assert not at.error, [e.value for e in at.error]
+    check_lesson_rendering(at, app_workspace)
+
+
+def check_lesson_rendering(at, workspace) -> None:
     from hsfm_core.instruments.render import flip_rate
 
-    at = lesson_editors_step(monkeypatch, app_workspace)
-    assert not at.error, [e.value for e in at.error]
-    runs = runs_by_method(app_workspace)
-    measured = flip_rate(app_workspace, runs["hsfm"])  # the run group holds this one seed
+    runs = runs_by_method(workspace)
+    measured = flip_rate(workspace, runs["hsfm"])  # the run group holds this one seed
     lesson = texts(at)
     for entry in measured["per_class"]:
         assert (f"*{entry['majority']}* → *{entry['minority']}* for **{100 * entry['rate']:.1f} %** of {entry['n']} "
                 f"support examples; random edits: {100 * entry['null_rate']:.1f} %. Above chance in "
                 f"{int(entry['rate'] > entry['null_rate'])} of 1 seed.") in lesson
-    store = FeatureStore.open(app_workspace)
+    store = FeatureStore.open(workspace)
     worst = runs["erm"]["metrics"]["test"]["worst_group"]
     examples = [e for e in measured["per_example"] if e["class"] == store.groups.class_of(worst)]
     chosen = next((e for e in examples if e["flipped"]), examples[0])
@@ -267,6 +295,44 @@ def test_lesson_renders_an_edit_beside_its_measured_flip_rate(monkeypatch, app_w
     at.run()  # a revisit: the same pictures, from the caches
     (again,) = [e for e in at.get("image") if "the image" in e.captions]
     assert [image.url for image in again.proto.imgs] == urls
+
+
+def test_lesson_step_shows_a_placeholder_then_fills_in_its_rendering(monkeypatch, app_workspace, tmp_path):
+    """Rendering never blocks the page: on a workspace with nothing rendered, the editors' step shows the rest
+    of the step, Back / Next and a placeholder while a worker process renders and reads back the edits; rerun
+    (as the placeholder's fragment does), it fills in the same pictures and rates as the facade measures. Another
+    session, later, draws them at once from the render cache on disk."""
+    from hsfm_core.render.background import JOBS
+
+    workspace = private_copy(app_workspace, tmp_path)
+    at = lesson_editors_step(monkeypatch, workspace)
+    assert rendering_placeholder(at) and not at.error, [e.value for e in at.error]
+    assert not [e for e in at.get("image") if any(c.startswith("t = ") for c in e.captions)]
+    assert "Does the picture change?" not in texts(at) and "What do the edits encode?" in texts(at)
+    assert not at.button(key="lesson.back").disabled and not at.button(key="lesson.next").disabled
+    assert list((workspace / JOBS).glob("*.job.json")) or list((workspace / JOBS).glob("*.log"))  # a worker started
+    until_rendered(at)
+    assert not at.error, [e.value for e in at.error]
+    check_lesson_rendering(at, workspace)
+    again = lesson_editors_step(monkeypatch, workspace)  # another session: no placeholder, the pictures at once
+    assert not rendering_placeholder(again) and any(c.startswith("t = 1 · reads") for c in image_captions(again))
+
+
+def test_decode_draws_the_class_means_at_once_and_fills_in_their_flip_rate(monkeypatch, app_workspace, tmp_path):
+    """Decode's one-run render view: the class means' pictures (a few renderings) at once, the flip rate below
+    them filled in by a worker process (a placeholder meanwhile), as the facade measures it."""
+    from hsfm_core.instruments.render import flip_rate
+
+    workspace = private_copy(app_workspace, tmp_path)
+    at = open_page(monkeypatch, workspace, "3_Decode")
+    assert rendering_placeholder(at) and not at.error, [e.value for e in at.error]
+    assert image_captions(at).count("before") == 2 and "the rendered attribute flips" not in texts(at)
+    until_rendered(at)
+    measured = flip_rate(workspace, runs_by_method(workspace)["hsfm"])
+    for f in measured["per_class"]:
+        assert (f"{f['name']}: the rendered attribute flips from {f['majority']} to {f['minority']} for "
+                f"{f['rate']:.0%} of {f['n']} support examples (random within-class edits of the same sizes: "
+                f"{f['null_rate']:.0%}).") in texts(at)
 
 
 def test_lesson_says_why_it_has_no_pictures_for_a_store_without_a_renderer(monkeypatch, tmp_path):

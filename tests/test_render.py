@@ -218,6 +218,89 @@ def test_flip_rates_per_class_with_null(store, hsfm_run):
     assert summary["per_class"][0]["rate_std"] == 0 and summary["per_class"][0]["rate_mean"] == result["per_class"][0]["rate"]
 
 
+def test_flip_rates_are_cached_on_disk_keyed_by_what_decides_them(store, hsfm_run, tmp_path, monkeypatch):
+    """The attributes read back are kept beside the renderings: a new process (a new RenderCache on the same
+    folder) gets the same result without rendering or re-encoding; another seed or null size is another key."""
+    renderer = inverter.load_inverter(store)
+    folder = tmp_path / "render"
+    first = flip.flip_rates(store, hsfm_run, renderer, null_draws=3, cache=base.RenderCache(folder))
+    assert first == flip.flip_rates(store, hsfm_run, renderer, null_draws=3, cache=False)  # what is cached is exact
+    (path,) = (folder / flip.CACHE_SUBDIR).glob("*.json")
+
+    def no_reading_back(*args, **kwargs):
+        raise AssertionError("rendered and re-encoded again")
+
+    monkeypatch.setattr(flip, "_read_back", no_reading_back)
+    fresh = base.RenderCache(folder)  # nothing in memory: what a restarted server has
+    assert flip.cached_flip_rates(store, hsfm_run, renderer, null_draws=3, cache=fresh) == first
+    assert flip.flip_rates(store, hsfm_run, renderer, null_draws=3, cache=fresh) == first
+    assert flip.cached_flip_rates(store, hsfm_run, renderer, null_draws=2, cache=fresh) is None
+    assert flip.cached_flip_rates(store, hsfm_run, renderer, seed=5, null_draws=3, cache=fresh) is None
+    assert flip.cached_flip_rates(store, hsfm_run, renderer, null_draws=3, cache=False) is None
+    assert [p.name for p in (folder / flip.CACHE_SUBDIR).glob("*.json")] == [path.name]
+
+
+def _damaged(text: str) -> list[str]:
+    """Ways a flip-rate cache file can be wrong: cut short, not JSON, not an object, another key, out-of-range
+    or mis-shaped attributes, a non-integer, another format version."""
+    good = json.loads(text)
+    n = len(good["predicted"])
+    return [text[: len(text) // 2], "\x00\xff binary", "[1, 2]",
+            json.dumps({**good, "key": {**good["key"], "seed": good["key"]["seed"] + 1}}),
+            json.dumps({**good, "predicted": [[0, 7]] * n}),
+            json.dumps({**good, "predicted": good["predicted"][:-1]}),
+            json.dumps({**good, "predicted_null": [row[:-1] for row in good["predicted_null"]]}),
+            json.dumps({**good, "predicted": [[0, 1.0]] * n}),
+            json.dumps({**good, "predicted": [[True, False]] * n}),
+            json.dumps({**good, "version": flip.CACHE_VERSION + 1}),
+            json.dumps({**good, "classifier": None})]
+
+
+def test_a_corrupt_flip_rate_cache_file_is_recomputed_never_trusted(store, hsfm_run, tmp_path):
+    renderer = inverter.load_inverter(store)
+    folder = tmp_path / "render"
+    first = flip.flip_rates(store, hsfm_run, renderer, null_draws=3, cache=base.RenderCache(folder))
+    (path,) = (folder / flip.CACHE_SUBDIR).glob("*.json")
+    good = path.read_text()
+    for damaged in _damaged(good):
+        path.write_text(damaged)
+        fresh = base.RenderCache(folder)  # the renderings stay cached: only the reading back is redone
+        assert flip.cached_flip_rates(store, hsfm_run, renderer, null_draws=3, cache=fresh) is None, damaged[:80]
+        assert flip.flip_rates(store, hsfm_run, renderer, null_draws=3, cache=fresh) == first
+        assert json.loads(path.read_text()) == json.loads(good)  # rewritten whole
+
+
+def test_a_background_worker_fills_the_render_cache_of_runs(workspace, hsfm_run, tmp_path):
+    """`render.background`: a worker process computes a run's flip rate, class means and the strips the views
+    open on into the workspace's render cache, records its stage in its job file, and a failure is recorded
+    for the page (which then computes in the foreground)."""
+    from hsfm_core.render import background
+
+    copy = tmp_path / "ws"
+    shutil.copytree(workspace, copy, ignore=shutil.ignore_patterns("cache"))
+    store = FeatureStore.open(copy)
+    run = next(r for r in list_runs(copy) if r["run_id"] == hsfm_run["run_id"])
+    renderer = inverter.load_inverter(store)
+    assert background.job_status(store, [run["run_id"]]).state == "absent"
+    assert background.start(store, [run["run_id"]]).state == "running"
+    assert background.start(store, [run["run_id"]]).state == "running"  # a second start does nothing
+    final = background.wait(store, [run["run_id"]], timeout=300)
+    assert final.state == "done", (final, (copy / background.JOBS).glob("*.log") and
+                                   [p.read_text()[-2000:] for p in (copy / background.JOBS).glob("*.log")])
+    cached = flip.cached_flip_rates(store, run, renderer)
+    assert cached == flip.flip_rates(store, run, renderer, cache=False)
+    steps = list(background.STRIP_STEPS)
+    counting = base.RenderCache(copy / base.CACHE_DIR)
+    for example in background.strip_candidates(cached):
+        base.render_edits(renderer, store, run, [example], steps, cache=counting)
+    base.render_class_means(renderer, store, run, cache=counting)
+    assert counting.misses == 0 and counting.hits == len(background.strip_candidates(cached)) * len(steps) + 2
+
+    failed = background.start(store, ["hsfm-no-such-run"])
+    assert background.wait(store, ["hsfm-no-such-run"], timeout=300).state == "failed"
+    assert "no-such-run" in background.job_status(store, ["hsfm-no-such-run"]).stage and failed.state == "running"
+
+
 def test_flip_rates_use_a_linear_probe_outside_clip_space(tmp_path):
     from tests.gaussian import hsfm_and_erm_runs
 

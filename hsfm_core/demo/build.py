@@ -10,7 +10,9 @@ parameters, the fast layout of `analysis.projection`) in a separate process, so 
 to Projection finds it on disk; the page shows the worker's progress until then. That worker is
 started, niced, when the build starts (`projection.prepare_worker`): it spends the build importing
 torch, pandas, FAISS and umap — seconds of a fresh process, longer than the fast map's fit — and then
-waits for its map. Nothing else runs beside the build: on 2 cores a concurrent numba warm-up, or the
+waits for its map. Once the map is on disk, a render worker (`render.background`, started by the build,
+waiting until then) computes the Lesson's render views: the flip rates of the newest edited run group
+and the strips its step opens on. Nothing else runs beside the build: on 2 cores a concurrent numba warm-up, or the
 map started before the last runs, slowed the build's torch work by more than it saved (measured by
 benchmarks/bench_first_run.py; README "Measured"), and umap's kernels are cached on disk after the
 first map anyway.
@@ -103,6 +105,30 @@ def start_default_map(out: Path, wait: bool = False):
     return status
 
 
+def start_render_views(out: Path, after: Path | None = None):
+    """Compute the Lesson's render views — the flip rates of the newest edited run group (the Lesson's
+    editors' step and Decode's default run), its class means and the strips the views open on — in a
+    worker process that starts once `after` (the first map) is on disk, so that neither the build nor
+    the first map waits for it (docs/ARCHITECTURE.md §Render). → its JobStatus, or None when there is
+    nothing to render (no edited run, no renderer for the store)."""
+    from hsfm_core.analysis.seeds import group_key
+    from hsfm_core.render import background
+    from hsfm_core.render.inverter import find_inverter
+    from hsfm_core.workspace import open_workspace
+
+    try:
+        ws = open_workspace(out)
+        newest = projection.default_map_run(out)
+        if newest is None or find_inverter(ws.store) is None:
+            return None
+        group = next(g for g in ws.run_groups if g.key == group_key(newest))
+        runs = [r["run_id"] for r in group.runs
+                if r["status"] == "done" and (r["path"] / "support.safetensors").is_file()]
+    except (InputError, OSError):  # a warm-up only: the views compute it themselves, and say what is wrong
+        return None
+    return background.start(ws.store, runs, after=after)
+
+
 def build_demo(out: str | os.PathLike | None = None, *, seed: int = 0, workers: int = 2, force: bool = False,
                progress: Progress | None = None, default_map: str = "background", device: str = "cpu") -> Path:
     """Build the demo workspace at `out` (default: `default_demo_dir()`) unless it is already built.
@@ -119,8 +145,8 @@ def build_demo(out: str | os.PathLike | None = None, *, seed: int = 0, workers: 
         raise InputError(f"the bundled CLIP is missing: {DEMO_CLIP} (python -m hsfm_core demo train-clip)")
     with _build_lock(out):
         if is_built(out) and not force:
-            if default_map != "none":
-                start_default_map(out, wait=default_map == "wait")  # e.g. a build from before maps were built
+            if default_map != "none":  # e.g. a build from before maps (or render views) were built
+                start_render_views(out, after=start_default_map(out, wait=default_map == "wait").path)
             return out
         if out.exists() and any(out.iterdir()):
             if not ((out / MARKER).exists() or (out / BUILDING).exists()):
@@ -135,7 +161,7 @@ def build_demo(out: str | os.PathLike | None = None, *, seed: int = 0, workers: 
             raise
         if default_map != "none":
             report("Demo workspace ready; computing its map in the background", 1.0)
-            start_default_map(out, wait=default_map == "wait")
+            start_render_views(out, after=start_default_map(out, wait=default_map == "wait").path)
         report("Demo workspace ready", 1.0)
     return out
 

@@ -5,12 +5,15 @@ z + t·Δ, written as PNGs, with the flip rate that makes the picture evidence �
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
 from hsfm_core.errors import InputError
+from hsfm_core.render.background import STRIP_STEPS  # noqa: F401  (the views' strip, re-exported)
 from hsfm_core.workspace import Workspace, as_workspace
 
 RENDERERS = ("inverter", "unclip")
@@ -21,17 +24,43 @@ def renderer(workspace: Workspace | str | os.PathLike, name: str = "inverter", w
              device: str = "auto"):
     """The renderer for the workspace's store: its inverter (the bundled one for the demo, else
     `<workspace>/renderers/inverter/` or `weights`), or SD unCLIP from the local pipeline folder
-    `weights`. InputError says what to train or install when none fits."""
+    `weights`. InputError says what to train or install when none fits. An inverter is loaded once per
+    process and folder (until its files change): the views ask for it on every strip and flip rate."""
     ws = as_workspace(workspace)
     if name == "inverter":
-        from hsfm_core.render.inverter import load_inverter
-
-        return load_inverter(ws.store, weights)
+        return _inverter(ws.store, weights)
     if name == "unclip":
         from hsfm_core.render.unclip import load_unclip
 
         return load_unclip(ws.store, weights, device=device)
     raise InputError(f"renderer {name!r}: expected one of {', '.join(RENDERERS)}")
+
+
+_inverters: OrderedDict[tuple, object] = OrderedDict()  # (folder, its files' stamps, store) → loaded inverter
+_inverters_lock = threading.Lock()
+
+
+def _inverter(store, weights: str | os.PathLike | None):
+    from hsfm_core.render.inverter import CARD, WEIGHTS, find_inverter, load_inverter
+
+    folder = Path(weights).expanduser() if weights is not None else find_inverter(store)
+    if folder is None:
+        return load_inverter(store)  # its InputError says what to train
+    try:
+        stamps = tuple((f.stat().st_size, f.stat().st_mtime_ns) for f in (folder / CARD, folder / WEIGHTS))
+    except OSError:
+        return load_inverter(store, folder)  # its InputError names what is missing
+    key = (str(folder.resolve()), stamps, str(store.path), store.content_hash)
+    with _inverters_lock:
+        if key in _inverters:
+            _inverters.move_to_end(key)
+            return _inverters[key]
+    loaded = load_inverter(store, folder)  # checks the card against the store
+    with _inverters_lock:
+        _inverters[key] = loaded
+        while len(_inverters) > 4:
+            _inverters.popitem(last=False)
+    return loaded
 
 
 def strip(workspace: Workspace | str | os.PathLike, run: dict | str, support: Sequence[int] | None = None,
@@ -64,6 +93,30 @@ def flip_rate(workspace: Workspace | str | os.PathLike, run: dict | str, *, seed
 
     ws = as_workspace(workspace)
     return flip_rates(ws.store, ws.run(run), renderer(ws, name, weights), seed=seed, null_draws=null_draws)
+
+
+def flip_rate_cached(workspace: Workspace | str | os.PathLike, run: dict | str, *, seed: int | None = None,
+                     null_draws: int = 8, name: str = "inverter", weights: str | os.PathLike | None = None
+                     ) -> dict | None:
+    """`flip_rate` when its attributes read back are in the workspace's render cache, else None: nothing
+    is rendered (a page's question before it computes in the background)."""
+    from hsfm_core.render.flip import cached_flip_rates
+
+    ws = as_workspace(workspace)
+    return cached_flip_rates(ws.store, ws.run(run), renderer(ws, name, weights), seed=seed, null_draws=null_draws)
+
+
+def render_in_background(workspace: Workspace | str | os.PathLike, runs: Sequence[dict | str], start: bool = True):
+    """The worker process that computes these runs' render views into the workspace's render cache
+    (flip rates, class means, the strips the views open on; `render.background`): started unless it runs
+    now (`start=False`: only its status) → its `JobStatus` (state running | done | failed | absent)."""
+    from hsfm_core.render import background
+
+    ws = as_workspace(workspace)
+    run_ids = [ws.run(run)["run_id"] for run in runs]
+    if start:
+        return background.start(ws.store, run_ids)
+    return background.job_status(ws.store, run_ids)
 
 
 def render(workspace: Workspace | str | os.PathLike, run: dict | str, out: str | os.PathLike, *,

@@ -20,6 +20,7 @@ import numpy as np
 import streamlit as st
 
 from hsfm_core.errors import InputError
+from hsfm_core.render.background import STRIP_STEPS  # the strip the views draw: z + t·Δ at fixed t, rendered at once
 
 WORKSPACE_KEY = "hsfm.workspace"  # Path of the open workspace
 COMPARE_KEY = "hsfm.compare_runs"  # run ids compared on Groups (and Home)
@@ -432,7 +433,6 @@ def renderer_missing(store) -> str | None:
             f"{store.path}` trains one on its images (the demo's is bundled).")
 
 
-STRIP_STEPS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)  # the Neighbors strip: z + t·Δ at fixed t, rendered at once
 
 
 @st.cache_data(max_entries=64, show_spinner="Rendering the features…", hash_funcs=STORE_HASH)
@@ -472,6 +472,50 @@ def _flip_rate(store, run_id: str, _run) -> dict:
 def flip_rate(store, run: dict) -> dict:
     """The facade's flip rate of a run's edits (rendered, re-encoded, attribute classified) with its null."""
     return _flip_rate(store, run["run_id"], run)
+
+
+def flip_rates_ready(store, runs: list[dict]) -> bool:
+    """Whether every run's flip rate is in the workspace's render cache on disk (a file read per run; nothing
+    is rendered), so that `flip_rates_over_seeds` takes no longer than a page should wait."""
+    from hsfm_core.instruments.render import flip_rate_cached
+
+    ws = workspace_of(store)
+    return all(flip_rate_cached(ws, run) is not None for run in runs)
+
+
+def rendered_in_background(store, runs: list[dict]) -> bool:
+    """When the runs' flip rates are not on disk: start the worker process that computes their render views
+    (unless it runs now) and show its placeholder, which fills the view in once they are; → True. False
+    when the worker failed or cannot be started (e.g. a read-only workspace): the caller computes in the
+    foreground, as it would without a worker (docs/ARCHITECTURE.md §Render, §App)."""
+    from hsfm_core.instruments.render import render_in_background
+
+    ws = workspace_of(store)
+    status = render_in_background(ws, runs, start=False)
+    if status.state == "failed":
+        return False
+    if status.state != "running":
+        status = render_in_background(ws, runs)
+        if status.state == "failed":
+            return False
+    _render_progress(store, runs)
+    return True
+
+
+@st.fragment(run_every=1.0)
+def _render_progress(store, runs: list[dict]) -> None:
+    """The placeholder of a render view computed in the background, polled each second; the page reruns
+    (and draws the view) once the flip rates are on disk, or computes them itself if the worker failed."""
+    from hsfm_core.instruments.render import render_in_background
+
+    status = render_in_background(workspace_of(store), runs, start=False)
+    if status.state != "running" or flip_rates_ready(store, runs):
+        st.rerun()  # ready, failed, or stopped: the page decides again
+    seeds = f"{len(runs)} seeds" if len(runs) > 1 else "one run"
+    st.progress(status.fraction, text=f"Rendering the edits of {seeds} and reading the pictures back, in the "
+                                      f"background: {status.stage} — {status.elapsed_s:.0f} s of about "
+                                      f"{status.estimate_s:.0f} s (the first visit only). The rest of the page "
+                                      "works meanwhile.")
 
 
 def flip_rates_over_seeds(store, runs: list[dict]) -> dict:
