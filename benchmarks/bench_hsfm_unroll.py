@@ -114,7 +114,8 @@ def main() -> None:
             b, t = best[f"{piece}_before"], best[f"{piece}_today"]
             print(f"m = {m:5d}, T = {steps}, rows {r}: {piece:10s} before {b[0]:7.2f} ms (wall {b[1]:7.2f}) · "
                   f"today {t[0]:7.2f} ms (wall {t[1]:7.2f}) · today/before {t[0] / b[0]:.2f} (CPU)", flush=True)
-        report["sizes"].append({"support_rows": m, "inner_steps": steps, "best_cpu_ms": {k: v[0] for k, v in best.items()},
+        report["sizes"].append({"support_rows": m, "inner_steps": steps,
+                                "best_cpu_ms": {k: v[0] for k, v in best.items()},
                                 "best_wall_ms": {k: v[1] for k, v in best.items()}})
         sides = {"before": (before_unroll, before_hsfm), "today": (today_unroll, today_hsfm)}
     print(json.dumps(report))

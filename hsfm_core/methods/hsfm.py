@@ -187,7 +187,8 @@ def fit_hsfm(
     support = torch.stack([sample_support(train_labels, shared.n_support, s, n_classes) for s in seeds])  # S × m
     rows = support.flatten().numpy()
     H_before = _finite_float(train_features[rows], "support features", dtype).reshape(len(seeds), -1, d).to(device)
-    H_before = H_before.repeat(len(configs), 1, 1)  # R × m × d: every configuration starts from its seed's rows
+    if len(configs) > 1:
+        H_before = H_before.repeat(len(configs), 1, 1)  # R × m × d: every configuration starts from its seed's rows
     support_y = torch.arange(n_classes).repeat_interleave(shared.n_support).to(device)  # n zeros, n ones, …
 
     # 2. Persistent head θ ← θ₀ with its own Adam (lr α), state kept across epochs. θ = [W b 0…], so that one
@@ -203,7 +204,7 @@ def fit_hsfm(
     best_wga = torch.full((n_rows,), -1.0, dtype=torch.float64, device=device)
     best_epoch = torch.zeros(n_rows, dtype=torch.long, device=device)
     best_theta, best_H = theta0.clone(), H_before.clone()
-    edit_buffer = torch.empty_like(H_before)  # Δ, reused every epoch (a fresh R × m × d tensor is page faults at CelebA size)
+    edits = torch.empty_like(H_before)  # Δ, one buffer for every epoch (a fresh one is page faults at CelebA size)
     histories: list[list[dict]] = [[] for _ in range(n_rows)]
     start = time.perf_counter()
     with torch.no_grad():
@@ -225,7 +226,7 @@ def fit_hsfm(
             avg = (pred == val_y).double().mean(dim=1)
             wga = torch.where(torch.isnan(acc), torch.inf, acc).amin(dim=1)
             # median ‖Δ‖/‖z‖ over the support set: lets the curves show the edits growing
-            relative_edit = (torch.sub(steps.H, H_before, out=edit_buffer).norm(dim=-1) / before_norms).quantile(0.5, dim=1)
+            relative_edit = (torch.sub(steps.H, H_before, out=edits).norm(dim=-1) / before_norms).quantile(0.5, dim=1)
             improved = wga >= best_wga
             best_wga = torch.where(improved, wga, best_wga)
             best_epoch[improved] = epoch
@@ -261,39 +262,48 @@ def fit_hsfm(
 def _val_logits(theta: torch.Tensor, val_x1: torch.Tensor) -> torch.Tensor:
     """R × C × D heads [W b 0…], V × D rows [x 1 0…] → R × C × V logits: one matrix product for every row."""
     n_rows, n_classes, dim = theta.shape
-    # V × RC, then class-major: MKL's skinny product ran 1.6× faster this way round (13 vs 21 ms, CelebA's val)
-    return (val_x1 @ theta.reshape(n_rows * n_classes, dim).T).T.contiguous().view(n_rows, n_classes, -1)
+    heads = theta.reshape(n_rows * n_classes, dim)
+    if len(heads) <= 2:  # one binary head: MKL ran V × 2 1.6× faster than 2 × V (13 vs 21 ms, CelebA's val) …
+        return (val_x1 @ heads.T).T.contiguous().view(n_rows, n_classes, -1)
+    return (heads @ val_x1.T).view(n_rows, n_classes, -1)  # … and 4 to 24 heads 1.1–1.4× slower
 
 
 class _Adam:
     """`torch.optim.Adam`'s single-tensor update (β = 0.9, 0.999, ε = 1e-8, same operations in the same
     order), with one learning rate per row and its buffers allocated once. When every row has the same
     learning rate the step is torch's own `addcdiv_` (one pass over the parameters where the per-row
-    step takes three: 11.1 → 8.4 ms an outer step at CelebA size, `benchmarks/bench_hsfm_unroll.py`)."""
+    step takes three: 11.1 → 8.4 ms an outer step at CelebA size, `benchmarks/bench_hsfm_unroll.py`).
+    A step may update a group of rows only (`rows`): each group counts its own steps, so rows stepped
+    group by group end exactly where rows stepped together would."""
 
     def __init__(self, param: torch.Tensor, lr: torch.Tensor, max_steps: int):
         self.param = param
         self.exp_avg, self.exp_avg_sq = torch.zeros_like(param), torch.zeros_like(param)
         self.denom = torch.empty_like(param)
         self.shared_lr = float(lr[0]) if bool((lr == lr[0]).all()) else None
-        self.update = torch.empty_like(param) if self.shared_lr is None else None
+        self.update = torch.empty_like(param) if self.shared_lr is None else self.denom  # (unused with one lr)
         steps = torch.arange(1, max_steps + 1, dtype=torch.float64)
         # −lr / (1 − β₁ᵗ) per step and row, computed in float64 as torch does in Python
         rows = (1,) * (param.dim() - 1)
         self.neg_step = (-lr[None, :] / (1 - 0.9 ** steps[:, None])).to(param).view(max_steps, -1, *rows)
-        self.step = 0
+        self.groups: dict[tuple, list] = {}  # (start, stop) → [steps taken, param, exp_avg, exp_avg_sq, denom, update]
 
-    def __call__(self, grad: torch.Tensor) -> None:
-        self.step += 1
-        self.exp_avg.lerp_(grad, 0.1)
-        self.exp_avg_sq.mul_(0.999).addcmul_(grad, grad, value=0.001)
-        bias_correction2_sqrt = (1 - 0.999 ** self.step) ** 0.5
-        torch.sqrt(self.exp_avg_sq, out=self.denom).div_(bias_correction2_sqrt).add_(1e-8)
+    def __call__(self, grad: torch.Tensor, rows: slice = slice(None)) -> None:
+        group = self.groups.get((rows.start, rows.stop))
+        if group is None:  # views made once: they are most of the cost of a step on a small support
+            group = [0] + [t[rows] for t in (self.param, self.exp_avg, self.exp_avg_sq, self.denom, self.update)]
+            self.groups[(rows.start, rows.stop)] = group
+        group[0] += 1
+        step, param, exp_avg, exp_avg_sq, denom, update = group
+        exp_avg.lerp_(grad, 0.1)
+        exp_avg_sq.mul_(0.999).addcmul_(grad, grad, value=0.001)
+        bias_correction2_sqrt = (1 - 0.999 ** step) ** 0.5
+        torch.sqrt(exp_avg_sq, out=denom).div_(bias_correction2_sqrt).add_(1e-8)
         if self.shared_lr is not None:
-            self.param.addcdiv_(self.exp_avg, self.denom, value=-(self.shared_lr / (1 - 0.9**self.step)))
+            param.addcdiv_(exp_avg, denom, value=-(self.shared_lr / (1 - 0.9**step)))
             return
-        torch.mul(self.exp_avg, self.neg_step[self.step - 1], out=self.update).div_(self.denom)
-        self.param.add_(self.update)
+        torch.mul(exp_avg, self.neg_step[step - 1][rows], out=update).div_(denom)
+        param.add_(update)
 
 
 class _FusedSteps:
@@ -302,9 +312,10 @@ class _FusedSteps:
     scalar setting is per row. H is kept as H̃ = [H 1 0…]: those columns get zero gradient, so Adam
     leaves them exactly as they are.
 
-    Rows go through the unroll `rows_per_pass` at a time: a large support (CelebA: m = 2048, 17 MB a
-    row) is read 2T + 3 times per outer step, and one row's H̃ stays in the cache between those reads
-    where a batch of rows would not (`SUPPORT_BYTES_PER_PASS`)."""
+    Rows go through an epoch's steps `rows_per_pass` at a time, all K_H outer steps (and then all T head
+    steps) of one group before the next: a large support (CelebA: m = 2048, 17 MB a row) is read 4T
+    times per outer step, and one row's H̃ stays in the cache between those reads where a batch of
+    rows would not (`SUPPORT_BYTES_PER_PASS`). Rows share nothing within an epoch, so the order is free."""
 
     def __init__(self, H_before, theta0, support_y, config: HSFMSettings, scalars: dict[str, torch.Tensor]):
         n_rows, m, d = H_before.shape
@@ -317,44 +328,44 @@ class _FusedSteps:
         self.H_adam = _Adam(self.H1, scalars["outer_lr"].to(H_before.device), config.epochs * config.outer_steps)
         self.head_adam = _Adam(self.theta, scalars["inner_lr"].to(H_before.device), config.epochs * config.inner_steps)
         self.grad_H = torch.empty_like(self.H1)
-        self.rows_per_pass = max(1, SUPPORT_BYTES_PER_PASS // self.H1[0].nbytes)
+        rows_per_pass = max(1, SUPPORT_BYTES_PER_PASS // self.H1[0].nbytes)
+        self.row_groups = [slice(i, min(i + rows_per_pass, n_rows)) for i in range(0, n_rows, rows_per_pass)]
 
     @property
     def H(self) -> torch.Tensor:
         return self.H1[..., : self.d]
 
-    def _row_chunks(self):
-        return [slice(i, i + self.rows_per_pass) for i in range(0, len(self.H1), self.rows_per_pass)]
-
     def bilevel(self, hard_x1, hard_y) -> torch.Tensor:
         hard_onehot = F.one_hot(hard_y, self.onehot.shape[0]).to(self.H1.dtype).transpose(1, 2)  # R × C × q
         total = torch.zeros(len(self.H1), dtype=self.H1.dtype, device=self.H1.device)
-        chunks = self._row_chunks()
-        grad = self.grad_H  # written in place: a fresh 17 MB tensor an outer step cost 10 ms of page faults
-        for _ in range(self.config.outer_steps):
-            if len(chunks) == 1:
-                losses = fused_outer_loss_and_grad(self.H1, self.onehot, self.theta, hard_x1, hard_y, hard_onehot,
-                                                   self.config.inner_steps, self.neg_scale, out=grad)[0]
-            else:
-                losses = torch.cat([fused_outer_loss_and_grad(
-                    self.H1[c], self.onehot, self.theta[c], hard_x1[c], hard_y[c], hard_onehot[c],
-                    self.config.inner_steps, self.neg_scale[c], out=grad[c])[0] for c in chunks])
-            grad[..., self.d :] = 0  # the constant and padding columns
-            norms = torch.linalg.vector_norm(grad, dim=(1, 2))
-            grad.mul_(torch.clamp(self.clip / (norms + 1e-6), max=1.0)[:, None, None])  # clip_grad_norm_, per row
-            self.H_adam(grad)
-            total += losses
+        for rows in self.row_groups:
+            H1, theta, grad, neg_scale, clip = (t[rows] for t in (self.H1, self.theta, self.grad_H, self.neg_scale,
+                                                                   self.clip))
+            hard = (hard_x1[rows], hard_y[rows], hard_onehot[rows])
+            group_total = total[rows]
+            for _ in range(self.config.outer_steps):
+                # ∇H̃ written in place: a fresh 17 MB tensor an outer step cost 10 ms of page faults
+                losses = fused_outer_loss_and_grad(H1, self.onehot, theta, *hard, self.config.inner_steps, neg_scale,
+                                                   out=grad)[0]
+                grad[..., self.d :] = 0  # the constant and padding columns
+                norms = torch.linalg.vector_norm(grad, dim=(1, 2))
+                grad.mul_(torch.clamp(clip / (norms + 1e-6), max=1.0)[:, None, None])  # clip_grad_norm_, per row
+                self.H_adam(grad, rows)
+                group_total += losses
         return total
 
     def head(self) -> torch.Tensor:
         m = self.H1.shape[1]
-        H1t = self.H1.transpose(1, 2)
-        for t in range(self.config.inner_steps):
-            logits = torch.bmm(self.theta, H1t)  # C × m
-            if t + 1 == self.config.inner_steps:  # the loss reported: before the last step, as autograd's would be
-                loss = (torch.log_softmax(logits, dim=1) * self.onehot).sum(dim=(1, 2)).div_(-m)
-            grad_logits = torch.softmax(logits, dim=1).sub_(self.onehot).div_(m)
-            self.head_adam(torch.bmm(grad_logits, self.H1))
+        loss = torch.empty(len(self.H1), dtype=self.H1.dtype, device=self.H1.device)
+        for rows in self.row_groups:
+            H1, theta = self.H1[rows], self.theta[rows]
+            H1t = H1.transpose(1, 2)
+            for t in range(self.config.inner_steps):
+                logits = torch.bmm(theta, H1t)  # C × m
+                if t + 1 == self.config.inner_steps:  # the loss reported: before the last step, as autograd's would be
+                    loss[rows] = (torch.log_softmax(logits, dim=1) * self.onehot).sum(dim=(1, 2)).div_(-m)
+                grad_logits = torch.softmax(logits, dim=1).sub_(self.onehot).div_(m)
+                self.head_adam(torch.bmm(grad_logits, H1), rows)
         return loss
 
 
