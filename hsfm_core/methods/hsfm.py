@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from hsfm_core.errors import InputError
 from hsfm_core.methods.base import FittedHead, Method, check_positive
 from hsfm_core.methods.erm import initial_head
-from hsfm_core.methods.hsfm_unroll import fused_outer_loss_and_grad, linear_logits, mean_ce, unrolled_outer_loss
+from hsfm_core.methods.hsfm_unroll import (fused_outer_loss_and_grad, head_logits_and_grad, large_support,
+                                           linear_logits, mean_ce, unrolled_outer_loss)
 
 
 @dataclass(frozen=True)
@@ -355,17 +356,17 @@ class _FusedSteps:
         return total
 
     def head(self) -> torch.Tensor:
-        m = self.H1.shape[1]
+        m, steps = self.H1.shape[1], self.config.inner_steps
         loss = torch.empty(len(self.H1), dtype=self.H1.dtype, device=self.H1.device)
+        large = large_support(m, steps, len(self.onehot))
         for rows in self.row_groups:
             H1, theta = self.H1[rows], self.theta[rows]
-            H1t = H1.transpose(1, 2)
-            for t in range(self.config.inner_steps):
-                logits = torch.bmm(theta, H1t)  # C × m
-                if t + 1 == self.config.inner_steps:  # the loss reported: before the last step, as autograd's would be
+            buffer = H1.new_zeros(len(H1), len(self.onehot), m) if large else None  # C × m
+            for t in range(steps):
+                logits, grad = head_logits_and_grad(theta, H1, self.onehot, buffer)
+                if t + 1 == steps:  # the loss reported: before the last step, as autograd's would be
                     loss[rows] = (torch.log_softmax(logits, dim=1) * self.onehot).sum(dim=(1, 2)).div_(-m)
-                grad_logits = torch.softmax(logits, dim=1).sub_(self.onehot).div_(m)
-                self.head_adam(torch.bmm(grad_logits, H1), rows)
+                self.head_adam(grad, rows)
         return loss
 
 

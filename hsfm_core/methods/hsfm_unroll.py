@@ -147,7 +147,7 @@ def fused_outer_loss_and_grad(H1, onehot, theta, hard_x1, hard_y, hard_onehot, s
     into. The switch between the two forms is `unrolled_outer_loss`'s (m < 2·T·C: the span form).
     Logits are kept class-major (θ·H̃ᵀ, C × m): MKL's skinny products ran 1.3–2× faster that way.
     """
-    if H1.shape[1] < 2 * steps * theta.shape[1]:
+    if not large_support(H1.shape[1], steps, theta.shape[1]):
         return _span_loss_and_grad(H1, onehot, theta, hard_x1, hard_y, hard_onehot, steps, neg_scale, out)
     return _weights_loss_and_grad(H1, onehot, theta, hard_x1, hard_y, hard_onehot, steps, neg_scale, out)
 
@@ -214,16 +214,22 @@ def _weights_loss_and_grad(H1, onehot, theta, hard_x1, hard_y, hard_onehot, step
 
     Every inner step adds −(α/m)·R_t·H̃ to θ, and each column of R_t = softmax − Y sums to zero over
     the classes, so θ_t = θ + P·Φ_t with P = [I; −1ᵀ] (C × k, k = C − 1) and Φ_t = −(α/m)·Σ_{τ<t} R'_τ·H̃
-    (R' = R's first k rows): the unroll tracks Φ (k × D) and Z_t = θH̃ᵀ + P·Φ_tH̃ᵀ. Each pass over H̃,
-    the support (17 MB a row at CelebA size) is then a product with k rows instead of C: for the binary
-    case a matrix-vector product where there was a two-row one: 26 instead of 47 ms an outer step at
-    m = 2048 (`benchmarks/bench_hsfm_unroll.py`). The backward collects ∇H̃ as 2T rank-k terms and forms
+    (R' = R's first k rows): the unroll tracks Φ (k × D), and the logits less the last class's (all the
+    softmax sees). Each pass over H̃, the support (17 MB a row at CelebA size), is then a product with
+    k rows instead of C: for the binary case a matrix-vector product where there was a two-row one:
+    25 instead of 47 ms an outer step at m = 2048 (`benchmarks/bench_hsfm_unroll.py`). The backward collects ∇H̃ as 2T rank-k terms and forms
     it with one (m × 2Tk)·(2Tk × D) product (docs/ARCHITECTURE.md §HSFM)."""
     k = theta.shape[1] - 1
     H1t = H1.transpose(1, 2)
     pivot = _pivot_basis(theta)  # P, R × C × k
-    z0 = torch.bmm(theta, H1t)  # Z_0 = θH̃ᵀ
-    logits, phi = z0, None
+    # The softmax sees the logits less the last class's, L = D·Z with D = [I −1] (k × C): L_t = L_0 + DP·Φ_tH̃ᵀ,
+    # L_0 = (Dθ)H̃ᵀ, DP = I + 11ᵀ; the softmax runs on [L_t; 0], a buffer whose last row stays zero.
+    theta_contrast = theta[:, :k] - theta[:, k:]  # Dθ
+    l0 = _times_support_t(theta_contrast, H1, H1t)
+    logits = H1.new_zeros(H1.shape[0], k + 1, H1.shape[1])
+    logits[:, :k] = l0
+    pivot_contrast = pivot[:, :k] - pivot[:, k:]  # DP
+    phi = None
     probs, steps_taken, phis = [], [], []
     for t in range(steps):
         p = torch.softmax(logits, dim=1)
@@ -232,8 +238,8 @@ def _weights_loss_and_grad(H1, onehot, theta, hard_x1, hard_y, hard_onehot, step
         probs.append(p)
         steps_taken.append(step)
         phis.append(phi)
-        if t + 1 < steps:
-            logits = torch.baddbmm(z0, pivot, _times_support_t(phi, H1, H1t))  # Z_{t+1} = Z_0 + P·Φ_{t+1}H̃ᵀ
+        if t + 1 < steps:  # L_{t+1}
+            torch.baddbmm(l0, pivot_contrast, _times_support_t(phi, H1, H1t), out=logits[:, :k])
     theta_T = torch.baddbmm(theta, pivot, phi)
     losses, grad_outer = _outer_loss(torch.bmm(theta_T, hard_x1.transpose(1, 2)), hard_y, hard_onehot)
 
@@ -257,9 +263,29 @@ def _weights_loss_and_grad(H1, onehot, theta, hard_x1, hard_y, hard_onehot, step
             left.append(grad_zp)  # Z_t = Z_0 + P·Φ_t·H̃ᵀ
             right.append(phis[t - 1])
             grad_phi = torch.baddbmm(grad_phi, grad_zp, H1)
-    left.append(grad_z_sum)  # Z_0 = θH̃ᵀ in every Z_t: Σ_t (P·grad_z_t)ᵀθ = Σ_t grad_z_tᵀ·Pᵀθ
-    right.append(theta[:, :k] - theta[:, k:])
+    left.append(grad_z_sum)  # L_0 = (Dθ)H̃ᵀ in every L_t, and ∂ℓ/∂L_t = grad_z_t
+    right.append(theta_contrast)
     return losses, torch.bmm(torch.cat(left, dim=1).transpose(1, 2), torch.cat(right, dim=1), out=out)
+
+
+def large_support(m: int, steps: int, n_classes: int) -> bool:
+    """Whether passes over H̃, not the number of operations, set the time of an unroll or a head step:
+    m ≥ 2·T·C, where the weights form takes over from the span form (`unrolled_outer_loss`)."""
+    return m >= 2 * steps * n_classes
+
+
+def head_logits_and_grad(theta, H1, onehot, contrast_buffer=None):
+    """The head's logits on the support (R × C × m, up to a shift per column: softmax-ready) and the
+    mean-CE gradient with respect to θ (R × C × D). With `contrast_buffer` (R × C × m, last row zero;
+    for large supports) both take one pass over H̃ with C − 1 rows instead of C: the logits less the
+    last class's, and the gradient's first C − 1 rows (its rows sum to zero over the classes)."""
+    m, k = H1.shape[1], theta.shape[1] - 1
+    if contrast_buffer is None:
+        logits = torch.bmm(theta, H1.transpose(1, 2))
+        return logits, torch.bmm(torch.softmax(logits, dim=1).sub_(onehot).div_(m), H1)
+    contrast_buffer[:, :k] = _times_support_t(theta[:, :k] - theta[:, k:], H1, H1.transpose(1, 2))
+    grad_first = torch.bmm(torch.softmax(contrast_buffer, dim=1)[:, :k].sub_(onehot[:k]).div_(m), H1)
+    return contrast_buffer, torch.bmm(_pivot_basis(theta), grad_first)
 
 
 def _pivot_basis(theta):
