@@ -64,13 +64,14 @@ AUTO_ETA_PER_STD = 0.022  # η = this × the features' RMS per-coordinate std (c
 AUTO_SAMPLE_ROWS = 20000
 # Seeds train batched (one pass of the same ops) while that is faster than one seed after another.
 # Measured on 2 CPU cores (benchmarks/bench_seed_batching.py, 5 seeds, d = 2048, CelebA-size val), CPU
-# time of the fused loop, 1 thread: batched / loop = 0.34 at m = 32 support rows, 0.42 at 128, 0.91 at
-# 512, 1.01 at 2048 (the fused unroll takes large supports a row at a time, so batching them only
-# shares the rest). Batching never lost beyond noise up to the largest preset, so from twice that size
+# time of the fused loop, 1 thread: batched / loop = 0.35 at m = 32 support rows, 0.41 at 128, 0.68 at
+# 512, 0.77–0.90 at 2048 (large supports go through an epoch a row at a time, so batching them shares
+# the validation passes only). Batching never lost up to the largest preset, so from twice that size
 # the seeds run one by one.
 LOOP_SEEDS_FROM_SUPPORT_ROWS = 4096
-# The fused unroll takes rows in groups whose support features fit this (a share of a 32 MB L3). CelebA
-# preset, 5 seeds, 2 epochs: 6.5 s of CPU a row at a time against 8.3 s all rows together (median of 3).
+# An epoch's steps take rows in groups whose support features fit this (a share of a 32 MB L3). CelebA
+# preset, 5 seeds, 2 epochs: 2.50 s of CPU a row at a time against 3.00 s all rows together (median of
+# 3, `bench_seed_batching --support 2048 --one-group`).
 SUPPORT_BYTES_PER_PASS = 24 * 2**20
 # Settings that only scale a step: configurations differing in nothing else train together, one row each.
 ROW_SCALARS = ("inner_lr", "outer_lr", "clip_norm")
