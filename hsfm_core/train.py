@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from hsfm_core import methods
+from hsfm_core.device import training_device
 from hsfm_core.errors import InputError
 from hsfm_core.features import FeatureStore
-from hsfm_core.features.encoders import resolve_device
 from hsfm_core.heads import evaluate_head
 from hsfm_core.methods.base import Progress
 from hsfm_core.runs import RunWriter, code_version, free_run_ids, new_run_id
@@ -102,9 +102,11 @@ def train_many(workspace: str | os.PathLike, specs: Sequence[TrainSpec], *, prog
     ids = [free_run_ids(workspace, base, seeds) for base in bases]  # all checked before the first run directory exists
     store = open_store_for(workspace, first.method)
     resolved = [spec.resolve(store) for spec in specs]  # (settings, preset, why), each checked
-    device = resolve_device(first.device) if method.uses_device else torch.device("cpu")
+    work = [w for settings, _, _ in resolved if (w := method.step_work(store, settings)) is not None]
+    device, where = training_device(first.device, method.uses_device, max(work) if work else None,  # §Devices
+                                    method=method.label, note=first.device_note)
 
-    shared = {"device": str(device), "workspace": str(Path(workspace).resolve()), "store_hash": store.content_hash,
+    shared = {**where, "workspace": str(Path(workspace).resolve()), "store_hash": store.content_hash,
               "code_version": code_version()}  # one `git rev-parse` per call, not per request
     writers, owners = [], []  # request-major, as fit_many's entries: (request k, seed)
     try:

@@ -323,3 +323,24 @@ def test_train_many_keeps_issue_26s_endings(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train_many(ws, specs, run_ids=["stop-a", "stop-b"])
     assert {r["status"] for r in list_runs(ws) if r["run_id"].startswith("stop-")} == {"cancelled"}
+
+
+def test_a_trained_run_records_its_device_why_and_where(tmp_path):
+    """config.json says where a run computed, why there (docs/ARCHITECTURE.md §Devices), and the machine's
+    torch/CUDA versions, so a re-run elsewhere can say why it differs."""
+    from hsfm_core.spec import TrainSpec
+    from tests.gaussian import TINY_HSFM
+
+    ws = tmp_path / "ws"
+    gaussian_workspace(ws)
+    (hsfm,) = train(ws, "hsfm", overrides=TINY_HSFM)
+    config = json.loads((hsfm.path / "config.json").read_text())
+    assert config["device"] == "cpu" and config["device_reason"].startswith("auto: CPU, because")
+    assert config["environment"]["torch"] == torch.__version__ and config["environment"]["gpu"] is None
+    (dfr,) = train(ws, "dfr", device="cuda:3")
+    assert json.loads((dfr.path / "config.json").read_text())["device_reason"] == \
+        "DFR never uses a device: it computes on the CPU"
+    slurm = TrainSpec.create("hsfm", overrides=TINY_HSFM, executor="slurm", slurm={"partition": "p", "gpus": 0})
+    (on_node,) = train(ws, slurm)
+    config = json.loads((on_node.path / "config.json").read_text())
+    assert config["device_reason"] == "auto → cpu: the job asks Slurm for no GPU" == config["request"]["device_note"]
