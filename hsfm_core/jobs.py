@@ -78,7 +78,7 @@ _RECORD = {"job_id": str, "spec": dict, "run_ids": string_list, "created_t": fin
            "submitit_folder": str}
 _RECORD_OPTIONAL = {"workspace": str, "run_id": str, "max_parallel": positive_int, "created_at": str, "env": string_map,
                     "submitit_job_id": str, "cancel_requested": bool, "controller": dict, "worker": dict,
-                    "ended": dict, "status": str, "error": str}
+                    "ended": dict, "status": str, "error": str, "also": list}
 _SPEC = {"method": str, "seeds": list, "executor": str}
 _SPEC_OPTIONAL = {"time_limit_min": finite_number, "slurm": dict, "preset": str, "overrides": string_list,
                   "device": str, "max_parallel": positive_int, "tags": dict, "device_note": str}
@@ -105,6 +105,9 @@ def _read(directory: Path) -> dict:
             run_dir(directory, rid)  # a plain run id (no path)
         except InputError as exc:
             raise InputError(f"{where}: {exc}") from None
+    for entry in record.get("also") or ():  # more requests of the same train_many call (a sweep's pass)
+        check_fields(entry, f"{where} (also)", {"spec": dict, "run_id": str})
+        check_fields(entry["spec"], f"{where} (also: spec)", _SPEC, _SPEC_OPTIONAL)
     if record.get("controller") is not None:
         check_process(record["controller"], f"{where} (controller)")
     if record.get("worker") is not None:
@@ -283,13 +286,17 @@ def _register(workspace: Path, spec, run_id: str | None, folder: Path | None = N
                          limit if spec.executor == "local" else None, folder)
 
 
-def _write_record(workspace: Path, spec: dict, run_id: str, max_parallel: int | None, folder: Path | None = None) -> Path:
-    """Write the job.json of a checked request (`TrainSpec.to_dict()`); → the job's directory."""
+def _write_record(workspace: Path, spec: dict, run_id: str, max_parallel: int | None, folder: Path | None = None,
+                  also: list | tuple = ()) -> Path:
+    """Write the job.json of a checked request (`TrainSpec.to_dict()`); → the job's directory. `also`: more checked
+    requests [{"spec", "run_id"}] that the job trains in the same `train_many` call (a sweep's pass)."""
     from hsfm_core.runs import free_run_ids
 
     now = datetime.now(timezone.utc)
     job_id = f"job-{now:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
-    run_ids = free_run_ids(workspace, run_id, spec["seeds"])
+    also = [{"spec": entry["spec"], "run_id": entry["run_id"]} for entry in also]
+    run_ids = [rid for part in [{"spec": spec, "run_id": run_id}, *also]
+               for rid in free_run_ids(workspace, part["run_id"], part["spec"]["seeds"])]
     (directory := job_dir(workspace, job_id)).joinpath("submitit").mkdir(parents=True)
     write_json_atomic(directory / "job.json", {
         "job_id": job_id, "workspace": str(workspace), "spec": spec, "run_id": run_id,
@@ -297,7 +304,8 @@ def _write_record(workspace: Path, spec: dict, run_id: str, max_parallel: int | 
         "created_at": now.isoformat(timespec="seconds"), "created_t": time.time(),
         # the caller's GPUs, restored by the worker: submitit's controller cannot leave CUDA_VISIBLE_DEVICES unset
         "env": {k: v for k, v in os.environ.items() if k == "CUDA_VISIBLE_DEVICES"},
-        "submitit_folder": str(folder or directory / "submitit"), "submitit_job_id": None, "cancel_requested": False})
+        "submitit_folder": str(folder or directory / "submitit"), "submitit_job_id": None, "cancel_requested": False,
+        **({"also": also} if also else {})})
     return directory
 
 
@@ -457,19 +465,21 @@ def _serve(workspace: Path, folder: Path) -> str:
     print(f"[queue] {len(waiting)} request(s) to launch, at most {queue['limit']} at once", flush=True)
     while not (folder / "cancel").exists():
         active = {key for key in active if _occupying(workspace, launched[key])}
-        while waiting and len(active) < queue["limit"] and not (folder / "cancel").exists():
+        while waiting and len({launched[key] for key in active}) < queue["limit"] and not (folder / "cancel").exists():
             entry = waiting.pop(0)
-            for rid in run_ids_for(entry["run_id"], entry["spec"]["seeds"]):  # an unfinished earlier attempt
-                path = run_dir(workspace, rid)
-                if path.is_dir() and _run_status(path) != "done":
-                    shutil.rmtree(path)
+            parts = [entry, *entry.get("also", ())]  # a pass: several requests, one job
+            for part in parts:
+                for rid in run_ids_for(part["run_id"], part["spec"]["seeds"]):  # an unfinished earlier attempt
+                    path = run_dir(workspace, rid)
+                    if path.is_dir() and _run_status(path) != "done":
+                        shutil.rmtree(path)
             try:
-                record = launch_checked(workspace, entry["spec"], entry["run_id"])
+                record = launch_checked(workspace, entry["spec"], entry["run_id"], entry.get("also", ()))
             except InputError as exc:  # e.g. a run of it finished meanwhile: this entry fails, the others go on
                 print(f"[queue] {entry['key']} not launched: {exc}", flush=True)
                 failed = True
                 continue
-            launched[entry["key"]] = record["job_id"]
+            launched.update({part["key"]: record["job_id"] for part in parts})
             write_json_atomic(folder / "jobs.json", launched)
             active.add(entry["key"])
             watched.add(entry["key"])
@@ -505,13 +515,15 @@ def _run_status(path: Path) -> str | None:
     return None
 
 
-def launch_checked(workspace: str | os.PathLike, spec: dict, run_id: str) -> dict:
+def launch_checked(workspace: str | os.PathLike, spec: dict, run_id: str, also: list | tuple = ()) -> dict:
     """`launch` of a local request already checked (`TrainSpec.to_dict()` of a checked spec), without importing
-    torch or the methods: the queue's launch. The worker checks the request again before training."""
+    torch or the methods: the queue's launch. `also`: more checked requests [{"spec", "run_id"}] trained in the
+    same `train_many` call (a sweep's pass). The worker checks the requests again before training."""
     workspace = Path(workspace).resolve()
-    if spec.get("executor") != "local":
+    if any(part["spec"].get("executor") != "local" for part in [{"spec": spec}, *also]):
         raise InputError("a queue launches local jobs only")
-    directory = _write_record(workspace, spec, run_id, int(spec.get("max_parallel") or job_limit(workspace)))
+    directory = _write_record(workspace, spec, run_id, int(spec.get("max_parallel") or job_limit(workspace)),
+                              also=also)
     try:
         _submit_detached(directory)
     except Exception as exc:
@@ -610,7 +622,7 @@ class _Worker:
             self.check()
             slot = self.acquire_slot(workspace, record) if spec["executor"] == "local" else None
             from hsfm_core.spec import TrainSpec
-            from hsfm_core.train import train
+            from hsfm_core.train import train_many
 
             def progress(epoch: int, epochs: int, entries: list[dict]) -> None:
                 self.check()
@@ -618,9 +630,10 @@ class _Worker:
                 print(f"[job] epoch {epoch}/{epochs}" + (f" val WGA {sum(wga) / len(wga):.4f}" if wga else "")
                       if epoch else f"[job] training {epochs} epochs", flush=True)
 
-            request = TrainSpec.from_dict(spec)  # checked again: the worker may run other code than launch did
-            self.check()
-            train(workspace, request, progress=progress, run_id=record["run_id"])
+            also = record.get("also") or []  # a sweep's pass: its requests train in one train_many call
+            requests = [TrainSpec.from_dict(part) for part in [spec, *(entry["spec"] for entry in also)]]  # checked
+            self.check()  # again: the worker may run other code than launch did
+            train_many(workspace, requests, progress=progress, run_ids=[record["run_id"], *(e["run_id"] for e in also)])
             self.disarm()  # finished: too late to cancel
             status = "done"
         except KeyboardInterrupt:
@@ -654,7 +667,8 @@ def _worker_main(workspace: str, job_id: str) -> str:
 
 def job_progress(workspace: str | os.PathLike, job_id: str) -> dict:
     """Where a job stands, from its runs: {job_id, status, epoch, epochs (config `epochs`, else the setting),
-    history (the runs' history.jsonl lines with their seed), elapsed_s (since the launch), eta_s, error, run_ids}."""
+    history (the runs' history.jsonl lines with their seed and run id: a sweep's pass trains several requests in one
+    job), elapsed_s (since the launch), eta_s, error, run_ids}."""
     from hsfm_core.runs import read_process, run_dir
 
     record, history, epochs, started_t, last_t = get_job(workspace, job_id), [], None, None, None
@@ -665,7 +679,7 @@ def job_progress(workspace: str | os.PathLike, job_id: str) -> dict:
             started_t, last_t = (read_process(path) or {}).get("at"), (path / "history.jsonl").stat().st_mtime
             for line in (path / "history.jsonl").read_text(encoding="utf-8").splitlines():
                 with contextlib.suppress(ValueError):  # a line still being written is left out
-                    history.append({"seed": config.get("seed"), **json.loads(line)})
+                    history.append({"seed": config.get("seed"), "run_id": path.name, **json.loads(line)})
     epoch = max((row.get("epoch", 0) for row in history), default=0)
     eta = 0.0 if record["status"] == "done" else None
     if record["status"] in ACTIVE and epoch and epochs and started_t:

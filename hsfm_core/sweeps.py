@@ -465,8 +465,13 @@ def submit(workspace: str | os.PathLike, request: SweepRequest, *, yes: bool = F
             write_results(workspace, request)
             return {}
         configurations = request.configurations()  # checked by _open: the queue launches them unchecked
-        entries = [{"key": str(k), "run_id": config_run_id(request, k),
-                    "spec": request.spec(configurations[k], seeds, k).to_dict()} for k, seeds in todo]
+
+        def entry(k: int, seeds: list[int]) -> dict:
+            return {"key": str(k), "run_id": config_run_id(request, k),
+                    "spec": request.spec(configurations[k], seeds, k).to_dict()}
+
+        units = passes(request, [(k, configurations[k], seeds) for k, seeds in todo], workers=_limit(workspace, request))
+        entries = [{**entry(ks[0], seeds), "also": [entry(k, seeds) for k in ks[1:]]} for ks, seeds in units]
         write_json_atomic(directory / "queue.json", {"limit": _limit(workspace, request), "entries": entries})
         write_json_atomic(directory / "jobs.json", launched)
         queue = jobs.start_queue(workspace, directory, lock)

@@ -31,7 +31,7 @@ session = ui.session_id()
 cap = ui.server_settings()["jobs_per_session"]
 ui.start_job_warm_up()
 WATCH_KEY = "retrain.watch"  # the job this session follows
-CURVE_COLUMNS = ["epoch", "seed", "outer_loss", "head_loss", "val_avg", "val_wga",  # what `training_curves` draws
+CURVE_COLUMNS = ["epoch", "seed", "run_id", "outer_loss", "head_loss", "val_avg", "val_wga",  # what `training_curves` draws
                  "median_relative_edit"]
 
 # -- the request --------------------------------------------------------------------------------------

@@ -136,3 +136,46 @@ def test_the_sweep_runner_trains_in_passes_and_matches_train(tmp_path):
         for path, run in zip(runs[k], alone):
             assert_same_run(_files(path), _files(run.path), rtol=1e-5, atol=1e-6)
     assert sweeps.pending(ws, request) == [(k, request.configurations()[k], [0, 1]) for k in (2, 3)]
+
+
+def test_a_local_background_sweep_trains_a_pass_as_one_job(tmp_path):
+    """`submit` (the Sweep view's way): the queue launches one job per pass; the job's worker trains its
+    configurations in one `train_many` call, its record lists every run (cancel and kill recovery reach them)."""
+    import time
+
+    from hsfm_core import jobs
+
+    ws = tmp_path / "ws"
+    gaussian_workspace(ws)
+    request = request_of(["alpha=1e-3,4e-3", "eta=0.1,1"], max_parallel=1)
+    assert sweeps.submit(ws, request) == {"0": None, "1": None, "2": None, "3": None}
+    deadline = time.monotonic() + 300
+    while sweeps.status(ws, request.sweep_id) in ("running", "submitted") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert sweeps.status(ws, request.sweep_id) == "done"
+    launched = json.loads((sweeps.sweep_dir(ws, request.sweep_id) / "jobs.json").read_text())
+    assert sorted(launched) == ["0", "1", "2", "3"] and len(set(launched.values())) == 1  # one pass, one job
+    job = jobs.get_job(ws, launched["0"])
+    assert job["status"] == "done" and job["run_ids"] == [sweeps.run_id_of(request, k, s) for k in range(4) for s in (0, 1)]
+    assert sweeps.results(ws, request)["seeds_done"].tolist() == [2, 2, 2, 2]
+    runs = {k: ws / "runs" / sweeps.run_id_of(request, k, 0) for k in range(4)}
+    spans = {k: _interval(path) for k, path in runs.items()}
+    assert max(s[0] for s in spans.values()) < min(s[1] for s in spans.values())  # trained together
+    alone = train(ws, request.spec(request.configurations()[3], list(request.seeds), 3), run_id="alone-c3")
+    assert_same_run(_files(runs[3]), _files(alone[0].path), rtol=1e-5, atol=1e-6)
+
+
+def test_a_pass_jobs_curves_are_one_line_per_run():
+    """The Retrain page's curves: a job of one request draws a line per seed; a pass (two configurations, the same
+    seed) a line per run, named by its run id, never two configurations merged into one line."""
+    import pandas as pd
+
+    from hsfm_core.studio.figures import training_curves
+
+    rows = [{"epoch": e, "seed": 0, "run_id": rid, "outer_loss": float(e + k), "val_wga": 0.5, "val_avg": 0.6}
+            for k, rid in enumerate(["sweep-a-c0-s0", "sweep-a-c1-s0"]) for e in (1, 2)]
+    names = [t.name for t in training_curves(pd.DataFrame(rows)).data if t.name.startswith("outer loss")]
+    assert names == ["outer loss (sweep-a-c0-s0)", "outer loss (sweep-a-c1-s0)"]
+    one = [{**r, "seed": s, "run_id": f"hsfm-x-s{s}"} for s, r in enumerate(rows[:2])]
+    names = [t.name for t in training_curves(pd.DataFrame(one)).data if t.name.startswith("outer loss")]
+    assert names == ["outer loss (seed 0)", "outer loss (seed 1)"]

@@ -210,21 +210,26 @@ def null_histogram(alignment: dict, title: str = "") -> go.Figure:
 
 def training_curves(history: pd.DataFrame) -> go.Figure:
     """Outer loss, validation accuracy and (for feature editors) the median edit size ‖Δ‖/‖z‖ per epoch
-    (the runs' history.jsonl lines with their seed), one line per seed: growing edits show when an editor leaves the data."""
+    (the runs' history.jsonl lines with their seed and run id), one line per run: growing edits show when an editor
+    leaves the data. A job of one request names its lines by seed; a sweep's pass (several configurations in one
+    job, docs/ARCHITECTURE.md §Sweeps) by run id."""
     from plotly.subplots import make_subplots
 
     edits = "median_relative_edit" in history and history["median_relative_edit"].notna().any()
     titles = ("outer loss on the hard set", "validation accuracy") + (("median edit ‖Δ‖ / ‖z‖",) if edits else ())
     figure = make_subplots(rows=1, cols=len(titles), subplot_titles=titles)
-    for seed, rows in history.groupby("seed"):
-        figure.add_scatter(x=rows["epoch"], y=rows["outer_loss"], mode="lines+markers", name=f"outer loss (seed {seed})",
+    by = "run_id" if "run_id" in history and history["run_id"].notna().any() else "seed"
+    one_request = history.groupby(by)["seed"].first().is_unique  # then the seed names a line
+    for key, rows in history.groupby(by):
+        who = f"seed {rows['seed'].iat[0]}" if one_request else str(key)
+        figure.add_scatter(x=rows["epoch"], y=rows["outer_loss"], mode="lines+markers", name=f"outer loss ({who})",
                            row=1, col=1)
         for column, label in (("val_wga", "worst group"), ("val_avg", "average")):
-            figure.add_scatter(x=rows["epoch"], y=rows[column], mode="lines+markers", name=f"val {label} (seed {seed})",
+            figure.add_scatter(x=rows["epoch"], y=rows[column], mode="lines+markers", name=f"val {label} ({who})",
                                row=1, col=2)
         if edits:
             figure.add_scatter(x=rows["epoch"], y=rows["median_relative_edit"], mode="lines+markers",
-                               name=f"median ‖Δ‖/‖z‖ (seed {seed})", row=1, col=3)
+                               name=f"median ‖Δ‖/‖z‖ ({who})", row=1, col=3)
     figure.update_yaxes(tickformat=".0%", row=1, col=2)
     figure.update_xaxes(title_text="epoch")
     figure.update_layout(height=320, margin={"t": 40})
