@@ -218,7 +218,8 @@ def check(workspace: str | os.PathLike, request: SweepRequest, yes: bool = False
     """Everything about a sweep that can be refused before anything is written: its size against the
     workspace's limit (`jobs/settings.json` "max_sweep_runs", default 500 configurations × seeds; `yes` runs a
     larger one), every configuration's settings, and the workspace's store (it must exist — a sweep never
-    creates the folder — and hold every split, and every validation group, the method needs)."""
+    creates the folder — and hold every split, and every validation group, the method needs), and the device
+    on this machine (a local sweep's launch check)."""
     from hsfm_core import jobs
     from hsfm_core.train import open_store_for
 
@@ -227,9 +228,9 @@ def check(workspace: str | os.PathLike, request: SweepRequest, yes: bool = False
         raise InputError(f"this sweep is {request.n_configurations} configuration(s) × {len(request.seeds)} seed(s) = "
                          f"{runs} runs, over the limit of {limit}: pass --yes to run it anyway, or set "
                          f"\"max_sweep_runs\" in {Path(workspace, 'jobs', 'settings.json')}")
-    for k, configuration in enumerate(request.configurations()):
-        request.spec(configuration, request.seeds, k)
+    specs = [request.spec(configuration, request.seeds, k) for k, configuration in enumerate(request.configurations())]
     open_store_for(workspace, request.method)
+    specs[0].check_device_here()  # `cuda:1` on a one-GPU machine: refused once here, not in every worker (§Devices)
 
 
 def _open(workspace: Path, request: SweepRequest, yes: bool, busy_ok: bool) -> tuple[Path, IO]:

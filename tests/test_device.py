@@ -343,6 +343,22 @@ def test_a_local_launch_checks_the_device_on_this_machine(tmp_path):
                             slurm={**SLURM, "gpus": 1}).check_device_here() is None  # the node's, not ours
 
 
+def test_a_local_sweep_checks_the_device_once_before_anything_is_written(tmp_path):
+    """A local sweep with cuda:1 (no such GPU here) is refused by `sweeps.check`, before its folder exists, in
+    the foreground and the background alike: not once in every worker."""
+    from hsfm_core import sweeps
+    from tests.gaussian import gaussian_workspace
+
+    ws = tmp_path / "ws"
+    gaussian_workspace(ws)
+    request = sweeps.SweepRequest(method="hsfm", grid=sweeps.parse_grid("hsfm", ["alpha=1e-3,1e-2"]), seeds=(0,),
+                                  overrides=("E=2", "K_H=2", "T=2", "n=4", "K_hard=8"), device="cuda:1")
+    for start in (sweeps.run, sweeps.submit):
+        with pytest.raises(InputError, match="device 'cuda:1': "):
+            start(ws, request)
+    assert not (ws / "sweeps").exists() or not any((ws / "sweeps").iterdir())
+
+
 def test_the_retrain_page_offers_no_device_or_gpu_to_a_method_that_never_uses_one(tmp_path, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
