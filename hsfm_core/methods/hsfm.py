@@ -333,7 +333,8 @@ class _FusedSteps:
         self.H_adam = _Adam(self.H1, scalars["outer_lr"].to(H_before.device), config.epochs * config.outer_steps)
         self.head_adam = _Adam(self.theta, scalars["inner_lr"].to(H_before.device), config.epochs * config.inner_steps)
         self.grad_H = torch.empty_like(self.H1)
-        rows_per_pass = max(1, SUPPORT_BYTES_PER_PASS // self.H1[0].nbytes)
+        # a CPU cache's rule: an accelerator takes every row at once (fewer, wider kernels)
+        rows_per_pass = max(1, SUPPORT_BYTES_PER_PASS // self.H1[0].nbytes) if self.H1.is_cpu else n_rows
         self.row_groups = [slice(i, min(i + rows_per_pass, n_rows)) for i in range(0, n_rows, rows_per_pass)]
 
     @property
