@@ -318,6 +318,19 @@ def test_lesson_step_shows_a_placeholder_then_fills_in_its_rendering(monkeypatch
     assert not rendering_placeholder(again) and any(c.startswith("t = 1 · reads") for c in image_captions(again))
 
 
+def test_lesson_step_computes_in_the_foreground_when_no_worker_can_start(monkeypatch, app_workspace, tmp_path):
+    """Where the render worker cannot start (its jobs folder cannot be made: here a file stands in its place),
+    the step computes its flip rates in the foreground, as it did before, and shows them at once."""
+    from hsfm_core.render.background import JOBS
+
+    workspace = private_copy(app_workspace, tmp_path)
+    (workspace / JOBS).parent.mkdir(parents=True)
+    (workspace / JOBS).write_text("not a folder")
+    at = lesson_editors_step(monkeypatch, workspace)
+    assert not rendering_placeholder(at) and not at.error, [e.value for e in at.error]
+    check_lesson_rendering(at, workspace)
+
+
 def test_decode_draws_the_class_means_at_once_and_fills_in_their_flip_rate(monkeypatch, app_workspace, tmp_path):
     """Decode's one-run render view: the class means' pictures (a few renderings) at once, the flip rate below
     them filled in by a worker process (a placeholder meanwhile), as the facade measures it."""

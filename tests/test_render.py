@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -299,6 +300,27 @@ def test_a_background_worker_fills_the_render_cache_of_runs(workspace, hsfm_run,
     failed = background.start(store, ["hsfm-no-such-run"])
     assert background.wait(store, ["hsfm-no-such-run"], timeout=300).state == "failed"
     assert "no-such-run" in background.job_status(store, ["hsfm-no-such-run"]).stage and failed.state == "running"
+
+
+def test_the_demo_builds_warm_step_waits_for_the_first_map_then_fills_the_lessons_views(workspace, tmp_path):
+    """`demo.build.start_render_views`: the worker for the newest edited run group waits (before its imports)
+    until the file it is given — the first map — exists, then computes the group's flip rates."""
+    from hsfm_core.analysis.projection import default_map_run
+    from hsfm_core.demo.build import start_render_views
+    from hsfm_core.render import background
+
+    copy = tmp_path / "ws"
+    shutil.copytree(workspace, copy, ignore=shutil.ignore_patterns("cache"))
+    store = FeatureStore.open(copy)
+    first_map = tmp_path / "map.parquet"
+    status = start_render_views(copy, after=first_map)
+    assert status is not None and status.state == "running"
+    time.sleep(3)
+    assert not list((copy / background.JOBS).glob("*.job.json"))  # still waiting: no record, nothing computed
+    first_map.write_bytes(b"the map")
+    run = default_map_run(copy)
+    assert background.wait(store, [run["run_id"]], timeout=300).state == "done"
+    assert flip.cached_flip_rates(store, run, inverter.load_inverter(store)) is not None
 
 
 def test_flip_rates_use_a_linear_probe_outside_clip_space(tmp_path):
