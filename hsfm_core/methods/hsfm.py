@@ -70,9 +70,9 @@ AUTO_SAMPLE_ROWS = 20000
 # the validation passes only). Batching never lost up to the largest preset, so from twice that size
 # the seeds run one by one.
 LOOP_SEEDS_FROM_SUPPORT_ROWS = 4096
-# An epoch's steps take rows in groups whose support features fit this (a share of a 32 MB L3). CelebA
-# preset, 5 seeds, 2 epochs: 2.50 s of CPU a row at a time against 3.00 s all rows together (median of
-# 3, `bench_seed_batching --support 2048 --one-group`).
+# On the CPU an epoch's steps take rows in groups whose support features fit this (a share of a 32 MB
+# L3). CelebA preset, 5 seeds, 2 epochs: 2.50 s of CPU a row at a time against 3.00 s all rows together
+# (median of 3, `bench_seed_batching --support 2048 --one-group`).
 SUPPORT_BYTES_PER_PASS = 24 * 2**20
 # Settings that only scale a step: configurations differing in nothing else train together, one row each.
 ROW_SCALARS = ("inner_lr", "outer_lr", "clip_norm")
