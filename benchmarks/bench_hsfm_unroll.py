@@ -10,8 +10,9 @@ gradient as `_FusedSteps` does) and `_Adam` on the support features, from `hsfm_
 revision REV (default HEAD, loaded with `git show`) and from the working tree, alternating, and
 prints the best of `--repeats` in CPU time (wall beside) per call. `--rows` > 1 times that many
 rows together (seeds or configurations batched). Then, as yardsticks, one pass over H̃ three ways:
-a 1-row product (H̃·aᵀ), a 2-row product (θ·H̃ᵀ) and a sum (the cached read's floor). The machine is
-shared: compare only figures from the same run. docs/ARCHITECTURE.md §HSFM.
+a 1-row product (H̃·aᵀ), a 2-row product (θ·H̃ᵀ) and a sum (the cached read's floor); and one head
+step's logits and gradient (`head_logits_and_grad`) with C rows and with C − 1 (large supports). The
+machine is shared: compare only figures from the same run. docs/ARCHITECTURE.md §HSFM.
 """
 
 from __future__ import annotations
@@ -115,16 +116,18 @@ def main() -> None:
             b, t = best[f"{piece}_before"], best[f"{piece}_today"]
             print(f"m = {m:5d}, T = {steps}, rows {r}: {piece:10s} before {b[0]:7.2f} ms (wall {b[1]:7.2f}) · "
                   f"today {t[0]:7.2f} ms (wall {t[1]:7.2f}) · today/before {t[0] / b[0]:.2f} (CPU)", flush=True)
-        one_row, two_rows = theta[:, :1].clone(), theta.clone()
+        one_row, two_rows, buffer = theta[:, :1].clone(), theta.clone(), H1.new_zeros(r, 2, m)
         passes = {"1-row product H̃·aᵀ": lambda: torch.bmm(H1, one_row.transpose(1, 2)),
                   "2-row product θ·H̃ᵀ": lambda: torch.bmm(two_rows, H1.transpose(1, 2)),
-                  "sum of H̃": lambda: H1.sum()}
+                  "sum of H̃": lambda: H1.sum(),
+                  "head step, C rows": lambda: today_unroll.head_logits_and_grad(theta, H1, onehot),
+                  "head step, C − 1 rows": lambda: today_unroll.head_logits_and_grad(theta, H1, onehot, buffer)}
         for key, fn in passes.items():
             fn()
             for _ in range(args.repeats):
                 timed(fn, 10 * calls, results, key)
             best[key] = min(results[key])
-        print(f"m = {m:5d}, rows {r}: one pass over H̃ ({H1.nbytes / 2**20:.1f} MB): " + " · ".join(
+        print(f"m = {m:5d}, rows {r}: one pass over H̃ ({H1.nbytes / 2**20:.1f} MB) and a head step: " + " · ".join(
             f"{key} {best[key][0]:.3f} ms" for key in passes) + " (CPU)", flush=True)
         report["sizes"].append({"support_rows": m, "inner_steps": steps,
                                 "best_cpu_ms": {k: v[0] for k, v in best.items()},

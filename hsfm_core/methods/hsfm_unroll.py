@@ -217,7 +217,7 @@ def _weights_loss_and_grad(H1, onehot, theta, hard_x1, hard_y, hard_onehot, step
     (R' = R's first k rows): the unroll tracks Φ (k × D), and the logits less the last class's (all the
     softmax sees). Each pass over H̃, the support (17 MB a row at CelebA size), is then a product with
     k rows instead of C: for the binary case a matrix-vector product where there was a two-row one:
-    23–28 instead of 40–54 ms an outer step at m = 2048 (`benchmarks/bench_hsfm_unroll.py`). The backward
+    21–28 instead of 37–54 ms an outer step at m = 2048 (`benchmarks/bench_hsfm_unroll.py`). The backward
     collects ∇H̃ as 2T rank-k terms and forms it with one (m × 2Tk)·(2Tk × D) product
     (docs/ARCHITECTURE.md §HSFM)."""
     k = theta.shape[1] - 1
