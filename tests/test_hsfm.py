@@ -322,3 +322,24 @@ def test_rows_through_the_unroll_one_at_a_time_equal_the_batch(n, monkeypatch):
     for a, b in zip(batched, alone):
         torch.testing.assert_close(a.H_after, b.H_after, rtol=1e-11, atol=1e-13)
         _same_history(a.history, b.history)
+
+
+def test_a_fit_reads_the_stores_memory_mapped_rows_in_place_and_changes_nothing(tmp_path):
+    """The fit reads the store's float32 validation rows in place (no copy, §HSFM): from a read-only memory map,
+    with no warning about a non-writable array, and the file's rows are unchanged afterwards."""
+    import warnings
+
+    from hsfm_core.features import FeatureStore
+    from hsfm_core.spec import TrainSpec
+    from tests.gaussian import TINY_HSFM, gaussian_workspace
+
+    gaussian_workspace(tmp_path / "ws")
+    store = FeatureStore.open(tmp_path / "ws")
+    assert isinstance(store.features, np.memmap) and not store.features.flags.writeable
+    before = np.array(store.features)
+    settings = TrainSpec.create("hsfm", overrides=TINY_HSFM, device="cpu").resolve(store)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns when it wraps a non-writable array it might write to
+        (head,) = methods.get("hsfm").fit(store, settings, [0])
+    assert torch.isfinite(head.weight).all()
+    assert np.array_equal(np.asarray(FeatureStore.open(tmp_path / "ws").features), before)
