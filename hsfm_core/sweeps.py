@@ -230,7 +230,9 @@ def check(workspace: str | os.PathLike, request: SweepRequest, yes: bool = False
                          f"\"max_sweep_runs\" in {Path(workspace, 'jobs', 'settings.json')}")
     specs = [request.spec(configuration, request.seeds, k) for k, configuration in enumerate(request.configurations())]
     open_store_for(workspace, request.method)
-    specs[0].check_device_here()  # `cuda:1` on a one-GPU machine: refused once here, not in every worker (§Devices)
+    # `cuda:1` on a one-GPU machine is refused here, before anything is written; without the test kernel, which
+    # each worker runs: this process lives on beside them and must hold no CUDA context (§Devices, may_probe)
+    specs[0].check_device_here(probe=False)
 
 
 def _open(workspace: Path, request: SweepRequest, yes: bool, busy_ok: bool) -> tuple[Path, IO]:
@@ -491,7 +493,9 @@ def _job_active(workspace, job_id: str) -> bool:
 
 
 def _active_jobs(workspace, sweep_id: str) -> list[str]:
-    return [job_id for job_id in _launched(workspace, sweep_id).values() if _job_active(workspace, job_id)]
+    """The sweep's queued or training jobs, each once (a pass's job is every one of its configurations' job)."""
+    launched = dict.fromkeys(_launched(workspace, sweep_id).values())
+    return [job_id for job_id in launched if _job_active(workspace, job_id)]
 
 
 def _ended(workspace, request: SweepRequest) -> str:

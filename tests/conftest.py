@@ -36,9 +36,11 @@ if _WORKERS > 1:
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import contextlib  # noqa: E402
 import fcntl  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
+import subprocess  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Callable  # noqa: E402
 
@@ -71,6 +73,27 @@ def shared_once(root: Path, name: str, build: Callable[[Path], object]) -> Path:
             build(target)
             (target / DONE).touch()
     return target
+
+
+@pytest.fixture(scope="session", autouse=True)
+def background_workers_stopped():
+    """Map and render workers this test process started (pages open the app workspace and start them; they run
+    in their own session) are stopped when it ends, by their process group: none outlives the suite."""
+    yield
+    import signal
+
+    from hsfm_core.analysis import projection
+    from hsfm_core.render import background
+
+    prepared = [(w, None) for w in [projection._prepared.get("worker")] if w is not None]  # a map worker waiting
+    for worker, _ in [*projection._spawned.values(), *background._spawned.values(), *prepared]:
+        if worker.poll() is None:
+            try:
+                os.killpg(worker.pid, signal.SIGTERM)
+                worker.wait(10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(worker.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -77,6 +77,27 @@ def test_fit_many_groups_by_shape_and_matches_separate_fits(tmp_path):
             assert [h["epoch"] for h in a.history] == [1, 2]
 
 
+def test_a_pass_holds_at_most_its_memory_budget_of_support_features(tmp_path, monkeypatch):
+    """PASS_SUPPORT_BYTES splits a pass of row-scalar settings into passes of whole rows (the progress shows
+    the epochs of each), and every head is still the one its own fit gives."""
+    from hsfm_core.methods import hsfm as hsfm_module
+
+    store = gaussian_workspace(tmp_path / "ws")
+    hsfm = methods.get("hsfm")
+    base = hsfm.settings("waterbirds", TINY_HSFM)  # E = 2
+    settings = [dataclasses.replace(base, inner_lr=lr) for lr in (1e-3, 2e-3, 3e-3)]
+    row = store.groups.n_classes * base.n_support * (store.dim + 1) * 4  # one settings × seed row
+    monkeypatch.setattr(hsfm_module, "PASS_SUPPORT_BYTES", 2 * 2 * row)  # two settings × two seeds a pass
+    seen = []
+    many = hsfm.fit_many(store, settings, [0, 1],
+                         progress=lambda epoch, epochs, entries: seen.append((epoch, epochs, [e is not None for e in entries])))
+    assert [s[:2] for s in seen] == [(0, 4), (1, 4), (2, 4), (3, 4), (4, 4)]  # two passes of 2 epochs
+    assert seen[1][2] == [True] * 4 + [False] * 2 and seen[3][2] == [False] * 4 + [True] * 2
+    for s, fitted in zip(settings, many):
+        for a, b in zip(fitted, hsfm.fit(store, s, [0, 1])):
+            torch.testing.assert_close(a.weight, b.weight, rtol=1e-5, atol=1e-6)
+
+
 def test_the_default_fit_many_fits_each_settings_in_turn(tmp_path):
     store = gaussian_workspace(tmp_path / "ws")
     erm = methods.get("erm")

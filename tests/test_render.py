@@ -5,6 +5,7 @@ the unCLIP wiring on a tiny randomly initialised pipeline (no download), and the
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -315,11 +316,18 @@ def test_the_demo_builds_warm_step_waits_for_the_first_map_then_fills_the_lesson
     first_map = tmp_path / "map.parquet"
     status = start_render_views(copy, after=first_map)
     assert status is not None and status.state == "running"
-    time.sleep(3)
-    assert not list((copy / background.JOBS).glob("*.job.json"))  # still waiting: no record, nothing computed
-    first_map.write_bytes(b"the map")
     run = default_map_run(copy)
-    assert background.wait(store, [run["run_id"]], timeout=300).state == "done"
+    runs = [run["run_id"]]  # this workspace's newest edited group is one run
+    deadline = time.monotonic() + 120
+    while background.job_status(store, runs).stage != "Waiting for the first map":  # its record, before any import
+        assert time.monotonic() < deadline, background.job_status(store, runs)
+        time.sleep(0.1)
+    again = start_render_views(copy, after=first_map)  # another server's start: it sees this one, starts none
+    assert again.state == "running" and again.stage == "Waiting for the first map"
+    assert len([job for job, (w, _) in background._spawned.items() if str(copy) in job and w.poll() is None]) == 1
+    assert flip.cached_flip_rates(store, run, inverter.load_inverter(store)) is None  # nothing computed yet
+    first_map.write_bytes(b"the map")
+    assert background.wait(store, runs, timeout=300).state == "done"
     assert flip.cached_flip_rates(store, run, inverter.load_inverter(store)) is not None
 
 
@@ -463,3 +471,28 @@ def test_unclip_wiring_on_a_tiny_random_pipeline(tmp_path):
         assert np.array_equal(images, renderer.render(features, seed=7))
         assert not np.array_equal(images, renderer.render(features, seed=8))
         assert np.array_equal(images[1], renderer.render(features[1:2], seed=7)[0])  # any batch, same pixels
+
+
+def test_a_killed_render_worker_reads_failed_everywhere_so_pages_compute_rather_than_respawn(workspace, tmp_path):
+    """SIGKILL leaves the worker's record without its lock: every process (not only the one that started it)
+    reads the job as failed, with the log's path, and the pages compute the view in the foreground."""
+    import signal
+
+    from hsfm_core.analysis.projection import default_map_run
+    from hsfm_core.render import background
+
+    copy = tmp_path / "ws"
+    shutil.copytree(workspace, copy, ignore=shutil.ignore_patterns("cache"))
+    store = FeatureStore.open(copy)
+    runs = [default_map_run(copy)["run_id"]]
+    background.start(store, runs, after=tmp_path / "never")
+    deadline = time.monotonic() + 120
+    while background.job_status(store, runs).stage != "Waiting for the first map":
+        assert time.monotonic() < deadline, background.job_status(store, runs)
+        time.sleep(0.1)
+    job = str(background.job_file(store.path, store.content_hash, runs))
+    worker, _ = background._spawned.pop(job)  # from here on, as a process that did not start it sees it
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait(10)
+    status = background.job_status(store, runs)
+    assert status.state == "failed" and "stopped before it finished" in status.stage and ".log" in status.stage

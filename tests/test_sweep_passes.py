@@ -50,8 +50,7 @@ def test_passes_are_capped_and_fill_the_workers():
     request = request_of(["alpha=1e-4,3e-4,1e-3,3e-3,1e-2", "eta=0.1,1"])  # 10 configurations × 2 seeds
     assert units(request, max_rows=8) == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]  # ≤ 4 configurations × 2 seeds
     assert units(request, workers=2) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]  # halved: both workers train
-    assert units(request, workers=3) == [[0, 1, 2], [3, 4], [5, 6, 7, 8, 9]][:0] or \
-        sorted(len(ks) for ks in units(request, workers=3)) == [2, 3, 5]
+    assert sorted(len(ks) for ks in units(request, workers=3)) == [2, 3, 5]
     shaped = request_of(["alpha=1e-3,3e-3", "K_hard=4,8"])
     assert units(shaped, workers=8) == [[0], [1], [2], [3]]  # never more units than configurations
 
@@ -130,7 +129,7 @@ def test_the_sweep_runner_trains_in_passes_and_matches_train(tmp_path):
     for a, b in ((0, 2), (1, 3)):  # one pass: both created before either ended
         assert max(spans[a][0], spans[b][0]) < min(spans[a][1], spans[b][1]), (a, b)
     for a, b in ((0, 1), (2, 3), (0, 3)):  # K_hard = 4, then K_hard = 8: one after the other
-        assert spans[a][1] < spans[b][0] or spans[b][1] < spans[a][0], (a, b)
+        assert spans[a][1] <= spans[b][0] or spans[b][1] <= spans[a][0], (a, b)  # ≤: one clock tick may hold both
     for k in (0, 1):
         alone = train(ws, request.spec(request.configurations()[k], list(request.seeds), k), run_id=f"alone-c{k}")
         for path, run in zip(runs[k], alone):

@@ -121,7 +121,9 @@ def start_render_views(out: Path, after: Path | None = None):
         newest = projection.default_map_run(out)
         if newest is None or find_inverter(ws.store) is None:
             return None
-        group = next(g for g in ws.run_groups if g.key == group_key(newest))
+        group = next((g for g in ws.run_groups if g.key == group_key(newest)), None)
+        if group is None:  # the newest run is of another store: the workspace's run groups leave it out
+            return None
         runs = [r["run_id"] for r in group.runs
                 if r["status"] == "done" and (r["path"] / "support.safetensors").is_file()]
     except (InputError, OSError):  # a warm-up only: the views compute it themselves, and say what is wrong

@@ -70,6 +70,10 @@ AUTO_SAMPLE_ROWS = 20000
 # the validation passes only). Batching never lost up to the largest preset, so from twice that size
 # the seeds run one by one.
 LOOP_SEEDS_FROM_SUPPORT_ROWS = 4096
+# A pass's support features (rows × C·n × (d + 1), float32) at most this: the fit keeps about nine arrays
+# that size (edits, best edits, gradient, Adam's moments…), so a pass stays near 2.3 GB however many
+# configurations a sweep hands `fit_many` (CelebA preset: 15 rows of 17 MB a pass).
+PASS_SUPPORT_BYTES = 256 * 2**20
 # On the CPU an epoch's steps take rows in groups whose support features fit this (a share of a 32 MB
 # L3). CelebA preset, 5 seeds, 2 epochs: 2.50 s of CPU a row at a time against 3.00 s all rows together
 # (median of 3, `bench_seed_batching --support 2048 --one-group`).
@@ -562,8 +566,9 @@ class HSFM(Method):
     def fit_many(self, store, settings_list, seeds, *, device="cpu", progress=None):
         """Every settings × seed, as few passes as the shapes allow: settings that differ only in
         `ROW_SCALARS` train together with their seeds (one row each, the same computation as separate
-        runs); settings that change a shape (n, T, K_H, K_hard, E) train one group after another, and
-        large supports loop over seeds (`LOOP_SEEDS_FROM_SUPPORT_ROWS`). `progress(epoch, epochs,
+        runs); settings that change a shape (n, T, K_H, K_hard, E) train one group after another,
+        large supports loop over seeds (`LOOP_SEEDS_FROM_SUPPORT_ROWS`), and a pass holds at most
+        `PASS_SUPPORT_BYTES` of support features (memory stays bounded for any sweep). `progress(epoch, epochs,
         entries)`: entries for every (settings, seed), settings-major, None for rows not in this pass;
         `epoch` counts over the passes."""
         train, val = store.select("train"), store.select("val")
@@ -572,9 +577,11 @@ class HSFM(Method):
         passes = []  # (indices into settings_list, seeds) trained together
         for shape in dict.fromkeys(shape_of(s) for s in settings_list):
             members = [k for k, s in enumerate(settings_list) if shape_of(s) == shape]
-            batches = ([seeds] if store.groups.n_classes * settings_list[members[0]].n_support
-                       < LOOP_SEEDS_FROM_SUPPORT_ROWS else [[s] for s in seeds])
-            passes += [(members, batch) for batch in batches]
+            support_rows = store.groups.n_classes * settings_list[members[0]].n_support
+            batches = [seeds] if support_rows < LOOP_SEEDS_FROM_SUPPORT_ROWS else [[s] for s in seeds]
+            per_pass = max(1, PASS_SUPPORT_BYTES // (support_rows * (store.dim + 1) * 4 * len(batches[0])))
+            passes += [(members[i:i + per_pass], batch) for batch in batches
+                       for i in range(0, len(members), per_pass)]  # rows are independent: any split is exact
         epochs = sum(settings_list[members[0]].epochs for members, _ in passes)
         if progress is not None:
             progress(0, epochs, [])  # training starts: a progress bar can appear before epoch 1 ends

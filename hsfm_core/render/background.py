@@ -122,6 +122,9 @@ def job_status(store, run_ids) -> JobStatus:
                                    f"{_log_of(job)})")
     if record.get("stage") == "done":
         return JobStatus("done", "done", float(record.get("seconds") or 0.0), estimate)
+    if record.get("pid"):  # a record but no lock: its worker (of any server) was killed before it finished —
+        return JobStatus("failed", f"the rendering worker (pid {record['pid']}) stopped before it finished (its "
+                                   f"output: {_log_of(job)})")  # failed, so pages compute it rather than respawn
     return JobStatus("absent", estimate_s=estimate)
 
 
@@ -135,7 +138,7 @@ def start(store, run_ids, *, after: str | os.PathLike | None = None, env: dict |
         status = job_status(store, run_ids)
         if status.state == "running":
             return status
-        command = [sys.executable, "-m", "hsfm_core.render.background", str(store.path)]
+        command = [sys.executable, "-m", "hsfm_core.render.background", str(store.path), "--job", str(job)]
         for run_id in run_ids:
             command += ["--run-id", run_id]
         if after is not None:
@@ -197,7 +200,8 @@ def _locked(path: Path, blocking: bool = True):
 
 
 def _main(argv: list[str]) -> int:
-    """The worker process: `WORKSPACE --run-id ID … [--after FILE]`."""
+    """The worker process: `WORKSPACE --job FILE --run-id ID … [--after FILE]`. Its lock is taken first, then
+    the wait for `--after`, then the imports: a second start sees a running job from the first moment."""
     with contextlib.suppress(OSError):  # background work: the server's pages and any training come first
         os.nice(10)
     parser = argparse.ArgumentParser(prog="python -m hsfm_core.render.background")
@@ -205,24 +209,15 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--run-id", action="append", required=True)
     parser.add_argument("--after", help="wait until this file exists (at most --after-timeout seconds)")
     parser.add_argument("--after-timeout", type=float, default=AFTER_TIMEOUT_S)
+    parser.add_argument("--job", required=True, help="the job file (`job_file`): the lock and record beside it are "
+                                                     "taken before any wait, so a second start sees this one")
     args = parser.parse_args(argv)
-    if args.after:  # before the heavy imports: they would compete with what we wait for
-        deadline = time.monotonic() + args.after_timeout
-        while not Path(args.after).exists() and time.monotonic() < deadline:
-            time.sleep(0.5)
-
-    from hsfm_core.fsutil import atomic_path
-    from hsfm_core.render.flip import cached_flip_rates, flip_rates
-    from hsfm_core.render.inverter import load_inverter
-    from hsfm_core.workspace import as_workspace
-
-    ws = as_workspace(args.workspace)
-    store = ws.store
-    run_ids = sorted(set(args.run_id))
-    job = job_file(store.path, store.content_hash, run_ids)
+    run_ids, job = sorted(set(args.run_id)), Path(args.job)
     started, cpu = time.time(), time.process_time()
 
     def write(**fields) -> None:
+        from hsfm_core.fsutil import atomic_path
+
         with atomic_path(job) as tmp:
             Path(tmp).write_text(json.dumps({"pid": os.getpid(), "started": started, "runs": run_ids,
                                              "estimate_s": estimate_seconds(len(run_ids)), **fields}))
@@ -231,8 +226,22 @@ def _main(argv: list[str]) -> int:
     with _locked(_lock_of(job), blocking=False) as mine:
         if not mine:
             return 0  # another worker computes these runs
+        if args.after:  # before the heavy imports: they would compete with what we wait for
+            write(stage="Waiting for the first map")
+            deadline = time.monotonic() + args.after_timeout
+            while not Path(args.after).exists() and time.monotonic() < deadline:
+                time.sleep(0.5)
+        from hsfm_core.errors import InputError
+        from hsfm_core.render.flip import cached_flip_rates, flip_rates
+        from hsfm_core.render.inverter import load_inverter
+        from hsfm_core.workspace import as_workspace
+
         write(stage="Loading the renderer and the backbone")
         try:
+            ws = as_workspace(args.workspace)
+            store = ws.store
+            if job != job_file(store.path, store.content_hash, run_ids):
+                raise InputError(f"the store in {args.workspace} changed since this worker was started")
             runs = [ws.run(run_id) for run_id in run_ids]
             renderer = load_inverter(store)
             flips = []

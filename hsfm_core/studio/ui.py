@@ -505,7 +505,13 @@ def rendered_in_background(store, runs: list[dict]) -> bool:
 @st.fragment(run_every=1.0)
 def _render_progress(store, runs: list[dict]) -> None:
     """The placeholder of a render view computed in the background, polled each second; the page reruns
-    (and draws the view) once the flip rates are on disk, or computes them itself if the worker failed."""
+    (and draws the view) once the flip rates are on disk, or computes them itself if the worker failed.
+    A fragment's rerun runs this function alone, outside its caller's `errors_shown`: it has its own."""
+    with errors_shown("Cannot follow the rendering", stop=False):
+        _poll_rendering(store, runs)
+
+
+def _poll_rendering(store, runs: list[dict]) -> None:
     from hsfm_core.instruments.render import render_in_background
 
     status = render_in_background(workspace_of(store), runs, start=False)
