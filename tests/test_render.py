@@ -491,8 +491,9 @@ def test_a_killed_render_worker_reads_failed_everywhere_so_pages_compute_rather_
         assert time.monotonic() < deadline, background.job_status(store, runs)
         time.sleep(0.1)
     job = str(background.job_file(store.path, store.content_hash, runs))
-    worker, _ = background._spawned.pop(job)  # from here on, as a process that did not start it sees it
+    worker, _ = background._spawned[job]
     os.killpg(worker.pid, signal.SIGKILL)
     worker.wait(10)
+    background._spawned.pop(job)  # from here on, as a process that did not start it sees it
     status = background.job_status(store, runs)
     assert status.state == "failed" and "stopped before it finished" in status.stage and ".log" in status.stage
