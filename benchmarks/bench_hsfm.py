@@ -74,9 +74,9 @@ def timed_cpu(fn):
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def fit_hsfm_at(revision: str):
-    """`fit_hsfm` from `hsfm_core/methods/hsfm.py` at a git revision, imported beside today's, with the
-    unroll (`hsfm_unroll.py`) of that revision too."""
+def hsfm_modules_at(revision: str):
+    """(hsfm_unroll, hsfm) of `hsfm_core/methods/` at a git revision, imported beside today's (that revision's
+    hsfm.py importing that revision's unroll)."""
     root = Path(__file__).resolve().parents[1]
     folder = Path(tempfile.mkdtemp())
 
@@ -93,9 +93,15 @@ def fit_hsfm_at(revision: str):
         spec.loader.exec_module(module)
         return module
 
-    load("hsfm_unroll_before", "hsfm_core/methods/hsfm_unroll.py")
-    module = load("hsfm_before", "hsfm_core/methods/hsfm.py",
-                  ("from hsfm_core.methods.hsfm_unroll import", "from hsfm_unroll_before import"))
+    unroll = load("hsfm_unroll_before", "hsfm_core/methods/hsfm_unroll.py")
+    return unroll, load("hsfm_before", "hsfm_core/methods/hsfm.py",
+                        ("from hsfm_core.methods.hsfm_unroll import", "from hsfm_unroll_before import"))
+
+
+def fit_hsfm_at(revision: str):
+    """`fit_hsfm` from `hsfm_core/methods/hsfm.py` at a git revision, imported beside today's, with the
+    unroll (`hsfm_unroll.py`) of that revision too."""
+    _, module = hsfm_modules_at(revision)
     settings_class = getattr(module, "HSFMSettings", None) or module.HSFMConfig
 
     def fit(*data, config, **kwargs):  # today's settings as that revision's class (it may check isinstance)

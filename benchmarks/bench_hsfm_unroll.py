@@ -18,13 +18,8 @@ machine is shared: compare only figures from the same run. docs/ARCHITECTURE.md 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
@@ -36,25 +31,9 @@ D, d = 2064, 2048
 
 def modules_at(revision: str):
     """(hsfm_unroll, hsfm) from git revision REV, imported beside today's."""
-    root = Path(__file__).resolve().parents[1]
-    folder = Path(tempfile.mkdtemp())
-    loaded = []
-    for name, repo_path, replace in (
-            ("unroll_at_rev", "hsfm_core/methods/hsfm_unroll.py", None),
-            ("hsfm_at_rev", "hsfm_core/methods/hsfm.py",
-             ("from hsfm_core.methods.hsfm_unroll import", "from unroll_at_rev import"))):
-        source = subprocess.run(["git", "show", f"{revision}:{repo_path}"], cwd=root, check=True,
-                                capture_output=True, text=True).stdout
-        if replace:
-            source = source.replace(*replace)
-        path = folder / f"{name}.py"
-        path.write_text(source)
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        loaded.append(module)
-    return loaded
+    from benchmarks.bench_hsfm import hsfm_modules_at
+
+    return hsfm_modules_at(revision)
 
 
 def timed(fn, calls: int, results: dict, key: str) -> None:
