@@ -139,8 +139,8 @@ if launched:
     except InputError as exc:
         st.error(f"The run was not launched: {exc}")
     else:
-        st.session_state[WATCH_KEY] = job["job_id"]
-        st.session_state.pop("retrain.watch_widget", None)  # follow the new job
+        st.session_state[WATCH_KEY] = job["job_id"]  # follow the new job, in a new "Follow job" widget (below)
+        st.session_state["retrain.launches"] = st.session_state.get("retrain.launches", 0) + 1
         st.success(f"Launched job `{job['job_id']}` → run(s) {', '.join(job['run_ids'])}"
                    + (f" with {' '.join(overrides)}" if overrides else "")
                    + (f". Device: {spec.device_note}" if spec.device_note else ""))
@@ -217,11 +217,13 @@ def show_jobs() -> None:
                            "settings": " ".join(j["spec"]["overrides"]) or "preset", "runs": ", ".join(j["run_ids"]),
                            "created": j["created_at"]} for j in reversed(current)])
     st.dataframe(table, hide_index=True, width="stretch")
-    if st.session_state.get("retrain.watch_widget") not in by_id:  # first draw on this visit, or a new launch
+    # A widget per launch: the browser may still send the old widget's value (a fragment rerun requested
+    # before the launch's rerun reached it, under load), and that value must not take the new job's place.
+    widget = f"retrain.watch_widget.{st.session_state.get('retrain.launches', 0)}"
+    if st.session_state.get(widget) not in by_id:  # first draw on this visit, or a new launch
         watched = st.session_state.get(WATCH_KEY)
-        st.session_state["retrain.watch_widget"] = watched if watched in by_id else ids[-1]
-    chosen = st.selectbox("Follow job", list(reversed(ids)), format_func=lambda i: job_label(by_id[i]),
-                          key="retrain.watch_widget")
+        st.session_state[widget] = watched if watched in by_id else ids[-1]
+    chosen = st.selectbox("Follow job", list(reversed(ids)), format_func=lambda i: job_label(by_id[i]), key=widget)
     st.session_state[WATCH_KEY] = chosen
     job = jobs.get_job(workspace, chosen)  # fresh: the table above may be a moment older
     if job["status"] not in jobs.ACTIVE and chosen in now_active:  # it ended since the table's read: the

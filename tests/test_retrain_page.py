@@ -186,12 +186,22 @@ def test_follow_any_job(monkeypatch, workspace):
     for job in (first, second):
         jobs.wait(workspace, job["job_id"], 120)
     at = retrain_page(monkeypatch, workspace)
-    follow = at.selectbox(key="retrain.watch_widget")
+    follow = following(at)
     assert follow.value == second["job_id"]  # the newest by default
     follow.set_value(first["job_id"]).run()
     at.run()  # and it stays on the user's choice
-    assert at.selectbox(key="retrain.watch_widget").value == first["job_id"]
+    assert following(at).value == first["job_id"]
     assert f"Done: {first['run_ids'][0]}" in at.success[0].value
+    set_hsfm(at, n=4, K_hard=8, K_H=2, T=2, E=2)  # a launch of this session: followed, whatever was chosen before
+    launch(at)
+    (mine,) = [j for j in jobs.list_jobs(workspace) if j["job_id"] not in (first["job_id"], second["job_id"])]
+    assert following(at).value == mine["job_id"] and "yours" in following(at).format_func(mine["job_id"])
+
+
+def following(at):
+    """The "Follow job" selectbox (its key changes with each launch of the session)."""
+    (box,) = [b for b in at.selectbox if b.label == "Follow job"]
+    return box
 
 
 def test_sweep_view_launches_watches_and_opens_the_selection(monkeypatch, workspace):
