@@ -48,11 +48,9 @@ import random
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -65,8 +63,7 @@ from tests.browser import (
     LASSO,
     MAP_AREA,
     REPO,
-    listening_port,
-    stop,
+    streamlit_server,
 )
 
 ACTION_TIMEOUT_MS = 900_000  # a 25-session class on 2 shared cores: waits are long, failures are recorded
@@ -572,34 +569,13 @@ def snapshot(into: Path) -> str:
 
 @contextmanager
 def server(code: Path, workspace: Path, log: Path, timeout: float = 300):
-    """`streamlit run app.py -- --workspace W` as tests/browser.py's `streamlit_server` starts it (a port the
-    system picks, read back from the listening socket; health checked; stopped by PID), but from `code`: its
+    """`streamlit run app.py -- --workspace W`, started as the browser tests start it (tests/browser.py's
+    `streamlit_server`: a port the system picks, health checked, stopped by PID), but from `code`: its
     directory is the working directory and PYTHONPATH, so the map workers and jobs it starts import the same
     code. → (URL, process)."""
-    cmd = [sys.executable, "-m", "streamlit", "run", str(code / "app.py"), "--server.headless", "true",
-           "--server.address", "127.0.0.1", "--server.port", "0", "--browser.gatherUsageStats", "false",
-           "--", "--workspace", str(workspace)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(code)}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=code, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            deadline, url = time.monotonic() + timeout, None
-            while True:
-                if url is None and (port := listening_port(proc.pid)):
-                    url = f"http://127.0.0.1:{port}"
-                if url is not None:
-                    try:
-                        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                            if r.status == 200:
-                                break
-                    except OSError:
-                        pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"streamlit did not become healthy: {log.read_text(errors='replace')[-2000:]}")
-                time.sleep(0.2)
-            yield url, proc
-        finally:
-            stop(proc)
+    with streamlit_server("--workspace", str(workspace), env={"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(code)},
+                          timeout=timeout, log=log, root=code) as (url, proc):
+        yield url, proc
 
 
 async def point(args, code: Path, workspace: Path, n: int, last: bool) -> dict:

@@ -52,6 +52,7 @@ from tests.test_reliability import (dfr_npz, reference_folder, rewrite_manifest,
 from tests.test_reliability2 import (kill_processes, processes_mentioning, registered_job,  # noqa: E402
                                      rewrite_json, start_foreground_sweep, stop_group, store_with_val_rows,
                                      training_runs)
+from tests.helpers import wait_for  # noqa: E402
 
 
 def call(argv) -> tuple[int | str, str, str]:
@@ -565,18 +566,18 @@ def sweep_process_cases(t: Tally, base: Path, tmp: Path) -> dict:
     ws = copy(base, tmp, "killed-sweep")
     process = start_foreground_sweep(ws)
     try:
-        _wait(lambda: len(training_runs(ws)) >= 2 or process.poll() is not None, 240)
+        wait_for(lambda: len(training_runs(ws)) >= 2 or process.poll() is not None, 240)
         children = psutil.Process(process.pid).children(recursive=True)
         sweep_id = next((ws / "sweeps").iterdir()).name
         os.kill(process.pid, signal.SIGKILL)
         process.wait(30)
         t_kill = time.monotonic()
-        _wait(lambda: not [c for c in children if _alive(c)], 5)
+        wait_for(lambda: not [c for c in children if _alive(c)], 5)
         survivors = [c for c in children if _alive(c)]
         figures["orphans_after_sigkill"] = len(survivors)
         t.recovery("SIGKILL of a foreground sweep --max-parallel 2: no survivors within 5 s",
                    not survivors and len(children) >= 2, f"{len(children)} children, {len(survivors)} alive after 5 s")
-        status = _wait(lambda: (s := sweeps.status(ws, sweep_id)) == "failed" and s, 10) or sweeps.status(ws, sweep_id)
+        status = wait_for(lambda: (s := sweeps.status(ws, sweep_id)) == "failed" and s, 10) or sweeps.status(ws, sweep_id)
         figures["killed_sweep_reads_failed_s"] = round(time.monotonic() - t_kill, 2) if status == "failed" else None
         listed = {s["sweep_id"]: s.get("status") for s in sweeps.list_sweeps(ws)}
         t.recovery("a SIGKILLed sweep reads failed (status, list_sweeps) within 10 s",
@@ -589,7 +590,7 @@ def sweep_process_cases(t: Tally, base: Path, tmp: Path) -> dict:
     ws = copy(base, tmp, "two-ways")
     process = start_foreground_sweep(ws, max_parallel=1)
     try:
-        _wait(lambda: training_runs(ws) or process.poll() is not None, 240)
+        wait_for(lambda: training_runs(ws) or process.poll() is not None, 240)
         running = {p: (p / "process.json").read_text() for p in training_runs(ws)}  # who trains each run
         code, _, err = call(["sweep", "--workspace", ws, "--method", "hsfm", "--grid", "alpha=1e-3,2e-3", "--set",
                              *ENDLESS_SET, "--seeds", "0", "--max-parallel", "1", "--device", "cpu", "--submit", "local"])
@@ -623,7 +624,7 @@ def sweep_process_cases(t: Tally, base: Path, tmp: Path) -> dict:
         launched = json.loads((ws / "sweeps" / sweep_id / "jobs.json").read_text()) \
             if (ws / "sweeps" / sweep_id / "jobs.json").is_file() else {}
         code, _, _ = call(["sweep", "--workspace", ws, "--method", "hsfm", "--cancel", sweep_id])
-        gone = _wait(lambda: not processes_mentioning(str(ws)), 60)
+        gone = wait_for(lambda: not processes_mentioning(str(ws)), 60)
         t.recovery("… jobs.json lists what was launched and sweep --cancel stops every process",
                    bool(launched) and code == 0 and bool(gone), f"{len(launched)} in jobs.json, exit {code}, "
                    f"{len(processes_mentioning(str(ws)))} processes left")
@@ -635,14 +636,6 @@ def sweep_process_cases(t: Tally, base: Path, tmp: Path) -> dict:
 ENDLESS_SET = ["E=100000", "K_H=1", "T=1", "n=4", "K_hard=8"]
 
 
-def _wait(condition, timeout_s: float):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    return None
 
 
 def _alive(process) -> bool:

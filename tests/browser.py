@@ -49,18 +49,20 @@ def listening_port(pid: int) -> int | None:
 
 
 @contextmanager
-def streamlit_server(*app_args: str, env: dict | None = None, timeout: float = 60, log: Path | None = None):
+def streamlit_server(*app_args: str, env: dict | None = None, timeout: float = 60, log: Path | None = None,
+                     root: Path = REPO):
     """Run `streamlit run app.py -- app_args` on a loopback port; yield (URL, process); stop it by PID.
+    `root`: the checkout whose app.py runs, in its own directory (a benchmark serves a snapshot).
 
     The server binds a port the system picks (`--server.port 0`) and the test reads it back from the
     process's listening socket: no port is chosen first and bound later, which two pytest-xdist workers
     (or any other process) could both be handed. The server's output goes to `log` (a temporary file by
     default) — never to an unread pipe, which would block the server once full."""
-    cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.headless", "true",
+    cmd = [sys.executable, "-m", "streamlit", "run", str(root / "app.py"), "--server.headless", "true",
            "--server.address", "127.0.0.1", "--server.port", "0", "--browser.gatherUsageStats", "false",
            "--", *app_args]
     log_file = open(log, "wb") if log else tempfile.TemporaryFile()
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **(env or {})}, stdout=log_file,
+    proc = subprocess.Popen(cmd, cwd=root, env={**os.environ, **(env or {})}, stdout=log_file,
                             stderr=subprocess.STDOUT)
     try:
         deadline, url = time.monotonic() + timeout, None

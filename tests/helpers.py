@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -107,3 +108,23 @@ def make_celeba(root: Path, counts=SMALL_COUNTS, variant: str = "txt", nested: b
             w.writerow(["image_id", "partition"])
             w.writerows(lines_part)
     return root
+
+
+def wait_for(condition, timeout_s: float, poll_s: float = 0.1):
+    """Poll `condition()` until it returns something truthy → that value; None when `timeout_s` passes
+    first (the caller decides whether that is a failure)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll_s)
+    return None
+
+
+def until(condition, timeout_s: float = 60, what: str = "condition", poll_s: float = 0.05):
+    """`wait_for`, a test's assertion: AssertionError naming `what` when the time runs out."""
+    value = wait_for(condition, timeout_s, poll_s)
+    if not value:
+        raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+    return value

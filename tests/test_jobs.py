@@ -24,6 +24,7 @@ from hsfm_core.runs import list_runs, process_alive, read_process
 from hsfm_core.spec import SlurmOptions, TrainSpec
 from hsfm_core.train import train
 from tests.gaussian import TINY_HSFM, gaussian_workspace
+from tests.helpers import until
 
 ROOT = Path(__file__).resolve().parent.parent
 # Many cheap epochs: a job that runs until it is cancelled or killed (thousands of epochs a minute).
@@ -66,14 +67,7 @@ def _kill_all(workspace: Path) -> None:
                         pass
 
 
-def _until(condition, timeout_s: float = 60, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+_until = until  # other test files import it from here
 
 
 def _epochs_seen(workspace, job_id) -> int:

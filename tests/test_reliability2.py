@@ -125,14 +125,6 @@ def training_runs(ws: Path) -> list[Path]:
     return [p.parent for p in Path(ws, "runs").glob("sweep-*/history.jsonl") if p.stat().st_size]
 
 
-def until(condition, timeout_s: float, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def stop_group(process: subprocess.Popen) -> None:
@@ -165,6 +157,7 @@ from hsfm_core.cli import main  # noqa: E402
 from hsfm_core.errors import InputError  # noqa: E402
 from hsfm_core.runs import list_runs  # noqa: E402
 from tests.gaussian import TINY_HSFM, gaussian_workspace  # noqa: E402
+from tests.helpers import until  # noqa: E402
 
 TINY = [o for o in TINY_HSFM if not o.startswith("alpha=")]
 

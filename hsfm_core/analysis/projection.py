@@ -66,6 +66,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hsfm_core.detached import Progress, lock_held, spawn
 from hsfm_core.errors import InputError
 
 EXACT_KNN_MAX_ROWS = 50_000  # above: the k-NN graph through an IVF index (recall measured in bench_scale)
@@ -360,17 +361,12 @@ def project(store, run: dict | None = None, rows: np.ndarray | None = None,
 # -- maps computed in the background ------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class MapStatus:
+class MapStatus(Progress):
     state: str  # "ready" | "running" | "failed" | "absent"
     path: Path  # the map's parquet file
     stage: str = ""  # what the worker is doing (running), or the error (failed)
     elapsed_s: float = 0.0
     estimate_s: float = 0.0
-
-    @property
-    def fraction(self) -> float:
-        """Elapsed time over the estimate, capped below 1 (an estimate, not a measurement of work)."""
-        return min(0.95, self.elapsed_s / self.estimate_s) if self.estimate_s else 0.0
 
 
 _spawned: dict[str, tuple[subprocess.Popen, float]] = {}  # map path → worker started by this process
@@ -397,19 +393,6 @@ def _lock_file(path: Path) -> Path:
     return path.with_suffix(".lock")
 
 
-def _worker_holds_lock(path: Path) -> bool:
-    lock = _lock_file(path)
-    if not lock.exists():
-        return False
-    with open(lock, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
-
-
 def map_status(store, run: dict | None = None, rows: np.ndarray | None = None,
                params: ProjectionParams = ProjectionParams()) -> MapStatus:
     """Whether the map is on disk, being computed by a worker process, failed, or not started."""
@@ -425,7 +408,7 @@ def map_status(store, run: dict | None = None, rows: np.ndarray | None = None,
     estimate = float(job.get("estimate_s") or estimate_seconds(n_points, params.layout))
     started = float(job.get("started") or _spawned.get(str(path), (None, time.time()))[1])
     ours = _spawned.get(str(path))
-    if _worker_holds_lock(path) or (ours is not None and ours[0].poll() is None):
+    if lock_held(_lock_file(path)) or (ours is not None and ours[0].poll() is None):
         return MapStatus("running", path, job.get("stage", "Starting the map's worker process"),
                          time.time() - started, estimate)
     if job.get("error"):
@@ -454,13 +437,8 @@ def start_map(store, run: dict | None = None, rows: np.ndarray | None = None,
         np.save(rows_file, np.unique(np.asarray(rows, dtype=np.int64)))
         command += ["--rows", str(rows_file)]
     worker = _hand_to_prepared_worker(command[3:], path.with_suffix(".log"), env)
-    if worker is None:
-        log = open(path.with_suffix(".log"), "ab")
-        try:  # its own session: the map finishes even if the server that asked for it stops
-            worker = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      start_new_session=True, env={**os.environ, **(env or {})})
-        finally:
-            log.close()
+    if worker is None:  # its own session: the map finishes even if the server that asked for it stops
+        worker = spawn(command, path.with_suffix(".log"), env)
     _spawned[str(path)] = (worker, time.time())
     return map_status(store, run, rows, params)
 

@@ -34,22 +34,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hsfm_core.detached import Progress, lock_held, spawn
+
 STRIP_STEPS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)  # the strip along z + t·Δ that the views draw
 JOBS = Path("cache") / "render" / "jobs"  # inside the workspace, beside the render cache
 AFTER_TIMEOUT_S = 120.0  # `--after FILE`: start anyway when FILE has not appeared by then
 
 
 @dataclass(frozen=True)
-class JobStatus:
+class JobStatus(Progress):
     state: str  # "running" | "done" | "failed" | "absent"
     stage: str = ""  # what the worker is doing (running), or the error (failed)
     elapsed_s: float = 0.0
     estimate_s: float = 0.0
-
-    @property
-    def fraction(self) -> float:
-        """Elapsed time over the estimate, capped below 1 (an estimate, not a measurement of work)."""
-        return min(0.95, self.elapsed_s / self.estimate_s) if self.estimate_s else 0.0
 
 
 _spawned: dict[str, tuple[subprocess.Popen, float]] = {}  # job file → worker started by this process
@@ -76,22 +73,6 @@ def _log_of(job: Path) -> Path:
     return job.with_name(job.name.replace(".job.json", ".log"))
 
 
-def _held(lock: Path) -> bool:
-    """Whether a worker holds `lock` (an exclusive flock) now."""
-    if not lock.exists():
-        return False
-    try:
-        with open(lock, "a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(handle, fcntl.LOCK_UN)
-    except OSError:
-        return False
-    return False
-
-
 def _read_job(job: Path) -> dict:
     from hsfm_core.errors import InputError
     from hsfm_core.safe_io import read_json
@@ -112,7 +93,7 @@ def job_status(store, run_ids) -> JobStatus:
     started = record.get("started") if isinstance(record.get("started"), (int, float)) else None
     if started is None:
         started = ours[1] if ours else time.time()
-    if _held(_lock_of(job)) or (ours is not None and ours[0].poll() is None):
+    if lock_held(_lock_of(job)) or (ours is not None and ours[0].poll() is None):
         return JobStatus("running", str(record.get("stage") or "Starting the rendering worker"),
                          time.time() - started, estimate)
     if record.get("error"):
@@ -146,9 +127,7 @@ def start(store, run_ids, *, after: str | os.PathLike | None = None, env: dict |
         try:
             job.parent.mkdir(parents=True, exist_ok=True)
             job.unlink(missing_ok=True)  # a failed or finished attempt is retried from scratch
-            with open(_log_of(job), "ab") as log:  # its own session: it finishes even if the server stops
-                worker = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          start_new_session=True, env={**os.environ, **(env or {})})
+            worker = spawn(command, _log_of(job), env)
         except OSError as exc:
             return JobStatus("failed", f"cannot start the rendering worker ({exc.strerror or exc})")
         _spawned[str(job)] = (worker, time.time())
