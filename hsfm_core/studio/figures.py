@@ -163,10 +163,10 @@ def _add_arrows(figure: go.Figure, frame: pd.DataFrame, support: np.ndarray, edi
         return
     x, y = frame["x"].to_numpy(), frame["y"].to_numpy()
     if len(pairs) <= ARROW_ANNOTATIONS_MAX:
-        for a, b in pairs:
-            figure.add_annotation(x=x[b], y=y[b], ax=x[a], ay=y[a], xref="x", yref="y", axref="x", ayref="y",
-                                  showarrow=True, arrowhead=2, arrowsize=1.2, arrowwidth=1.2,
-                                  arrowcolor="rgba(30,30,30,0.7)", text="")
+        arrow = {"xref": "x", "yref": "y", "axref": "x", "ayref": "y", "showarrow": True, "arrowhead": 2,
+                 "arrowsize": 1.2, "arrowwidth": 1.2, "arrowcolor": "rgba(30,30,30,0.7)", "text": ""}
+        # one layout update: add_annotation per arrow re-validates every earlier one (0.3 s for 32 arrows)
+        figure.update_layout(annotations=[{**arrow, "x": x[b], "y": y[b], "ax": x[a], "ay": y[a]} for a, b in pairs])
     else:
         xs = np.ravel([[x[a], x[b], None] for a, b in pairs])
         ys = np.ravel([[y[a], y[b], None] for a, b in pairs])
