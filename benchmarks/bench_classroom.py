@@ -413,6 +413,8 @@ async def run_sessions(browsers, url: str, n: int, launchers: set[int], finish_t
     contexts = []
     for i in range(n):
         context = await browsers[i % len(browsers)].new_context(viewport={"width": 1280, "height": 800})
+        context.set_default_timeout(ACTION_TIMEOUT_MS)  # goto's own 30 s default failed 17 of 25 loads at once
+        context.set_default_navigation_timeout(ACTION_TIMEOUT_MS)
         await context.add_init_script(WS_HOOK)
         contexts.append(context)
     sessions = [Session(i, await c.new_page()) for i, c in enumerate(contexts)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import os
 import subprocess
+import time
 from pathlib import Path
 
 
@@ -38,6 +39,22 @@ def lock_held(lock: Path) -> bool:
     except OSError:
         return False
     return False
+
+
+def take_lock(handle, patience_s: float = 1.0) -> bool:
+    """An exclusive flock on the open file `handle` for a worker, without blocking: True once held, False
+    when another worker holds it. `lock_held`'s probe takes the lock for microseconds, so a busy lock is
+    tried again for `patience_s` before the worker concludes that another one is at work (a single try
+    lost to a probe was a worker started for nothing and a map left to the page's next start)."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
 
 
 def spawn(command: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:

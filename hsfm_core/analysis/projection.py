@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -66,7 +65,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hsfm_core.detached import Progress, lock_held, spawn
+from hsfm_core.detached import Progress, lock_held, spawn, take_lock
 from hsfm_core.errors import InputError
 
 EXACT_KNN_MAX_ROWS = 50_000  # above: the k-NN graph through an IVF index (recall measured in bench_scale)
@@ -568,9 +567,7 @@ def _run_worker(argv: list[str]) -> int:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(_lock_file(path), "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not take_lock(lock):
             return 0  # another worker computes this map
         if path.is_file():
             return 0

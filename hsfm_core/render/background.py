@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hsfm_core.detached import Progress, lock_held, spawn
+from hsfm_core.detached import Progress, lock_held, spawn, take_lock
 
 STRIP_STEPS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)  # the strip along z + t·Δ that the views draw
 JOBS = Path("cache") / "render" / "jobs"  # inside the workspace, beside the render cache
@@ -170,9 +170,9 @@ def warm_views(store, run: dict, renderer, flips: dict) -> None:
 def _locked(path: Path, blocking: bool = True):
     """An exclusive flock on `path` for the block (yields False when `blocking` is off and it is held)."""
     with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
+        if blocking:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        elif not take_lock(handle):
             yield False
             return
         yield True
