@@ -19,7 +19,8 @@ to end and checks that the job is marked "yours" in its own page. Reported per N
 - the part of each latency that is the client's: the page records when its websocket sent the
   action's first message and received the last message before the element showed (Date.now(), on
   the browser's event loop); the time outside that window is the browser's own (and playwright's
-  polling). A browser busy rendering answers its event loop late, so the client share is a lower bound;
+  polling). A browser busy rendering answers its event loop late, so the client share is a lower bound,
+  and the window's own p50 / p90 (printed) an upper bound of the server's part of the latency;
 - exceptions shown on any page (Streamlit's `stException`) and error boxes (`stAlertContentError`);
 - server RSS (the server process and its children: map and job workers) and CPU seconds, and the
   browsers' CPU seconds (chromium, playwright's driver and this script) as a share of the machine;
@@ -460,8 +461,12 @@ def latency_table(sessions: list[Session]) -> dict:
     per_action: dict[str, list] = {}
     for a in actions:
         per_action.setdefault(re.sub(r" → step \d+", "", a["action"]), []).append(a)
+    windows = np.array([a["server_window_s"] for a in actions]) if actions else np.zeros(1)
     return {"actions": len(actions), "p50_s": round(float(np.percentile(times, 50)), 2),
             "p90_s": round(float(np.percentile(times, 90)), 2), "max_s": round(float(times.max()), 2),
+            # the websocket window alone (first message sent → last received): the latency without the client's part
+            "server_window_p50_s": round(float(np.percentile(windows, 50)), 2),
+            "server_window_p90_s": round(float(np.percentile(windows, 90)), 2),
             "client_share_p50": round(float(np.median(share)), 2) if share else None,
             "per_action": {k: {"n": len(v), "p50_s": round(float(np.median([a["s"] for a in v])), 2),
                                "p90_s": round(float(np.percentile([a["s"] for a in v], 90)), 2),
@@ -631,6 +636,7 @@ def row(n: int, r: dict) -> str:
             f"{r['shown_as_yours']} yours | {m['umap_fits']} | {m['server_share_of_machine']:.0%} / "
             f"{m['client_share_of_machine']:.0%} / {m['others_share_of_machine']:.0%} | "
             f"{lat['client_share_p50'] if lat['client_share_p50'] is not None else '—'} | "
+            f"{lat['server_window_p50_s']:.2f} / {lat['server_window_p90_s']:.2f} | "
             f"{m['load1_start']}→{m['load1_end']}")
 
 
@@ -663,7 +669,8 @@ def main() -> None:
     results = {"commit": commit}
     try:
         print("  N | walks   | wall s |  p50 s |  p90 s |  max s | exc | err | RSS MB (server) | launches | UMAP fits | "
-              "CPU server / browsers / others | client share of latency (p50) | load avg 1 min", flush=True)
+              "CPU server / browsers / others | client share of latency (p50) | websocket window p50 / p90 s | "
+              "load avg 1 min", flush=True)
         for n in curve:
             results[n] = asyncio.run(point(args, code, workspace, n, last=n == curve[-1]))
             print(row(n, results[n]) + f"   (teacher's first Home {results[n]['teacher_first_home_s']} s)", flush=True)
