@@ -388,9 +388,8 @@ class Session:
             return
         self.launch.update(accepted=True, job_id=found.group(1))
         job = self.launch["job_id"]
-        # The job's end: the Status metric of the followed job (the selectbox's label keeps the status it had
-        # when first drawn — Streamlit does not redraw a keyed selectbox whose labels changed). Both read from
-        # one look at the page (a rerun may briefly show the old and the new selectbox).
+        # The job's end: the Status metric of the followed job (the "Follow job" label names the job, not its
+        # status). Both read from one look at the page (a rerun may briefly show the old and the new selectbox).
         look = ("j => { const f = [...document.querySelectorAll('input[aria-label=\"Follow job\"]')]"
                 ".find(e => e.value.includes(j)); const m = [...document.querySelectorAll('[data-testid=\"stMetric\"]')]"
                 ".find(e => e.innerText.startsWith('Status')); "
@@ -404,7 +403,7 @@ class Session:
         label, status = await handle.json_value()
         status = status.split()[-1]
         self.launch.update(finished=status == "done", yours=job in label and "yours" in label,
-                           label=label, label_status_stale=status not in label,
+                           label=label,
                            finished_after_s=round(time.time() - self.launch["pressed_at"], 1))
 
 
@@ -517,7 +516,6 @@ async def phase(browsers, url, workspace: Path, monitor: Monitor, n: int, share:
            "finished": sum(bool(s.launch and s.launch["finished"]) for s in sessions),
            "shown_as_yours": sum(bool(s.launch and s.launch["yours"]) for s in sessions),
            "lost_lassos_redrawn": sum(s.lost_lassos for s in sessions),
-           "follow_label_status_stale": sum(bool(s.launch and s.launch.get("label_status_stale")) for s in sessions),
            "launches": [s.launch for s in sessions if s.launch],
            "on_disk": launches_on_disk(workspace, sessions, jobs_before) if launchers else {}}
     cold = [a["s"] for s in sessions for a in s.actions if a["action"].startswith("cold map")]

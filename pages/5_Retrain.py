@@ -176,9 +176,12 @@ def method_label(name: str) -> str:
 
 
 def job_label(job: dict) -> str:
+    """The same text for the job's whole life (its status is in the table and the Status metric): the browser
+    sends a selectbox's choice back as this text, and a text that had changed since (queued → running) matched
+    no option, so Streamlit fell back to the first one, another session's newest job (bench_classroom, N = 25)."""
     spec = job["spec"]
-    return (f"{job['job_id']} · {method_label(spec['method'])} · seeds {','.join(map(str, spec['seeds']))} · "
-            f"{job['status']}" + (" · yours" if own(job) else ""))
+    return (f"{job['job_id']} · {method_label(spec['method'])} · seeds {','.join(map(str, spec['seeds']))}"
+            + (" · yours" if own(job) else ""))
 
 
 def previous_run(run_id: str, method_name: str) -> str | None:

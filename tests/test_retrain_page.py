@@ -111,12 +111,14 @@ def test_launch_watch_finish_and_compare(monkeypatch, workspace):
     assert "Launched job" in at.success[0].value and "with n=4 T=2 K_H=2 K_hard=8 E=2000" in at.success[0].value
     (job,) = jobs.list_jobs(workspace)
     assert job["spec"]["overrides"] == ["n=4", "T=2", "K_H=2", "K_hard=8", "E=2000"]
+    label = following(at).format_func(job["job_id"])  # what the browser sends back for the choice
     spec = TrainSpec.from_dict(job["spec"])
     assert set(spec.tags) == {"session"}  # the launching session's mark (its own jobs are shown as "yours")
     assert dataclasses.replace(spec, tags={}) == TrainSpec.create("hsfm", preset="waterbirds", seeds=[0],
                                                                   overrides=["n=4", "T=2", "K_H=2", "K_hard=8", "E=2000"])
     statuses = poll(at, lambda a: any("Done" in s.value for s in a.success), what="the job to finish")
     assert "running" in statuses  # progress was shown while it trained
+    assert following(at).format_func(job["job_id"]) == label and label.endswith("· yours")  # unchanged by its end
     assert at.metric[0].value == "done" and at.metric[3].value.endswith("%")  # val WGA of the last epoch
     assert len(at.get("plotly_chart")) == 1  # the training curves
     (new,) = {r["run_id"] for r in list_runs(workspace)} - before
