@@ -1,7 +1,10 @@
 """A classroom on one Studio server (issue 25; README "Teaching with the Studio"): N browser sessions at once.
 
     python -m benchmarks.bench_classroom --sessions 25 --workspace DEMO [--train-share 0.2] [--curve 1,5,10,25]
-        [--browsers 1] [--cold-map] [--settle 130] [--json OUT]
+        [--browsers 1] [--cold-map] [--settle 130] [--client-nice 19] [--json OUT]
+
+`--client-nice 19` runs the browsers at the lowest CPU priority: on one machine they otherwise take most of its
+cores, which the students' own computers would give them in a class.
 
 DEMO is a demo workspace (`python -m hsfm_core demo build --out DIR`). It is copied to a scratch folder
 first: the launched runs and the maps land in the copy, never in DEMO.
@@ -592,6 +595,8 @@ async def point(args, code: Path, workspace: Path, n: int, last: bool) -> dict:
         monitor = Monitor(proc.pid, workspace)
         monitor.start()
         try:
+            if args.client_nice:  # after the server started (it keeps its priority): the browsers, its driver and this script
+                os.setpriority(os.PRIO_PROCESS, 0, args.client_nice)
             async with async_playwright() as pw:
                 browsers = [await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
                             for _ in range(min(args.browsers, n))]
@@ -652,6 +657,9 @@ def main() -> None:
     parser.add_argument("--finish-timeout", type=float, default=900, help="seconds a launched run may take")
     parser.add_argument("--live-code", action="store_true",
                         help="serve the working tree itself (default: a snapshot of HEAD, immune to concurrent edits)")
+    parser.add_argument("--client-nice", type=int, default=0,
+                        help="run the browsers at this niceness (19: the lowest priority), so that the server's "
+                             "share of the cores is what it would be with the students' browsers on their own machines")
     parser.add_argument("--json", help="write every figure here")
     args = parser.parse_args()
     if not os.path.exists(CHROMIUM):
