@@ -6,6 +6,7 @@ A view of the registries only: the methods, their presets and settings come from
 `hsfm_core.jobs`, which reads the runs."""
 
 import dataclasses
+import zlib
 
 import pandas as pd
 import streamlit as st
@@ -220,9 +221,11 @@ def show_jobs() -> None:
                            "settings": " ".join(j["spec"]["overrides"]) or "preset", "runs": ", ".join(j["run_ids"]),
                            "created": j["created_at"]} for j in reversed(current)])
     st.dataframe(table, hide_index=True, width="stretch")
-    # A widget per launch: the browser may still send the old widget's value (a fragment rerun requested
-    # before the launch's rerun reached it, under load), and that value must not take the new job's place.
-    widget = f"retrain.watch_widget.{st.session_state.get('retrain.launches', 0)}"
+    # A widget per launch and per list of jobs: the browser may send a widget's value from before the launch (a
+    # fragment rerun requested before the launch's rerun reached it, under load), or keep its choice by position
+    # when another session's new job is put first in the list, and then follow that job (bench_classroom, N = 25).
+    # A new widget takes its value from WATCH_KEY, the session's own record of what it follows.
+    widget = f"retrain.watch_widget.{st.session_state.get('retrain.launches', 0)}.{zlib.crc32(' '.join(ids).encode())}"
     if st.session_state.get(widget) not in by_id:  # first draw on this visit, or a new launch
         watched = st.session_state.get(WATCH_KEY)
         st.session_state[widget] = watched if watched in by_id else ids[-1]

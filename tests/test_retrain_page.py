@@ -198,6 +198,14 @@ def test_follow_any_job(monkeypatch, workspace):
     launch(at)
     (mine,) = [j for j in jobs.list_jobs(workspace) if j["job_id"] not in (first["job_id"], second["job_id"])]
     assert following(at).value == mine["job_id"] and "yours" in following(at).format_func(mine["job_id"])
+    # Another session's launch puts its job first in the list: a new widget, still on this session's job (the
+    # browser keeps a choice by position, bench_classroom N = 25), whose value the page sets from its record.
+    before = following(at).key
+    other = jobs.launch(workspace, TrainSpec.create("erm", tags={"session": "another"}))
+    at.run()
+    assert following(at).options[0].startswith(other["job_id"]) and following(at).key != before
+    assert following(at).value == mine["job_id"]
+    jobs.wait(workspace, other["job_id"], 120)
 
 
 def following(at):
