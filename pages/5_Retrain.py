@@ -178,8 +178,8 @@ def method_label(name: str) -> str:
 
 def job_label(job: dict) -> str:
     """The same text for the job's whole life (its status is in the table and the Status metric): the browser
-    sends a selectbox's choice back as this text, and a text that had changed since (queued → running) matched
-    no option, so Streamlit fell back to the first one, another session's newest job (bench_classroom, N = 25)."""
+    sends a selectbox's choice back as this text, and a text that has changed since (queued → running) matches
+    no option."""
     spec = job["spec"]
     return (f"{job['job_id']} · {method_label(spec['method'])} · seeds {','.join(map(str, spec['seeds']))}"
             + (" · yours" if own(job) else ""))
