@@ -7,9 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8501
-# One worker more than cores: a third of the suite's time is waiting (servers, Slurm, subprocess polls),
-# and a spare worker fills it (2 cores, fresh clone with Slurm: 2 workers 545 s, 3 workers 488 s; README).
-PYTEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
+PYTEST_WORKERS ?= auto
 
 .PHONY: run test venv clean-venv
 
@@ -34,7 +32,7 @@ venv: $(VENV)/.installed-run
 run: $(VENV)/.installed-run
 	$(PY) -m streamlit run app.py --server.address $(HOST) --server.port $(PORT) --browser.gatherUsageStats false $(if $(WORKSPACE),-- --workspace $(WORKSPACE),)
 
-# The suite on every core, one worker more than cores (pytest-xdist): tests/conftest.py keeps the shared fixtures built once, the
+# The suite on every core (pytest-xdist): tests/conftest.py keeps the shared fixtures built once, the
 # Slurm tests on one worker and the browser tests one at a time. PYTEST_WORKERS=0: one process.
 test: $(VENV)/.installed-test
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)

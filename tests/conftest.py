@@ -1,6 +1,6 @@
 """Fixtures shared by the suite, and how it runs in parallel.
 
-`make test` runs the suite on every core with pytest-xdist (Makefile: one worker more than cores, `--dist loadgroup`).
+`make test` runs the suite on every core with pytest-xdist (Makefile: `-n auto --dist loadgroup`).
 Three rules keep that safe and free of repeated work:
 
 - **Shared, built once.** Session fixtures that build something (the app workspace, the tiny CLIP) build
