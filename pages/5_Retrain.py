@@ -221,15 +221,18 @@ def show_jobs() -> None:
                            "settings": " ".join(j["spec"]["overrides"]) or "preset", "runs": ", ".join(j["run_ids"]),
                            "created": j["created_at"]} for j in reversed(current)])
     st.dataframe(table, hide_index=True, width="stretch")
-    # A widget per launch and per list of jobs: the browser may send a widget's value from before the launch (a
-    # fragment rerun requested before the launch's rerun reached it, under load), or keep its choice by position
-    # when another session's new job is put first in the list, and then follow that job (bench_classroom, N = 25).
-    # A new widget takes its value from WATCH_KEY, the session's own record of what it follows.
+    # The choice comes from WATCH_KEY, the session's own record, as the widget's `index`, never by setting the
+    # widget's state: a browser that redraws the widget without its state (a full rerun after a job ends, under
+    # load) falls back to the index it was sent, and took the first option, the newest job, when that index was
+    # 0 (bench_classroom, N = 25). A widget per launch and per list of jobs: the browser may send a widget's value
+    # from before the launch, or keep its choice by position when another session's job is put first.
+    watched = st.session_state.get(WATCH_KEY)
+    if watched not in by_id:  # the newest of this session's own jobs, else the newest job
+        watched = ([j["job_id"] for j in current if own(j)] or ids)[-1]
+    options = list(reversed(ids))
     widget = f"retrain.watch_widget.{st.session_state.get('retrain.launches', 0)}.{zlib.crc32(' '.join(ids).encode())}"
-    if st.session_state.get(widget) not in by_id:  # first draw on this visit, or a new launch
-        watched = st.session_state.get(WATCH_KEY)
-        st.session_state[widget] = watched if watched in by_id else ids[-1]
-    chosen = st.selectbox("Follow job", list(reversed(ids)), format_func=lambda i: job_label(by_id[i]), key=widget)
+    chosen = st.selectbox("Follow job", options, index=options.index(watched),
+                          format_func=lambda i: job_label(by_id[i]), key=widget)
     st.session_state[WATCH_KEY] = chosen
     job = jobs.get_job(workspace, chosen)  # fresh: the table above may be a moment older
     if job["status"] not in jobs.ACTIVE and chosen in now_active:  # it ended since the table's read: the

@@ -199,13 +199,21 @@ def test_follow_any_job(monkeypatch, workspace):
     (mine,) = [j for j in jobs.list_jobs(workspace) if j["job_id"] not in (first["job_id"], second["job_id"])]
     assert following(at).value == mine["job_id"] and "yours" in following(at).format_func(mine["job_id"])
     # Another session's launch puts its job first in the list: a new widget, still on this session's job (the
-    # browser keeps a choice by position, bench_classroom N = 25), whose value the page sets from its record.
+    # browser keeps a choice by position, bench_classroom N = 25), whose index the page sets from its record.
     before = following(at).key
     other = jobs.launch(workspace, TrainSpec.create("erm", tags={"session": "another"}))
     at.run()
     assert following(at).options[0].startswith(other["job_id"]) and following(at).key != before
     assert following(at).value == mine["job_id"]
-    jobs.wait(workspace, other["job_id"], 120)
+    # A browser that redraws the widget without its state takes the index the page sent: this session's job, not
+    # the first option (the newest job, another session's), which the page followed under load before.
+    assert following(at).proto.default == 1 and following(at).options[1].startswith(mine["job_id"])
+    del at.session_state["retrain.watch"]  # no record, and a new widget: this session's own newest job, not the newest
+    third = jobs.launch(workspace, TrainSpec.create("erm", tags={"session": "another"}))
+    at.run()
+    assert following(at).options[0].startswith(third["job_id"]) and following(at).value == mine["job_id"]
+    for job in (other, third):
+        jobs.wait(workspace, job["job_id"], 120)
 
 
 def following(at):
