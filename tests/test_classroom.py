@@ -151,3 +151,44 @@ def test_a_demo_is_recognised_by_its_record_wherever_it_was_built(tmp_path):
     assert not ui.is_demo(folder)
     (folder / MARKER).write_text("{not json")
     assert not ui.is_demo(folder)
+
+
+def test_the_server_keeps_at_most_two_malloc_arenas(tmp_path):
+    """Sessions' script threads share the server's capped glibc arenas (ui.MALLOC_ARENAS), where each busy
+    thread would otherwise get one of its own: counted with glibc's malloc_info, in a fresh process whose 8
+    threads allocate at once, with and without the cap."""
+    import platform
+    import subprocess
+    import sys
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("malloc arenas are glibc's")
+    code = """
+import ctypes, sys, threading
+libc = ctypes.CDLL("libc.so.6")
+libc.fopen.restype = ctypes.c_void_p  # a FILE *, not an int
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+if sys.argv[1] == "capped":
+    from hsfm_core.studio import ui
+    assert ui._cap_malloc_arenas()
+start = threading.Barrier(8)
+def work():
+    start.wait()
+    kept = [ctypes.create_string_buffer(4096) for _ in range(2000)]  # malloc'd by this thread
+    start.wait()
+threads = [threading.Thread(target=work) for _ in range(8)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+out = libc.fopen(sys.argv[2].encode(), b"w")
+libc.malloc_info(0, out)
+libc.fclose(out)
+"""
+    heaps = {}
+    for mode in ("capped", "default"):
+        report = tmp_path / f"{mode}.xml"
+        done = subprocess.run([sys.executable, "-c", code, mode, str(report)], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr
+        heaps[mode] = report.read_text().count("<heap nr=")
+    assert heaps["capped"] <= ui.MALLOC_ARENAS < heaps["default"], heaps
