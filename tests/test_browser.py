@@ -261,6 +261,11 @@ def test_sweep_in_the_browser(app_workspace, tmp_path):
         page.get_by_text("What changed").first.wait_for(timeout=30_000)
         wait_until_idle(page)
         assert "/Groups" in page.url
-        page.get_by_text(f"c{chosen:02d}", exact=False).first.wait_for(timeout=30_000)  # the selection's run group
+        try:  # the selection's run group; the Groups page scores every compared run first (slow beside other work)
+            page.get_by_text(f"c{chosen:02d}", exact=False).first.wait_for(timeout=120_000)
+        except Exception as exc:  # say what the page compared instead
+            shot(page, "sweep-groups-failed")
+            compared = page.locator("[data-testid='stSidebar']").first.inner_text()
+            raise AssertionError(f"c{chosen:02d} not shown in Groups; the sidebar: {compared[:1500]}") from exc
         no_exception(page)
     (artifacts() / "sweep-timings.json").write_text(json.dumps(timings, indent=2))
