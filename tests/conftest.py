@@ -4,8 +4,8 @@
 Three rules keep that safe and free of repeated work:
 
 - **Shared, built once.** Session fixtures that build something (the app workspace, the tiny CLIP, the
-  installed copy) build it once for *all* workers, in a folder of this run that every worker sees
-  (`shared_once`: a file lock, the first worker builds, the others wait and reuse). `HSFM_CACHE_DIR` points every worker, and
+  installed copy) build it once for *all* workers, in a folder of this run that every worker sees (`shared_once`: a file
+  lock, the first worker builds, the others wait and reuse). `HSFM_CACHE_DIR` points every worker, and
   every app or CLI process a test starts, at one cache of this run: the demo workspace is built at most
   once there (its build takes its own lock, hsfm_core/demo/build.py), and never in the user's cache. The
   suite builds it once: the installed copy's first launch (tests/test_demo.py), in a cache of its own, and

@@ -46,10 +46,9 @@ MALLOC_ARENAS = 2  # glibc's M_ARENA_MAX for the server process (docs/ARCHITECTU
 def _cap_malloc_arenas() -> bool:
     """Once per server: at most MALLOC_ARENAS glibc malloc arenas (what MALLOC_ARENA_MAX=2 sets at a
     process's start). Streamlit runs each session's script in a thread of its own, and glibc gives
-    threads that allocate at once arenas of their own, up to 8 per core, each keeping freed memory.
-    Measured with 25 sessions (benchmarks/bench_classroom.py): about 50 MB less server memory; the
-    growth of a second walk stayed. The GIL keeps the shared arenas' lock cheap. No effect (False)
-    off glibc."""
+    threads that allocate at once arenas of their own, up to 8 per core, each keeping freed memory:
+    a class's second walk grew the server by 5-7 % (benchmarks/bench_classroom.py). Python's own
+    objects and the GIL make the shared arenas' lock cheap. No effect (False) off glibc."""
     import ctypes
     import ctypes.util
 
