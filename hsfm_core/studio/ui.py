@@ -36,28 +36,6 @@ STORE_HASH = {"hsfm_core.features.store.FeatureStore": lambda store: (str(store.
 
 def page_setup(title: str | None = None) -> None:
     st.set_page_config(page_title=f"{title} · HSFM Studio" if title else "HSFM Studio", layout="wide")
-    _cap_malloc_arenas()
-
-
-MALLOC_ARENAS = 2  # glibc's M_ARENA_MAX for the server process (docs/ARCHITECTURE.md §App)
-
-
-@st.cache_resource
-def _cap_malloc_arenas() -> bool:
-    """Once per server: at most MALLOC_ARENAS glibc malloc arenas (what MALLOC_ARENA_MAX=2 sets at a
-    process's start). Streamlit runs each session's script in a thread of its own, and glibc gives
-    threads that allocate at once arenas of their own, up to 8 per core, each keeping freed memory:
-    a class's second walk grew the server by 5-7 % (benchmarks/bench_classroom.py). Python's own
-    objects and the GIL make the shared arenas' lock cheap. No effect (False) off glibc."""
-    import ctypes
-    import ctypes.util
-
-    M_ARENA_MAX = -8  # malloc.h
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(M_ARENA_MAX, MALLOC_ARENAS))
-    except (OSError, AttributeError):  # not glibc (macOS, musl): the allocator's own policy stays
-        return False
 
 
 def current_selection(store) -> dict | None:
