@@ -51,6 +51,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -506,6 +507,7 @@ async def phase(browsers, url, workspace: Path, monitor: Monitor, n: int, share:
     sessions, contexts = await run_sessions(browsers, url, n, launchers, finish_timeout_s, ramp_s, cold_map)
     after = monitor.snapshot()
     rss = monitor.rss_mb()  # with the N sessions still connected
+    probed = probe_memory(monitor.server_pid)
     for c in contexts:
         await c.close()
     out = {"sessions": n, "walks_completed": sum(s.failed is None for s in sessions),
@@ -518,7 +520,7 @@ async def phase(browsers, url, workspace: Path, monitor: Monitor, n: int, share:
            "accepted": sum(bool(s.launch and s.launch["accepted"]) for s in sessions),
            "finished": sum(bool(s.launch and s.launch["finished"]) for s in sessions),
            "shown_as_yours": sum(bool(s.launch and s.launch["yours"]) for s in sessions),
-           "lost_lassos_redrawn": sum(s.lost_lassos for s in sessions),
+           "lost_lassos_redrawn": sum(s.lost_lassos for s in sessions), "memory_probe": probed,
            "launches": [s.launch for s in sessions if s.launch],
            "on_disk": launches_on_disk(workspace, sessions, jobs_before) if launchers else {}}
     cold = [a["s"] for s in sessions for a in s.actions if a["action"].startswith("cold map")]
@@ -540,6 +542,27 @@ async def warm_up(browser, url: str) -> float:
         return round(time.time() - start, 1)
     finally:
         await context.close()
+
+
+PROBE_DIR = REPO / "benchmarks" / "memory_probe"
+
+
+def probe_memory(pid: int, timeout_s: float = 120) -> dict | None:
+    """With `--probe-memory`: signal the server (benchmarks/memory_probe/sitecustomize.py) and read what its
+    handler wrote: heap in use against held free, Python objects per type, tracemalloc growth. Else None."""
+    out = os.environ.get("HSFM_MEMORY_PROBE_DIR")
+    if not out:
+        return None
+    before = set(Path(out).glob(f"probe-{pid}-*.json"))
+    os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        new = set(Path(out).glob(f"probe-{pid}-*.json")) - before
+        if new:
+            time.sleep(0.5)  # the handler writes it whole, but give it a moment
+            return json.loads(new.pop().read_text())
+        time.sleep(0.5)
+    return {"error": "no probe answer"}
 
 
 def remove_maps(workspace: Path) -> None:
@@ -576,12 +599,13 @@ def snapshot(into: Path) -> str:
 
 
 @contextmanager
-def server(code: Path, workspace: Path, log: Path, timeout: float = 300):
+def server(code: Path, workspace: Path, log: Path, timeout: float = 300, probe: dict | None = None):
     """`streamlit run app.py -- --workspace W`, started as the browser tests start it (tests/browser.py's
     `streamlit_server`: a port the system picks, health checked, stopped by PID), but from `code`: its
     directory is the working directory and PYTHONPATH, so the map workers and jobs it starts import the same
-    code. → (URL, process)."""
-    with streamlit_server("--workspace", str(workspace), env={"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(code)},
+    code. `probe`: extra environment for the memory probe (`--probe-memory`). → (URL, process)."""
+    env = {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(code), **(probe or {})}
+    with streamlit_server("--workspace", str(workspace), env=env,
                           timeout=timeout, log=log, root=code) as (url, proc):
         yield url, proc
 
@@ -591,7 +615,13 @@ async def point(args, code: Path, workspace: Path, n: int, last: bool) -> dict:
 
     log = Path(tempfile.mkstemp(prefix=f"classroom-server-{n}-", suffix=".log")[1])
     result = {}
-    with server(code, workspace, log) as (url, proc):
+    probe = None
+    if args.probe_memory:
+        Path(args.probe_memory).mkdir(parents=True, exist_ok=True)
+        os.environ["HSFM_MEMORY_PROBE_DIR"] = str(Path(args.probe_memory).resolve())
+        probe = {"PYTHONPATH": f"{PROBE_DIR}:{code}", "HSFM_MEMORY_PROBE_DIR": os.environ["HSFM_MEMORY_PROBE_DIR"],
+                 **({"PYTHONTRACEMALLOC": str(args.trace_frames)} if args.trace_frames else {})}
+    with server(code, workspace, log, probe=probe) as (url, proc):
         monitor = Monitor(proc.pid, workspace)
         monitor.start()
         try:
@@ -611,6 +641,7 @@ async def point(args, code: Path, workspace: Path, n: int, last: bool) -> dict:
                     if last and args.second_walk:
                         await asyncio.sleep(args.settle)  # the first walk's sessions expire (TTL 120 s)
                         idle = monitor.rss_mb()
+                        result["memory_probe_idle"] = probe_memory(proc.pid)
                         second = await phase(browsers, url, workspace, monitor, n, args.train_share,
                                              args.finish_timeout, args.ramp)
                         result["second_walk"] = second
@@ -660,6 +691,12 @@ def main() -> None:
     parser.add_argument("--client-nice", type=int, default=0,
                         help="run the browsers at this niceness (19: the lowest priority), so that the server's "
                              "share of the cores is what it would be with the students' browsers on their own machines")
+    parser.add_argument("--probe-memory", metavar="DIR",
+                        help="signal the server at each walk's end to write a memory probe into DIR "
+                             "(benchmarks/memory_probe: heap in use vs held free, objects per type)")
+    parser.add_argument("--trace-frames", type=int, default=0,
+                        help="with --probe-memory: run the server under tracemalloc with this many frames "
+                             "(slows it: for finding a leak, not for latency)")
     parser.add_argument("--json", help="write every figure here")
     args = parser.parse_args()
     if not os.path.exists(CHROMIUM):

@@ -1,0 +1,62 @@
+"""A memory probe for benchmarks (bench_classroom `--probe-memory`): on this folder's PYTHONPATH every Python
+process installs a SIGUSR1 handler; the benchmark signals the server at the end of each walk, and the handler
+writes `probe-<pid>-<k>.json` into $HSFM_MEMORY_PROBE_DIR:
+
+- RSS, and glibc's view of the heap (mallinfo2, over every arena): bytes in use against bytes held free —
+  whether growth is live objects or memory malloc keeps after they are freed;
+- Python's allocated blocks, threads, and the object counts per type (top 40);
+- with PYTHONTRACEMALLOC=N set, the allocations that grew since the previous signal (top 40 by size).
+
+Never imported by the app; it only exists on PYTHONPATH when the benchmark puts it there."""
+import os
+
+if os.environ.get("HSFM_MEMORY_PROBE_DIR"):
+    import ctypes
+    import gc
+    import json
+    import signal
+    import sys
+    import threading
+    import tracemalloc
+    from collections import Counter
+    from pathlib import Path
+
+    class _MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                     "keepcost")]
+
+    _state = {"count": 0, "snapshot": None}
+
+    def _rss_kb() -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return -1
+
+    def _probe(signum, frame) -> None:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = _MallInfo2
+        info = libc.mallinfo2()
+        gc.collect()
+        types = Counter(type(o).__qualname__ for o in gc.get_objects())
+        out = {"pid": os.getpid(), "argv": sys.argv[:3], "rss_mb": round(_rss_kb() / 1024, 1),
+               "malloc_in_use_mb": round(info.uordblks / 2**20, 1), "malloc_free_held_mb": round(info.fordblks / 2**20, 1),
+               "malloc_mmapped_mb": round(info.hblkhd / 2**20, 1), "malloc_arena_mb": round(info.arena / 2**20, 1),
+               "python_blocks": sys.getallocatedblocks(), "threads": threading.active_count(),
+               "gc_objects": sum(types.values()), "types": types.most_common(40)}
+        if tracemalloc.is_tracing():
+            snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+            out["traced_mb"] = round(tracemalloc.get_traced_memory()[0] / 2**20, 1)
+            if _state["snapshot"] is not None:
+                diff = snapshot.compare_to(_state["snapshot"], "traceback")
+                out["grew"] = [{"kb": round(d.size_diff / 1024), "count": d.count_diff,
+                                "where": [f"{f.filename}:{f.lineno}" for f in d.traceback][-8:]}
+                               for d in diff[:40]]
+            _state["snapshot"] = snapshot
+        _state["count"] += 1
+        target = Path(os.environ["HSFM_MEMORY_PROBE_DIR"]) / f"probe-{os.getpid()}-{_state['count']}.json"
+        target.write_text(json.dumps(out, indent=1))
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGUSR1, _probe)
