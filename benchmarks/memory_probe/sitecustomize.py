@@ -45,6 +45,17 @@ if os.environ.get("HSFM_MEMORY_PROBE_DIR"):
                "malloc_mmapped_mb": round(info.hblkhd / 2**20, 1), "malloc_arena_mb": round(info.arena / 2**20, 1),
                "python_blocks": sys.getallocatedblocks(), "threads": threading.active_count(),
                "gc_objects": sum(types.values()), "types": types.most_common(40)}
+        if "pyarrow" in sys.modules:  # arrow's own allocator (jemalloc), outside malloc's arenas
+            out["arrow_allocated_mb"] = round(sys.modules["pyarrow"].total_allocated_bytes() / 2**20, 1)
+        if "streamlit.runtime" in sys.modules:  # sessions the server still holds (connected or within their TTL)
+            try:
+                from streamlit.runtime import Runtime
+
+                manager = Runtime.instance()._session_mgr
+                out["sessions_held"] = len(manager.list_sessions())
+                out["sessions_active"] = len(manager.list_active_sessions())
+            except Exception as e:  # noqa: BLE001 - a probe never breaks the server
+                out["sessions_error"] = repr(e)
         if tracemalloc.is_tracing():
             snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
             out["traced_mb"] = round(tracemalloc.get_traced_memory()[0] / 2**20, 1)
