@@ -547,9 +547,10 @@ async def warm_up(browser, url: str) -> float:
 PROBE_DIR = REPO / "benchmarks" / "memory_probe"
 
 
-def probe_memory(pid: int, timeout_s: float = 120) -> dict | None:
+def probe_memory(pid: int, timeout_s: float = 900) -> dict | None:
     """With `--probe-memory`: signal the server (benchmarks/memory_probe/sitecustomize.py) and read what its
-    handler wrote: heap in use against held free, Python objects per type, tracemalloc growth. Else None."""
+    handler wrote: heap in use against held free, Python objects per type, tracemalloc growth. Else None.
+    Under tracemalloc a snapshot of the whole heap takes minutes: the wait is long."""
     out = os.environ.get("HSFM_MEMORY_PROBE_DIR")
     if not out:
         return None

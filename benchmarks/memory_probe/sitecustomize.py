@@ -4,7 +4,7 @@ writes `probe-<pid>-<k>.json` into $HSFM_MEMORY_PROBE_DIR:
 
 - RSS, and glibc's view of the heap (mallinfo2, over every arena): bytes in use against bytes held free —
   whether growth is live objects or memory malloc keeps after they are freed;
-- Python's allocated blocks, threads, and the object counts per type (top 40);
+- Python's allocated blocks, threads, and the object count of every type;
 - with PYTHONTRACEMALLOC=N set, the allocations that grew since the previous signal (top 40 by size).
 
 Never imported by the app; it only exists on PYTHONPATH when the benchmark puts it there."""
@@ -44,7 +44,7 @@ if os.environ.get("HSFM_MEMORY_PROBE_DIR"):
                "malloc_in_use_mb": round(info.uordblks / 2**20, 1), "malloc_free_held_mb": round(info.fordblks / 2**20, 1),
                "malloc_mmapped_mb": round(info.hblkhd / 2**20, 1), "malloc_arena_mb": round(info.arena / 2**20, 1),
                "python_blocks": sys.getallocatedblocks(), "threads": threading.active_count(),
-               "gc_objects": sum(types.values()), "types": types.most_common(40)}
+               "gc_objects": sum(types.values()), "types": types.most_common()}
         if "pyarrow" in sys.modules:  # arrow's own allocator (jemalloc), outside malloc's arenas
             out["arrow_allocated_mb"] = round(sys.modules["pyarrow"].total_allocated_bytes() / 2**20, 1)
         if "streamlit.runtime" in sys.modules:  # sessions the server still holds (connected or within their TTL)
