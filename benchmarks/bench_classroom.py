@@ -559,8 +559,7 @@ def probe_memory(pid: int, timeout_s: float = 900) -> dict | None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         new = set(Path(out).glob(f"probe-{pid}-*.json")) - before
-        if new:
-            time.sleep(0.5)  # the handler writes it whole, but give it a moment
+        if new:  # written whole (renamed into place)
             return json.loads(new.pop().read_text())
         time.sleep(0.5)
     return {"error": "no probe answer"}

@@ -67,7 +67,9 @@ if os.environ.get("HSFM_MEMORY_PROBE_DIR"):
             _state["snapshot"] = snapshot
         _state["count"] += 1
         target = Path(os.environ["HSFM_MEMORY_PROBE_DIR"]) / f"probe-{os.getpid()}-{_state['count']}.json"
-        target.write_text(json.dumps(out, indent=1))
+        partial = target.with_suffix(".partial")
+        partial.write_text(json.dumps(out, indent=1))
+        partial.replace(target)  # atomic: the benchmark never reads half a probe
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGUSR1, _probe)
