@@ -3,13 +3,11 @@
 `make test` runs the suite on every core with pytest-xdist (Makefile: `-n auto --dist loadgroup`).
 Three rules keep that safe and free of repeated work:
 
-- **Shared, built once.** Session fixtures that build something (the app workspace, the tiny CLIP, the
-  installed copy) build it once for *all* workers, in a folder of this run that every worker sees (`shared_once`: a file
+- **Shared, built once.** Session fixtures that build something (the app workspace, the tiny CLIP) build
+  it once for *all* workers, in a folder of this run that every worker sees (`shared_once`: a file
   lock, the first worker builds, the others wait and reuse). `HSFM_CACHE_DIR` points every worker, and
   every app or CLI process a test starts, at one cache of this run: the demo workspace is built at most
-  once there (its build takes its own lock, hsfm_core/demo/build.py), and never in the user's cache. The
-  suite builds it once: the installed copy's first launch (tests/test_demo.py), in a cache of its own, and
-  the quickstart runs on that build.
+  once there (its build takes its own lock, hsfm_core/demo/build.py), and never in the user's cache.
 - **One worker per resource.** A test that uses a module- or session-scoped fixture defined in its own
   test file runs on the same worker as the others that use it (an `xdist_group` per file), so that fixture
   is built once; the real-Slurm tests (one cluster, whose accounting mode they switch) are one such
@@ -123,15 +121,6 @@ def tiny_clip(shared_tmp) -> str:
 @pytest.fixture()
 def waterbirds_dir(tmp_path):
     return make_waterbirds(tmp_path / "waterbirds")
-
-
-@pytest.fixture(scope="session")
-def installed_copy(shared_tmp) -> Path:
-    """A regular (non-editable) install of a copy of this checkout (tests/installed.py), built once for all
-    workers: tests/test_package.py and the demo's first launch (tests/test_demo.py) run from it."""
-    from tests.installed import install_copy
-
-    return shared_once(shared_tmp, "installed", install_copy) / "site"
 
 
 @pytest.fixture(scope="session")

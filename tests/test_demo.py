@@ -3,10 +3,6 @@ builds the demo workspace through the same extract → train pipeline as real da
 
 import json
 import os
-import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,43 +15,28 @@ from hsfm_core.demo import clip
 from hsfm_core.demo.build import DEMO_CLIP, MARKER, default_demo_dir, is_built
 from hsfm_core.features import FeatureStore
 from hsfm_core.runs import list_runs
-from tests.installed import REPO, outside_env
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 pytestmark = pytest.mark.slow
 
 
-FIRST_LAUNCH = """
-import json, sys
-import hsfm_core
-from streamlit.testing.v1 import AppTest
-assert hsfm_core.__file__.startswith(sys.argv[1]), hsfm_core.__file__
-at = AppTest.from_file(sys.argv[2], default_timeout=600).run()
-table = at.dataframe[0].value if len(at.dataframe) else None
-print(json.dumps({"exceptions": [e.message for e in at.exception],
-                  "train_counts": None if table is None else {str(k): int(v) for k, v in table["train"].items()}}))
-"""
-
-
 @pytest.fixture(scope="session")
-def first_launch(tmp_path_factory, installed_copy):
-    """Open the installed app (a regular install of this checkout, as a user gets it) with no workspace and an
-    empty cache, in a process that imports only that copy: it builds the demo workspace. The suite's one demo
-    build: the quickstart below runs on it too. → (what Home showed, the demo's folder)."""
+def first_launch(tmp_path_factory):
+    """Open the app with no workspace and an empty cache: it builds the demo workspace."""
     cache = tmp_path_factory.mktemp("cache")
-    app = installed_copy / "hsfm_core" / "_bundled" / "app.py"
-    done = subprocess.run([sys.executable, "-c", FIRST_LAUNCH, str(installed_copy), str(app)], capture_output=True,
-                          text=True, cwd=cache.parent, timeout=900,
-                          env=outside_env(PYTHONPATH=str(installed_copy), HSFM_CACHE_DIR=str(cache)))
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    shown = json.loads(done.stdout.strip().splitlines()[-1])
-    saved = os.environ.get("HSFM_CACHE_DIR")
+    saved = {k: os.environ.get(k) for k in ("HSFM_CACHE_DIR", "HSFM_WORKSPACE")}
     os.environ["HSFM_CACHE_DIR"] = str(cache)
+    os.environ.pop("HSFM_WORKSPACE", None)
     try:
+        at = AppTest.from_file(APP, default_timeout=600).run()
         workspace = default_demo_dir()
     finally:
-        os.environ.pop("HSFM_CACHE_DIR") if saved is None else os.environ.__setitem__("HSFM_CACHE_DIR", saved)
-    return shown, workspace
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return at, workspace
 
 
 def test_bundled_clip_meets_its_card():
@@ -73,8 +54,8 @@ def test_bundled_clip_meets_its_card():
 
 
 def test_first_launch_builds_and_opens_the_demo(first_launch):
-    shown, workspace = first_launch
-    assert not shown["exceptions"], shown["exceptions"]
+    at, workspace = first_launch
+    assert not at.exception, at.exception
     assert is_built(workspace)
     store = FeatureStore.open(workspace)
     assert store.manifest["backbone"]["kind"] == "open_clip" and store.manifest["clip_space"]
@@ -86,7 +67,8 @@ def test_first_launch_builds_and_opens_the_demo(first_launch):
     assert sorted(by_method) == sorted(methods.names())  # every registered method, each over seeds 0–2
     assert all(len(runs) % 3 == 0 for runs in by_method.values()) and len(by_method["hsfm"]) == 9
     assert all(r["status"] == "done" for r in list_runs(workspace))
-    assert shown["train_counts"]["waterbird · land background"] == 56  # Home's table of the groups
+    table = at.dataframe[0].value
+    assert table.loc["waterbird · land background", "train"] == 56
 
 
 def test_demo_teaches_the_spurious_correlation(first_launch):
@@ -157,38 +139,3 @@ def test_the_fast_first_map_meets_its_quality_floor(first_launch):
     assert neighbour_agreement(full, fast, every, k=15, metric="euclidean") >= 0.5
     shown = {name: neighbour_agreement(features, layout, every, k=15) for name, layout in (("fast", fast), ("full", full))}
     assert shown["fast"] >= 0.9 * shown["full"], shown
-
-
-def test_quickstart_runs_outside_the_repository_against_an_installed_copy(first_launch, installed_copy, tmp_path):
-    """The example as a new user runs it: from another folder, against the installed copy, on the demo that
-    copy built at its first launch (a copy of it: the example adds its runs), trains DFR and HSFM, prints the
-    tables and the decoding, and saves a figure."""
-    _, workspace = first_launch
-    script = tmp_path / "quickstart.py"
-    shutil.copy(REPO / "examples" / "quickstart.py", script)
-    cache = tmp_path / "cache"
-    # not its cache/: the first launch's map and render workers may still be writing there
-    shutil.copytree(workspace, cache / workspace.name,
-                    ignore=lambda folder, names: ["cache"] if folder == str(workspace) else [])
-    record = (workspace / MARKER).read_text()
-    done = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "out")], capture_output=True,
-                          text=True, cwd=tmp_path, env=outside_env(PYTHONPATH=str(installed_copy), HSFM_CACHE_DIR=str(cache)),
-                          timeout=580)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    out = done.stdout
-    assert "Test accuracy per group" in out and "What HSFM's edits point to" in out
-    assert re.search(r"^\| DFR .*\| \d+\.\d ± \d+\.\d \|", out, re.M) and re.search(r"^\| HSFM .*\| 3 \|$", out, re.M)
-    assert len(re.findall(r"^\s+(landbird|waterbird) \(\d+ edited features\): ", out, re.M)) == 2
-    assert "plotly" in (tmp_path / "out" / "quickstart-groups.html").read_text()
-    assert "building the demo workspace" not in out and (cache / workspace.name / MARKER).read_text() == record
-    built_by = Path(json.loads(record)["clip"])
-    assert built_by.is_relative_to(installed_copy), "the demo was not built from the installed copy"
-    import psutil
-
-    def started_here(p: psutil.Process) -> bool:  # e.g. a detached map or numba warm-up worker
-        try:
-            return any(str(tmp_path) in part for part in p.cmdline()) or p.cwd().startswith(str(tmp_path))
-        except psutil.Error:
-            return False
-
-    assert not [p.cmdline() for p in psutil.process_iter() if started_here(p)], "the example left a process behind"

@@ -1,8 +1,7 @@
 """The package as users install it (docs/ARCHITECTURE.md §Package): pyproject.toml's metadata, the
 `hsfm` command from any folder, a regular (non-editable) install that finds its bundled assets and
-app, and the public API's surface. The installed copy is shared (tests/conftest.py `installed_copy`): the
-demo's first launch runs from it, and examples/quickstart.py runs against it from outside the repository on
-that build (tests/test_demo.py).
+app, the public API's surface, and examples/quickstart.py run from outside the repository against an
+installed copy.
 
 `make test` installs this checkout into .venv in editable mode first, which puts `hsfm` beside the
 interpreter running these tests.
@@ -13,7 +12,9 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -26,12 +27,18 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from tests.browser import free_port, stop
-from tests.installed import REPO
-from tests.installed import outside_env as _env
 
+REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 HSFM = Path(sys.executable).parent / "hsfm"
 HEAVY = ("torch", "streamlit", "umap", "numba", "pandas", "numpy", "sklearn", "open_clip", "faiss")
+
+
+def _env(**extra: str) -> dict:
+    """This environment without PYTHONPATH (nothing from the checkout leaks in), plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"), **extra)
+    return env
 
 
 def _pins(path: Path) -> dict[str, str]:
@@ -130,6 +137,20 @@ def test_hsfm_works_on_a_workspace_from_another_folder(app_workspace, tmp_path):
     assert missing.returncode == 2 and "no such folder" in missing.stderr
 
 
+@pytest.fixture(scope="module")
+def installed_copy(tmp_path_factory) -> Path:
+    """A regular (non-editable) install of a copy of this checkout into a folder, as a wheel installs it."""
+    root = tmp_path_factory.mktemp("installed")
+    source = root / "source"  # built from a copy: no build/ or *.egg-info left in the checkout
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info",
+                                                                "__pycache__", "test-artifacts", ".hypothesis",
+                                                                "results"))
+    target = root / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(source)], check=True, cwd=root, env=_env(), timeout=600)
+    return target
+
+
 def test_installed_copy_finds_its_assets_and_app(installed_copy, tmp_path):
     code = ("import json, hsfm_core, hsfm_core.resources as r; from hsfm_core.demo.build import DEMO_CLIP, TUNED; "
             "from hsfm_core.analysis.decode import DEFAULT_CONCEPTS; print(json.dumps({'package': hsfm_core.__file__, "
@@ -198,3 +219,33 @@ def test_installed_hsfm_app_serves_its_bundled_app_from_another_folder(installed
     finally:
         stop(proc, timeout=20)
         proc.stdout.close()
+
+
+@pytest.mark.slow
+def test_quickstart_runs_outside_the_repository_against_an_installed_copy(installed_copy, tmp_path):
+    """The example as a new user runs it: from another folder, with a fresh cache (it builds the demo
+    from the installed copy's bundled CLIP), trains DFR and HSFM, prints the tables and the decoding,
+    and saves a figure."""
+    script = tmp_path / "quickstart.py"
+    shutil.copy(REPO / "examples" / "quickstart.py", script)
+    cache = tmp_path / "cache"
+    done = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "out")], capture_output=True,
+                          text=True, cwd=tmp_path, env=_env(PYTHONPATH=str(installed_copy), HSFM_CACHE_DIR=str(cache)),
+                          timeout=580)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert "Test accuracy per group" in out and "What HSFM's edits point to" in out
+    assert re.search(r"^\| DFR .*\| \d+\.\d ± \d+\.\d \|", out, re.M) and re.search(r"^\| HSFM .*\| 3 \|$", out, re.M)
+    assert len(re.findall(r"^\s+(landbird|waterbird) \(\d+ edited features\): ", out, re.M)) == 2
+    assert "plotly" in (tmp_path / "out" / "quickstart-groups.html").read_text()
+    demo = json.loads(next(cache.glob("demo-workspace-v*/demo.json")).read_text())
+    assert Path(demo["clip"]).is_relative_to(installed_copy), "the demo was not built from the installed copy"
+    import psutil
+
+    def started_here(p: psutil.Process) -> bool:  # e.g. a detached map or numba warm-up worker
+        try:
+            return any(str(tmp_path) in part for part in p.cmdline()) or p.cwd().startswith(str(tmp_path))
+        except psutil.Error:
+            return False
+
+    assert not [p.cmdline() for p in psutil.process_iter() if started_here(p)], "the example left a process behind"
