@@ -652,9 +652,10 @@ class _Worker:
 
             for rid in record["run_ids"] if status != "done" else ():  # runs train() could not end (normally none)
                 end_unfinished_run(workspace, rid, status, error)
-            _update(self.directory, ended={"status": status, "error": error, "t": time.time()})
+            # the log's last line before the record's end: whoever sees the job ended finds that line in its log
             print(f"[job] {status}" + (f": {error}" if error else ""), file=sys.stderr if error else sys.stdout,
                   flush=True)
+            _update(self.directory, ended={"status": status, "error": error, "t": time.time()})
             if slot is not None:
                 slot.close()
         return status
