@@ -74,6 +74,8 @@ from tests.browser import (
 ACTION_TIMEOUT_MS = 900_000  # a 25-session class on 2 shared cores: waits are long, failures are recorded
 SECOND_LASSO = [(0.02, 0.05), (0.12, 0.05), (0.12, 0.95), (0.02, 0.95), (0.02, 0.05)]  # starts outside LASSO
 LAUNCH_WINDOW_S = 10.0
+SETTLE_QUIET_S = 3.0  # a page counts as done running after this long without a script run (polls are 1 s apart)
+SETTLE_TIMEOUT_S = 300.0
 EXCEPTION = "[data-testid='stException']"
 LOST_LASSO_S = 45  # no message to the server this long after a lasso's mouse-up: the gesture was lost
 
@@ -233,6 +235,26 @@ class Session:
         await self.page.wait_for_selector("[data-testid='stApp'][data-test-connection-state='CONNECTED']",
                                           timeout=ACTION_TIMEOUT_MS)
         await self.page.wait_for_selector("[data-test-script-state='notRunning']", timeout=ACTION_TIMEOUT_MS)
+
+    async def settled(self, quiet_s: float = SETTLE_QUIET_S, timeout_s: float = SETTLE_TIMEOUT_S) -> float | None:
+        """Wait until this page has run no script (whole page or fragment) for `quiet_s` in a row: the reruns an
+        action sets off after its expected element showed (Retrain's job view reruns the page when the job ends)
+        have finished. → the seconds waited, or None when the page was still rerunning after `timeout_s`."""
+        start = time.time()
+        quiet_since = None
+        while time.time() - start < timeout_s:
+            state = await self.page.evaluate(
+                "() => { const e = document.querySelector('[data-test-script-state]'); "
+                "return e ? e.getAttribute('data-test-script-state') : null; }")
+            now = time.time()
+            if state == "notRunning":
+                quiet_since = quiet_since or now
+                if now - quiet_since >= quiet_s:
+                    return round(quiet_since - start, 2)
+            else:
+                quiet_since = None
+            await asyncio.sleep(0.25)
+        return None
 
     async def timed(self, name: str, action, ready) -> None:
         """`await action()`, then `await ready()` and an idle script; records the latency and the
@@ -506,7 +528,12 @@ async def phase(browsers, url, workspace: Path, monitor: Monitor, n: int, share:
     before, jobs_before = monitor.snapshot(), job_ids(workspace)
     sessions, contexts = await run_sessions(browsers, url, n, launchers, finish_timeout_s, ramp_s, cold_map)
     after = monitor.snapshot()
-    rss = monitor.rss_mb()  # with the N sessions still connected
+    # The reading at the instant the last expected element showed counts the page runs still in flight then
+    # (a launcher's Retrain rerunning once its job ended): transient working memory, not memory kept. The
+    # walk's end is when every page has finished running; both readings are reported.
+    rss_at_last_element = monitor.rss_mb()
+    waits = await asyncio.gather(*(s.settled() for s in sessions))
+    rss = monitor.rss_mb()  # with the N sessions still connected, every page done running
     probed = probe_memory(monitor.server_pid)
     for c in contexts:
         await c.close()
@@ -514,6 +541,9 @@ async def phase(browsers, url, workspace: Path, monitor: Monitor, n: int, share:
            "failed": {s.index: s.failed for s in sessions if s.failed},
            "latency": latency_table(sessions), "exceptions": [e for s in sessions for e in s.exceptions],
            "error_boxes": [e for s in sessions for e in s.errors], "rss_end": rss,
+           "rss_at_last_element": rss_at_last_element,
+           "settle": {"max_wait_s": max((w for w in waits if w is not None), default=0.0),
+                      "sessions_still_running": sum(w is None for w in waits)},
            "peak_rss_mb": round(monitor.peak_rss / 2**20),
            "machine_memory_available_min_mb": round(monitor.min_available / 2**20), "machine": usage(before, after),
            "launched": sum(bool(s.launch) for s in sessions),
@@ -650,6 +680,9 @@ async def point(args, code: Path, workspace: Path, n: int, last: bool) -> dict:
                         result["rss_growth"] = round((b - a) / a, 3)
                         a, b = result["rss_end"]["server_mb"], second["rss_end"]["server_mb"]
                         result["server_rss_growth"] = round((b - a) / a, 3)
+                        a = result["rss_at_last_element"]["server_mb"]
+                        b = second["rss_at_last_element"]["server_mb"]
+                        result["server_rss_growth_at_last_element"] = round((b - a) / a, 3)
                 finally:
                     for b in browsers:
                         await b.close()
@@ -722,7 +755,10 @@ def main() -> None:
                 print(f"    RSS after the first walk {results[n]['rss_end']}, idle between walks "
                       f"{results[n]['rss_idle_between_walks']}, after the second {results[n]['second_walk']['rss_end']}: "
                       f"growth {results[n]['rss_growth']:+.1%} (server process alone "
-                      f"{results[n]['server_rss_growth']:+.1%})", flush=True)
+                      f"{results[n]['server_rss_growth']:+.1%}; read at the last expected element instead, before "
+                      f"the pages finished running: {results[n]['server_rss_growth_at_last_element']:+.1%}); "
+                      f"pages settled within {results[n]['settle']['max_wait_s']} / "
+                      f"{results[n]['second_walk']['settle']['max_wait_s']} s", flush=True)
             if "cold_map" in results[n]:
                 print(f"    cold map, {n} sessions open Projection at once: {results[n]['cold_map']}", flush=True)
     finally:
