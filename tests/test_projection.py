@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -188,3 +189,27 @@ def test_a_prepared_worker_computes_the_next_map_and_an_unused_one_ends(tmp_path
     other = projection.start_map(store, run, params=ProjectionParams(n_neighbors=10))  # a fresh worker again
     assert other.state == "running"
     projection.wait_for_map(store, run, params=ProjectionParams(n_neighbors=10), timeout=300)
+
+
+def test_compiled_kernels_cover_a_map_of_either_layout(tmp_path):
+    """`--compile-kernels` (run by `make` at installation) leaves in numba's cache every kernel a map uses:
+    a later process lays out maps of both layouts, with other sizes and dimensions, and compiles nothing."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba"), "NUMBA_DEBUG_CACHE": "1"}
+    done = subprocess.run([sys.executable, "-m", "hsfm_core.analysis.projection", "--compile-kernels"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "[cache] data saved to" in done.stdout  # it compiled them: the cache folder started empty
+    later = subprocess.run([sys.executable, "-c", (
+        "import numpy as np\n"
+        "from hsfm_core.analysis.projection import ProjectionParams, embed_jointly\n"
+        "data = np.random.default_rng(1).standard_normal((2600, 48))\n"  # float64: embed_jointly casts
+        "for layout, n in (('fast', 2600), ('full', 500)):\n"
+        "    embed_jointly(data[:n - 24], data[n - 24:n], ProjectionParams(layout=layout, n_neighbors=10))\n")],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert later.returncode == 0, later.stderr[-2000:]
+    events = later.stdout.splitlines()
+    assert not [e for e in events if "saved to" in e], "a map compiled kernels that --compile-kernels did not"
+    assert sum("data loaded from" in e for e in events) >= 10

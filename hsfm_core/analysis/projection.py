@@ -21,6 +21,8 @@ globals"), so it recompiled in every process: 45–50 s of the first map per ser
 Compilation. umap-learn 0.5 declares most of its numba kernels without `cache=True`; `_import_umap`
 imports it with numba's on-disk cache switched on for the kernels it declares, so they compile once
 per installation (cache files beside the sources, or in NUMBA_CACHE_DIR) and load in a later process.
+`make` compiles them when it installs (`compile_kernels`, `--compile-kernels`): 26.5 CPU-s once, where every
+process that lays out a map before the cache exists would pay it (2.9 CPU-s with the cache).
 Maps are computed in a separate process (`start_map`, `python -m hsfm_core.analysis.projection`):
 a Streamlit server never blocks on a fit and never holds umap's memory. A fresh worker spends seconds
 importing torch, pandas, FAISS and umap before its fit; `prepare_worker` starts one that imports and
@@ -372,6 +374,7 @@ _spawned: dict[str, tuple[subprocess.Popen, float]] = {}  # map path → worker 
 _prepared: dict = {}  # "worker": a prepared worker waiting for its map on stdin, "env": the variables it has
 _prepared_lock = threading.Lock()  # a Streamlit server runs its sessions in threads
 PREPARED = "--prepared"
+COMPILE_KERNELS = "--compile-kernels"
 PREPARED_IMPORTS = ("hsfm_core.runs", "hsfm_core.features", "hsfm_core.analysis.retrieval", "hsfm_core.heads", "faiss",
                     "safetensors.torch", "scipy.sparse", "sklearn.preprocessing", "pyarrow.parquet")  # torch: 1.7 s
 
@@ -513,9 +516,27 @@ def wait_for_map(store, run: dict | None = None, rows: np.ndarray | None = None,
         time.sleep(poll)
 
 
+def compile_kernels() -> float:
+    """Compile umap's numba kernels into numba's on-disk cache ("Compilation" above) by laying out two tiny
+    maps of random points, one per layout, through the same calls as a real map (float32, the default
+    parameters). An installation runs it once (Makefile), so that no process pays the compilation in its
+    first map, and processes starting together (a test suite's workers, a class's first maps) do not each
+    compile the same kernels. → CPU seconds spent."""
+    cpu = time.process_time()
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((2 * FAST_LANDMARKS + 200, 16)).astype(np.float32)
+    for layout, n in (("fast", len(data)), ("full", 300)):
+        embed_jointly(data[:n - 16], data[n - 16:n] + 0.1, ProjectionParams(layout=layout))
+    return time.process_time() - cpu
+
+
 def _main(argv: list[str]) -> int:
     """The worker process: `WORKSPACE [--run-id ID] …` computes that map; `--prepared` imports first,
-    then reads `{"argv": [...], "log": file}` from stdin (nothing: exits) and computes that map."""
+    then reads `{"argv": [...], "log": file}` from stdin (nothing: exits) and computes that map.
+    `--compile-kernels`: `compile_kernels()`, at installation."""
+    if argv == [COMPILE_KERNELS]:
+        print(f"umap's numba kernels compiled into numba's cache in {compile_kernels():.1f} CPU-s")
+        return 0
     with contextlib.suppress(OSError):  # background work: the server's pages and any training come first
         os.nice(10)
     if argv[:1] != [PREPARED]:
