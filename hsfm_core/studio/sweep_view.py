@@ -88,12 +88,18 @@ def sweep_status(workspace) -> None:
     st.session_state[SWEEP_KEY] = chosen
     with ui.errors_shown("Cannot read this sweep", stop=False):
         state = sweeps.progress(workspace, chosen)
-        live = st.fragment(run_every=POLL_S if state["status"] == "running" else None)(_live)
-        live(workspace, chosen)
+        polling = state["status"] == "running"
+        live = st.fragment(run_every=POLL_S if polling else None)(_live)
+        live(workspace, chosen, polling)
 
 
-def _live(workspace, sweep_id: str) -> None:
+def _live(workspace, sweep_id: str, polling: bool = False) -> None:
     state = sweeps.progress(workspace, sweep_id)
+    if polling and state["status"] != "running":
+        # The sweep ended: the whole page again, which draws this view without its timer. A fragment still
+        # polling when its button switches page can fire during the switch and lose the session's state
+        # (streamlit#14064): the Groups page then opened blank, or without the selected configuration.
+        st.rerun()
     request, table = state["request"], state["table"]
     st.markdown(f"**{state['status']}** · {state['finished']} of {state['configurations']} configurations finished "
                 f"× {len(request.seeds)} seeds · selected on mean **val** worst-group accuracy (test is shown, never "
