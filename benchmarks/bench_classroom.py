@@ -650,7 +650,8 @@ async def point(args, code: Path, workspace: Path, n: int, last: bool) -> dict:
         Path(args.probe_memory).mkdir(parents=True, exist_ok=True)
         os.environ["HSFM_MEMORY_PROBE_DIR"] = str(Path(args.probe_memory).resolve())
         probe = {"PYTHONPATH": f"{PROBE_DIR}:{code}", "HSFM_MEMORY_PROBE_DIR": os.environ["HSFM_MEMORY_PROBE_DIR"],
-                 **({"PYTHONTRACEMALLOC": str(args.trace_frames)} if args.trace_frames else {})}
+                 **({"PYTHONTRACEMALLOC": str(args.trace_frames)} if args.trace_frames else {}),
+                 **({"HSFM_MEMORY_PROBE_HOLDERS": args.probe_holders} if args.probe_holders else {})}
     with server(code, workspace, log, probe=probe) as (url, proc):
         monitor = Monitor(proc.pid, workspace)
         monitor.start()
@@ -727,6 +728,8 @@ def main() -> None:
     parser.add_argument("--probe-memory", metavar="DIR",
                         help="signal the server at each walk's end to write a memory probe into DIR "
                              "(benchmarks/memory_probe: heap in use vs held free, objects per type)")
+    parser.add_argument("--probe-holders", metavar="TYPE,TYPE",
+                        help="with --probe-memory: for two objects of each type, the referrers that keep it alive")
     parser.add_argument("--trace-frames", type=int, default=0,
                         help="with --probe-memory: run the server under tracemalloc with this many frames "
                              "(slows it: for finding a leak, not for latency)")
