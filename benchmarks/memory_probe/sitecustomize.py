@@ -36,7 +36,7 @@ if os.environ.get("HSFM_MEMORY_PROBE_DIR"):
                 return int(line.split()[1])
         return -1
 
-    _ROOTS = {"AppSession", "SessionInfo", "Runtime", "SessionManager", "module"}
+    _ROOTS = {"AppSession", "SessionInfo", "Runtime", "SessionManager"}
 
     def _step(parent, child) -> str:
         """How `parent` refers to `child`: a dict's key, a list's position, else the parent's type."""
@@ -51,7 +51,7 @@ if os.environ.get("HSFM_MEMORY_PROBE_DIR"):
                     return f"{name}[{i} of {len(parent)}]"
         return name
 
-    def _chain(target, exclude: set[int], budget: int = 400) -> list[str]:
+    def _chain(target, exclude: set[int], budget: int = 2000) -> list[str]:
         """Breadth-first up the referrers of `target` to the nearest root (a module's dict, a session):
         the steps from that root down to `target`, or the longest chain found within `budget` lookups."""
         parent = {id(target): None}
@@ -63,11 +63,12 @@ if os.environ.get("HSFM_MEMORY_PROBE_DIR"):
             if not frontier:
                 break
             obj = frontier.pop(0)
-            if id(obj) in modules or type(obj).__qualname__ in _ROOTS:
+            if id(obj) in modules or (obj is not target and type(obj).__qualname__ in _ROOTS
+                                      and type(target).__qualname__ not in _ROOTS):  # a session's holder: past it
                 deepest = obj
                 break
             for ref in gc.get_referrers(obj):
-                if id(ref) in exclude or id(ref) in parent or type(ref).__qualname__ in ("frame", "cell"):
+                if id(ref) in exclude or id(ref) in parent:
                     continue
                 parent[id(ref)], keep[id(ref)] = obj, ref
                 frontier.append(ref)
@@ -84,7 +85,10 @@ if os.environ.get("HSFM_MEMORY_PROBE_DIR"):
     def _holders(objects: list) -> dict:
         wanted = [t for t in os.environ.get("HSFM_MEMORY_PROBE_HOLDERS", "").split(",") if t]
         out = {}
-        exclude = {id(objects), id(sys._getframe())}
+        exclude, here = {id(objects)}, sys._getframe()
+        while here is not None:  # the probe's own frames (a thread's other frames can be what holds)
+            exclude.add(id(here))
+            here = here.f_back
         for name in wanted:
             found = [o for o in objects if type(o).__qualname__ == name]
             exclude.add(id(found))
