@@ -21,6 +21,7 @@ import streamlit as st
 
 from hsfm_core.errors import InputError
 from hsfm_core.render.background import STRIP_STEPS  # the strip the views draw: z + t·Δ at fixed t, rendered at once
+from hsfm_core.studio.sessions import reap_expired_sessions
 
 WORKSPACE_KEY = "hsfm.workspace"  # Path of the open workspace
 COMPARE_KEY = "hsfm.compare_runs"  # run ids compared on Groups (and Home)
@@ -36,6 +37,7 @@ STORE_HASH = {"hsfm_core.features.store.FeatureStore": lambda store: (str(store.
 
 def page_setup(title: str | None = None) -> None:
     st.set_page_config(page_title=f"{title} · HSFM Studio" if title else "HSFM Studio", layout="wide")
+    reap_expired_sessions()  # a class's closed sessions leave memory when they expire (studio/sessions.py)
 
 
 def current_selection(store) -> dict | None:
