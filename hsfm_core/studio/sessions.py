@@ -1,22 +1,25 @@
 """Release the browser sessions Streamlit can no longer resume, as soon as they expire.
 
-Streamlit keeps a disconnected session — its session state, widgets, fragments and media files — for
-`server.disconnectedSessionTTL` seconds (120), so that a browser that reconnects resumes it. After that
-it cannot be resumed, but its entry in the session storage's TTL cache is removed only by the next write
-to that cache, i.e. the next disconnect, and is then dropped without `shutdown()`
-(streamlit/runtime/memory_session_storage.py: expired entries "will be removed eventually"). On a class's
-server a whole class of sessions stayed in memory until the next class left: 25 sessions ≈ 60 MB, the
-RSS "growth" a second walk of `benchmarks/bench_classroom.py` measured (docs/ARCHITECTURE.md §App).
+Streamlit keeps a disconnected session — its session state, widgets and fragments — for
+`server.disconnectedSessionTTL` seconds (120), so that a browser that reconnects resumes it; it has
+already stopped its script, file watchers and session caches (`disconnect_session`). After that time the
+session cannot be resumed, but its entry in the session storage's TTL cache is removed only by the next
+write to that cache, i.e. the next disconnect (streamlit/runtime/memory_session_storage.py: expired entries
+"will be removed eventually"). On a class's server a whole class of sessions stayed in memory until the
+next class left: 25 sessions ≈ 60 MB, the RSS "growth" a second walk of `benchmarks/bench_classroom.py`
+measured (docs/ARCHITECTURE.md §App).
 
-`reap_expired_sessions` removes the expired entries and shuts each session down as Streamlit's own
-`close_session` does. Every page run calls it (`ui.page_setup`); it visits only expired entries. Streamlit
-has no public call for this, so it reaches into the session manager of the pinned Streamlit version; if
-those attributes move, it does nothing (tests/test_sessions.py fails on the upgrade)."""
+`reap_expired_sessions` removes the expired entries now, as that next write would: nothing else. (It does
+not call their `shutdown()`, which Streamlit runs on the server's own thread and which closes the session's
+event loop: with that called from here, another session's script thread, a 25-session walk stalled.) Every page run calls it
+(`ui.page_setup`); it visits only expired entries. Streamlit has no public call for this, so it reaches into
+the session manager of the pinned Streamlit version; if those attributes move, it does nothing
+(tests/test_sessions.py fails on the upgrade)."""
 from __future__ import annotations
 
 
 def reap_expired_sessions(manager=None) -> int:
-    """Shut down and forget the disconnected sessions whose reconnect window has passed. `manager`: a
+    """Forget the disconnected sessions whose reconnect window has passed. `manager`: a
     Streamlit session manager (default: the running server's; none, e.g. under AppTest: nothing to do).
     → how many were released."""
     try:
@@ -30,7 +33,4 @@ def reap_expired_sessions(manager=None) -> int:
     except AttributeError:  # another Streamlit's internals (or AppTest's stand-in runtime): leave its sessions
         return 0
     with lock:  # the manager's own lock around its storage
-        expired = expire()
-    for _, info in expired:
-        info.session.shutdown()  # media files, uploads, caches and script thread: as close_session does
-    return len(expired)
+        return len(expire())
