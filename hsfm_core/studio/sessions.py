@@ -33,4 +33,22 @@ def reap_expired_sessions(manager=None) -> int:
     except AttributeError:  # another Streamlit's internals (or AppTest's stand-in runtime): leave its sessions
         return 0
     with lock:  # the manager's own lock around its storage
-        return len(expire())
+        released = len(expire())
+    if released:
+        return_freed_memory()
+    return released
+
+
+def return_freed_memory() -> None:
+    """Collect the released sessions' objects (they hold reference cycles) and give the memory they held back
+    to the system: glibc keeps freed heap memory for reuse, so without `malloc_trim` a server's RSS stays at its
+    peak (a 25-session class's second walk: +64 MB held free after its first class was released). Linux/glibc
+    only; elsewhere the collection alone."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
