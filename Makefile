@@ -17,8 +17,8 @@ $(PY):
 
 # --no-deps: requirements.txt's exact pins are the dependencies; --no-build-isolation: build with the venv's
 # setuptools (no download per install; 70.1 builds wheels without the `wheel` package). --compile-kernels:
-# umap's numba kernels into numba's disk cache, once per installation, as pip compiles .pyc files (about
-# 26 CPU-s; otherwise the first map of every process started before the cache exists pays them).
+# umap's numba kernels into numba's disk cache, once per installation, as pip compiles .pyc files (23–29
+# CPU-s; otherwise the first map of every process started before the cache exists pays them).
 $(VENV)/.installed-run: requirements.txt pyproject.toml | $(PY)
 	$(PY) -m pip install -r requirements.txt
 	$(PY) -m pip install --quiet "setuptools>=70.1"

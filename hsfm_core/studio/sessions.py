@@ -11,10 +11,10 @@ measured (docs/ARCHITECTURE.md §App).
 
 `reap_expired_sessions` removes the expired entries now, as that next write would: nothing else. (It does
 not call their `shutdown()`, which Streamlit runs on the server's own thread and which closes the session's
-event loop: with that called from here, another session's script thread, a 25-session walk stalled.) Every page run calls it
-(`ui.page_setup`); it visits only expired entries. Streamlit has no public call for this, so it reaches into
-the session manager of the pinned Streamlit version; if those attributes move, it does nothing
-(tests/test_sessions.py fails on the upgrade)."""
+event loop: with that called from here, another session's script thread, a 25-session walk stalled.)
+Every page run calls it (`ui.page_setup`); it visits only expired entries. Streamlit has no public call for
+this, so it reaches into the session manager of the pinned Streamlit version; if those attributes move, it
+does nothing (tests/test_sessions.py fails on the upgrade)."""
 from __future__ import annotations
 
 
